@@ -1,0 +1,5 @@
+import sys
+
+from fedocr.cli import main
+
+sys.exit(main())

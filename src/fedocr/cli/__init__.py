@@ -1,0 +1,43 @@
+"""The `fedocr` command. Each sub-command group lives in its own module and registers itself."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fedocr import __version__
+from fedocr.cli import recognizer
+from fedocr.cli.common import CliError, EXIT_INPUT, EXIT_OUTPUT, error_exit_code
+
+GROUPS = [recognizer]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedocr", description="Privacy-preserving Chinese + English OCR: train, federate, serve.",
+        epilog=f"exit codes: 0 ok, 2 usage, {EXIT_INPUT} bad input, {EXIT_OUTPUT} output not writable, 1 other failure")
+    parser.add_argument("--version", action="version", version=f"fedocr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("fedocr: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure ends as one line and a documented exit code
+        code = error_exit_code(exc)
+        if code is None:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"fedocr: error: {message}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

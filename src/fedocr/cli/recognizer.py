@@ -1,0 +1,168 @@
+"""`fedocr synth | train | eval | ocr`: the recognizer's commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedocr.charset import Charset, default_charset
+from fedocr.cli.common import CliError, OutputError, check_writable_file, default_model, print_json
+from fedocr.data import (PRESETS, DatasetError, EncodedLines, LineDataset, SyntheticLines, open_dataset,
+                         preprocess, read_image, write_line_set)
+from fedocr.model import CRNN, ModelConfig, load_checkpoint, recognize_lines, torch_logits_fn
+from fedocr.model.checkpoint import Checkpoint, provenance
+from fedocr.model.crnn import SIZES
+from fedocr.train import TrainConfig, Trainer, evaluate
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="render labelled synthetic lines of a preset",
+                       description="Render N labelled lines: OUT/images/*.png and OUT/labels.tsv.")
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="domain preset")
+    p.add_argument("--n", type=int, required=True, help="number of lines")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out-fonts", action="store_true", help="render only with the font family kept out of training")
+    p.set_defaults(run=run_synth)
+
+    p = sub.add_parser("train", help="train a CRNN (centralized or local-only); resumable",
+                       description="Train on one or more data sets. If OUT exists with training state, "
+                                   "training resumes from it (use --restart to start over).")
+    p.add_argument("--data", required=True, help="data set(s), comma-separated: folders with labels.tsv, LMDB folders or label files")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (and resume from)")
+    p.add_argument("--val", help="validation data set(s), comma-separated")
+    p.add_argument("--size", default="small", choices=sorted(SIZES), help="model size (default small)")
+    p.add_argument("--norm", default="batch", choices=["batch", "group"], help="group for DP-SGD later")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--epochs", type=float, default=10.0)
+    p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AMX CPUs)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing OUT and start over")
+    p.set_defaults(run=run_train)
+
+    p = sub.add_parser("eval", help="CER, line accuracy, n and ms/line of a model on data sets")
+    p.add_argument("--model", type=Path, help="checkpoint (.pt); default: the shipped model")
+    p.add_argument("--data", required=True, help="data set(s), comma-separated")
+    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    p.add_argument("--limit", type=int, help="evaluate at most this many lines per data set")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_eval)
+
+    p = sub.add_parser("ocr", help="recognise text in images")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--model", type=Path, help="checkpoint (.pt); default: the shipped model")
+    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one object per image in input order")
+    p.set_defaults(run=run_ocr)
+
+
+def _datasets(spec: str) -> list[LineDataset]:
+    paths = [s for s in spec.split(",") if s.strip()]
+    if not paths:
+        raise CliError("no data set given")
+    return [open_dataset(Path(p.strip())) for p in paths]
+
+
+class _Concat(LineDataset):
+    def __init__(self, parts: list[LineDataset]) -> None:
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+        self.offsets = [0]
+        for part in parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        for part, start, end in zip(self.parts, self.offsets, self.offsets[1:]):
+            if start <= index < end:
+                return part[index - start]
+        raise IndexError(index)
+
+    def texts(self) -> Any:
+        for part in self.parts:
+            yield from part.texts()
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise CliError("--n must be at least 1", 2)
+    lines = SyntheticLines(args.preset, args.n, seed=args.seed, held_out_fonts=args.held_out_fonts)
+    from tqdm import tqdm
+
+    with tqdm(total=args.n, unit="line", disable=not sys.stderr.isatty()) as bar:
+        try:
+            count = write_line_set(args.out, (lines[i] for i in range(args.n)), progress=bar.update)
+        except DatasetError as exc:
+            raise OutputError(str(exc)) from exc
+    print(f"wrote {count} lines of preset {args.preset} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    out = check_writable_file(args.out)
+    charset = default_charset()
+    train_set = EncodedLines(_Concat(_datasets(args.data)), charset)
+    if train_set.skipped:
+        print(f"skipped {train_set.skipped} line(s): {train_set.unknown.summary()}; {train_set.empty} empty", file=sys.stderr)
+    val = _Concat(_datasets(args.val)) if args.val else None
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if out.is_file() and not args.restart:
+        trainer = Trainer.resume(out, charset, train_set, val=val)
+        print(f"resuming {out} at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
+    else:
+        if args.init:
+            model = load_checkpoint(args.init, expect_charset=charset).model
+        else:
+            model = CRNN(ModelConfig(len(charset), args.size, args.norm))
+        config = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, num_workers=args.workers, bf16=args.bf16)
+        prov = provenance(kind="centralized", data=[str(Path(p).resolve()) for p in args.data.split(",")],
+                          seed=args.seed, init=str(args.init) if args.init else None)
+        trainer = Trainer(model, charset, train_set, config, val=val, out=out, provenance=prov)
+    result = trainer.fit()
+    summary = f"trained {result.steps} steps ({result.lines} lines) in {result.seconds:.0f} s, mean loss {result.mean_loss:.3f}"
+    if result.val_cer is not None:
+        summary += f", validation CER {result.val_cer:.4f}"
+    print(f"{summary}; saved {out}", file=sys.stderr)
+    return 0
+
+
+def _load(path: Path | None) -> Checkpoint:
+    return load_checkpoint(path or default_model())
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    ckpt = _load(args.model)
+    reports = [evaluate(torch_logits_fn(ckpt.model), ckpt.charset, d, beam_width=args.beam, limit=args.limit)
+               for d in _datasets(args.data)]
+    if args.json:
+        print_json({"model": str(args.model or default_model()), "datasets": [r.to_dict() for r in reports]})
+    else:
+        print(f"{'data set':<24} {'n':>6} {'CER':>8} {'line acc':>9} {'ms/line':>8}")
+        for r in reports:
+            print(f"{r.name:<24} {r.n:>6} {r.cer:>8.4f} {r.line_accuracy:>9.4f} {r.ms_per_line:>8.2f}")
+    return 0
+
+
+def run_ocr(args: argparse.Namespace) -> int:
+    ckpt = _load(args.model)
+    images = [read_image(p) for p in args.images]  # fail on a bad file before any output
+    decoded = recognize_lines([preprocess(img) for img in images], torch_logits_fn(ckpt.model), ckpt.charset,
+                              beam_width=args.beam)
+    for path, image, result in zip(args.images, images, decoded):
+        if args.json:
+            h, w = image.shape[:2]
+            line = {"text": result.text, "confidence": round(result.confidence, 4), "box": [0, 0, w, h]}
+            print_json({"image": str(path), "text": result.text, "confidence": line["confidence"], "lines": [line]})
+        else:
+            print(result.text if len(args.images) == 1 else f"{path}\t{result.text}")
+    return 0

@@ -1,0 +1,199 @@
+"""Line datasets: labelled images on disk (three formats) and rendered synthetic lines.
+
+Formats read:
+- a folder with `labels.tsv` (`images/000001.png<TAB>text` per line), as `fedocr synth` writes;
+- a PaddleOCR-style label file (`path<TAB>text`, paths relative to the file's folder);
+- an LMDB database in the layout of the original CRNN code (`num-samples`, `image-%09d`,
+  `label-%09d`, 1-based).
+Every dataset yields `(uint8 gray image, text)`; bad files raise `DatasetError` with the file
+and line that is wrong.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fedocr.charset import Charset, default_charset
+from fedocr.data.fonts import FontFace, coverage, installed_faces
+from fedocr.data.presets import Preset, get_preset
+from fedocr.data.render import degrade, render_line
+
+LABELS_FILE = "labels.tsv"
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be read: missing, empty, malformed or pointing at non-images."""
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Encoded image bytes -> uint8 gray array; DatasetError when they are not an image."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    if image is None or image.size == 0:
+        raise DatasetError(f"{name}: not a readable image")
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return decode_image(data, str(path))
+
+
+class LineDataset(Sequence[tuple[np.ndarray, str]]):
+    """Base: a sized, indexable collection of (image, text) with a name for reports."""
+
+    name: str = "lines"
+
+    def texts(self) -> Iterator[str]:
+        return (self[i][1] for i in range(len(self)))
+
+
+class LabelFileDataset(LineDataset):
+    """`path<TAB>text` lines (labels.tsv or PaddleOCR-style); image paths relative to `root`."""
+
+    def __init__(self, label_file: str | Path, root: str | Path | None = None) -> None:
+        self.label_file = Path(label_file)
+        self.root = Path(root) if root is not None else self.label_file.parent
+        self.name = self.root.name or str(self.root)
+        if not self.label_file.is_file():
+            raise DatasetError(f"{self.label_file}: no such labels file")
+        try:
+            lines = self.label_file.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{self.label_file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        self.items: list[tuple[Path, str]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            path, sep, label = line.partition("\t")
+            if not sep or not path.strip():
+                raise DatasetError(f"{self.label_file}:{number}: expected 'image-path<TAB>text', got {line[:60]!r}")
+            self.items.append((self.root / path.strip(), label))
+        if not self.items:
+            raise DatasetError(f"{self.label_file}: no labelled lines")
+        missing = [p for p, _ in self.items if not p.is_file()]
+        if missing:
+            raise DatasetError(f"{self.label_file}: {len(missing)} image(s) missing, first {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        path, label = self.items[index]
+        return read_image(path), label
+
+    def texts(self) -> Iterator[str]:
+        return (label for _, label in self.items)
+
+
+class LmdbDataset(LineDataset):
+    """CRNN-style LMDB: `num-samples`, `image-%09d` (encoded image), `label-%09d` (UTF-8), 1-based."""
+
+    def __init__(self, path: str | Path) -> None:
+        import lmdb
+
+        self.path = Path(path)
+        self.name = self.path.name
+        try:
+            self.env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False)
+        except lmdb.Error as exc:
+            raise DatasetError(f"{self.path}: not an LMDB database ({exc})") from exc
+        with self.env.begin() as txn:
+            raw = txn.get(b"num-samples")
+        if raw is None or not raw.strip().isdigit():
+            raise DatasetError(f"{self.path}: LMDB without a valid 'num-samples' key")
+        self.count = int(raw)
+        if self.count == 0:
+            raise DatasetError(f"{self.path}: LMDB holds no samples")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        key = index + 1
+        with self.env.begin() as txn:
+            image, label = txn.get(b"image-%09d" % key), txn.get(b"label-%09d" % key)
+        if image is None or label is None:
+            raise DatasetError(f"{self.path}: sample {key} missing")
+        return decode_image(image, f"{self.path}[{key}]"), label.decode("utf-8")
+
+    def __getstate__(self) -> dict[str, object]:  # LMDB handles do not cross process boundaries
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+
+def open_dataset(path: str | Path) -> LineDataset:
+    """A folder with labels.tsv, an LMDB folder, or a PaddleOCR-style label file."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / LABELS_FILE).is_file():
+            return LabelFileDataset(path / LABELS_FILE, path)
+        if (path / "data.mdb").is_file():
+            return LmdbDataset(path)
+        raise DatasetError(f"{path}: folder has neither {LABELS_FILE} nor an LMDB data.mdb")
+    if path.is_file():
+        return LabelFileDataset(path)
+    raise DatasetError(f"{path}: no such data set")
+
+
+class SyntheticLines(LineDataset):
+    """`n` rendered lines of a preset; line i is a pure function of (seed, i).
+
+    `held_out_fonts=True` renders with the families kept out of training only.
+    """
+
+    def __init__(self, preset: str | Preset, n: int, seed: int = 0, charset: Charset | None = None,
+                 held_out_fonts: bool = False) -> None:
+        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.n, self.seed = n, seed
+        self.charset = charset or default_charset()
+        self.name = self.preset.name + ("-heldout-font" if held_out_fonts else "")
+        faces = installed_faces(held_out=held_out_fonts)
+        by_style = {s: [f for f in faces if f.style == s] for s in {f.style for f in faces}}
+        weighted = [(by_style[s], w) for s, w in self.preset.styles.items() if by_style.get(s)]
+        if held_out_fonts or not weighted:
+            weighted = [(list(faces), 1.0)]
+        self._style_faces = [f for f, _ in weighted]
+        self._style_weights = np.array([w for _, w in weighted]) / sum(w for _, w in weighted)
+        self._coverage = {f: coverage(f, self.charset) for f in faces}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def text(self, index: int) -> str:
+        text = self.preset.text(random.Random(f"{self.seed}:{index}")).strip()
+        return self.charset.normalise(text).strip() or "0"
+
+    def texts(self) -> Iterator[str]:
+        return (self.text(i) for i in range(self.n))
+
+    def _pick_face(self, text: str, rng: np.random.Generator) -> tuple[FontFace, str]:
+        group = self._style_faces[int(rng.choice(len(self._style_faces), p=self._style_weights))]
+        face = group[int(rng.integers(len(group)))]
+        needed = set(text)
+        if needed <= self._coverage[face]:
+            return face, text
+        able = [f for f in self._coverage if needed <= self._coverage[f]]
+        if able:
+            return able[int(rng.integers(len(able)))], text
+        return face, "".join(c for c in text if c in self._coverage[face]) or "0"
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, index, 7])
+        face, text = self._pick_face(self.text(index), rng)
+        clean = render_line(text, face, rng, self.preset.conditions)
+        return degrade(clean, rng, self.preset.conditions), text

@@ -1,0 +1,61 @@
+"""The one preprocessing function used by training, evaluation and serving alike.
+
+grayscale -> ink dark on light (inverted if needed) -> contrast normalisation (CLAHE for flat,
+low-contrast scans, then a robust percentile stretch) -> height 32 keeping the aspect ratio ->
+width padded to a multiple of 4 with background. The result is float32 with background 0 and
+ink near 1, which is what the CRNN's zero padding assumes.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from fedocr.model.crnn import INPUT_HEIGHT, WIDTH_STRIDE
+
+MAX_LINE_WIDTH = 4096          # after height normalisation; ~ a 128:1 line. Wider is squeezed.
+_clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(1, 8))
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """uint8 H x W from gray, RGB, RGBA (alpha composited on white) or 16-bit input."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = (img / max(float(img.max()), 1.0) * 255).astype(np.uint8) if img.dtype.kind in "uif" else img.astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / 255.0
+        img = (img[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2GRAY) if img.shape[2] >= 3 else img[..., 0]
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"expected a non-empty 2-D image, got shape {np.asarray(image).shape}")
+    return np.ascontiguousarray(img)
+
+
+def normalise_contrast(gray: np.ndarray) -> np.ndarray:
+    """Dark text on light paper, stretched to the full range."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) < np.median(gray) - 10 or np.median(border) < 100:
+        gray = 255 - gray  # light text on a dark background
+    lo, hi = np.percentile(gray, (2, 98))
+    if hi - lo < 60:  # a flat scan: local equalisation first, then stretch
+        gray = _clahe.apply(gray)
+        lo, hi = np.percentile(gray, (2, 98))
+    if hi - lo < 1:
+        return np.full_like(gray, 255)
+    stretched = (gray.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(stretched, 0, 255).astype(np.uint8)
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """Any line image -> float32 (32, W), W a multiple of 4, background 0, ink ~1."""
+    gray = normalise_contrast(to_gray(image))
+    h, w = gray.shape
+    width = int(round(w * INPUT_HEIGHT / h))
+    width = min(max(width, WIDTH_STRIDE), MAX_LINE_WIDTH)
+    interp = cv2.INTER_AREA if h > INPUT_HEIGHT else cv2.INTER_CUBIC
+    resized = cv2.resize(gray, (width, INPUT_HEIGHT), interpolation=interp)
+    ink = 1.0 - resized.astype(np.float32) / 255.0
+    pad = (-width) % WIDTH_STRIDE
+    if pad:
+        ink = np.pad(ink, ((0, 0), (0, pad)))
+    return np.clip(ink, 0.0, 1.0)

@@ -1,0 +1,138 @@
+"""Render a text line with a real font and degrade it the way scans and phone photos do.
+
+`render_line` draws clean text (font, size, letter spacing, ink and paper tone, optional stamp
+and ruled lines); `degrade` then applies the image conditions of a preset (blur, noise, JPEG,
+low contrast, uneven light, small rotation and perspective, stains). Both take an explicit
+`np.random.Generator`, so a line is a pure function of its seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fedocr.data.fonts import FontFace
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """How a preset's documents look; probabilities are per line."""
+
+    font_px: tuple[int, int] = (24, 44)          # glyph size range before normalisation to 32 px
+    letter_spacing: tuple[float, float] = (-0.05, 0.25)  # extra space between characters, x font size
+    paper: tuple[int, int] = (215, 255)          # background grey level
+    ink: tuple[int, int] = (0, 70)               # text grey level
+    low_contrast: float = 0.1                    # chance of squeezing ink and paper together
+    blur: float = 0.25
+    motion_blur: float = 0.05
+    noise: float = 0.3                           # chance of Gaussian sensor noise
+    jpeg: float = 0.3
+    uneven_light: float = 0.15
+    rotation_deg: float = 1.5
+    perspective: float = 0.15
+    stamp: float = 0.0
+    rules: float = 0.1                           # table rules / underlines near the text
+    stains: float = 0.05
+
+
+@lru_cache(maxsize=256)
+def _font(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size=size, index=index)
+
+
+def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Conditions) -> np.ndarray:
+    """Clean grey line image (uint8, paper light, ink dark) with margins around the text."""
+    size = int(rng.integers(cond.font_px[0], cond.font_px[1] + 1))
+    font = _font(face.path, face.index, size)
+    spacing = float(rng.uniform(*cond.letter_spacing)) * size if rng.random() < 0.4 else 0.0
+    advances = [font.getlength(c) for c in text]
+    width = int(sum(advances) + spacing * max(len(text) - 1, 0)) + 1
+    ascent, descent = font.getmetrics()
+    pad_x = int(rng.integers(2, size // 2 + 3))
+    pad_top, pad_bottom = int(rng.integers(1, size // 3 + 2)), int(rng.integers(1, size // 3 + 2))
+    paper = int(rng.integers(*cond.paper)) if cond.paper[1] > cond.paper[0] else cond.paper[0]
+    ink = int(rng.integers(*cond.ink)) if cond.ink[1] > cond.ink[0] else cond.ink[0]
+    canvas = Image.new("L", (max(width, 1) + 2 * pad_x, ascent + descent + pad_top + pad_bottom), paper)
+    draw = ImageDraw.Draw(canvas)
+    if rng.random() < cond.stamp:
+        _draw_stamp(draw, canvas.size, rng, paper)
+    if spacing:
+        x = float(pad_x)
+        for char, advance in zip(text, advances):
+            draw.text((x, pad_top), char, font=font, fill=ink)
+            x += advance + spacing
+    else:
+        draw.text((pad_x, pad_top), text, font=font, fill=ink)
+    if rng.random() < cond.rules:
+        _draw_rules(draw, canvas.size, rng, ink, pad_top, ascent + descent)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _draw_stamp(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.random.Generator, paper: int) -> None:
+    """A red seal seen in grey: a ring (and a star) of mid-grey behind the text."""
+    w, h = size
+    r = int(h * rng.uniform(0.5, 1.1))
+    cx, cy = int(rng.integers(0, max(w, 1))), int(h * rng.uniform(0.2, 0.8))
+    tone = int(max(paper - rng.integers(50, 110), 0))
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=tone, width=max(2, r // 10))
+    draw.regular_polygon((cx, cy, r // 3), 5, fill=tone)
+
+
+def _draw_rules(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.random.Generator, ink: int,
+                top: int, text_h: int) -> None:
+    """Table rules or an underline: a horizontal line at an edge, sometimes vertical cell borders."""
+    w, h = size
+    tone = min(255, ink + int(rng.integers(0, 80)))
+    y = top + text_h + int(rng.integers(0, 3)) if rng.random() < 0.6 else max(0, top - int(rng.integers(1, 4)))
+    draw.line((0, min(y, h - 1), w, min(y, h - 1)), fill=tone, width=int(rng.integers(1, 3)))
+    if rng.random() < 0.3:
+        x = int(rng.integers(0, 3))
+        draw.line((x, 0, x, h), fill=tone, width=1)
+        draw.line((w - 1 - x, 0, w - 1 - x, h), fill=tone, width=1)
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, cond: Conditions) -> np.ndarray:
+    """Apply scan/photo degradations; returns a new uint8 image."""
+    img = image.astype(np.float32)
+    h, w = img.shape
+    border = float(np.median(np.concatenate([img[0], img[-1]])))
+    if cond.rotation_deg and rng.random() < 0.5:
+        angle = float(rng.uniform(-cond.rotation_deg, cond.rotation_deg))
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        img = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=border)
+    if rng.random() < cond.perspective:
+        jitter = 0.06 * h
+        src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+        dst = (src + rng.uniform(-jitter, jitter, src.shape)).astype(np.float32)
+        img = cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h), borderValue=border)
+    if rng.random() < cond.uneven_light:
+        ramp = np.linspace(rng.uniform(-60, 0), rng.uniform(0, 30), w, dtype=np.float32)
+        img = img + (ramp if rng.random() < 0.5 else ramp[::-1])[None, :]
+    if rng.random() < cond.stains:
+        mask = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(1, 4))):
+            center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            axes = (int(rng.integers(3, max(4, h))), int(rng.integers(2, max(3, h // 2))))
+            cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+        img = img - cv2.GaussianBlur(mask, (0, 0), 3) * rng.uniform(20, 70)
+    if rng.random() < cond.low_contrast:
+        mid, squeeze = float(rng.uniform(110, 200)), float(rng.uniform(0.2, 0.5))
+        img = mid + (img - mid) * squeeze
+    if rng.random() < cond.blur:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.4, 1.4)))
+    if rng.random() < cond.motion_blur:
+        k = int(rng.integers(3, 7))
+        kernel = np.zeros((k, k), np.float32)
+        kernel[k // 2, :] = 1.0 / k
+        img = cv2.filter2D(img, -1, kernel)
+    if rng.random() < cond.noise:
+        img = img + rng.normal(0, rng.uniform(3, 18), img.shape).astype(np.float32)
+    out = np.clip(img, 0, 255).astype(np.uint8)
+    if rng.random() < cond.jpeg:
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 80))])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return out

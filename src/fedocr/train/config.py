@@ -1,0 +1,43 @@
+"""Training settings, validated once where they are read."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 10.0                 # passes over the data; ignored when max_steps is set
+    max_steps: int | None = None         # total optimizer steps (the schedule's length)
+    batch_size: int = 32
+    lr: float = 1e-3                     # AdamW peak learning rate
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0               # max global gradient norm
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.05           # cosine ends at lr * min_lr_ratio
+    bucket: bool = True                  # batch lines of similar length together
+    seed: int = 0
+    num_workers: int = 0                 # DataLoader worker processes (0: load in the training process)
+    log_every: int = 50                  # steps between log lines / history points
+    eval_every: int = 0                  # steps between validations (0: only at the end)
+    checkpoint_every_s: float = 300.0    # seconds between resumable checkpoints (when an output is given)
+    bf16: bool = False                   # bf16 autocast on CPU (faster with AMX; check convergence)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError("give epochs > 0 or max_steps")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        return self.max_steps if self.max_steps is not None else max(1, round(self.epochs * batches_per_epoch))
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

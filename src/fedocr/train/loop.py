@@ -1,0 +1,209 @@
+"""The one training loop: centralized pre-training, local-only baselines and each federated
+client's local epochs all run through `Trainer`.
+
+AdamW, CTC loss with zero_infinity, gradient-norm clipping, linear warm-up then cosine decay,
+width-bucketed batches. With an output path the loop writes a resumable checkpoint (weights,
+optimizer, schedule, step, data position, RNG, loss history) every `checkpoint_every_s`
+seconds and at the end; `Trainer.resume` continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fedocr.charset import Charset
+from fedocr.data import EncodedLines, LineDataset, WidthBucketSampler, collate
+from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
+from fedocr.model.checkpoint import CheckpointError, provenance as make_provenance
+from fedocr.train.config import TrainConfig
+from fedocr.train.evaluate import evaluate
+
+Logger = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class FitResult:
+    steps: int                 # steps run in this call
+    lines: int                 # lines seen in this call
+    mean_loss: float           # mean training loss over this call
+    seconds: float
+    val_cer: float | None = None
+
+
+class Trainer:
+    def __init__(self, model: CRNN, charset: Charset, data: EncodedLines, config: TrainConfig, *,
+                 val: LineDataset | None = None, out: str | Path | None = None,
+                 provenance: dict[str, Any] | None = None, log: Logger = _stderr,
+                 history_file: str | Path | None = None) -> None:
+        if len(data) == 0:
+            raise ValueError("no usable training lines (all were empty or had unknown characters)")
+        if len(charset) != model.config.num_classes:
+            raise CheckpointError(f"model has {model.config.num_classes} classes, charset {len(charset)}")
+        self.model, self.charset, self.data, self.config = model, charset, data, config
+        self.val, self.out, self.log = val, Path(out) if out else None, log
+        self.history_file = Path(history_file) if history_file else None
+        self.provenance = provenance or {}
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.batches_per_epoch = math.ceil(len(data) / config.batch_size)
+        self.total_steps = config.total_steps(self.batches_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = self.epoch = self.batch_in_epoch = self.lines_seen = 0
+        self.history: list[dict[str, float]] = []
+        self.best_cer: float | None = None
+        torch.manual_seed(config.seed)
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    # -- resumable state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "lines_seen": self.lines_seen, "history": self.history, "best_cer": self.best_cer,
+                "config": self.config.to_dict(), "total_steps": self.total_steps,
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.lines_seen, self.history = state["lines_seen"], list(state["history"])
+        self.best_cer = state.get("best_cer")
+        self.total_steps = state.get("total_steps", self.total_steps)
+        torch.set_rng_state(state["torch_rng"])
+
+    @classmethod
+    def resume(cls, path: str | Path, charset: Charset, data: EncodedLines, **kwargs: Any) -> "Trainer":
+        """Continue the run saved at `path` with the config it was started with."""
+        ckpt = load_checkpoint(path, expect_charset=charset)
+        if not ckpt.training:
+            raise CheckpointError(f"{path}: holds no training state to resume (a shipped or exported model?)")
+        config = TrainConfig(**ckpt.training["config"])
+        trainer = cls(ckpt.model, charset, data, config, provenance=ckpt.provenance, out=path, **kwargs)
+        trainer.load_state_dict(ckpt.training)
+        return trainer
+
+    def save(self, path: str | Path | None = None, training_state: bool = True) -> None:
+        target = Path(path) if path else self.out
+        if target is None:
+            return
+        prov = {**self.provenance, **make_provenance(steps=self.step, lines_seen=self.lines_seen)}
+        save_checkpoint(target, self.model, self.charset, prov, self.state_dict() if training_state else None)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        sampler = WidthBucketSampler(self.data.label_lengths, self.config.batch_size, self.config.seed,
+                                     epoch=self.epoch, start_batch=self.batch_in_epoch, bucket=self.config.bucket)
+        # Its own generator: a DataLoader draws a base seed from the global RNG when iterated,
+        # which would shift dropout's random stream after a resume.
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
+        return DataLoader(self.data, batch_sampler=sampler, collate_fn=collate, generator=generator,
+                          num_workers=self.config.num_workers, persistent_workers=False)
+
+    def _train_step(self, batch: dict[str, Any]) -> float:
+        self.model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            logits = self.model(batch["images"], batch["widths"])
+        loss = self.model.ctc_loss(logits, batch["widths"], batch["targets"], batch["target_lengths"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def validate(self) -> float | None:
+        if self.val is None:
+            return None
+        report = evaluate(torch_logits_fn(self.model), self.charset, self.val)
+        self.model.train()
+        return report.cer
+
+    def fit(self, until_step: int | None = None) -> FitResult:
+        """Train to the end of the schedule (or to `until_step`), then save and return a summary."""
+        stop = min(until_step, self.total_steps) if until_step is not None else self.total_steps
+        started, last_save = time.time(), time.time()
+        steps0, lines0 = self.step, self.lines_seen
+        losses: list[float] = []
+        window: list[float] = []
+        bar = _progress(stop - self.step)
+        val_cer: float | None = None
+        while self.step < stop:
+            for batch in self._loader():
+                loss = self._train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                self.lines_seen += len(batch["texts"])
+                losses.append(loss)
+                window.append(loss)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                cfg = self.config
+                evaluate_now = cfg.eval_every and self.step % cfg.eval_every == 0
+                if self.step % cfg.log_every == 0 or evaluate_now or self.step == stop:
+                    val_cer = self.validate() if (evaluate_now or self.step == self.total_steps) else None
+                    self._record(window, val_cer, started, lines0)
+                    window = []
+                if self.out and time.time() - last_save > self.config.checkpoint_every_s:
+                    self.save()
+                    last_save = time.time()
+                if self.step >= stop:
+                    break
+            else:  # the epoch ended
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        if bar:
+            bar.close()
+        self.save()
+        steps = self.step - steps0
+        return FitResult(steps=steps, lines=self.lines_seen - lines0,
+                         mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+                         seconds=time.time() - started, val_cer=val_cer)
+
+    def _record(self, window: list[float], val_cer: float | None, started: float, lines0: int) -> None:
+        point = {"step": self.step, "lines_seen": self.lines_seen, "epoch": self.epoch,
+                 "train_loss": sum(window) / max(len(window), 1), "lr": self.scheduler.get_last_lr()[0],
+                 "lines_per_s": (self.lines_seen - lines0) / max(time.time() - started, 1e-9)}
+        if val_cer is not None:
+            point["val_cer"] = val_cer
+            if self.best_cer is None or val_cer < self.best_cer:
+                self.best_cer = val_cer
+                if self.out:
+                    self.save(self.out.with_suffix(".best.pt"), training_state=False)
+        self.history.append(point)
+        if self.history_file:
+            with self.history_file.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(point) + "\n")
+        message = (f"step {self.step}/{self.total_steps} epoch {self.epoch} loss {point['train_loss']:.4f} "
+                   f"lr {point['lr']:.2e} {point['lines_per_s']:.0f} lines/s")
+        if val_cer is not None:
+            message += f" val_cer {val_cer:.4f}"
+        self.log(message)
+
+
+def _progress(total: int) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", leave=False)
