@@ -6,10 +6,10 @@ import sys
 from collections.abc import Sequence
 
 from fedocr import __version__
-from fedocr.cli import recognizer
+from fedocr.cli import federated, recognizer, serving
 from fedocr.cli.common import CliError, EXIT_INPUT, EXIT_OUTPUT, error_exit_code
 
-GROUPS = [recognizer]
+GROUPS = [recognizer, serving, federated]
 
 
 def build_parser() -> argparse.ArgumentParser:
