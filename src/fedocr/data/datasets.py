@@ -134,6 +134,24 @@ class LmdbDataset(LineDataset):
         self.__init__(state["path"])  # type: ignore[misc]
 
 
+class InMemoryLines(LineDataset):
+    """Another data set's lines decoded or rendered once and kept in memory (for many epochs of
+    a small set, e.g. a federated client's local data)."""
+
+    def __init__(self, source: LineDataset) -> None:
+        self.name = source.name
+        self.items = [source[i] for i in range(len(source))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        return self.items[index]
+
+    def texts(self) -> Iterator[str]:
+        return (text for _, text in self.items)
+
+
 def open_dataset(path: str | Path) -> LineDataset:
     """A folder with labels.tsv, an LMDB folder, or a PaddleOCR-style label file."""
     path = Path(path)
