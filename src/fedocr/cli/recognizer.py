@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ocr", help="recognise text in images")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--model", type=Path, help="checkpoint (.pt); default: the shipped model")
+    p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); default: the shipped model")
     p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     p.add_argument("--json", action="store_true", help="JSON Lines, one object per image in input order")
     p.set_defaults(run=run_ocr)
@@ -154,15 +154,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_ocr(args: argparse.Namespace) -> int:
-    ckpt = _load(args.model)
+    from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
+
+    engine = load_engine(args.model or default_model())
     images = [read_image(p) for p in args.images]  # fail on a bad file before any output
-    decoded = recognize_lines([preprocess(img) for img in images], torch_logits_fn(ckpt.model), ckpt.charset,
-                              beam_width=args.beam)
-    for path, image, result in zip(args.images, images, decoded):
+    for path, image in zip(args.images, images):
+        page = engine.ocr(image, beam_width=args.beam)
         if args.json:
-            h, w = image.shape[:2]
-            line = {"text": result.text, "confidence": round(result.confidence, 4), "box": [0, 0, w, h]}
-            print_json({"image": str(path), "text": result.text, "confidence": line["confidence"], "lines": [line]})
+            lines = [{"text": l.text, "confidence": l.confidence, "box": list(l.box)} for l in page.lines]
+            print_json({"image": str(path), "text": page.text, "confidence": page.confidence, "lines": lines})
         else:
-            print(result.text if len(args.images) == 1 else f"{path}\t{result.text}")
+            print(page.text if len(args.images) == 1 else f"{path}\t{page.text}")
     return 0

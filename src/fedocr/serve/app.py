@@ -1,0 +1,278 @@
+"""The FastAPI app: OCR API, model info and hot swap, and the web page, all from one process.
+
+Heavy objects (the model slot, the cache, the worker limiter) are created once in `lifespan`
+and reached through `Depends`. Recognition runs in worker threads (at most `workers` at a time)
+so the event loop keeps answering while pages are recognised. Uploads stay in memory: the
+multipart parser is told to keep parts up to the request limit in RAM, request bodies are
+capped before they are read, and neither images nor file names are logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.formparsers import MultiPartParser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fedocr.serve.cache import ResultCache, content_key
+from fedocr.serve.engine import PageResult
+from fedocr.serve.hotswap import ModelSlot
+from fedocr.serve.images import BadImage, Limits, configure_pillow, decode_upload
+from fedocr.serve.schemas import BatchItem, BatchResult, Error, Health, ModelDescription, OcrResult, Reloaded
+
+log = logging.getLogger("fedocr.serve")
+STATIC = resources.files("fedocr.serve") / "static"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: Path
+    token: str | None = None                 # bearer token for /api (health excepted); None: open
+    limits: Limits = field(default_factory=Limits)
+    cache_size: int = 256                    # results kept, by image hash
+    workers: int = 2                         # recognitions running at once
+    threads: int | None = None               # ONNX Runtime intra-op threads per engine
+    watch_s: float = 0.0                     # poll the model file this often and reload on change; 0: off
+    cors_origins: tuple[str, ...] = ()       # none unless asked for
+    prefer_onnx: bool = True
+
+
+@dataclass
+class State:
+    config: ServeConfig
+    slot: ModelSlot
+    cache: ResultCache[PageResult]
+    limiter: anyio.CapacityLimiter
+    started: float
+
+
+class BodyLimit:
+    """Refuse request bodies above the limit with 413, before the multipart parser reads them."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit = self.limits.body_limit(batch=scope["path"].endswith("/batch"))
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(send, limit)
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"request body over {limit} bytes")
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except HTTPException as exc:  # raised by counting_receive outside FastAPI's handlers
+            if exc.status_code != 413 or started:
+                raise
+            await _too_large(send, limit)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    response = JSONResponse({"detail": f"request body over {limit} bytes; see the limits in /docs"}, status_code=413)
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.fedocr
+
+
+bearer = HTTPBearer(auto_error=False, description="only when the server was started with --token")
+
+
+def require_token(state: Annotated[State, Depends(get_state)],
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    token = state.config.token
+    if token is None:
+        return
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "not an image, empty, damaged or truncated"},
+    401: {"model": Error, "description": "bearer token required"},
+    413: {"model": Error, "description": "too many bytes, pixels or files"},
+}
+
+
+def _recognise(state: State, data: bytes, name: str) -> OcrResult:
+    """Decode and recognise one upload (runs in a worker thread)."""
+    start = time.perf_counter()
+    loaded = state.slot.current          # this request keeps this model even if a reload happens now
+    version = loaded.engine.info.version
+    key = content_key(data, version)
+    cached = state.cache.get(key)
+    if cached is not None:
+        return OcrResult.from_page(cached, (time.perf_counter() - start) * 1000, version, True)
+    page = loaded.engine.ocr(decode_upload(data, state.config.limits, name))
+    state.cache.put(key, page)
+    return OcrResult.from_page(page, (time.perf_counter() - start) * 1000, version, False)
+
+
+async def _read(upload: UploadFile, limits: Limits) -> bytes:
+    data = await upload.read(limits.max_bytes + 1)
+    await upload.close()
+    return data
+
+
+def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
+    """Build the app; `slot` lets tests inject a model slot, otherwise one is loaded from config.model."""
+    limits = config.limits
+    configure_pillow(limits)
+    # Keep multipart parts in memory up to the request limit (Starlette spools to a temporary
+    # file above 1 MiB by default, and uploads are sensitive documents).
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limits.body_limit(batch=True))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = State(config, slot or ModelSlot(config.model, config.threads, config.prefer_onnx),
+                      ResultCache(config.cache_size), anyio.CapacityLimiter(config.workers), time.time())
+        app.state.fedocr = state
+        watcher = asyncio.create_task(_watch(state)) if config.watch_s > 0 else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+
+    app = FastAPI(title="fedocr", version="1", lifespan=lifespan, description=API_DESCRIPTION.format(l=limits))
+    protected = [Depends(require_token)]
+
+    async def run(state: State, fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=state.limiter)
+
+    @app.post("/api/ocr", response_model=OcrResult, responses=ERRORS, dependencies=protected,
+              summary="Recognise the text of one image (a line or a whole page)")
+    async def ocr(state: Annotated[State, Depends(get_state)],
+                  image: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF, WebP or GIF")]) -> OcrResult:
+        data = await _read(image, limits)
+        try:
+            return await run(state, _recognise, state, data, "image")
+        except BadImage as exc:
+            raise HTTPException(exc.status, exc.message) from None
+
+    @app.post("/api/ocr/batch", response_model=BatchResult, responses=ERRORS, dependencies=protected,
+              summary=f"Recognise up to {limits.max_files} images; each answers on its own")
+    async def ocr_batch(state: Annotated[State, Depends(get_state)],
+                        images: Annotated[list[UploadFile], File(description="the images")]) -> BatchResult:
+        if len(images) > limits.max_files:
+            raise HTTPException(413, f"too many files ({len(images)}); at most {limits.max_files} per request")
+        start = time.perf_counter()
+        items = []
+        for index, upload in enumerate(images):
+            data = await _read(upload, limits)
+            try:
+                items.append(BatchItem(index=index, status=200,
+                                       result=await run(state, _recognise, state, data, f"images[{index}]")))
+            except BadImage as exc:
+                items.append(BatchItem(index=index, status=exc.status, error=exc.message))
+        return BatchResult(results=items, time_ms=round((time.perf_counter() - start) * 1000, 2))
+
+    @app.get("/api/health", response_model=Health, summary="Liveness and the served model's version")
+    async def health(state: Annotated[State, Depends(get_state)]) -> Health:
+        info = state.slot.engine.info
+        return Health(status="ok", model=info.version, backend=info.backend,
+                      uptime_s=round(time.time() - state.started, 1))
+
+    @app.get("/api/model", response_model=ModelDescription, responses=ERRORS, dependencies=protected,
+             summary="The served model: version, charset size, provenance (federated run and round)")
+    async def model(state: Annotated[State, Depends(get_state)]) -> ModelDescription:
+        loaded = state.slot.current
+        return ModelDescription.from_info(loaded.engine.info, loaded.loaded_at)
+
+    @app.post("/api/model/reload", response_model=Reloaded, dependencies=protected,
+              responses={**ERRORS, 409: {"model": Error, "description": "the new file cannot be used; the old model keeps serving"}},
+              summary="Load the model file again (hot swap, no restart, in-flight requests unaffected)")
+    async def reload(state: Annotated[State, Depends(get_state)]) -> Reloaded:
+        try:
+            changed, loaded = await anyio.to_thread.run_sync(state.slot.reload)
+        except Exception as exc:  # any load failure keeps the old model; report it to the operator
+            raise HTTPException(409, f"reload failed, still serving {state.slot.engine.info.version}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if changed:
+            state.cache.clear()
+        return Reloaded(changed=changed, model=ModelDescription.from_info(loaded.engine.info, loaded.loaded_at))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization"])
+    app.add_middleware(BodyLimit, limits=limits)
+    return app
+
+
+async def _watch(state: State) -> None:
+    """Reload when the model file changes (e.g. a federation published a new global model)."""
+    while True:
+        await asyncio.sleep(state.config.watch_s)
+        if not state.slot.changed():
+            continue
+        try:
+            changed, loaded = await anyio.to_thread.run_sync(state.slot.reload)
+        except Exception as exc:  # a bad file must not stop the watcher or the old model
+            log.warning("model file changed but cannot be loaded (%s); still serving %s",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__, state.slot.engine.info.version)
+            await asyncio.sleep(state.config.watch_s)
+            continue
+        if changed:
+            state.cache.clear()
+            log.info("now serving model %s", loaded.engine.info.version)
+
+
+PAGE_HEADERS = {
+    # The page loads nothing from elsewhere; the browser enforces it.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+API_DESCRIPTION = """\
+Chinese + English OCR on CPU. `POST /api/ocr` with a multipart field `image` answers the
+text of a line or a whole page (form, receipt, invoice, waybill), each line with its box and
+confidence.
+
+Limits: {l.max_bytes} bytes and {l.max_pixels} pixels ({l.max_side} per side) per image;
+{l.max_files} images and {l.max_batch_bytes} bytes per batch request. Uploads are kept in
+memory only and never logged. When the server runs with `--token`, send
+`Authorization: Bearer TOKEN` to every `/api` route except `/api/health`.
+"""

@@ -1,0 +1,189 @@
+"""The inference engine behind `fedocr ocr` and the server: a model file in, page results out.
+
+An engine pairs a backend (a `LogitsFn`: ONNX Runtime, or PyTorch as the fallback when no ONNX
+file exists) with the model's charset, and adds what serving needs on top of the shared
+`fedocr.model.recognize_lines`: lines of similar width are batched together (so a batch wastes
+little work on padding), and a page is split into lines first (`fedocr.serve.segment`).
+
+ONNX Runtime is set up for small, shared CPUs: a fixed number of intra-op threads (default: all
+cores, at most 2 per engine), one inter-op thread, sequential execution, and no spin-waiting
+threads (spinning burns the cores that concurrent requests and other processes need).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fedocr.charset import Charset
+from fedocr.data import preprocess
+from fedocr.model import Decoded, LogitsFn, load_checkpoint, recognize_lines, torch_logits_fn
+from fedocr.model.checkpoint import CheckpointError
+from fedocr.serve.export import FORMAT, OUTPUT_NAME, file_digest
+from fedocr.serve.segment import SegmentConfig, split_lines
+
+Backend = Literal["onnx", "torch"]
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the input image, x1/y1 exclusive
+
+
+class ModelLoadError(CheckpointError):
+    """A model file that cannot be served (missing, corrupt, foreign, or without metadata)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a served model is: shown by `GET /api/model` and stamped on every answer."""
+
+    path: str
+    backend: Backend
+    version: str                       # first 12 hex digits of the file's SHA-256
+    charset_size: int                  # classes, blank included
+    charset_version: str
+    quantization: str                  # "fp32" or "int8"
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run(self) -> Any:
+        """The federated run that produced the model, when provenance says so."""
+        return self.provenance.get("run_id", self.provenance.get("run"))
+
+    @property
+    def round(self) -> Any:
+        return self.provenance.get("round")
+
+
+@dataclass(frozen=True)
+class LineResult:
+    text: str
+    confidence: float
+    box: Box
+
+
+@dataclass(frozen=True)
+class PageResult:
+    text: str                          # lines joined in reading order
+    confidence: float                  # mean of the lines' confidences (0 for a page without text)
+    lines: tuple[LineResult, ...]
+    width: int
+    height: int
+
+
+def default_threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, dict[str, str]]:
+    """An ONNX Runtime session as a LogitsFn, plus the file's metadata."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+
+    def run(images: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {"images": images, "widths": widths})[0]
+
+    return run, metadata
+
+
+def resolve_model_path(path: str | Path, prefer_onnx: bool = True) -> Path:
+    """The file to serve: `path` itself, or for a .pt the sibling .onnx when one exists."""
+    path = Path(path)
+    if prefer_onnx and path.suffix == ".pt" and path.with_suffix(".onnx").is_file():
+        return path.with_suffix(".onnx")
+    return path
+
+
+class Engine:
+    """A loaded model: recognise lines and whole pages. Thread-safe; load once, share."""
+
+    def __init__(self, logits_fn: LogitsFn, charset: Charset, info: ModelInfo, batch_size: int = 32,
+                 max_width_ratio: float = 1.5, segment: SegmentConfig | None = None) -> None:
+        self.logits_fn, self.charset, self.info = logits_fn, charset, info
+        self.batch_size, self.max_width_ratio = batch_size, max_width_ratio
+        self.segment = segment or SegmentConfig()
+
+    def recognize(self, crops: Sequence[np.ndarray], beam_width: int = 0) -> list[Decoded]:
+        """Line images (any size, gray or colour) -> decoded lines, in input order.
+
+        Lines are sorted by width and cut into batches whose widest line is at most
+        `max_width_ratio` times the narrowest, so padding stays a small part of each batch.
+        """
+        lines = [preprocess(c) for c in crops]
+        order = sorted(range(len(lines)), key=lambda i: lines[i].shape[1])
+        results: list[Decoded | None] = [None] * len(lines)
+        batch: list[int] = []
+        for i in order + [-1]:
+            if batch and (i < 0 or len(batch) == self.batch_size
+                          or lines[i].shape[1] > self.max_width_ratio * lines[batch[0]].shape[1]):
+                decoded = recognize_lines([lines[j] for j in batch], self.logits_fn, self.charset,
+                                          batch_size=self.batch_size, beam_width=beam_width)
+                for j, d in zip(batch, decoded):
+                    results[j] = d
+                batch = []
+            if i >= 0:
+                batch.append(i)
+        return [r for r in results if r is not None]
+
+    def ocr(self, image: np.ndarray, beam_width: int = 0) -> PageResult:
+        """A page or a single line (uint8 gray or colour) -> lines with boxes, joined text."""
+        crops = split_lines(image, self.segment)
+        decoded = self.recognize([c.image for c in crops], beam_width) if crops else []
+        lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box) for c, d in zip(crops, decoded))
+        rows: list[list[str]] = []
+        last_row = None
+        for crop, line in zip(crops, lines):
+            if crop.row != last_row:
+                rows.append([])
+                last_row = crop.row
+            if line.text:
+                rows[-1].append(line.text)
+        text = "\n".join(" ".join(r) for r in rows if r)
+        confidence = round(float(np.mean([l.confidence for l in lines])), 4) if lines else 0.0
+        return PageResult(text, confidence, lines, int(image.shape[1]), int(image.shape[0]))
+
+
+def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool = True,
+                batch_size: int = 32) -> Engine:
+    """Load a model file: .onnx with ONNX Runtime; .pt with ONNX Runtime when a sibling .onnx
+    exists (and prefer_onnx), else with PyTorch."""
+    path = resolve_model_path(path, prefer_onnx)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    version = file_digest(path)[:12]
+    if path.suffix == ".onnx":
+        logits_fn, meta = onnx_logits_fn(path, threads)
+        if meta.get("format") != FORMAT:
+            raise ModelLoadError(f"{path}: ONNX file without fedocr metadata; export it with `fedocr export`")
+        try:
+            charset = Charset.from_dict(json.loads(meta["charset"]))
+            config = json.loads(meta.get("config", "{}"))
+            provenance = json.loads(meta.get("provenance", "{}"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"{path}: damaged fedocr metadata ({exc})") from exc
+        info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
+                         config, provenance)
+        return Engine(logits_fn, charset, info, batch_size)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(path)
+    info = ModelInfo(str(path), "torch", version, len(ckpt.charset), ckpt.charset.version, "fp32",
+                     ckpt.config.to_dict(), ckpt.provenance)
+    return Engine(torch_logits_fn(ckpt.model), ckpt.charset, info, batch_size)

@@ -1,0 +1,82 @@
+"""Pydantic models of every API answer, so /docs (and the fuzzer reading it) tell the truth."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from fedocr.serve.engine import ModelInfo, PageResult
+
+
+class Line(BaseModel):
+    text: str
+    confidence: float = Field(ge=0, le=1)
+    box: list[int] = Field(min_length=4, max_length=4, description="x0, y0, x1, y1 in image pixels (x1, y1 exclusive)")
+
+
+class OcrResult(BaseModel):
+    text: str = Field(description="all lines joined in reading order (rows by newline)")
+    confidence: float = Field(ge=0, le=1, description="mean line confidence")
+    lines: list[Line]
+    width: int
+    height: int
+    time_ms: float = Field(description="server time for this image (decode + recognise)")
+    model: str = Field(description="version (content hash) of the model that answered")
+    cached: bool = Field(description="answered from the result cache")
+
+    @classmethod
+    def from_page(cls, page: PageResult, time_ms: float, model: str, cached: bool) -> "OcrResult":
+        return cls(text=page.text, confidence=page.confidence, width=page.width, height=page.height,
+                   lines=[Line(text=l.text, confidence=l.confidence, box=list(l.box)) for l in page.lines],
+                   time_ms=round(time_ms, 2), model=model, cached=cached)
+
+
+class BatchItem(BaseModel):
+    index: int
+    result: OcrResult | None = None
+    error: str | None = Field(default=None, description="why this image was not recognised")
+    status: int = Field(description="HTTP-style status of this item: 200, or 4xx")
+
+
+class BatchResult(BaseModel):
+    results: list[BatchItem]
+    time_ms: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    backend: str
+    uptime_s: float
+
+
+class ModelDescription(BaseModel):
+    version: str
+    file: str
+    backend: str
+    quantization: str
+    charset_size: int
+    charset_version: str
+    run: Any = Field(default=None, description="federated run that produced the model, if any")
+    round: Any = Field(default=None, description="federated round that produced the model, if any")
+    loaded_at: str
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @classmethod
+    def from_info(cls, info: ModelInfo, loaded_at: str) -> "ModelDescription":
+        from pathlib import Path
+
+        return cls(version=info.version, file=Path(info.path).name, backend=info.backend,
+                   quantization=info.quantization, charset_size=info.charset_size,
+                   charset_version=info.charset_version, run=info.run, round=info.round, loaded_at=loaded_at,
+                   config=info.config, provenance=info.provenance)
+
+
+class Reloaded(BaseModel):
+    changed: bool
+    model: ModelDescription
+
+
+class Error(BaseModel):
+    detail: str
