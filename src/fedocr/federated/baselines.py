@@ -1,0 +1,93 @@
+"""The report's final table: each organisation's CER on its own and on the others' test sets,
+for its local-only model, the federated model and a centralized model.
+
+Both baselines start from the federation's initial model and run the same training recipe as a
+client's local epochs (`client_app.local_train_config`) for the same budget: rounds x local
+epochs passes over their data. Local-only sees one organisation's lines; centralized sees all
+organisations' lines pooled (what FedAvg would approach if the data could be shared).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedocr.charset import Charset
+from fedocr.data import EncodedLines, LineDataset
+from fedocr.federated.config import FlConfig
+from fedocr.federated.orgs import get_federation, org_lines
+from fedocr.federated.vocab import initial_model
+from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
+from fedocr.model.checkpoint import provenance
+from fedocr.train import TrainConfig, Trainer, evaluate
+
+
+class Pooled(LineDataset):
+    """Several line sets read as one."""
+
+    def __init__(self, parts: list[LineDataset], name: str) -> None:
+        self.items = [part[i] for part in parts for i in range(len(part))]
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        return self.items[index]
+
+
+def baseline_train_config(cfg: FlConfig, n_lines: int) -> TrainConfig:
+    """The client's local recipe (constant rate after a short warm-up), for rounds x epochs."""
+    steps = max(1, round(cfg.num_rounds * cfg.local_epochs * -(-n_lines // cfg.batch_size)))
+    return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
+                       warmup_steps=max(1, min(20, steps // 5)), seed=cfg.seed, log_every=10**9)
+
+
+def _train(cfg: FlConfig, charset: Charset, data: LineDataset) -> tuple[CRNN, float]:
+    model, _, _ = initial_model(cfg)
+    lines = EncodedLines(data, charset)
+    result = Trainer(model, charset, lines, baseline_train_config(cfg, len(lines)), log=lambda _: None).fit()
+    return model, result.seconds
+
+
+def _cer(model: CRNN, charset: Charset, data: LineDataset) -> float:
+    return evaluate(torch_logits_fn(model), charset, data).cer
+
+
+def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the baselines, evaluate all three kinds of model per organisation, save the baselines."""
+    fed = get_federation(cfg.federation)
+    federated = load_checkpoint(federated_model)
+    charset = federated.charset
+    train = {o: org_lines(cfg.federation, o, "train", cfg.lines_per_client, cfg.seed, charset.version, charset)
+             for o in fed.orgs}
+    test = {o: org_lines(cfg.federation, o, "test", cfg.test_lines, cfg.seed, charset.version, charset)
+            for o in fed.orgs}
+    out = cfg.out_path()
+    models: dict[str, dict[str, CRNN]] = {o: {"federated": federated.model} for o in fed.orgs}
+    seconds: dict[str, float] = {}
+    for org in fed.orgs:
+        printer(f"baseline: local-only {org} ({len(train[org])} lines, {cfg.num_rounds} x {cfg.local_epochs:g} epochs)")
+        model, seconds[f"local_only/{org}"] = _train(cfg, charset, train[org])
+        models[org]["local_only"] = model
+        save_checkpoint(out / f"local-only-{org}.pt", model, charset, provenance(kind="local-only", org=org))
+    printer(f"baseline: centralized ({sum(len(t) for t in train.values())} pooled lines)")
+    central, seconds["centralized"] = _train(cfg, charset, Pooled(list(train.values()), "pooled"))
+    save_checkpoint(out / "centralized.pt", central, charset, provenance(kind="centralized", orgs=list(fed.orgs)))
+    t0 = time.time()
+    clients: dict[str, Any] = {}
+    for org in fed.orgs:
+        models[org]["centralized"] = central
+        others = Pooled([test[o] for o in fed.orgs if o != org], f"not-{org}")
+        clients[org] = {
+            "own_test_cer": {kind: _cer(m, charset, test[org]) for kind, m in models[org].items()},
+            "other_test_cer": {kind: _cer(m, charset, others) for kind, m in models[org].items()},
+        }
+    mean = {kind: float(np.mean([c["own_test_cer"][kind] for c in clients.values()]))
+            for kind in ("local_only", "federated", "centralized")}
+    return {"clients": clients, "mean_own_test_cer": mean, "baseline_train_seconds": seconds,
+            "eval_seconds": time.time() - t0, "federated_model": str(federated_model)}
+

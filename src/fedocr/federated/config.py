@@ -1,0 +1,144 @@
+"""The federated run's settings: one typed, validated dataclass built once from Flower's run config.
+
+Flower hands the ServerApp and every ClientApp `context.run_config`, a flat dict whose keys are
+the hyphenated names declared in `[tool.flwr.app.config]` of pyproject.toml. `FlConfig.from_run_config`
+is the only place those strings are read, so a typo or a bad value fails at the edge with the
+key's name, not deep inside a round. The defaults here equal the pyproject defaults (a test
+checks that), so the Python API and `flwr run .` behave alike.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+# Where a relative out-dir or store path is resolved: the ServerApp's working directory is the
+# SuperLink's, which says nothing to the operator, so relative paths go under one known root.
+RUNS_ROOT_ENV = "FEDOCR_RUNS"
+# The shipped base model; `initial-model = "auto"` uses it when present.
+BASE_MODEL = Path(__file__).resolve().parents[3] / "models" / "base.pt"
+
+Aggregate = Literal["all", "backbone"]
+
+
+class ConfigError(ValueError):
+    """A run-config value that cannot be used; the message names the key."""
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ROOT_ENV) or Path.home() / ".fedocr" / "runs")
+
+
+@dataclass(frozen=True)
+class FlConfig:
+    num_rounds: int = 3                # federated rounds
+    local_epochs: float = 1.0          # passes over its own data per client per round
+    lr: float = 3e-3                   # AdamW peak learning rate of local training
+    batch_size: int = 16
+    fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
+    min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
+    aggregate: Aggregate = "all"       # "backbone": CNN+RNN only, each client keeps its own CTC head (FedPer)
+    initial_model: str = "auto"        # "auto" (models/base.pt if present, else scratch), "scratch" or a .pt path
+    model_size: str = "tiny"           # CRNN size when starting from scratch
+    charset: str = "default"           # vocabulary when starting from scratch: "default" or "mini"
+    federation: str = "three-orgs"     # synthetic organisations in simulation (see federated.orgs)
+    lines_per_client: int = 400        # synthetic training lines per organisation (simulation)
+    test_lines: int = 100              # synthetic test lines per organisation (final report)
+    val_lines: int = 200               # server-side validation lines of the `public` set
+    round_deadline_s: float = 300.0    # replies later than this are dropped as stragglers
+    wait_for_nodes_s: float = 120.0    # how long a round waits for enough connected nodes
+    max_update_norm: float = 1e4       # L2 bound on an update's float tensors; larger ones are rejected
+    seed: int = 0                      # client sampling, local shuffling, synthetic data
+    out_dir: str = "fl-run"            # models, state and report.json (relative: under $FEDOCR_RUNS)
+    store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
+    run_name: str = ""                 # label shown by `fedocr fl runs` (default: the out-dir name)
+    faults: str = ""                   # drills only: "client:kind@round,..." kind = crash|hang|nan|huge|charset
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"run config {key.replace('_', '-')}: {why}")
+
+        if self.num_rounds < 1:
+            raise bad("num_rounds", "must be at least 1")
+        if not self.local_epochs > 0:
+            raise bad("local_epochs", "must be positive")
+        if not self.lr > 0:
+            raise bad("lr", "must be positive")
+        if self.batch_size < 1:
+            raise bad("batch_size", "must be at least 1")
+        if not 0 < self.fraction_train <= 1:
+            raise bad("fraction_train", "must be in (0, 1]")
+        if self.min_accepted < 1:
+            raise bad("min_accepted", "must be at least 1")
+        if self.aggregate not in ("all", "backbone"):
+            raise bad("aggregate", f"{self.aggregate!r} is not 'all' or 'backbone'")
+        if self.charset not in ("default", "mini"):
+            raise bad("charset", f"{self.charset!r} is not 'default' or 'mini'")
+        if not self.round_deadline_s > 0:
+            raise bad("round_deadline_s", "must be positive")
+        if not self.max_update_norm > 0:
+            raise bad("max_update_norm", "must be positive")
+        for key in ("lines_per_client", "test_lines", "val_lines"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
+        from fedocr.federated.faults import parse_faults  # validates the drill syntax once
+        try:
+            parse_faults(self.faults)
+        except ValueError as exc:
+            raise bad("faults", str(exc)) from None
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any], **overrides: Any) -> "FlConfig":
+        """Build from Flower's run config (hyphenated keys); unknown keys are refused by name."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in {**run_config, **{k.replace("_", "-"): v for k, v in overrides.items()}}.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"run config {key}: unknown key")
+            default = known[name].default
+            try:
+                values[name] = type(default)(value) if not isinstance(default, bool) else bool(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"run config {key}: expected {type(default).__name__}, got {value!r}") from None
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> "FlConfig":
+        return replace(self, **changes)
+
+    # -- derived values ------------------------------------------------------------------
+    def clients_per_round(self, available: int) -> int:
+        """ceil(fraction x available), never below the participation threshold nor above what is there."""
+        return min(available, max(self.min_accepted, math.ceil(self.fraction_train * available)))
+
+    def initial_model_path(self) -> Path | None:
+        """The checkpoint to start from, or None for a fresh model."""
+        if self.initial_model == "scratch":
+            return None
+        if self.initial_model == "auto":
+            return BASE_MODEL if BASE_MODEL.is_file() else None
+        path = Path(self.initial_model).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(f"run config initial-model: use an absolute path, got {self.initial_model!r}")
+        if not path.is_file():
+            raise ConfigError(f"run config initial-model: {path} does not exist")
+        return path
+
+    def out_path(self) -> Path:
+        return _under_root(self.out_dir)
+
+    def store_path(self) -> Path:
+        return _under_root(self.store)
+
+
+def _under_root(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else runs_root() / path

@@ -1,0 +1,126 @@
+"""Synthetic organisations for simulation, and each client's private data.
+
+`three-orgs` and `four-orgs` map organisations to the data part's domain presets (DESIGN.md,
+"Data presets") and need the full vocabulary, so they are meant to start from the shipped base
+model. `three-orgs-mini` is the same story shrunk to fit a from-scratch tiny model in minutes on
+a laptop CPU: the 22-character `mini` vocabulary, each organisation writing digits plus its own
+hanzi (hospital 医院日期, bank 银行金额, school 学校中国人民) under its own image conditions. That
+keeps the organisations non-IID in what they write and how it looks, which is what makes a model
+trained on one organisation fail on the others.
+
+Data seeds are disjoint per organisation and per split (train / test / validation), so no line
+of a test set is ever trained on.
+"""
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedocr.charset import Charset, default_charset
+from fedocr.data import PRESETS, InMemoryLines, LineDataset, SyntheticLines, open_dataset
+from fedocr.data.presets import Preset
+from fedocr.data.render import Conditions
+
+MINI_ALPHABET = "0123456789中国人民银行金额日期医院学校"
+
+_SPLIT_SEED = {"train": 1, "test": 2, "val": 3}
+
+
+def _mini_line(hanzi: str, rng: random.Random) -> str:
+    """3-10 characters, about half of them the organisation's own hanzi."""
+    return "".join(rng.choice(hanzi) if rng.random() < 0.5 else rng.choice("0123456789")
+                   for _ in range(rng.randint(3, 10)))
+
+
+_MINI_CLEAN = dict(low_contrast=0.0, blur=0.1, noise=0.1, jpeg=0.0, rotation_deg=0.5, perspective=0.0, rules=0.0,
+                   stains=0.0, uneven_light=0.0)
+MINI_PRESETS: dict[str, Preset] = {
+    "hospital": Preset("hospital-mini", functools.partial(_mini_line, "医院日期"), {"sans": 0.6, "serif": 0.4},
+                       Conditions(font_px=(28, 36), **{**_MINI_CLEAN, "low_contrast": 0.4, "blur": 0.2}),
+                       "digits + 医院日期 on low-contrast scans"),
+    "bank": Preset("bank-mini", functools.partial(_mini_line, "银行金额"), {"serif": 0.7, "sans": 0.3},
+                   Conditions(font_px=(28, 36), **{**_MINI_CLEAN, "stamp": 0.2, "noise": 0.4}),
+                   "digits + 银行金额 with stamps and noise"),
+    "school": Preset("school-mini", functools.partial(_mini_line, "学校中国人民"), {"kai": 0.7, "sans": 0.3},
+                     Conditions(font_px=(28, 36), **{**_MINI_CLEAN, "rotation_deg": 2.0}),
+                     "digits + 学校中国人民 in Kaiti, slightly rotated"),
+}
+
+
+def _mini_public(rng: random.Random) -> str:
+    return _mini_line("".join(MINI_ALPHABET[10:]), rng)
+
+
+MINI_PUBLIC = Preset("public-mini", _mini_public, {"sans": 0.4, "serif": 0.3, "kai": 0.3},
+                     Conditions(font_px=(28, 36), **{**_MINI_CLEAN, "low_contrast": 0.15, "stamp": 0.05}),
+                     "the mini vocabulary in every organisation's style (server validation)")
+
+
+@dataclass(frozen=True)
+class Federation:
+    name: str
+    orgs: tuple[str, ...]
+    mini: bool            # uses the 22-character vocabulary and the mini presets
+
+    def preset(self, org: str) -> Preset:
+        return MINI_PRESETS[org] if self.mini else PRESETS[org]
+
+    def public_preset(self) -> Preset:
+        return MINI_PUBLIC if self.mini else PRESETS["public"]
+
+
+FEDERATIONS: dict[str, Federation] = {
+    "three-orgs": Federation("three-orgs", ("hospital", "bank", "school"), mini=False),
+    "four-orgs": Federation("four-orgs", ("hospital", "bank", "school", "logistics"), mini=False),
+    "three-orgs-mini": Federation("three-orgs-mini", ("hospital", "bank", "school"), mini=True),
+}
+
+
+def get_federation(name: str) -> Federation:
+    try:
+        return FEDERATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown federation {name!r}; choose one of {', '.join(FEDERATIONS)}") from None
+
+
+def named_charset(name: str) -> Charset:
+    """'default' (6,946 classes) or 'mini' (22 characters + blank)."""
+    return Charset(list(MINI_ALPHABET)) if name == "mini" else default_charset()
+
+
+def _seed(seed: int, org_index: int, split: str) -> int:
+    return 100_003 * seed + 1_009 * org_index + _SPLIT_SEED[split]
+
+
+@functools.lru_cache(maxsize=16)
+def org_lines(federation: str, org: str, split: str, n: int, seed: int, charset_version: str,
+              charset: Charset) -> InMemoryLines:
+    """An organisation's lines of one split, rendered once per process (Ray actors and the
+    simulate driver reuse them across rounds)."""
+    fed = get_federation(federation)
+    index = fed.orgs.index(org)
+    return InMemoryLines(SyntheticLines(fed.preset(org), n, seed=_seed(seed, index, split), charset=charset))
+
+
+def synthetic_org_data(federation: str, partition_id: int, split: str, n: int, seed: int,
+                       charset: Charset) -> tuple[str, InMemoryLines]:
+    """(organisation name, its lines) for a simulation partition id."""
+    fed = get_federation(federation)
+    if not 0 <= partition_id < len(fed.orgs):
+        raise ValueError(f"partition {partition_id} outside {federation} ({len(fed.orgs)} organisations)")
+    org = fed.orgs[partition_id]
+    return org, org_lines(federation, org, split, n, seed, charset.version, charset)
+
+
+@functools.lru_cache(maxsize=4)
+def public_lines(federation: str, n: int, seed: int, charset_version: str, charset: Charset) -> InMemoryLines:
+    """The server's validation set: the federation's `public` mix."""
+    preset = get_federation(federation).public_preset()
+    return InMemoryLines(SyntheticLines(preset, n, seed=_seed(seed, 99, "val"), charset=charset))
+
+
+def folder_data(path: str | Path) -> LineDataset:
+    """A deployment node's own data (a folder with labels.tsv, LMDB or a label file), read once."""
+    return InMemoryLines(open_dataset(Path(path)))

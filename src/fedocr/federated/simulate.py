@@ -1,0 +1,83 @@
+"""`fedocr fl simulate`: the ServerApp and ClientApp on Flower's simulation engine (Ray), one
+virtual SuperNode per synthetic organisation, then the local-only and centralized baselines
+and report.json.
+
+It drives Flower's own engine (`flwr.simulation.run_simulation`); nothing here carries messages.
+Every Flower run needs the environment in `flower_env`; Ray gets a short temporary folder of its
+own (its socket paths must stay under 107 characters) that is removed afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedocr.federated.config import FlConfig
+from fedocr.federated.orgs import get_federation
+from fedocr.federated.report import build_report, write_json
+from fedocr.federated.store import RunStore
+
+# At most two concurrent Ray actors on this machine kind (each ~550 MB, one core each).
+MAX_ACTORS = 2
+
+
+def flower_env(flwr_home: Path, ray_tmp: Path | None = None) -> dict[str, str]:
+    """The environment every Flower run needs here (notes/flower-1.42.md)."""
+    env = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": str(flwr_home)}
+    if ray_tmp is not None:
+        env["RAY_TMPDIR"] = str(ray_tmp)
+    return env
+
+
+def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], None] = print,
+             actors: int = MAX_ACTORS) -> dict[str, Any]:
+    """Run the federation of `cfg.federation` for `cfg.num_rounds` rounds (resuming a run found in
+    the out-dir), then evaluate; returns the report that was written to out-dir/report.json."""
+    fed = get_federation(cfg.federation)
+    out = cfg.out_path()
+    out.mkdir(parents=True, exist_ok=True)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fedocr-ray-", dir="/tmp"))
+    os.environ.update(flower_env(out / ".flwr", ray_tmp))
+    (out / ".flwr").mkdir(exist_ok=True)
+    overrides = cfg.to_run_config()
+    from flwr.simulation import run_simulation
+
+    from fedocr.federated.client_app import build_client_app
+    from fedocr.federated.server_app import build_server_app
+
+    cpus = max(1, min(actors, os.cpu_count() or 1))
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
+                             "logging_level": "warning", "log_to_driver": True}}
+    try:
+        run_simulation(server_app=build_server_app(overrides), client_app=build_client_app(overrides),
+                       num_supernodes=len(fed.orgs), backend_config=backend)
+    finally:
+        _stop_ray()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    report_path = out / "report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if baselines and (out / "model.pt").is_file():
+        from fedocr.federated.baselines import final_evaluation
+
+        final = final_evaluation(cfg, out / "model.pt", printer)
+        with RunStore(cfg.store_path()) as store:
+            store.finish_run(report["run_id"], report["status"], final=final)
+            report = build_report(store, report["run_id"])
+        write_json(report_path, report)
+    return report
+
+
+def _stop_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
