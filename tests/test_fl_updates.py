@@ -20,6 +20,7 @@ def test_delta_is_local_minus_global_and_keeps_dtypes() -> None:
     d = delta(_weights(1.5, 7), _weights(1.0, 5))
     assert np.allclose(d["conv.weight"], 0.5) and d["conv.weight"].dtype == np.float32
     assert d["norm.num_batches_tracked"] == 2 and d["norm.num_batches_tracked"].dtype == np.int64
+    assert all(isinstance(v, np.ndarray) for v in d.values())  # Flower refuses NumPy scalars
     assert d["norm.num_batches_tracked"].shape == ()
 
 
@@ -36,6 +37,7 @@ def test_integer_buffers_average_to_rounded_integers() -> None:
     assert avg["norm.num_batches_tracked"] == 4  # 3.5 rounds half to even
     new = apply_update(_weights(0, 10), avg)
     assert new["norm.num_batches_tracked"] == 14 and new["norm.num_batches_tracked"].dtype == np.int64
+    assert isinstance(avg["norm.num_batches_tracked"], np.ndarray) and isinstance(new["norm.num_batches_tracked"], np.ndarray)
 
 
 def test_update_steps_do_not_mutate_their_inputs() -> None:

@@ -1,8 +1,179 @@
-"""`fedocr` sub-commands of the federated part (filled in by its issue)."""
+"""`fedocr fl simulate | runs | show | certs`: thin conveniences over Flower (DESIGN.md: not a second engine)."""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedocr.cli.common import CliError, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's sub-commands to the parser."""
+    fl = sub.add_parser("fl", help="federated training on Flower: simulate, inspect runs, make certificates")
+    fl_sub = fl.add_subparsers(dest="fl_command", required=True, metavar="FL_COMMAND")
+
+    p = fl_sub.add_parser("simulate", help="run a synthetic federation on Flower's simulation engine",
+                          description="Run the Flower App on Flower's simulation engine, one virtual SuperNode per "
+                                      "organisation, then train the local-only and centralized baselines and write "
+                                      "OUT/report.json, OUT/round-N.pt and OUT/model.pt. Re-running with the same "
+                                      "--out resumes after the last completed round.")
+    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs or three-orgs-mini")
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
+    p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
+    p.add_argument("--local-epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--fraction", type=float, help="share of clients sampled per round")
+    p.add_argument("--min-accepted", type=int, help="participation threshold")
+    p.add_argument("--aggregate", choices=["all", "backbone"])
+    p.add_argument("--initial-model", help="auto, scratch or an absolute .pt path")
+    p.add_argument("--lines", type=int, help="training lines per organisation")
+    p.add_argument("--test-lines", type=int)
+    p.add_argument("--val-lines", type=int)
+    p.add_argument("--deadline", type=float, help="round deadline in seconds")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
+    p.add_argument("--no-baselines", action="store_true", help="skip local-only and centralized baselines")
+    p.set_defaults(run=run_simulate)
+
+    p = fl_sub.add_parser("runs", help="list the runs in the run store")
+    p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_runs)
+
+    p = fl_sub.add_parser("show", help="one run's rounds and clients")
+    p.add_argument("run_ref", metavar="RUN", help="run id, id prefix or name")
+    p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
+    p.add_argument("--json", action="store_true", help="print the report (report.json shape)")
+    p.set_defaults(run=run_show)
+
+    p = fl_sub.add_parser("certs", help="make (or --check) TLS certificates and SuperNode keys for a deployment")
+    p.add_argument("--out", type=Path, required=True, help="folder for ca.crt, server.pem/.key and node keys")
+    p.add_argument("--hosts", default="127.0.0.1,localhost",
+                   help="SuperLink names and IPs for the server certificate's SANs, comma-separated")
+    p.add_argument("--nodes", default="hospital,bank,school", help="SuperNode key names, comma-separated")
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--check", action="store_true", help="only check an existing folder")
+    p.set_defaults(run=run_certs)
+
+
+def _store_path(arg: Path | None) -> Path:
+    from fedocr.federated.config import FlConfig
+
+    return arg.resolve() if arg else FlConfig().store_path()
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from fedocr.federated.config import ConfigError, FlConfig
+    from fedocr.federated.orgs import FEDERATIONS
+
+    if args.preset not in FEDERATIONS:
+        raise CliError(f"unknown preset {args.preset!r}; choose one of {', '.join(FEDERATIONS)}", 2)
+    values: dict[str, Any] = {"federation": args.preset, "num-rounds": args.rounds, "out-dir": str(args.out.resolve()),
+                              "store": str(_store_path(args.store))}
+    if FEDERATIONS[args.preset].mini:
+        values["charset"] = "mini"
+    for flag, key in [("local_epochs", "local-epochs"), ("lr", "lr"), ("batch_size", "batch-size"),
+                      ("fraction", "fraction-train"), ("min_accepted", "min-accepted"), ("aggregate", "aggregate"),
+                      ("initial_model", "initial-model"), ("lines", "lines-per-client"), ("test_lines", "test-lines"),
+                      ("val_lines", "val-lines"), ("deadline", "round-deadline-s"), ("seed", "seed")]:
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set {item!r}: expected KEY=VALUE", 2)
+        values[key.strip()] = value.strip()
+    try:
+        cfg = FlConfig.from_run_config(values)
+        start = cfg.initial_model_path()
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from exc
+    if start is None and not FEDERATIONS[args.preset].mini:
+        print("fedocr: note: no base model (models/base.pt): starting from scratch with the full vocabulary, which "
+              "does not learn in minutes on a CPU; try --preset three-orgs-mini", file=sys.stderr)
+    from fedocr.federated.simulate import simulate
+
+    report = simulate(cfg, baselines=not args.no_baselines, printer=lambda s: print(s, flush=True))
+    if report.get("final"):
+        print(format_final(report["final"]))
+    print(f"wrote {cfg.out_path() / 'report.json'} (run {report['run_id']})")
+    return 0
+
+
+def format_final(final: dict[str, Any]) -> str:
+    """The report's per-organisation CER table."""
+    kinds = ("local_only", "federated", "centralized")
+    lines = [f"{'organisation':<14}" + "".join(f"{'own ' + k:>18}" for k in kinds)
+             + "".join(f"{'others ' + k:>21}" for k in kinds)]
+    for org, c in final["clients"].items():
+        lines.append(f"{org:<14}" + "".join(f"{c['own_test_cer'][k]:>18.4f}" for k in kinds)
+                     + "".join(f"{c['other_test_cer'][k]:>21.4f}" for k in kinds))
+    return "\n".join(lines)
+
+
+def _open_store(arg: Path | None) -> Any:
+    from fedocr.federated.store import RunStore
+
+    path = _store_path(arg)
+    if not path.is_file():
+        raise CliError(f"{path}: no run store (run `fedocr fl simulate` or pass --store)")
+    return RunStore(path)
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        runs = store.runs()
+    if args.json:
+        print_json(runs)
+        return 0
+    print(f"{'run':<13} {'name':<20} {'federation':<16} {'status':<9} {'rounds':>6} {'best val CER':>12}  created")
+    for r in runs:
+        best = f"{r['best_val_cer']:.4f}" if r["best_val_cer"] is not None else "-"
+        print(f"{r['run_id']:<13} {r['name'][:20]:<20} {(r['federation'] or '-'):<16} {r['status']:<9} "
+              f"{r['rounds']:>6} {best:>12}  {r['created']}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from fedocr.federated.report import build_report
+
+    with _open_store(args.store) as store:
+        run_id = store.find(args.run_ref)
+        if run_id is None:
+            raise CliError(f"no run {args.run_ref!r} in {store.path}")
+        report = build_report(store, run_id)
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"run {run_id} ({report['name']}), {report['preset']}, {report['status']}")
+    for r in report["rounds"]:
+        cer = f"{r['val_cer']:.4f}" if r["val_cer"] is not None else "-"
+        print(f"round {r['round']}: accepted {r['accepted']}/{r['sampled']}  val CER {cer}  {r['seconds']:.1f} s"
+              + ("" if r["applied"] else f"  [{r['note']}]"))
+        for c in r["clients"]:
+            status = "accepted" if c["accepted"] else f"rejected: {c['reason']}"
+            norm = f"{c['update_norm']:.3g}" if c["update_norm"] is not None else "-"
+            print(f"    {c['id']:<12} examples {c['examples']:>5}  norm {norm:>8}  up {c['bytes_up']:>9} B  {status}")
+    if report["final"]:
+        print(format_final(report["final"]))
+    return 0
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from fedocr.federated.certs import CertError, check_bundle, make_bundle
+
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
+    try:
+        if not args.check:
+            make_bundle(args.out, hosts, nodes, days=args.days)
+        found = check_bundle(args.out, hosts)
+    except CertError as exc:
+        raise CliError(str(exc)) from exc
+    for line in found:
+        print(line)
+    return 0

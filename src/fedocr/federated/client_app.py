@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 from fedocr.data import EncodedLines, LineDataset
 from fedocr.federated.config import FlConfig
 from fedocr.federated.faults import fault_for
-from fedocr.federated.orgs import folder_data, synthetic_org_data
+from fedocr.federated.orgs import folder_data, get_federation, synthetic_org_data
 from fedocr.federated.updates import aggregated_keys, delta, select
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import from_record, load_weights, model_config_from, model_weights, to_record
@@ -83,7 +83,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     if fault == "crash":
         raise RuntimeError(f"drill: {name} crashes in round {server_round}")
     if fault == "hang":
-        time.sleep(2 * cfg.round_deadline_s + 5)  # well past the deadline; the server must not wait
+        time.sleep(1.5 * cfg.round_deadline_s + 5)  # well past the deadline; the server must not wait
 
     model = CRNN(model_config_from(server))
     global_w = from_record(msg.content["global"])
@@ -117,6 +117,19 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     return Message(RecordDict({"delta": to_record(update), "metrics": metrics, "info": info}), reply_to=msg)
 
 
+def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
+    """Who this node is and which vocabulary it expects (no data leaves the node)."""
+    cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+    node = context.node_config
+    if "data-path" in node:
+        name = str(node.get("name") or f"node-{context.node_id}")
+    else:
+        name = get_federation(cfg.federation).orgs[int(node["partition-id"])]
+    pinned = node.get("charset-version")
+    version = str(pinned) if pinned else expected_charset(cfg).version
+    return Message(RecordDict({"info": ConfigRecord({"client": name, "charset-version": version})}), reply_to=msg)
+
+
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose run config is Flower's plus `overrides` (hyphenated keys). `fedocr fl
     simulate` passes its command-line settings this way; `flwr run .` uses `app` below."""
@@ -125,6 +138,10 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         return handle_train(msg, context, overrides)
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle_query(msg, context, overrides)
 
     return client_app
 

@@ -183,7 +183,6 @@ class FederatedServer:
             state.weights = apply_update(state.weights, weighted_average(accepted))  # type: ignore[arg-type]
         else:
             note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"
-            log.warning("round %d %s", rnd, note)
             self.print(f"round {rnd}: {note}")
         load_weights(self.model, state.weights)
         v0 = time.time()
@@ -209,6 +208,22 @@ class FederatedServer:
         state.round = rnd
         state.save(self.out)
 
+    def introduce(self, grid: Grid) -> None:
+        """Ask every connected node its name and vocabulary before round 1, so a node that later
+        drops is recorded by name, and a vocabulary mismatch is reported before any training."""
+        nodes = self._nodes(grid)
+        config = ConfigRecord({"charset-version": self.charset.version})
+        messages = [Message(RecordDict({"config": config}), node, "query", ttl=120.0) for node in nodes]
+        for reply in grid.send_and_receive(messages, timeout=min(60.0, self.cfg.round_deadline_s)):
+            if reply.has_error() or "info" not in reply.content.config_records:
+                continue
+            info = reply.content["info"]
+            self.state.names[str(reply.metadata.src_node_id)] = str(info["client"])
+            if info.get("charset-version") != self.charset.version:
+                self.print(f"node {info['client']}: charset {info.get('charset-version')} differs from the "
+                           f"server's {self.charset.version}; its updates will be refused")
+        self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
+
     def run(self, grid: Grid) -> dict:
         cfg, state = self.cfg, self.state
         if self.resumed:
@@ -219,12 +234,17 @@ class FederatedServer:
             self.print(f"round 0: initial model ({self.init_desc}) val CER {cer:.4f}")
         status = "finished"
         try:
+            if state.round < cfg.num_rounds:
+                self.introduce(grid)
             for rnd in range(state.round + 1, cfg.num_rounds + 1):
                 record = self.run_round(grid, rnd)
                 self._save_round(record)
                 self.print(f"round {rnd}/{cfg.num_rounds}  accepted {record.accepted}/{record.sampled}  "
                            f"val CER {record.val_cer:.4f}  {record.seconds + (record.val_seconds or 0):.1f} s"
                            + ("" if record.applied else "  (not applied)"))
+                for client in record.clients:
+                    if not client.accepted:
+                        self.print(f"    {client.client}: {client.reason}")
         except NotEnoughNodes as exc:
             status = "stalled"
             self.print(f"run stopped after round {state.round}: {exc}")

@@ -47,7 +47,8 @@ def aggregated_keys(weights: Mapping[str, np.ndarray], aggregate: str) -> list[s
 
 def delta(local: Mapping[str, np.ndarray], global_: Mapping[str, np.ndarray]) -> Weights:
     """w_local - w_global per key, in each tensor's own dtype (integer buffers stay integers)."""
-    return {k: np.subtract(local[k], global_[k]).astype(global_[k].dtype, copy=False) for k in global_}
+    # np.asarray: arithmetic on 0-d arrays returns NumPy scalars, which are not arrays to Flower.
+    return {k: np.asarray(np.subtract(local[k], global_[k]), dtype=global_[k].dtype) for k in global_}
 
 
 def l2_norm(update: Mapping[str, np.ndarray]) -> float:
@@ -102,7 +103,7 @@ def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) ->
         acc = np.zeros(ref.shape, dtype=np.float64)
         for update, n in updates:
             acc += (n / total) * update[key].astype(np.float64)
-        out[key] = acc.astype(ref.dtype) if is_float(ref) else np.rint(acc).astype(ref.dtype)
+        out[key] = np.asarray(acc if is_float(ref) else np.rint(acc), dtype=ref.dtype)
     return out
 
 
@@ -114,9 +115,9 @@ def apply_update(global_: Mapping[str, np.ndarray], update: Mapping[str, np.ndar
         if key not in update:
             out[key] = weight.copy()
         elif is_float(weight):
-            out[key] = (weight + server_lr * update[key]).astype(weight.dtype)
+            out[key] = np.asarray(weight + server_lr * update[key], dtype=weight.dtype)
         else:
-            out[key] = (weight + np.rint(server_lr * update[key]).astype(weight.dtype)).astype(weight.dtype)
+            out[key] = np.asarray(weight + np.rint(server_lr * update[key]), dtype=weight.dtype)
     return out
 
 

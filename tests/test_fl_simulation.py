@@ -1,0 +1,108 @@
+"""The Flower App on Flower's simulation engine: three small organisations, faults, restarts.
+
+Small on purpose (tiny CRNN, 22-character vocabulary, 48 lines per organisation, 2 rounds): these
+check the federation's behaviour, not its accuracy (bench/fl_three_orgs.py does that).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedocr.cli import main
+from fedocr.federated.config import FlConfig
+from fedocr.federated.simulate import simulate
+from fedocr.model import load_checkpoint
+
+SMALL = ["--preset", "three-orgs-mini", "--lines", "48", "--val-lines", "24", "--test-lines", "16",
+         "--initial-model", "scratch", "--fraction", "1", "--min-accepted", "2"]
+
+
+@pytest.mark.slow
+def test_simulation_writes_report_with_baselines_and_rejects_bad_updates(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out, store = tmp_path / "out", tmp_path / "runs.db"
+    code = main(["fl", "simulate", *SMALL, "--rounds", "2", "--out", str(out), "--store", str(store),
+                 "--deadline", "60", "--set", "faults=school:nan@1,bank:crash@2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "round 1/2  accepted 2/3" in printed and "round 2/2  accepted 2/3" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["preset"] == "three-orgs-mini" and report["config"]["num_rounds"] == 2
+    r1, r2 = report["rounds"]
+    by_id = {c["id"]: c for c in r1["clients"]}
+    assert set(by_id) == {"hospital", "bank", "school"}
+    assert not by_id["school"]["accepted"] and "non-finite" in by_id["school"]["reason"]
+    assert by_id["hospital"]["accepted"] and by_id["hospital"]["examples"] == 48
+    assert by_id["hospital"]["bytes_up"] > 0 and by_id["hospital"]["update_norm"] > 0
+    bank2 = {c["id"]: c for c in r2["clients"]}["bank"]
+    assert not bank2["accepted"] and bank2["reason"].startswith("client failed")
+    assert r1["applied"] and r2["applied"] and r2["val_cer"] is not None
+    for org in ("hospital", "bank", "school"):
+        final = report["final"]["clients"][org]
+        assert set(final["own_test_cer"]) == {"local_only", "federated", "centralized"}
+        assert set(final["other_test_cer"]) == {"local_only", "federated", "centralized"}
+    ckpt = load_checkpoint(out / "round-2.pt")
+    assert ckpt.provenance["run_id"] == report["run_id"] and ckpt.provenance["round"] == 2
+    assert (out / "model.pt").is_file() and (out / "centralized.pt").is_file()
+    assert main(["fl", "runs", "--store", str(store)]) == 0
+    assert report["run_id"] in capsys.readouterr().out
+    assert main(["fl", "show", report["run_id"][:6], "--store", str(store)]) == 0
+    assert "rejected: non-finite" in capsys.readouterr().out
+
+
+def _rounds_in_store(store: Path) -> int:
+    if not store.is_file():
+        return 0
+    try:
+        with sqlite3.connect(store, timeout=5) as db:
+            return int(db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round(tmp_path: Path) -> None:
+    out, store = tmp_path / "out", tmp_path / "runs.db"
+    args = [sys.executable, "-m", "fedocr", "fl", "simulate", *SMALL, "--rounds", "3", "--out", str(out),
+            "--store", str(store), "--deadline", "20", "--set", "faults=hospital:hang@1", "--no-baselines"]
+    log = (tmp_path / "first.log").open("w")
+    # Its own session, so the kill below reaches the run's Ray processes too.
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while _rounds_in_store(store) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        assert _rounds_in_store(store) >= 1, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the server dies mid-run, like a crashed host
+        proc.wait(timeout=30)
+        log.close()
+    first = _round_one(store)
+    hospital = first["hospital"]
+    assert not hospital[0] and "deadline" in hospital[1]  # dropped by name, with the reason
+    assert (out / "round-1.pt").is_file()
+
+    lines: list[str] = []
+    cfg = FlConfig(federation="three-orgs-mini", charset="mini", initial_model="scratch", lines_per_client=48,
+                   val_lines=24, test_lines=16, fraction_train=1.0, min_accepted=2, num_rounds=2,
+                   round_deadline_s=60, out_dir=str(out), store=str(store))
+    report = simulate(cfg, baselines=False, printer=lines.append)
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert _round_one(store) == first  # the completed round was kept, not redone
+    assert report["rounds"][1]["accepted"] == 3
+    assert report["status"] == "finished"
+
+
+def _round_one(store: Path) -> dict[str, tuple[bool, str]]:
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT client, accepted, reason FROM clients WHERE round=1").fetchall()
+    return {c: (bool(a), r or "") for c, a, r in rows}
