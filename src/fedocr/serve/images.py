@@ -73,7 +73,8 @@ def decode_upload(data: bytes, limits: Limits, name: str = "image") -> np.ndarra
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(413, f"{name}: too many pixels ({exc})") from exc
+        raise BadImage(413, f"{name}: too many pixels; the limit is {limits.max_pixels} pixels "
+                            f"and {limits.max_side} per side") from exc
     except UnidentifiedImageError as exc:
         raise BadImage(400, f"{name}: not an image (PNG, JPEG, BMP, TIFF, WebP and GIF are accepted)") from exc
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:

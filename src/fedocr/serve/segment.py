@@ -147,20 +147,23 @@ def split_lines(image: np.ndarray, config: SegmentConfig = SegmentConfig()) -> l
     whole = [LineCrop(gray, (0, 0, w, h), 0)]
     if h < 8 or w < 8:
         return whole
-    mask = remove_rules(binarise(gray), config)
+    raw = binarise(gray)
+    mask = remove_rules(raw, config)
     if not mask.any():
         return []
-    rows = text_rows(mask)
-    if len(rows) <= 1:
+    if len(text_rows(mask)) <= 1:
         return whole
-    angle = estimate_skew(mask, config)
+    # Rules are the clearest skew signal, so estimate on the raw mask; remove them after deskewing,
+    # when they are straight again.
+    angle = estimate_skew(raw, config)
     inverse = None
     if abs(angle) >= config.min_skew_deg:
         forward = _rotation((h, w), angle)
-        gray = cv2.warpAffine(gray, forward, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        mask = cv2.warpAffine(mask, forward, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+        paper = int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+        gray = cv2.warpAffine(gray, forward, (w, h), flags=cv2.INTER_LINEAR, borderValue=paper)
+        mask = remove_rules(binarise(gray), config)
         inverse = cv2.invertAffineTransform(forward)
-        rows = text_rows(mask)
+    rows = text_rows(mask)
     crops: list[LineCrop] = []
     for row, (y0, y1) in enumerate(rows):
         height = y1 - y0
