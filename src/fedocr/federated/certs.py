@@ -1,0 +1,153 @@
+"""TLS certificates and SuperNode keys for Flower's deployment engine, made and checked here.
+
+`make_bundle` writes, into one folder:
+- `ca.crt` / `ca.key`: a private certificate authority (keep ca.key offline);
+- `server.pem` / `server.key`: the SuperLink's certificate, signed by the CA, with a SAN for
+  every name and IP address the SuperNodes and the operator's CLI use to reach it;
+- `nodes/NAME` / `nodes/NAME.pub`: one ECDSA P-384 key pair per SuperNode in OpenSSH format
+  (what `flower-supernode --auth-supernode-private-key` and `flwr supernode register` read).
+`check_bundle` verifies all of it before anything starts and names the bad file or field.
+Built on the `cryptography` package (which Flower itself uses), not on shelling out to openssl.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NODE_DIR = "nodes"
+
+
+class CertError(ValueError):
+    """A certificate or key that cannot be used; the message names the file and field."""
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedocr federation"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if private:
+        os.chmod(path, 0o600)
+
+
+def make_bundle(out: Path, hosts: Sequence[str], nodes: Sequence[str], days: int = 365) -> None:
+    """Write the CA, the SuperLink certificate for `hosts` and one key pair per node name."""
+    if not hosts:
+        raise CertError("give at least one SuperLink host name or IP for the certificate")
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = (x509.CertificateBuilder().subject_name(_name("fedocr CA")).issuer_name(_name("fedocr CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
+              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+              .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    key_format = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8,
+                      encryption_algorithm=serialization.NoEncryption())
+    _write(out / "ca.crt", ca.public_bytes(pem))
+    _write(out / "ca.key", ca_key.private_bytes(**key_format), private=True)
+    _write(out / "server.pem", server.public_bytes(pem))
+    _write(out / "server.key", server_key.private_bytes(**key_format), private=True)
+    for node in nodes:
+        key = ec.generate_private_key(ec.SECP384R1())
+        _write(out / NODE_DIR / node, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                       serialization.NoEncryption()), private=True)
+        _write(out / NODE_DIR / f"{node}.pub", key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" fedocr-{node}\n".encode())
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise CertError(f"{path}: missing") from None
+    except ValueError as exc:
+        raise CertError(f"{path}: not a PEM certificate ({exc})") from None
+
+
+def check_bundle(folder: Path, hosts: Sequence[str] = ()) -> list[str]:
+    """Check the bundle; return one line per item found fit, raise CertError on the first bad one."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca, server = _load_cert(folder / "ca.crt"), _load_cert(folder / "server.pem")
+    found = []
+    for path, cert in ((folder / "ca.crt", ca), (folder / "server.pem", server)):
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise CertError(f"{path}: not valid now (validity {cert.not_valid_before_utc:%Y-%m-%d} to "
+                            f"{cert.not_valid_after_utc:%Y-%m-%d})")
+    try:
+        if not ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise CertError(f"{folder / 'ca.crt'}: basicConstraints CA is false")
+    except x509.ExtensionNotFound:
+        raise CertError(f"{folder / 'ca.crt'}: no basicConstraints extension") from None
+    try:
+        server.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertError(f"{folder / 'server.pem'}: issuer/signature does not match ca.crt") from None
+    found.append(f"ok  ca.crt and server.pem (signed by the CA, valid until {server.not_valid_after_utc:%Y-%m-%d})")
+    try:
+        sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise CertError(f"{folder / 'server.pem'}: no subjectAltName; SuperNodes check the host name against it") from None
+    names = {str(n) for n in sans.get_values_for_type(x509.DNSName)}
+    names |= {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    missing = [h for h in hosts if str(h) not in names]
+    if missing:
+        raise CertError(f"{folder / 'server.pem'}: subjectAltName lacks {', '.join(missing)} (has {', '.join(sorted(names))})")
+    found.append(f"ok  server.pem subjectAltName: {', '.join(sorted(names))}")
+    try:
+        key = serialization.load_pem_private_key((folder / "server.key").read_bytes(), password=None)
+    except FileNotFoundError:
+        raise CertError(f"{folder / 'server.key'}: missing") from None
+    except (ValueError, TypeError) as exc:
+        raise CertError(f"{folder / 'server.key'}: not an unencrypted PEM private key ({exc})") from None
+    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            server.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise CertError(f"{folder / 'server.key'}: does not match server.pem's public key")
+    found.append("ok  server.key matches server.pem")
+    for pub in sorted((folder / NODE_DIR).glob("*.pub")):
+        private = pub.with_suffix("")
+        try:
+            public_key = serialization.load_ssh_public_key(pub.read_bytes())
+        except (ValueError, TypeError) as exc:
+            raise CertError(f"{pub}: not an OpenSSH public key ({exc})") from None
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise CertError(f"{pub}: key type {type(public_key).__name__}, SuperNode auth needs an EC (NIST curve) key")
+        if private.is_file():
+            try:
+                priv = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+            except (ValueError, TypeError) as exc:
+                raise CertError(f"{private}: not an OpenSSH private key ({exc})") from None
+            if priv.public_key().public_numbers() != public_key.public_numbers():  # type: ignore[union-attr]
+                raise CertError(f"{private}: does not match {pub.name}")
+        found.append(f"ok  node key {pub.stem} ({public_key.curve.name})")
+    return found
