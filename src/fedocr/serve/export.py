@@ -153,16 +153,16 @@ class ExportResult:
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, int8: bool = False,
-                lines: Sequence[np.ndarray] | None = None) -> ExportResult:
+                lines: Sequence[np.ndarray] | None = None, tolerance: Tolerance | None = None) -> ExportResult:
     """Export `checkpoint` to `out`, verify it on `lines` (rendered ones by default), write atomically.
 
     Raises ExportError (and writes nothing) when ONNX Runtime does not match PyTorch within
-    FP32_TOLERANCE (or INT8_TOLERANCE with int8=True).
+    `tolerance` (default FP32_TOLERANCE, or INT8_TOLERANCE with int8=True).
     """
     checkpoint, out = Path(checkpoint), Path(out)
     ckpt = load_checkpoint(checkpoint)
     lines = list(lines) if lines is not None else sample_lines(ckpt.charset)
-    tolerance = INT8_TOLERANCE if int8 else FP32_TOLERANCE
+    tolerance = tolerance or (INT8_TOLERANCE if int8 else FP32_TOLERANCE)
     with tempfile.TemporaryDirectory(prefix="fedocr-export-") as tmp:
         graph = Path(tmp) / "model.onnx"
         _export_graph(ckpt.model, graph)
