@@ -101,7 +101,9 @@ def test_model_reports_version_charset_size_and_federated_provenance(client):
 
 
 def test_openapi_docs_and_web_page_are_served(client):
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/api/ocr", "/api/ocr/batch", "/api/health", "/api/model", "/api/model/reload"} <= set(schema["paths"])
     page = client.get("/")

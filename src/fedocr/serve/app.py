@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -168,7 +169,8 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
             if watcher:
                 watcher.cancel()
 
-    app = FastAPI(title="fedocr", version="1", lifespan=lifespan, description=API_DESCRIPTION.format(l=limits))
+    # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served by this app, not from a CDN.
+    app = FastAPIOffline(title="fedocr", version="1", lifespan=lifespan, description=API_DESCRIPTION.format(l=limits))
     protected = [Depends(require_token)]
 
     async def run(state: State, fn: Callable[..., Any], *args: Any) -> Any:
