@@ -26,14 +26,14 @@ SMALL = ["--preset", "three-orgs-mini", "--lines", "48", "--val-lines", "24", "-
 
 
 @pytest.mark.slow
-def test_simulation_writes_report_with_baselines_and_rejects_bad_updates(tmp_path: Path,
+def test_simulation_writes_report_with_baselines_rejects_bad_updates_and_keeps_the_threshold(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out, store = tmp_path / "out", tmp_path / "runs.db"
     code = main(["fl", "simulate", *SMALL, "--rounds", "2", "--out", str(out), "--store", str(store),
-                 "--deadline", "60", "--set", "faults=school:nan@1,bank:crash@2"])
+                 "--deadline", "60", "--set", "faults=school:nan@1,bank:crash@2,hospital:charset@2"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "round 1/2  accepted 2/3" in printed and "round 2/2  accepted 2/3" in printed
+    assert "round 1/2  accepted 2/3" in printed and "round 2/2  accepted 1/3" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "three-orgs-mini" and report["config"]["num_rounds"] == 2
     r1, r2 = report["rounds"]
@@ -42,9 +42,12 @@ def test_simulation_writes_report_with_baselines_and_rejects_bad_updates(tmp_pat
     assert not by_id["school"]["accepted"] and "non-finite" in by_id["school"]["reason"]
     assert by_id["hospital"]["accepted"] and by_id["hospital"]["examples"] == 48
     assert by_id["hospital"]["bytes_up"] > 0 and by_id["hospital"]["update_norm"] > 0
-    bank2 = {c["id"]: c for c in r2["clients"]}["bank"]
-    assert not bank2["accepted"] and bank2["reason"].startswith("client failed")
-    assert r1["applied"] and r2["applied"] and r2["val_cer"] is not None
+    round2 = {c["id"]: c for c in r2["clients"]}
+    assert not round2["bank"]["accepted"] and round2["bank"]["reason"].startswith("client failed")
+    assert not round2["hospital"]["accepted"] and round2["hospital"]["reason"].startswith("charset mismatch")
+    # One accepted update is below the participation threshold of two: the round is not applied.
+    assert r1["applied"] and not r2["applied"] and "threshold 2" in r2["note"]
+    assert r2["val_cer"] == r1["val_cer"]
     for org in ("hospital", "bank", "school"):
         final = report["final"]["clients"][org]
         assert set(final["own_test_cer"]) == {"local_only", "federated", "centralized"}
