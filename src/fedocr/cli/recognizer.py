@@ -30,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a CRNN (centralized or local-only); resumable",
                        description="Train on one or more data sets. If OUT exists with training state, "
-                                   "training resumes from it (use --restart to start over).")
-    p.add_argument("--data", required=True, help="data set(s), comma-separated: folders with labels.tsv, LMDB folders or label files")
+                                   "training resumes from it with its own schedule (use --restart to start over); "
+                                   "--bf16, --workers, --eval-every and --checkpoint-every apply to the resumed sitting.")
+    p.add_argument("--data", required=True, help="data set(s), comma-separated: folders with labels.tsv, LMDB folders, "
+                                                  "label files, or synth:PRESET[:N[:SEED]] to render lines on the fly")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (and resume from)")
     p.add_argument("--val", help="validation data set(s), comma-separated")
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="model size (default small)")
@@ -44,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AMX CPUs)")
+    p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: at the end)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between resumable checkpoints")
+    p.add_argument("--history", type=Path, help="append the training curve (JSON Lines) to this file")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--restart", action="store_true", help="ignore an existing OUT and start over")
     p.set_defaults(run=run_train)
 
@@ -63,11 +69,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_ocr)
 
 
+SYNTH_PREFIX = "synth:"
+
+
+def _synthetic(spec: str) -> LineDataset:
+    """`synth:PRESET[:N[:SEED]]` -> lines rendered on the fly (N defaults to 10,000)."""
+    parts = spec[len(SYNTH_PREFIX):].split(":")
+    try:
+        n = int(parts[1]) if len(parts) > 1 else 10_000
+        seed = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        raise CliError(f"bad synthetic data spec {spec!r}; expected synth:PRESET[:N[:SEED]]", 2) from None
+    return SyntheticLines(parts[0], n, seed=seed)
+
+
 def _datasets(spec: str) -> list[LineDataset]:
-    paths = [s for s in spec.split(",") if s.strip()]
-    if not paths:
+    """Comma-separated data sets: paths, or synth:PRESET[:N[:SEED]] for rendered lines."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
         raise CliError("no data set given")
-    return [open_dataset(Path(p.strip())) for p in paths]
+    return [_synthetic(s) if s.startswith(SYNTH_PREFIX) else open_dataset(Path(s)) for s in items]
 
 
 class _Concat(LineDataset):
@@ -114,9 +135,12 @@ def run_train(args: argparse.Namespace) -> int:
     if train_set.skipped:
         print(f"skipped {train_set.skipped} line(s): {train_set.unknown.summary()}; {train_set.empty} empty", file=sys.stderr)
     val = _Concat(_datasets(args.val)) if args.val else None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if out.is_file() and not args.restart:
-        trainer = Trainer.resume(out, charset, train_set, val=val)
+        runtime = {"bf16": args.bf16, "num_workers": args.workers, "eval_every": args.eval_every,
+                   "checkpoint_every_s": args.checkpoint_every}
+        trainer = Trainer.resume(out, charset, train_set, runtime=runtime, val=val, history_file=args.history)
         print(f"resuming {out} at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
     else:
         if args.init:
@@ -124,10 +148,11 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             model = CRNN(ModelConfig(len(charset), args.size, args.norm))
         config = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, num_workers=args.workers, bf16=args.bf16)
-        prov = provenance(kind="centralized", data=[str(Path(p).resolve()) for p in args.data.split(",")],
+                             seed=args.seed, num_workers=args.workers, bf16=args.bf16, eval_every=args.eval_every,
+                             checkpoint_every_s=args.checkpoint_every)
+        prov = provenance(kind="centralized", data=args.data.split(","),
                           seed=args.seed, init=str(args.init) if args.init else None)
-        trainer = Trainer(model, charset, train_set, config, val=val, out=out, provenance=prov)
+        trainer = Trainer(model, charset, train_set, config, val=val, out=out, provenance=prov, history_file=args.history)
     result = trainer.fit()
     summary = f"trained {result.steps} steps ({result.lines} lines) in {result.seconds:.0f} s, mean loss {result.mean_loss:.3f}"
     if result.val_cer is not None:

@@ -217,6 +217,11 @@ def public_line(rng: random.Random) -> str:
     return DOMAIN_TEXT[rng.choice(sorted(DOMAIN_TEXT))](rng)
 
 
+def pretrain_line(rng: random.Random) -> str:
+    """The base model's corpus: mostly everyday text (every character), plus the domains."""
+    return general_line(rng) if rng.random() < 0.6 else public_line(rng)
+
+
 def digits_and_dozen_hanzi(rng: random.Random) -> str:
     """A small task for learning tests: digits and twelve common hanzi, 3 to 10 characters."""
     alphabet = "0123456789" + "中国人民银行金额日期医院学校"

@@ -8,6 +8,7 @@ seconds and at the end; `Trainer.resume` continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -28,6 +29,9 @@ from fedocr.train.config import TrainConfig
 from fedocr.train.evaluate import evaluate
 
 Logger = Callable[[str], None]
+
+# Settings that may differ between the sittings of one run: they change speed or logging, not the schedule.
+RUNTIME_KNOBS = {"bf16", "num_workers", "log_every", "eval_every", "checkpoint_every_s"}
 
 
 def _stderr(message: str) -> None:
@@ -92,12 +96,18 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     @classmethod
-    def resume(cls, path: str | Path, charset: Charset, data: EncodedLines, **kwargs: Any) -> "Trainer":
-        """Continue the run saved at `path` with the config it was started with."""
+    def resume(cls, path: str | Path, charset: Charset, data: EncodedLines, runtime: dict[str, Any] | None = None,
+               **kwargs: Any) -> "Trainer":
+        """Continue the run saved at `path` with the config it was started with; `runtime` may
+        change the knobs that do not alter the schedule (RUNTIME_KNOBS), e.g. bf16 or workers."""
         ckpt = load_checkpoint(path, expect_charset=charset)
         if not ckpt.training:
             raise CheckpointError(f"{path}: holds no training state to resume (a shipped or exported model?)")
-        config = TrainConfig(**ckpt.training["config"])
+        changes = runtime or {}
+        unknown = set(changes) - RUNTIME_KNOBS
+        if unknown:
+            raise ValueError(f"cannot change {', '.join(sorted(unknown))} when resuming")
+        config = dataclasses.replace(TrainConfig(**ckpt.training["config"]), **changes)
         trainer = cls(ckpt.model, charset, data, config, provenance=ckpt.provenance, out=path, **kwargs)
         trainer.load_state_dict(ckpt.training)
         return trainer
