@@ -68,7 +68,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from fedocr.serve.app import ServeConfig, create_app
+    from fedocr.serve.app import ServeConfig, create_app, limit_malloc_arenas
     from fedocr.serve.hotswap import ModelSlot
     from fedocr.serve.images import Limits
 
@@ -81,6 +81,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(model=args.model or default_model(), token=args.token or os.environ.get(TOKEN_ENV) or None,
                          limits=limits, cache_size=args.cache, workers=args.workers, threads=args.threads,
                          watch_s=args.watch, cors_origins=tuple(args.cors_origin))
+    limit_malloc_arenas()                            # a long-running server must not creep up in memory
     slot = ModelSlot(config.model, config.threads)  # load before binding the port: a bad model fails fast
     info = slot.engine.info
     print(f"serving {info.path} ({info.backend}, {info.quantization}, version {info.version}) "
