@@ -95,10 +95,10 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
         rss_before = server.memory_info().rss
         latencies: list[float] = []
         failures: list[int] = []
-        counter = iter(range(requests))
         lock = threading.Lock()
+        trajectory = []
 
-        def worker() -> None:
+        def worker(counter) -> None:
             with httpx.Client(base_url=base, timeout=60) as c:
                 while True:
                     with lock:
@@ -117,11 +117,15 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
                             failures.append(i)
 
         start = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        phase = max(requests // 4, 1)
+        for first in range(0, requests, phase):     # RSS after each quarter shows whether it levels off
+            counter = iter(range(first, min(first + phase, requests)))
+            threads = [threading.Thread(target=worker, args=(counter,)) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            trajectory.append(round(server.memory_info().rss / 2**20, 1))
         wall = time.perf_counter() - start
         rss_after = server.memory_info().rss
     finally:
@@ -135,7 +139,7 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
     return {"clients": clients, "requests": requests, "failed": len(failures), "requests_per_s": requests / wall,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20,
-            "rss_growth_mb": (rss_after - rss_before) / 2**20}
+            "rss_growth_mb": (rss_after - rss_before) / 2**20, "rss_mb_each_quarter": trajectory}
 
 
 def main() -> int:
@@ -186,7 +190,7 @@ def main() -> int:
     page_s = (time.perf_counter() - start) / len(pages)
 
     encoded = [cv2.imencode(".png", img)[1].tobytes() for img in raw]
-    http = http_load(fp32, encoded, args.clients, args.requests, warmup=50)
+    http = http_load(fp32, encoded, args.clients, args.requests, warmup=200)
 
     result = {
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
@@ -219,7 +223,8 @@ def main() -> int:
     print(f"HTTP, {http['clients']} clients, {http['requests']} requests: {http['requests_per_s']:.1f} req/s, "
           f"p50 {http['p50_ms']:.1f} ms, p99 {http['p99_ms']:.1f} ms, failed {http['failed']}")
     print(f"server RSS: {http['rss_before_mb']:.1f} MB after warm-up -> {http['rss_after_mb']:.1f} MB after "
-          f"{http['requests']} requests ({http['rss_growth_mb']:+.1f} MB)")
+          f"{http['requests']} requests ({http['rss_growth_mb']:+.1f} MB; after each quarter: "
+          f"{', '.join(map(str, http['rss_mb_each_quarter']))} MB)")
     print("targets:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["targets"].items()))
     print(f"wrote {args.out}")
     return 0
