@@ -45,10 +45,39 @@ class NotEnoughNodes(RuntimeError):
     """Fewer nodes connected than the participation threshold, for longer than allowed."""
 
 
+MAX_NAME = 64   # a client's self-reported name is shown and stored; keep it short
+
+
 @dataclass
 class Screened:
     record: ClientRecord
     update: Weights | None      # set when accepted
+    busy: tuple[float, float] | None = None       # (started, ended) of the client's handler
+    training: tuple[float, float] | None = None   # (train-started, train-ended)
+
+
+class MalformedMetrics(ValueError):
+    """A reply's metrics that are missing, of the wrong type or not finite."""
+
+
+def _metric(metrics: object, key: str, default: float | None = None) -> float:
+    """One numeric metric of a reply, read defensively: the client controls its reply."""
+    value = metrics.get(key, default)  # type: ignore[attr-defined]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise MalformedMetrics(f"{key}: {value!r}")
+    return float(value)
+
+
+def unique_name(name: str, node_id: str, taken: set[str]) -> str:
+    """`name`, or `name#<node id>` when another node of the round already uses it: names come from
+    the clients, and two nodes with one name must not share (or overwrite) a store row."""
+    name = name[:MAX_NAME] or f"node-{node_id}"
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate = f"{name}#{node_id}" if n == 1 else f"{name}#{node_id}-{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
 
 
 def screen_reply(reply: Message, node_name: str, reference: Weights, cfg: FlConfig, charset_version: str,
@@ -63,41 +92,50 @@ def screen_reply(reply: Message, node_name: str, reference: Weights, cfg: FlConf
     info = content["info"] if "info" in content.config_records else ConfigRecord()
     name = str(info.get("client", node_name))
     metrics = content["metrics"] if "metrics" in content.metric_records else {}
-    rec = ClientRecord(name, node_id, False, None, bytes_down=bytes_down,
-                       examples=int(metrics.get("num-examples", 0)), loss=_opt(metrics.get("train-loss")))
-    if "train-started" in metrics:
-        rec.train_seconds = float(metrics["train-ended"]) - float(metrics["train-started"])
-        rec.client_seconds = float(metrics["ended"]) - float(metrics["started"])
+    rec = ClientRecord(name, node_id, False, None, bytes_down=bytes_down)
+    busy = training = None
+    try:
+        examples = _metric(metrics, "num-examples", 0)
+        if not examples.is_integer():
+            raise MalformedMetrics(f"num-examples: {examples!r}")
+        rec.examples = int(examples)
+        rec.loss = None if metrics.get("train-loss") is None else _metric(metrics, "train-loss")
+        if "train-started" in metrics:
+            training = (_metric(metrics, "train-started"), _metric(metrics, "train-ended"))
+            busy = (_metric(metrics, "started"), _metric(metrics, "ended"))
+            rec.train_seconds = training[1] - training[0]
+            rec.client_seconds = busy[1] - busy[0]
+    except MalformedMetrics as exc:
+        rec.reason = f"malformed metrics ({str(exc)[:100]})"
+        return Screened(rec, None)
+    screened = Screened(rec, None, busy, training)
     if "refused" in info:
         rec.reason = str(info["refused"])
-        return Screened(rec, None)
+        return screened
     if info.get("charset-version") != charset_version:
         rec.reason = f"charset mismatch: server {charset_version}, client {info.get('charset-version')}"
-        return Screened(rec, None)
+        return screened
     if "delta" not in content.array_records:
         rec.reason = "reply carries no update"
-        return Screened(rec, None)
+        return screened
     try:
         update = from_record(content["delta"])
     except Exception as exc:  # a malformed array must not end the round
         rec.reason = f"unreadable update ({type(exc).__name__})"
-        return Screened(rec, None)
+        return screened
     rec.bytes_up = payload_bytes(update)
     if rec.examples <= 0:
         rec.reason = "update claims no training examples"
-        return Screened(rec, None)
+        return screened
     reason = check_update(update, reference, cfg.max_update_norm)
     if reason is None or reason.startswith("update norm"):  # the norm means something only then
         rec.update_norm = l2_norm(update)
     if reason:
         rec.reason = reason
-        return Screened(rec, None)
+        return screened
     rec.accepted = True
-    return Screened(rec, update)
-
-
-def _opt(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
+    screened.update = update
+    return screened
 
 
 class FederatedServer:
@@ -158,21 +196,21 @@ class FederatedServer:
         screened: list[Screened] = []
         seen: set[int] = set()
         busy, training = [], []
+        taken: set[str] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
             seen.add(node)
             s = screen_reply(reply, state.names.get(str(node), f"node-{node}"), reference, cfg,
                              self.charset.version, bytes_down)
+            s.record.client = unique_name(s.record.client, str(node), taken)
             state.names[str(node)] = s.record.client
             screened.append(s)
-            if reply.has_content() and "metrics" in reply.content.metric_records:
-                m = reply.content["metrics"]
-                if "train-started" in m:
-                    busy.append((float(m["started"]), float(m["ended"])))
-                    training.append((float(m["train-started"]), float(m["train-ended"])))
+            if s.busy is not None and s.training is not None:
+                busy.append(s.busy)
+                training.append(s.training)
         for node in sampled:
             if node not in seen:
-                name = state.names.get(str(node), f"node-{node}")
+                name = unique_name(state.names.get(str(node), f"node-{node}"), str(node), taken)
                 screened.append(Screened(ClientRecord(name, str(node), False, f"dropped: no reply within the "
                                                       f"{cfg.round_deadline_s:g} s deadline (straggler, crash or "
                                                       f"disconnect)", bytes_down=bytes_down), None))
@@ -214,13 +252,15 @@ class FederatedServer:
         nodes = self._nodes(grid)
         config = ConfigRecord({"charset-version": self.charset.version})
         messages = [Message(RecordDict({"config": config}), node, "query", ttl=120.0) for node in nodes]
+        taken: set[str] = set()
         for reply in grid.send_and_receive(messages, timeout=min(60.0, self.cfg.round_deadline_s)):
             if reply.has_error() or "info" not in reply.content.config_records:
                 continue
-            info = reply.content["info"]
-            self.state.names[str(reply.metadata.src_node_id)] = str(info["client"])
+            info, node = reply.content["info"], str(reply.metadata.src_node_id)
+            name = unique_name(str(info.get("client", f"node-{node}")), node, taken)
+            self.state.names[node] = name
             if info.get("charset-version") != self.charset.version:
-                self.print(f"node {info['client']}: charset {info.get('charset-version')} differs from the "
+                self.print(f"node {name}: charset {info.get('charset-version')} differs from the "
                            f"server's {self.charset.version}; its updates will be refused")
         self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
 

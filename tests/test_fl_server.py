@@ -1,0 +1,51 @@
+"""The server's screening of replies and its run bookkeeping, without a federation: replies are
+built from Flower records, and the grid is a stand-in."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from fedocr.federated.config import FlConfig
+from fedocr.federated.server_loop import screen_reply, unique_name
+from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
+from fedocr.federated.weights import to_record
+
+REFERENCE = {"conv.weight": np.zeros((2, 3), np.float32)}
+
+
+def _reply(node: int, metrics: dict[str, Any], client: str = "bank", version: str = "v1") -> Any:
+    content = RecordDict({"info": ConfigRecord({"client": client, "charset-version": version}),
+                          "metrics": MetricRecord(metrics),
+                          "delta": to_record({"conv.weight": np.full((2, 3), 0.1, np.float32)})})
+    return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False, content=content)
+
+
+def _screen(reply: Any, cfg: FlConfig | None = None) -> Any:
+    return screen_reply(reply, "node", REFERENCE, cfg or FlConfig(), "v1", bytes_down=10)
+
+
+def test_malformed_metrics_become_a_rejection_not_a_crash() -> None:
+    good = {"num-examples": 8, "train-loss": 1.0, "started": 1.0, "train-started": 2.0, "train-ended": 3.0,
+            "ended": 4.0}
+    assert _screen(_reply(7, good)).record.accepted
+    for bad in ({**good, "num-examples": 2.5}, {**good, "num-examples": [1, 2]},
+                {k: v for k, v in good.items() if k != "train-ended"}, {**good, "ended": float("nan")},
+                {**good, "train-loss": [0.5]}):
+        s = _screen(_reply(7, bad))
+        assert s.update is None and not s.record.accepted and s.record.reason.startswith("malformed metrics")
+
+
+def test_two_nodes_with_one_name_get_distinct_store_rows(tmp_path: Path) -> None:
+    taken: set[str] = set()
+    names = [unique_name("bank", "7", taken), unique_name("bank", "9", taken), unique_name("bank#9", "3", taken)]
+    assert names[0] == "bank" and names[1] == "bank#9" and len(set(names)) == 3
+    assert unique_name("x" * 500, "1", set()) == "x" * 64
+    with RunStore(tmp_path / "runs.db") as store:
+        store.start_run("r", "r", {}, None, None)
+        store.record_round("r", RoundRecord(1, 1.0, 3, 3, True, clients=[ClientRecord(n, str(i), True)
+                                                                         for i, n in enumerate(names)]))
+        assert sorted(c.client for c in store.rounds("r")[0].clients) == sorted(names)
