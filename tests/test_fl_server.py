@@ -2,15 +2,19 @@
 built from Flower records, and the grid is a stand-in."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from fedocr.cli import main
+from fedocr.cli.common import EXIT_FAILURE
 from fedocr.federated.config import FlConfig
-from fedocr.federated.server_loop import screen_reply, unique_name
+from fedocr.federated.server_loop import FederatedServer, screen_reply, unique_name
 from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.weights import to_record
 
@@ -49,3 +53,55 @@ def test_two_nodes_with_one_name_get_distinct_store_rows(tmp_path: Path) -> None
         store.record_round("r", RoundRecord(1, 1.0, 3, 3, True, clients=[ClientRecord(n, str(i), True)
                                                                          for i, n in enumerate(names)]))
         assert sorted(c.client for c in store.rounds("r")[0].clients) == sorted(names)
+
+
+class _Grid:
+    """A grid whose nodes never come, or whose link breaks."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def get_node_ids(self) -> list[int]:
+        if self.error is not None:
+            raise self.error
+        return []
+
+
+def _server_cfg(tmp_path: Path) -> FlConfig:
+    return FlConfig(federation="three-orgs-mini", charset="mini", initial_model="scratch", val_lines=2,
+                    wait_for_nodes_s=0.0, out_dir=str(tmp_path / "out"), store=str(tmp_path / "runs.db"))
+
+
+def test_a_failed_server_run_is_recorded_as_failed_with_its_reason(tmp_path: Path) -> None:
+    server = FederatedServer(_server_cfg(tmp_path), printer=lambda _: None)
+    with pytest.raises(RuntimeError, match="link lost"):
+        server.run(_Grid(RuntimeError("link lost")))  # type: ignore[arg-type]
+    with RunStore(tmp_path / "runs.db") as store:
+        run = store.run(server.state.run_id)
+    assert run is not None and run["status"] == "failed" and "link lost" in run["error"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "failed" and "link lost" in report["error"]
+
+
+def test_a_run_without_enough_nodes_is_recorded_as_stalled(tmp_path: Path) -> None:
+    server = FederatedServer(_server_cfg(tmp_path), printer=lambda _: None)
+    report = server.run(_Grid())  # type: ignore[arg-type]
+    assert report["status"] == "stalled" and "node(s) connected" in report["error"]
+
+
+@pytest.mark.parametrize("outcome", ["stalled", "failed"])
+def test_fl_simulate_exits_non_zero_with_one_line_on_a_stalled_or_failed_run(
+        outcome: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import fedocr.federated.simulate as sim
+
+    def fake(cfg: FlConfig, **_: Any) -> dict[str, Any]:
+        if outcome == "failed":
+            raise sim.SimulationFailed("the federated run failed: link lost")
+        return {"run_id": "abc", "status": "stalled", "error": "only 0 node(s) connected", "final": {}}
+
+    monkeypatch.setattr(sim, "simulate", fake)
+    code = main(["fl", "simulate", "--preset", "three-orgs-mini", "--rounds", "1", "--out", str(tmp_path / "o"),
+                 "--store", str(tmp_path / "runs.db"), "--initial-model", "scratch"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_FAILURE and len(err) == 1 and err[0].startswith("fedocr: error:")
+    assert ("link lost" if outcome == "failed" else "stalled: only 0 node(s)") in err[0]

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedocr.cli.common import CliError, print_json
+from fedocr.cli.common import EXIT_FAILURE, CliError, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,12 +95,18 @@ def run_simulate(args: argparse.Namespace) -> int:
     if start is None and not FEDERATIONS[args.preset].mini:
         print("fedocr: note: no base model (models/base.pt): starting from scratch with the full vocabulary, which "
               "does not learn in minutes on a CPU; try --preset three-orgs-mini", file=sys.stderr)
-    from fedocr.federated.simulate import simulate
+    from fedocr.federated.simulate import SimulationFailed, simulate
 
-    report = simulate(cfg, baselines=not args.no_baselines, printer=lambda s: print(s, flush=True))
+    try:
+        report = simulate(cfg, baselines=not args.no_baselines, printer=lambda s: print(s, flush=True))
+    except SimulationFailed as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from exc
     if report.get("final"):
         print(format_final(report["final"]))
     print(f"wrote {cfg.out_path() / 'report.json'} (run {report['run_id']})")
+    if report["status"] != "finished":
+        raise CliError(f"run {report['run_id']} {report['status']}: {report.get('error') or 'see the log above'}",
+                       EXIT_FAILURE)
     return 0
 
 

@@ -16,7 +16,8 @@ def build_report(store: RunStore, run_id: str) -> dict[str, Any]:
     if run is None:
         raise KeyError(f"no run {run_id} in {store.path}")
     rounds = [round_to_dict(r) for r in store.rounds(run_id)]
-    return {"run_id": run_id, "name": run["name"], "status": run["status"], "preset": run["federation"],
+    return {"run_id": run_id, "name": run["name"], "status": run["status"], "error": run.get("error"),
+            "preset": run["federation"],
             "config": run["config"], "rounds": rounds, "final": run["final"] or {},
             "flower_run_ids": run["flower_run_ids"]}
 

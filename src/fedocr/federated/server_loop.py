@@ -159,7 +159,11 @@ class FederatedServer:
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
                              {**cfg.to_dict(), "initial_model_resolved": self.init_desc,
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
-        self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+        try:
+            self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+        except BaseException as exc:
+            self.store.finish_run(self.state.run_id, "failed", error=f"validation set: {type(exc).__name__}: {exc}")
+            raise
 
     # -- one round -------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
@@ -268,27 +272,34 @@ class FederatedServer:
         cfg, state = self.cfg, self.state
         if self.resumed:
             self.print(f"resuming run {state.run_id} after round {state.round}/{cfg.num_rounds}")
-        if state.round == 0:
-            load_weights(self.model, state.weights)
-            cer, loss = validate(self.model, self.charset, self.val)
-            self.print(f"round 0: initial model ({self.init_desc}) val CER {cer:.4f}")
-        status = "finished"
+        status, error = "failed", "the ServerApp stopped unexpectedly"
         try:
+            if state.round == 0:
+                load_weights(self.model, state.weights)
+                cer, loss = validate(self.model, self.charset, self.val)
+                self.print(f"round 0: initial model ({self.init_desc}) val CER {cer:.4f}")
             if state.round < cfg.num_rounds:
                 self.introduce(grid)
             for rnd in range(state.round + 1, cfg.num_rounds + 1):
                 record = self.run_round(grid, rnd)
                 self._save_round(record)
+                cer = "n/a" if record.val_cer is None else f"{record.val_cer:.4f}"
                 self.print(f"round {rnd}/{cfg.num_rounds}  accepted {record.accepted}/{record.sampled}  "
-                           f"val CER {record.val_cer:.4f}  {record.seconds + (record.val_seconds or 0):.1f} s"
+                           f"val CER {cer}  {record.seconds + (record.val_seconds or 0):.1f} s"
                            + ("" if record.applied else "  (not applied)"))
                 for client in record.clients:
                     if not client.accepted:
                         self.print(f"    {client.client}: {client.reason}")
+            status, error = "finished", None
         except NotEnoughNodes as exc:
-            status = "stalled"
+            status, error = "stalled", str(exc)
             self.print(f"run stopped after round {state.round}: {exc}")
-        self.store.finish_run(state.run_id, status)
-        report = build_report(self.store, state.run_id)
-        write_json(self.out / "report.json", report)
+        except BaseException as exc:  # recorded, then re-raised: a dead run must not stay "running"
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            self.print(f"run failed after round {state.round}: {error}")
+            raise
+        finally:
+            self.store.finish_run(state.run_id, status, error=error)
+            report = build_report(self.store, state.run_id)
+            write_json(self.out / "report.json", report)
         return report

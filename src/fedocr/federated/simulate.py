@@ -25,6 +25,10 @@ from fedocr.federated.store import RunStore
 MAX_ACTORS = 2
 
 
+class SimulationFailed(RuntimeError):
+    """The federated run ended with an error (the run store and report.json say which)."""
+
+
 def flower_env(flwr_home: Path, ray_tmp: Path | None = None) -> dict[str, str]:
     """The environment every Flower run needs here (notes/flower-1.42.md)."""
     env = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
@@ -37,37 +41,61 @@ def flower_env(flwr_home: Path, ray_tmp: Path | None = None) -> dict[str, str]:
 def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], None] = print,
              actors: int = MAX_ACTORS) -> dict[str, Any]:
     """Run the federation of `cfg.federation` for `cfg.num_rounds` rounds (resuming a run found in
-    the out-dir), then evaluate; returns the report that was written to out-dir/report.json."""
+    the out-dir), then evaluate; returns the report that was written to out-dir/report.json.
+
+    A run that stalls (too few nodes) returns its report with status "stalled"; one that fails
+    raises SimulationFailed. The process environment is left as it was found."""
     fed = get_federation(cfg.federation)
     out = cfg.out_path()
     out.mkdir(parents=True, exist_ok=True)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="fedocr-ray-", dir="/tmp"))
-    os.environ.update(flower_env(out / ".flwr", ray_tmp))
-    (out / ".flwr").mkdir(exist_ok=True)
-    overrides = cfg.to_run_config()
+    import torch
     from flwr.simulation import run_simulation
 
     from fedocr.federated.client_app import build_client_app
     from fedocr.federated.server_app import build_server_app
 
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fedocr-ray-", dir="/tmp"))
+    env = flower_env(out / ".flwr", ray_tmp)
+    saved = {key: os.environ.get(key) for key in env}
+    (out / ".flwr").mkdir(exist_ok=True)
+    overrides = cfg.to_run_config()
+
     cpus = max(1, min(actors, os.cpu_count() or 1))
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
                              "logging_level": "warning", "log_to_driver": True}}
+    threads = torch.get_num_threads()
+    failure: Exception | None = None
     try:
+        os.environ.update(env)
+        # The ServerApp validates in this process while Ray actors train on the same cores.
+        torch.set_num_threads(1)
         run_simulation(server_app=build_server_app(overrides), client_app=build_client_app(overrides),
                        num_supernodes=len(fed.orgs), backend_config=backend)
+    except Exception as exc:  # the ServerApp failed; it recorded why in the store and report
+        failure = exc
     finally:
         _stop_ray()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        torch.set_num_threads(threads)
+        for key, value in saved.items():  # FLWR_HOME and RAY_TMPDIR must not outlive the run
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if failure is not None:
+        reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+        raise SimulationFailed(f"the federated run failed: {reason}") from failure
     report_path = out / "report.json"
+    if not report_path.is_file():
+        raise SimulationFailed(f"the federated run wrote no {report_path}")
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    if baselines and (out / "model.pt").is_file():
+    if baselines and report["status"] == "finished" and (out / "model.pt").is_file():
         from fedocr.federated.baselines import final_evaluation
 
         final = final_evaluation(cfg, out / "model.pt", printer)
         with RunStore(cfg.store_path()) as store:
-            store.finish_run(report["run_id"], report["status"], final=final)
+            store.finish_run(report["run_id"], report["status"], final=final, error=report.get("error"))
             report = build_report(store, report["run_id"])
         write_json(report_path, report)
     return report

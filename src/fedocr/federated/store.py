@@ -22,7 +22,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL,
     status TEXT NOT NULL, federation TEXT, out_dir TEXT, config TEXT NOT NULL,
-    final TEXT, flower_run_ids TEXT NOT NULL DEFAULT '[]');
+    final TEXT, flower_run_ids TEXT NOT NULL DEFAULT '[]', error TEXT);
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs(run_id), round INTEGER NOT NULL, finished TEXT NOT NULL,
     seconds REAL, train_seconds REAL, overhead_seconds REAL, val_seconds REAL,
@@ -83,6 +83,10 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}
+        if "error" not in columns:  # stores written before runs recorded why they failed
+            with self._tx() as db:
+                db.execute("ALTER TABLE runs ADD COLUMN error TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -108,7 +112,8 @@ class RunStore:
             if flower_run_id is not None and str(flower_run_id) not in ids:
                 ids.append(str(flower_run_id))
             if row:
-                db.execute("UPDATE runs SET status='running', updated=?, config=?, flower_run_ids=? WHERE run_id=?",
+                db.execute("UPDATE runs SET status='running', error=NULL, updated=?, config=?, flower_run_ids=? "
+                           "WHERE run_id=?",
                            (_now(), json.dumps(config), json.dumps(ids), run_id))
             else:
                 db.execute("INSERT INTO runs (run_id, name, created, updated, status, federation, out_dir, config, "
@@ -133,13 +138,13 @@ class RunStore:
                             for c in record.clients])
             db.execute("UPDATE runs SET updated=? WHERE run_id=?", (_now(), run_id))
 
-    def finish_run(self, run_id: str, status: str = "finished", final: dict[str, Any] | None = None) -> None:
+    def finish_run(self, run_id: str, status: str = "finished", final: dict[str, Any] | None = None,
+                   error: str | None = None) -> None:
+        """Mark the run `status` ("finished", "stalled" or "failed"); `error` says why it did not finish."""
         with self._tx() as db:
-            if final is None:
-                db.execute("UPDATE runs SET status=?, updated=? WHERE run_id=?", (status, _now(), run_id))
-            else:
-                db.execute("UPDATE runs SET status=?, updated=?, final=? WHERE run_id=?",
-                           (status, _now(), json.dumps(final), run_id))
+            db.execute("UPDATE runs SET status=?, updated=?, error=? WHERE run_id=?", (status, _now(), error, run_id))
+            if final is not None:
+                db.execute("UPDATE runs SET final=? WHERE run_id=?", (json.dumps(final), run_id))
 
     # -- reads -------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
