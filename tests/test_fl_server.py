@@ -43,6 +43,13 @@ def test_malformed_metrics_become_a_rejection_not_a_crash() -> None:
         assert s.update is None and not s.record.accepted and s.record.reason.startswith("malformed metrics")
 
 
+def test_a_client_claiming_too_many_examples_is_rejected_and_recorded() -> None:
+    metrics = {"num-examples": 10**9, "train-loss": 1.0}
+    s = _screen(_reply(7, metrics), FlConfig(max_examples=1000))
+    assert s.update is None and "max-examples=1000" in s.record.reason and s.record.examples == 10**9
+    assert FlConfig.from_run_config({"max-examples": 5}).max_examples == 5
+
+
 def test_two_nodes_with_one_name_get_distinct_store_rows(tmp_path: Path) -> None:
     taken: set[str] = set()
     names = [unique_name("bank", "7", taken), unique_name("bank", "9", taken), unique_name("bank#9", "3", taken)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedocr.federated.updates import (aggregated_keys, apply_update, check_update, delta, l2_norm, sample_clients,
+from fedocr.federated.updates import (aggregated_keys, apply_update, check_examples, check_update, delta, l2_norm, sample_clients,
                                       select, weighted_average)
 from fedocr.federated.weights import from_record, model_weights, to_record
 from fedocr.model import CRNN, ModelConfig
@@ -103,3 +103,9 @@ def test_weights_survive_a_flower_record_round_trip_with_scalar_buffers() -> Non
     assert back.keys() == w.keys()
     for k in w:
         assert back[k].shape == w[k].shape and back[k].dtype == w[k].dtype and np.array_equal(back[k], w[k])
+
+
+def test_example_counts_above_the_bound_are_rejected_with_the_reason() -> None:
+    assert check_examples(400, max_examples=1000) is None
+    assert "above the bound max-examples=1000" in (check_examples(10**9, max_examples=1000) or "")
+    assert "no training examples" in (check_examples(0, max_examples=1000) or "")

@@ -50,6 +50,7 @@ class FlConfig:
     round_deadline_s: float = 300.0    # replies later than this are dropped as stragglers
     wait_for_nodes_s: float = 120.0    # how long a round waits for enough connected nodes
     max_update_norm: float = 1e4       # L2 bound on an update's float tensors; larger ones are rejected
+    max_examples: int = 1_000_000      # bound on the example count a client claims (FedAvg's weight); larger: rejected
     seed: int = 0                      # client sampling, local shuffling, synthetic data
     out_dir: str = "fl-run"            # models, state and report.json (relative: under $FEDOCR_RUNS)
     store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
@@ -80,7 +81,7 @@ class FlConfig:
             raise bad("round_deadline_s", "must be positive")
         if not self.max_update_norm > 0:
             raise bad("max_update_norm", "must be positive")
-        for key in ("lines_per_client", "test_lines", "val_lines"):
+        for key in ("lines_per_client", "test_lines", "val_lines", "max_examples"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
         from fedocr.federated.faults import parse_faults  # validates the drill syntax once

@@ -29,8 +29,8 @@ from fedocr.federated.report import build_report, write_json
 from fedocr.federated.state import ServerState
 from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.timing import union_seconds
-from fedocr.federated.updates import (Weights, aggregated_keys, apply_update, check_update, l2_norm, payload_bytes,
-                                      sample_clients, select, weighted_average)
+from fedocr.federated.updates import (Weights, aggregated_keys, apply_update, check_examples, check_update, l2_norm,
+                                      payload_bytes, sample_clients, select, weighted_average)
 from fedocr.federated.validate import validate
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import from_record, load_weights, model_config_record, model_weights, to_record
@@ -124,8 +124,9 @@ def screen_reply(reply: Message, node_name: str, reference: Weights, cfg: FlConf
         rec.reason = f"unreadable update ({type(exc).__name__})"
         return screened
     rec.bytes_up = payload_bytes(update)
-    if rec.examples <= 0:
-        rec.reason = "update claims no training examples"
+    reason = check_examples(rec.examples, cfg.max_examples)
+    if reason:
+        rec.reason = reason
         return screened
     reason = check_update(update, reference, cfg.max_update_norm)
     if reason is None or reason.startswith("update norm"):  # the norm means something only then

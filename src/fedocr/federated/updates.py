@@ -86,6 +86,20 @@ def check_update(update: Mapping[str, np.ndarray], reference: Mapping[str, np.nd
     return None
 
 
+def check_examples(examples: int, max_examples: int) -> str | None:
+    """Why a claimed example count must not weight an average, or None when it is plausible.
+
+    FedAvg weights each update by the count its client reports; nothing proves it, so one client
+    claiming 1e9 examples would take over the average. Counts above the configured bound are
+    rejected (not capped: a client that lies about its count is not trusted with its update).
+    """
+    if examples <= 0:
+        return "update claims no training examples"
+    if examples > max_examples:
+        return f"claims {examples} training examples, above the bound max-examples={max_examples}"
+    return None
+
+
 def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> Weights:
     """sum_k n_k / n * delta_k, with n = sum_k n_k (FedAvg's example weighting).
 
