@@ -1,10 +1,11 @@
 """The federation's one vocabulary (DESIGN.md: fixed by the server with the initial model)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fedocr.charset import Charset
-from fedocr.federated.config import FlConfig
+from fedocr.federated.config import BASE_MODEL, FlConfig
 from fedocr.federated.orgs import named_charset
 from fedocr.model import CRNN, ModelConfig, load_checkpoint
 
@@ -23,10 +24,22 @@ def initial_model(cfg: FlConfig) -> tuple[CRNN, Charset, str]:
 
 
 def expected_charset(cfg: FlConfig) -> Charset:
-    """The vocabulary a client expects: the initial model's when that file exists here, else
-    the run config's named vocabulary. A client whose expectation differs from the server's
-    refuses to train rather than encode its labels against the wrong classes."""
-    path = cfg.initial_model_path()
-    if path is not None and Path(path).is_file():
-        return load_checkpoint(path).charset
+    """The vocabulary a client expects: the initial model's when that file exists on this node,
+    else the run config's named vocabulary. The client compares its version with the one the
+    server sends, and refuses to train rather than encode its labels against the wrong classes.
+
+    Never raises for an initial model that exists only on the server (the usual deployment), and
+    reads a checkpoint once per process, not on every message.
+    """
+    if cfg.initial_model != "scratch":
+        path = BASE_MODEL if cfg.initial_model == "auto" else Path(cfg.initial_model).expanduser()
+        if path.is_absolute() and path.is_file():
+            stat = path.stat()
+            return _checkpoint_charset(str(path), stat.st_mtime_ns, stat.st_size)
     return named_charset(cfg.charset)
+
+
+@functools.lru_cache(maxsize=4)
+def _checkpoint_charset(path: str, mtime_ns: int, size: int) -> Charset:
+    """A checkpoint's vocabulary, cached per file version (mtime and size are part of the key)."""
+    return load_checkpoint(path).charset

@@ -1,0 +1,31 @@
+"""The client's expected vocabulary in a deployment: the initial model may live on the server only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fedocr.federated.vocab as vocab
+from fedocr.federated.config import FlConfig
+from fedocr.federated.orgs import named_charset
+from fedocr.model import CRNN, ModelConfig, save_checkpoint
+from fedocr.model.checkpoint import provenance
+
+
+def test_client_falls_back_to_the_named_charset_when_the_initial_model_is_only_on_the_server(tmp_path: Path) -> None:
+    cfg = FlConfig(initial_model=str(tmp_path / "server-only.pt"), charset="mini")
+    assert vocab.expected_charset(cfg).version == named_charset("mini").version
+
+
+def test_client_reads_the_initial_models_charset_once_per_process(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    charset = named_charset("mini")
+    path = tmp_path / "init.pt"
+    save_checkpoint(path, CRNN(ModelConfig(len(charset), "tiny")), charset, provenance(kind="test"))
+    loads: list[str] = []
+    real = vocab.load_checkpoint
+    monkeypatch.setattr(vocab, "load_checkpoint", lambda p: loads.append(str(p)) or real(p))
+    cfg = FlConfig(initial_model=str(path), charset="default")
+    assert vocab.expected_charset(cfg).version == charset.version
+    assert vocab.expected_charset(cfg).version == charset.version
+    assert loads == [str(path)]
