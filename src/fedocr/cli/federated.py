@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", default="hospital,bank,school", help="SuperNode key names, comma-separated")
     p.add_argument("--days", type=int, default=365)
     p.add_argument("--check", action="store_true", help="only check an existing folder")
+    p.add_argument("--force", action="store_true", help="replace the certificates in a non-empty --out folder")
     p.set_defaults(run=run_certs)
 
 
@@ -176,7 +177,7 @@ def run_certs(args: argparse.Namespace) -> int:
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     try:
         if not args.check:
-            make_bundle(args.out, hosts, nodes, days=args.days)
+            make_bundle(args.out, hosts, nodes, days=args.days, force=args.force)
         found = check_bundle(args.out, hosts)
     except CertError as exc:
         raise CliError(str(exc)) from exc

@@ -43,16 +43,31 @@ def _san(host: str) -> x509.GeneralName:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
+    """Write `data` to a temporary name in the same folder, created with its final mode (0600 for
+    a private key, so it is never readable by others, not even for a moment), then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def make_bundle(out: Path, hosts: Sequence[str], nodes: Sequence[str], days: int = 365) -> None:
-    """Write the CA, the SuperLink certificate for `hosts` and one key pair per node name."""
+def make_bundle(out: Path, hosts: Sequence[str], nodes: Sequence[str], days: int = 365, force: bool = False) -> None:
+    """Write the CA, the SuperLink certificate for `hosts` and one key pair per node name.
+
+    Refuses a folder that is not empty unless `force`: a new CA invalidates the certificates and
+    node registrations made with the old one.
+    """
     if not hosts:
         raise CertError("give at least one SuperLink host name or IP for the certificate")
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise CertError(f"{out}: not empty; a new CA would invalidate the existing certificates and registered "
+                        f"nodes (use --force to replace them, or another folder)")
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (x509.CertificateBuilder().subject_name(_name("fedocr CA")).issuer_name(_name("fedocr CA"))
