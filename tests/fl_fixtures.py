@@ -11,6 +11,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
+
+import psutil
 
 BIN = Path(sys.executable).parent
 
@@ -38,13 +41,16 @@ class Deployment:
     env: dict[str, str]
     port: int = field(default_factory=free_port)   # Flower 1.42 serves Fleet, Control and Runtime APIs on one port
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: list[IO[bytes]] = field(default_factory=list)
+    children: dict[int, Any] = field(default_factory=dict)   # pid -> psutil.Process, found while running
 
     def __post_init__(self) -> None:
         # The SuperLink and SuperNodes start `flower-superexec` and `flwr-*` by name.
         self.env = {**self.env, "PATH": f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"}
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = (self.root / f"{name}.log").open("w")
+        log = (self.root / f"{name}.log").open("wb")
+        self.logs.append(log)
         # Own session: the SuperLink/SuperNode spawn ServerApp/ClientApp processes that the kill reaches too.
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root,
                                 start_new_session=True)
@@ -68,8 +74,33 @@ class Deployment:
             f'root-certificates = "{self.certs / "ca.crt"}"\n')
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True,
-                              text=True, timeout=timeout)
+        self.collect_children()
+        try:
+            return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True,
+                                  text=True, timeout=timeout)
+        finally:
+            self.collect_children()
+
+    def collect_children(self) -> None:
+        """Remember every descendant (superexec, ServerApp, ClientApp processes) while its parent
+        lives: once a leader exits, its detached children can no longer be found from it."""
+        for proc in self.procs.values():
+            try:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    self.children.setdefault(child.pid, child)
+            except psutil.NoSuchProcess:
+                pass
+
+    def alive(self) -> list[int]:
+        """PIDs of the processes started here (and their children) that still run."""
+        pids = [p.pid for p in self.procs.values() if p.poll() is None]
+        for child in self.children.values():
+            try:
+                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                    pids.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return pids
 
     def start_supernode(self, name: str, key: Path | None, data: Path, tls: bool = True) -> subprocess.Popen:
         args = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
@@ -82,40 +113,40 @@ class Deployment:
 
     def stop(self) -> None:
         # SuperLink and SuperNodes start `flower-superexec` detached (its own session): stop those
-        # children by PID as well, found before their parents go.
-        children = []
-        try:
-            import psutil
-
-            for proc in self.procs.values():
-                try:
-                    children += psutil.Process(proc.pid).children(recursive=True)
-                except psutil.NoSuchProcess:
-                    pass
-        except ImportError:
-            pass
+        # children by PID as well, found before their parents go (and earlier, while running).
+        self.collect_children()
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            try:  # the whole group, even when its leader has exited: its children may not have
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        children = list(self.children.values())
+        for child in children:
+            try:
+                child.terminate()
+            except psutil.NoSuchProcess:
+                pass
         deadline = time.time() + 10
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        for child in children:
+                pass
+        _, remaining = psutil.wait_procs(children, timeout=max(0.1, deadline - time.time()))
+        for proc in self.procs.values():
             try:
-                child.terminate()
-                child.wait(timeout=5)
-            except Exception:  # already gone, or needs the hard way
-                try:
-                    child.kill()
-                except Exception:
-                    pass
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait(timeout=10)
+        for child in remaining:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(remaining, timeout=10)
+        for log in self.logs:
+            log.close()
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"

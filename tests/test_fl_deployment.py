@@ -39,7 +39,7 @@ def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield dep
     finally:
         dep.stop()
-        assert all(p.poll() is not None for p in dep.procs.values())
+        assert dep.alive() == [], f"still running after teardown: {dep.alive()}"
 
 
 @pytest.mark.slow

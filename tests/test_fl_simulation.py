@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,40 @@ from fedocr.cli import main
 from fedocr.federated.config import FlConfig
 from fedocr.federated.simulate import simulate
 from fedocr.model import load_checkpoint
+
+@pytest.fixture(autouse=True)
+def _no_ray_folders_left() -> Iterator[None]:
+    """Remove the /tmp/fedocr-ray-* folders a test leaves (a killed run cannot remove its own)."""
+    before = set(Path("/tmp").glob("fedocr-ray-*"))
+    yield
+    for folder in set(Path("/tmp").glob("fedocr-ray-*")) - before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_simulate_restores_the_environment_and_removes_its_ray_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.simulation
+    import torch
+
+    monkeypatch.setenv("FLWR_HOME", "/somewhere/else")
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    before, threads = dict(os.environ), torch.get_num_threads()
+    seen: dict[str, str] = {}
+    cfg = FlConfig(federation="three-orgs-mini", charset="mini", initial_model="scratch", out_dir=str(tmp_path / "o"),
+                   store=str(tmp_path / "runs.db"))
+
+    def fake_run_simulation(**_: object) -> None:
+        seen.update(FLWR_HOME=os.environ["FLWR_HOME"], RAY_TMPDIR=os.environ["RAY_TMPDIR"],
+                    threads=str(torch.get_num_threads()))
+        (tmp_path / "o" / "report.json").write_text(json.dumps({"run_id": "x", "status": "finished"}))
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
+    assert simulate(cfg, baselines=False)["status"] == "finished"
+    assert seen["FLWR_HOME"] == str(tmp_path / "o" / ".flwr") and seen["threads"] == "1"
+    assert dict(os.environ) == before
+    assert torch.get_num_threads() == threads
+    assert not Path(seen["RAY_TMPDIR"]).exists()
+
 
 SMALL = ["--preset", "three-orgs-mini", "--lines", "48", "--val-lines", "24", "--test-lines", "16",
          "--initial-model", "scratch", "--fraction", "1", "--min-accepted", "2"]

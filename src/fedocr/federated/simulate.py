@@ -56,7 +56,7 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="fedocr-ray-", dir="/tmp"))
     env = flower_env(out / ".flwr", ray_tmp)
-    saved = {key: os.environ.get(key) for key in env}
+    saved = dict(os.environ)  # Flower and Ray set variables of their own too
     (out / ".flwr").mkdir(exist_ok=True)
     overrides = cfg.to_run_config()
 
@@ -78,11 +78,9 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
         _stop_ray()
         shutil.rmtree(ray_tmp, ignore_errors=True)
         torch.set_num_threads(threads)
-        for key, value in saved.items():  # FLWR_HOME and RAY_TMPDIR must not outlive the run
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if dict(os.environ) != saved:  # FLWR_HOME and RAY_TMPDIR (a deleted folder) must not outlive the run
+            os.environ.clear()
+            os.environ.update(saved)
     if failure is not None:
         reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
         raise SimulationFailed(f"the federated run failed: {reason}") from failure
