@@ -105,10 +105,31 @@ def run_simulate(args: argparse.Namespace) -> int:
     if report.get("final"):
         print(format_final(report["final"]))
     print(f"wrote {cfg.out_path() / 'report.json'} (run {report['run_id']})")
+    export_best_model(cfg.out_path() / "model.pt")
     if report["status"] != "finished":
         raise CliError(f"run {report['run_id']} {report['status']}: {report.get('error') or 'see the log above'}",
                        EXIT_FAILURE)
     return 0
+
+
+def export_best_model(model_pt: Path) -> None:
+    """model.onnx next to the run's best model.pt (DESIGN.md), for the ONNX Runtime serving engine.
+
+    Here and not in `federated`, which may not import `serve`. A failed export costs the run
+    nothing: it is reported as a one-line warning (`fedocr export` can retry it).
+    """
+    if not model_pt.is_file():
+        return
+    from fedocr.serve.export import export_onnx
+
+    onnx = model_pt.with_suffix(".onnx")
+    try:
+        export_onnx(model_pt, onnx)
+    except Exception as exc:  # noqa: BLE001 - any failure of the export is a warning, not a crash
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"fedocr: warning: {onnx} not written: {reason}", file=sys.stderr)
+        return
+    print(f"wrote {onnx}")
 
 
 def format_final(final: dict[str, Any]) -> str:
