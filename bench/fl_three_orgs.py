@@ -96,7 +96,8 @@ def table(result: dict) -> str:
     for r in result["rounds"]:
         lines.append(f"{r['round']:>5} {r['wall_s']:>7.1f} {r['train_s']:>8.1f} {r['client_other_s']:>9.1f} "
                      f"{r['overhead_s']:>11.1f} {100 * r['overhead_share']:>6.1f} {r['validation_s']:>6.1f} "
-                     f"{r['bytes_up'] / 1e6:>7.2f} {r['bytes_down'] / 1e6:>8.2f} {r['val_cer']:>8.4f}")
+                     f"{r['bytes_up'] / 1e6:>7.2f} {r['bytes_down'] / 1e6:>8.2f} "
+                     f"{'n/a' if r['val_cer'] is None else format(r['val_cer'], '.4f'):>8}")
     c = result["checks"]
     lines += ["", f"federated / centralized mean CER: {c['federated_vs_centralized_mean_cer']:.2f} (target <= 1.1)",
               "others' CER, federated / local-only: " + ", ".join(f"{o} {v:.2f}" for o, v in

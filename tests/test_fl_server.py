@@ -112,3 +112,16 @@ def test_fl_simulate_exits_non_zero_with_one_line_on_a_stalled_or_failed_run(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_FAILURE and len(err) == 1 and err[0].startswith("fedocr: error:")
     assert ("link lost" if outcome == "failed" else "stalled: only 0 node(s)") in err[0]
+
+
+def test_backbone_mode_reports_no_server_val_cer_but_a_note(tmp_path: Path) -> None:
+    from fedocr.federated.orgs import named_charset, public_lines
+    from fedocr.federated.validate import server_validation
+    from fedocr.model import CRNN, ModelConfig
+
+    charset = named_charset("mini")
+    model, val = CRNN(ModelConfig(len(charset), "tiny")), public_lines("three-orgs-mini", 2, 0, charset.version, charset)
+    cer, loss, note = server_validation(model, charset, val, "backbone")
+    assert cer is None and loss is None and "not applicable" in (note or "")
+    cer, loss, note = server_validation(model, charset, val, "all")
+    assert cer is not None and loss is not None and note is None

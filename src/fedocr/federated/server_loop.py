@@ -31,7 +31,7 @@ from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.timing import union_seconds
 from fedocr.federated.updates import (Weights, aggregated_keys, apply_update, check_examples, check_update, l2_norm,
                                       payload_bytes, sample_clients, select, weighted_average)
-from fedocr.federated.validate import validate
+from fedocr.federated.validate import server_validation, validate
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import from_record, load_weights, model_config_record, model_weights, to_record
 from fedocr.model import CRNN, save_checkpoint
@@ -229,7 +229,8 @@ class FederatedServer:
             self.print(f"round {rnd}: {note}")
         load_weights(self.model, state.weights)
         v0 = time.time()
-        val_cer, val_loss = validate(self.model, self.charset, self.val)
+        val_cer, val_loss, val_note = server_validation(self.model, self.charset, self.val, cfg.aggregate)
+        note = "; ".join(n for n in (note, val_note) if n) or None
         val_seconds = time.time() - v0
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)
         return RoundRecord(round=rnd, seconds=t1 - t0, sampled=len(sampled), accepted=len(accepted), applied=applied,
@@ -244,7 +245,10 @@ class FederatedServer:
         prov = provenance(kind="federated", run_id=state.run_id, round=rnd, federation=self.cfg.federation,
                           seed=self.cfg.seed, initial_model=self.init_desc, aggregate=self.cfg.aggregate)
         save_checkpoint(self.out / f"round-{rnd}.pt", self.model, self.charset, prov)
-        if record.val_cer is not None and (state.best_cer is None or record.val_cer < state.best_cer):
+        if record.val_cer is None:  # no meaningful server-side score (backbone mode): the latest round
+            state.best_round = rnd
+            save_checkpoint(self.out / "model.pt", self.model, self.charset, {**prov, "latest_of_rounds": rnd})
+        elif state.best_cer is None or record.val_cer < state.best_cer:
             state.best_cer, state.best_round = record.val_cer, rnd
             save_checkpoint(self.out / "model.pt", self.model, self.charset, {**prov, "best_of_rounds": rnd})
         self.store.record_round(state.run_id, record)

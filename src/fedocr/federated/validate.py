@@ -28,3 +28,18 @@ def validate(model: CRNN, charset: Charset, dataset: LineDataset) -> tuple[float
     """(CER, loss) of `model` on `dataset`."""
     cer = evaluate(torch_logits_fn(model), charset, dataset).cer
     return cer, validation_loss(model, charset, dataset)
+
+
+# FedPer keeps each client's CTC head at home: the server's copy is the initial head, never trained,
+# so its CER and loss on the public set would describe a model nobody uses.
+BACKBONE_NOTE = ("val_cer not applicable: aggregate=backbone keeps each client's CTC head local, the server's "
+                 "head never trains")
+
+
+def server_validation(model: CRNN, charset: Charset, dataset: LineDataset,
+                      aggregate: str) -> tuple[float | None, float | None, str | None]:
+    """(CER, loss, note) of the global model, or (None, None, why) where it means nothing."""
+    if aggregate == "backbone":
+        return None, None, BACKBONE_NOTE
+    cer, loss = validate(model, charset, dataset)
+    return cer, loss, None
