@@ -75,3 +75,28 @@ def test_fault_drills_parse() -> None:
 def test_union_of_busy_intervals() -> None:
     assert union_seconds([(0, 2), (1, 3), (5, 6)], 0, 10) == pytest.approx(4)
     assert union_seconds([(-5, 2), (8, 20)], 0, 10) == pytest.approx(4)
+
+
+def test_run_config_refuses_unknown_sizes_federations_negative_seeds_and_fractional_ints() -> None:
+    with pytest.raises(ConfigError, match="model-size"):
+        FlConfig.from_run_config({"model-size": "huge"})
+    with pytest.raises(ConfigError, match="federation"):
+        FlConfig.from_run_config({"federation": "nine-orgs"})
+    with pytest.raises(ConfigError, match="seed"):
+        FlConfig.from_run_config({"seed": -1})
+    for value in (2.7, "2.7", True):
+        with pytest.raises(ConfigError, match="num-rounds: expected int"):
+            FlConfig.from_run_config({"num-rounds": value})
+    assert FlConfig.from_run_config({"num-rounds": 3.0, "seed": "4"}).num_rounds == 3
+
+
+def test_fl_simulate_config_errors_are_one_line_with_exit_code_2(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from fedocr.cli import main
+
+    for setting in ("seed=2.7", "model-size=huge", "no-such-key=1"):
+        code = main(["fl", "simulate", "--preset", "three-orgs-mini", "--rounds", "1", "--out", str(tmp_path / "o"),
+                     "--store", str(tmp_path / "runs.db"), "--set", setting])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("fedocr: error: run config"), (setting, err)
+    assert not (tmp_path / "runs.db").exists()

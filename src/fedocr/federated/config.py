@@ -75,6 +75,15 @@ class FlConfig:
             raise bad("min_accepted", "must be at least 1")
         if self.aggregate not in ("all", "backbone"):
             raise bad("aggregate", f"{self.aggregate!r} is not 'all' or 'backbone'")
+        if self.seed < 0:
+            raise bad("seed", "must be 0 or more")
+        from fedocr.federated.orgs import FEDERATIONS
+        from fedocr.model.crnn import SIZES
+
+        if self.model_size not in SIZES:
+            raise bad("model_size", f"{self.model_size!r} is not one of {', '.join(SIZES)}")
+        if self.federation not in FEDERATIONS:
+            raise bad("federation", f"{self.federation!r} is not one of {', '.join(FEDERATIONS)}")
         if self.charset not in ("default", "mini"):
             raise bad("charset", f"{self.charset!r} is not 'default' or 'mini'")
         if not self.round_deadline_s > 0:
@@ -101,7 +110,7 @@ class FlConfig:
                 raise ConfigError(f"run config {key}: unknown key")
             default = known[name].default
             try:
-                values[name] = type(default)(value) if not isinstance(default, bool) else bool(value)
+                values[name] = _coerce(value, default)
             except (TypeError, ValueError):
                 raise ConfigError(f"run config {key}: expected {type(default).__name__}, got {value!r}") from None
         return cls(**values)
@@ -138,6 +147,22 @@ class FlConfig:
 
     def store_path(self) -> Path:
         return _under_root(self.store)
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """`value` as the type of the field's default; an int field takes only whole numbers (2.7
+    is refused, never truncated to 2)."""
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise TypeError("a boolean is not a number")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("not a whole number")
+            return int(value)
+        return int(value)  # int("2.7") raises
+    return type(default)(value)
 
 
 def _under_root(value: str) -> Path:
