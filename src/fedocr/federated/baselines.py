@@ -8,12 +8,15 @@ organisations' lines pooled (what FedAvg would approach if the data could be sha
 """
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset
@@ -46,10 +49,29 @@ def baseline_train_config(cfg: FlConfig, n_lines: int) -> TrainConfig:
                        warmup_steps=max(1, min(20, steps // 5)), seed=cfg.seed, log_every=10**9)
 
 
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+@contextmanager
+def _threads_beside_ray() -> Iterator[None]:
+    """One torch thread while Ray actors share the cores (two torch threads each on two shared
+    cores only oversubscribe); the process's setting is restored afterwards."""
+    before = torch.get_num_threads()
+    if _ray_running():
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train(cfg: FlConfig, charset: Charset, data: LineDataset) -> tuple[CRNN, float]:
     model, _, _ = initial_model(cfg)
     lines = EncodedLines(data, charset)
-    result = Trainer(model, charset, lines, baseline_train_config(cfg, len(lines)), log=lambda _: None).fit()
+    with _threads_beside_ray():
+        result = Trainer(model, charset, lines, baseline_train_config(cfg, len(lines)), log=lambda _: None).fit()
     return model, result.seconds
 
 
