@@ -49,6 +49,9 @@ def main() -> int:
     started = time.time()
     report = simulate(cfg, printer=lambda s: print(s, flush=True))
     total = time.time() - started
+    if report["status"] != "finished":
+        print(f"bench: run {report['status']}: {report.get('error')}", file=sys.stderr)
+        return 1
     final = report["final"]
     rows = {org: {"own": c["own_test_cer"], "others": c["other_test_cer"]} for org, c in final["clients"].items()}
     rounds = [{"round": r["round"], "wall_s": r["seconds"], "train_s": r["train_seconds"],
