@@ -136,3 +136,42 @@ def test_no_model_anywhere_is_a_clear_error(tmp_path, synth_set, monkeypatch):
     if any((common.REPO_MODELS / n).is_file() for n in common.DEFAULT_MODEL_NAMES):
         pytest.skip("a shipped model exists")
     one_line_error(fedocr("ocr", synth_set / "images" / "000000.png"), 3, "no --model given")
+
+
+@pytest.mark.parametrize("flags, fragment", [(["--batch-size", "0"], "batch_size"), (["--lr", "0"], "lr"),
+                                             (["--seed", "-1"], "seed")])
+def test_impossible_training_settings_are_usage_errors(synth_set, tmp_path, flags, fragment):
+    one_line_error(fedocr("train", "--data", synth_set, "--out", tmp_path / "m.pt", *flags), 2, fragment)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_bad_synthetic_spec_is_a_usage_error(tmp_path):
+    one_line_error(fedocr("train", "--data", "synth:pharmacy:10", "--out", tmp_path / "m.pt"), 2, "unknown preset")
+    one_line_error(fedocr("train", "--data", "synth:digits:0", "--out", tmp_path / "m.pt"), 2, "synth:digits:0")
+
+
+def test_seed_decides_the_initial_weights(synth_set, tmp_path):
+    import torch
+    from fedocr.model import load_checkpoint
+    weights = []
+    for seed in (1, 1, 2):
+        out = tmp_path / f"m{len(weights)}.pt"
+        result = fedocr("train", "--data", synth_set, "--out", out, "--size", "tiny", "--steps", "1",
+                        "--batch-size", "4", "--seed", str(seed))
+        assert result.returncode == 0, result.stderr
+        weights.append(load_checkpoint(out).model.head.weight)
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_eval_and_ocr_use_the_default_model_through_onnx(trained_digits_model, tmp_path):
+    onnx_path = tmp_path / "default.onnx"
+    assert fedocr("export", trained_digits_model.path, onnx_path).returncode == 0
+    data = tmp_path / "set"
+    assert fedocr("synth", "--preset", "digits", "--n", "5", "--seed", "4", "--out", data).returncode == 0
+    env = {"FEDOCR_MODEL": str(onnx_path)}
+    result = fedocr("eval", "--data", data, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["backend"] == "onnx" and report["model"] == str(onnx_path) and report["datasets"][0]["n"] == 5
+    ocr = fedocr("ocr", data / "images" / "000000.png", env=env)
+    assert ocr.returncode == 0 and ocr.stdout.strip()

@@ -152,3 +152,28 @@ def test_lines_with_unknown_characters_are_skipped_and_counted(tmp_path, small_c
     encoded = EncodedLines(open_dataset(tmp_path), small_charset)
     assert len(encoded) == 1 and encoded.skipped == 2 and encoded.empty == 1
     assert "x" in encoded.unknown.summary()
+
+
+def test_dark_ink_on_dim_grey_paper_is_not_inverted():
+    line = np.full((40, 160), 90, np.uint8)          # a dim photo: paper at 90, ink at 25
+    line[12:28, 10:150] = 25
+    out = preprocess(line)
+    assert out[11:21, 12:115].mean() > 0.8 and out[:3].mean() < 0.1
+
+
+def test_text_on_a_transparent_png_is_read_as_dark_on_white(tmp_path):
+    rgba = np.zeros((32, 96, 4), np.uint8)           # black everywhere, opaque only where the ink is
+    rgba[8:24, 8:88, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    from fedocr.data import read_image
+    gray = read_image(tmp_path / "t.png")
+    assert gray[0, 0] == 255 and gray[16, 40] == 0
+
+
+def test_labels_may_hold_unicode_line_separators_but_not_tabs(tmp_path):
+    image = np.full((32, 64), 255, np.uint8)
+    write_line_set(tmp_path / "ok", [(image, "第一\u2028段\x1c落")])
+    assert open_dataset(tmp_path / "ok")[0][1] == "第一\u2028段\x1c落"
+    with pytest.raises(DatasetError, match="tab or a line break"):
+        write_line_set(tmp_path / "bad", [(image, "a\tb")])
+    assert not (tmp_path / "bad").exists()

@@ -53,3 +53,35 @@ def test_checkpoint_without_training_state_cannot_be_resumed(tmp_path, small_cha
     data = EncodedLines(SyntheticLines("digits", 16, seed=1, charset=small_charset), small_charset)
     with pytest.raises(ValueError, match="no training state"):
         Trainer.resume(trained_digits_model.path, small_charset, data)
+
+
+def test_resuming_with_other_data_is_refused(tmp_path, small_charset):
+    trainer, _ = _trainer(small_charset, out=tmp_path / "run.pt")
+    trainer.fit(until_step=2)
+    other = EncodedLines(SyntheticLines("digits", 96, seed=8, charset=small_charset), small_charset)
+    with pytest.raises(ValueError, match="other data"):
+        Trainer.resume(tmp_path / "run.pt", small_charset, other, log=lambda _: None)
+
+
+def test_a_sitting_that_fails_keeps_its_progress(tmp_path, small_charset):
+    class Flaky(SyntheticLines):
+        def __getitem__(self, index):
+            if index == 50:
+                raise RuntimeError("disk went away")
+            return super().__getitem__(index)
+
+    torch.manual_seed(0)
+    data = EncodedLines(Flaky("digits", 96, seed=7, charset=small_charset), small_charset)
+    config = TrainConfig(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=1, bucket=False, checkpoint_every_s=1e9)
+    trainer = Trainer(CRNN(ModelConfig(len(small_charset), "tiny")), small_charset, data, config,
+                      out=tmp_path / "run.pt", log=lambda _: None)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        trainer.fit()
+    saved = load_checkpoint(tmp_path / "run.pt")
+    assert saved.training["step"] == trainer.step > 0
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=0), dict(lr=0), dict(log_every=0), dict(grad_clip=0), dict(seed=-1)])
+def test_train_config_refuses_impossible_settings(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)

@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = error_exit_code(exc)
         if code is None:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = str(exc).strip().splitlines()
+        # DataLoader workers re-raise as "Caught X in DataLoader worker ...": the cause is the last line
+        message = (lines[-1] if lines[0].startswith("Caught ") else lines[0]) if lines else type(exc).__name__
         print(f"fedocr: error: {message}", file=sys.stderr)
         return code
 

@@ -10,10 +10,10 @@ import torch
 
 from fedocr.charset import Charset, default_charset
 from fedocr.cli.common import CliError, OutputError, check_writable_file, default_model, print_json
-from fedocr.data import (PRESETS, DatasetError, EncodedLines, LineDataset, SyntheticLines, open_dataset,
-                         preprocess, read_image, write_line_set)
-from fedocr.model import CRNN, ModelConfig, load_checkpoint, recognize_lines, torch_logits_fn
-from fedocr.model.checkpoint import Checkpoint, provenance
+from fedocr.data import (PRESETS, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
+                         UnknownPreset, open_dataset, read_image, write_line_set)
+from fedocr.model import CRNN, ModelConfig, load_checkpoint
+from fedocr.model.checkpoint import provenance
 from fedocr.model.crnn import SIZES
 from fedocr.train import TrainConfig, Trainer, evaluate
 
@@ -78,9 +78,12 @@ def _synthetic(spec: str) -> LineDataset:
     try:
         n = int(parts[1]) if len(parts) > 1 else 10_000
         seed = int(parts[2]) if len(parts) > 2 else 0
-    except ValueError:
-        raise CliError(f"bad synthetic data spec {spec!r}; expected synth:PRESET[:N[:SEED]]", 2) from None
-    return SyntheticLines(parts[0], n, seed=seed)
+        if n < 1 or seed < 0:
+            raise ValueError
+        return SyntheticLines(parts[0], n, seed=seed)
+    except (ValueError, UnknownPreset) as exc:
+        reason = str(exc) or "N must be >= 1 and SEED >= 0"
+        raise CliError(f"bad synthetic data spec {spec!r}: {reason}; expected synth:PRESET[:N[:SEED]]", 2) from None
 
 
 def _datasets(spec: str) -> list[LineDataset]:
@@ -132,9 +135,12 @@ def run_train(args: argparse.Namespace) -> int:
     out = check_writable_file(args.out)
     charset = default_charset()
     train_set = EncodedLines(_Concat(_datasets(args.data)), charset)
+    if len(train_set) == 0:
+        raise DatasetError(f"{args.data}: no usable training lines ({train_set.unknown.summary()}; "
+                           f"{train_set.empty} empty)")
     if train_set.skipped:
         print(f"skipped {train_set.skipped} line(s): {train_set.unknown.summary()}; {train_set.empty} empty", file=sys.stderr)
-    val = _Concat(_datasets(args.val)) if args.val else None
+    val = InMemoryLines(_Concat(_datasets(args.val))) if args.val else None
     if args.threads:
         torch.set_num_threads(args.threads)
     if out.is_file() and not args.restart:
@@ -143,13 +149,17 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(out, charset, train_set, runtime=runtime, val=val, history_file=args.history)
         print(f"resuming {out} at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
     else:
+        try:
+            config = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, num_workers=args.workers, bf16=args.bf16,
+                                 eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
         if args.init:
             model = load_checkpoint(args.init, expect_charset=charset).model
         else:
+            torch.manual_seed(args.seed)  # --seed decides the initial weights too
             model = CRNN(ModelConfig(len(charset), args.size, args.norm))
-        config = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, num_workers=args.workers, bf16=args.bf16, eval_every=args.eval_every,
-                             checkpoint_every_s=args.checkpoint_every)
         prov = provenance(kind="centralized", data=args.data.split(","),
                           seed=args.seed, init=str(args.init) if args.init else None)
         trainer = Trainer(model, charset, train_set, config, val=val, out=out, provenance=prov, history_file=args.history)
@@ -161,16 +171,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: Path | None) -> Checkpoint:
-    return load_checkpoint(path or default_model())
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    ckpt = _load(args.model)
-    reports = [evaluate(torch_logits_fn(ckpt.model), ckpt.charset, d, beam_width=args.beam, limit=args.limit)
+    from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
+
+    model_path = args.model or default_model()
+    engine = load_engine(model_path)
+    reports = [evaluate(engine.logits_fn, engine.charset, d, beam_width=args.beam, limit=args.limit)
                for d in _datasets(args.data)]
     if args.json:
-        print_json({"model": str(args.model or default_model()), "datasets": [r.to_dict() for r in reports]})
+        print_json({"model": str(model_path), "backend": engine.info.backend,
+                    "datasets": [r.to_dict() for r in reports]})
     else:
         print(f"{'data set':<24} {'n':>6} {'CER':>8} {'line acc':>9} {'ms/line':>8}")
         for r in reports:

@@ -7,6 +7,7 @@ compute is spent on padding.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ class EncodedLines(Dataset[Sample]):
         self.unknown = UnknownCounter()
         self.empty = 0
         keep, self.label_lengths = [], []
+        digest = hashlib.sha256()
         all_texts = list(lines.texts())
         for i in indices if indices is not None else range(len(lines)):
             text = all_texts[i]
@@ -41,7 +43,10 @@ class EncodedLines(Dataset[Sample]):
                 continue
             keep.append(i)
             self.label_lengths.append(len(encoded.ids))
+            digest.update(text.encode("utf-8") + b"\n")
         self.indices = keep
+        # Identifies the data (texts and order), so a resumed run can refuse other data.
+        self.fingerprint = f"{len(keep)}:{digest.hexdigest()[:16]}"
 
     @property
     def skipped(self) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from fedocr.charset import Charset, default_charset
 from fedocr.data.fonts import FontFace, coverage, installed_faces
+from fedocr.data.preprocess import to_gray
 from fedocr.data.presets import Preset, get_preset
 from fedocr.data.render import degrade, render_line
 
@@ -32,10 +33,14 @@ class DatasetError(ValueError):
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Encoded image bytes -> uint8 gray array; DatasetError when they are not an image."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    # IMREAD_UNCHANGED keeps alpha, so text on a transparent background is composited on white
+    # (IMREAD_GRAYSCALE would drop alpha and leave black ink on black).
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if image is None or image.size == 0:
         raise DatasetError(f"{name}: not a readable image")
-    return image
+    if image.ndim == 3:
+        image = image[..., [2, 1, 0, 3][: image.shape[2]]] if image.shape[2] in (3, 4) else image  # BGR(A) -> RGB(A)
+    return to_gray(image)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -66,7 +71,8 @@ class LabelFileDataset(LineDataset):
         if not self.label_file.is_file():
             raise DatasetError(f"{self.label_file}: no such labels file")
         try:
-            lines = self.label_file.read_text(encoding="utf-8-sig").splitlines()
+            # split on "\n" only: str.splitlines() would also cut labels at U+2028, \x1c and the like
+            lines = [row.rstrip("\r") for row in self.label_file.read_text(encoding="utf-8-sig").split("\n")]
         except UnicodeDecodeError as exc:
             raise DatasetError(f"{self.label_file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         self.items: list[tuple[Path, str]] = []
@@ -125,7 +131,11 @@ class LmdbDataset(LineDataset):
             image, label = txn.get(b"image-%09d" % key), txn.get(b"label-%09d" % key)
         if image is None or label is None:
             raise DatasetError(f"{self.path}: sample {key} missing")
-        return decode_image(image, f"{self.path}[{key}]"), label.decode("utf-8")
+        try:
+            text = label.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{self.path}: label {key} is not UTF-8") from exc
+        return decode_image(image, f"{self.path}[{key}]"), text
 
     def __getstate__(self) -> dict[str, object]:  # LMDB handles do not cross process boundaries
         return {"path": self.path}

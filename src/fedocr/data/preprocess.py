@@ -34,8 +34,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def normalise_contrast(gray: np.ndarray) -> np.ndarray:
     """Dark text on light paper, stretched to the full range."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) < np.median(gray) - 10 or np.median(border) < 100:
-        gray = 255 - gray  # light text on a dark background
+    dark, light = np.percentile(gray, (5, 95))
+    # The background is the side of the range the border sits on: light text on dark paper is
+    # inverted, while dim photos of dark ink on grey paper are not.
+    if np.median(border) - dark < light - np.median(border):
+        gray = 255 - gray
     lo, hi = np.percentile(gray, (2, 98))
     if hi - lo < 60:  # a flat scan: local equalisation first, then stretch
         gray = _clahe.apply(gray)

@@ -33,6 +33,8 @@ def write_line_set(out: str | Path, lines: Iterable[tuple[np.ndarray, str]],
         (staging / "images").mkdir()
         rows = []
         for i, (image, text) in enumerate(lines):
+            if any(c in text for c in "\t\n\r"):
+                raise DatasetError(f"line {i}: a label may not contain a tab or a line break ({text[:40]!r})")
             name = f"images/{i:06d}.png"
             if not cv2.imwrite(str(staging / name), image):
                 raise DatasetError(f"{out}: failed to write {name}")

@@ -51,12 +51,12 @@ def atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; a model or data file is meant to be shared
+        os.close(fd)
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with open(tmp, "rb") as handle:  # flush to disk before the rename makes it visible
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -91,13 +91,17 @@ def load_checkpoint(path: str | Path, expect_charset: Charset | None = None) -> 
         config = ModelConfig(**payload["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from exc
+    if config.num_classes != len(charset):
+        raise CheckpointError(f"{path}: model has {config.num_classes} classes but its charset {len(charset)}")
     if expect_charset is not None and charset.version != expect_charset.version:
         raise CheckpointError(f"{path}: trained on charset {charset.version} ({len(charset)} classes), "
                               f"expected {expect_charset.version} ({len(expect_charset)} classes)")
     model = CRNN(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     try:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
         model.load_state_dict(state)
+    except (KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint weights ({type(exc).__name__})") from exc
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the model config ({first})") from exc

@@ -33,6 +33,10 @@ class TrainConfig:
             raise ValueError("give epochs > 0 or max_steps")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
+        if self.log_every < 1 or self.warmup_steps < 0 or self.num_workers < 0 or self.eval_every < 0:
+            raise ValueError("log_every must be >= 1; warmup_steps, num_workers and eval_every >= 0")
+        if self.grad_clip <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.seed < 0:
+            raise ValueError("grad_clip must be > 0, min_lr_ratio in [0, 1] and seed >= 0")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
 

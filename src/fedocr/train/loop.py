@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, WidthBucketSampler, collate
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
-from fedocr.model.checkpoint import CheckpointError, provenance as make_provenance
+from fedocr.model.checkpoint import CheckpointError, atomic_write, provenance as make_provenance
 from fedocr.train.config import TrainConfig
 from fedocr.train.evaluate import evaluate
 
@@ -84,9 +84,13 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "lines_seen": self.lines_seen, "history": self.history, "best_cer": self.best_cer,
                 "config": self.config.to_dict(), "total_steps": self.total_steps,
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "data_fingerprint": self.data.fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("data_fingerprint")
+        if saved is not None and saved != self.data.fingerprint:
+            raise CheckpointError(f"the run was trained on other data (fingerprint {saved}, now "
+                                  f"{self.data.fingerprint}): give the same --data, or --restart")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -110,6 +114,9 @@ class Trainer:
         config = dataclasses.replace(TrainConfig(**ckpt.training["config"]), **changes)
         trainer = cls(ckpt.model, charset, data, config, provenance=ckpt.provenance, out=path, **kwargs)
         trainer.load_state_dict(ckpt.training)
+        if trainer.history_file:  # drop points logged after the checkpoint; they will be logged again
+            atomic_write(trainer.history_file, lambda tmp: tmp.write_text(
+                "".join(json.dumps(p) + "\n" for p in trainer.history), encoding="utf-8"))
         return trainer
 
     def save(self, path: str | Path | None = None, training_state: bool = True) -> None:
@@ -157,6 +164,24 @@ class Trainer:
         window: list[float] = []
         bar = _progress(stop - self.step)
         val_cer: float | None = None
+        try:
+            val_cer = self._run(stop, bar, losses, window, started, lines0, last_save)
+        except BaseException:
+            if self.out and self.step > steps0:
+                self.save()  # an interrupted or failed sitting keeps its progress
+            raise
+        finally:
+            if bar:
+                bar.close()
+        self.save()
+        steps = self.step - steps0
+        return FitResult(steps=steps, lines=self.lines_seen - lines0,
+                         mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+                         seconds=time.time() - started, val_cer=val_cer)
+
+    def _run(self, stop: int, bar: Any, losses: list[float], window: list[float], started: float, lines0: int,
+             last_save: float) -> float | None:
+        val_cer: float | None = None
         while self.step < stop:
             for batch in self._loader():
                 loss = self._train_step(batch)
@@ -169,6 +194,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}")
                 cfg = self.config
+                val_cer = None
                 evaluate_now = cfg.eval_every and self.step % cfg.eval_every == 0
                 if self.step % cfg.log_every == 0 or evaluate_now or self.step == stop:
                     val_cer = self.validate() if (evaluate_now or self.step == self.total_steps) else None
@@ -182,13 +208,7 @@ class Trainer:
             else:  # the epoch ended
                 self.epoch += 1
                 self.batch_in_epoch = 0
-        if bar:
-            bar.close()
-        self.save()
-        steps = self.step - steps0
-        return FitResult(steps=steps, lines=self.lines_seen - lines0,
-                         mean_loss=sum(losses) / len(losses) if losses else float("nan"),
-                         seconds=time.time() - started, val_cer=val_cer)
+        return val_cer
 
     def _record(self, window: list[float], val_cer: float | None, started: float, lines0: int) -> None:
         point = {"step": self.step, "lines_seen": self.lines_seen, "epoch": self.epoch,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Turn the best checkpoint of the base-model training into the shipped model:
+# models/base.pt (fp16 weights, no optimizer state) and models/base.onnx (verified export).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${1:-models/training/base-train.best.pt}
+[ -f "$SRC" ] || SRC=models/training/base-train.pt
+.venv/bin/python - "$SRC" <<'PY'
+import sys
+from fedocr.model import load_checkpoint, save_checkpoint
+ckpt = load_checkpoint(sys.argv[1])
+provenance = {**ckpt.provenance, "shipped_from": sys.argv[1]}
+save_checkpoint("models/base.pt", ckpt.model, ckpt.charset, provenance, half=True)
+print(f"models/base.pt from {sys.argv[1]} (step {provenance.get('steps')}, {provenance.get('lines_seen')} lines)")
+PY
+.venv/bin/fedocr export models/base.pt models/base.onnx
