@@ -94,7 +94,7 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
                 c.post("/api/ocr", files={"image": ("x.png", images[i % len(images)])}).raise_for_status()
         rss_before = server.memory_info().rss
         latencies: list[float] = []
-        failures: list[int] = []
+        failures: list[str] = []
         lock = threading.Lock()
         trajectory = []
 
@@ -108,13 +108,13 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
                     t = time.perf_counter()
                     try:
                         r = c.post("/api/ocr", files={"image": ("x.png", images[i % len(images)])})
-                        ok = r.status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
+                        reason = None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:120]}"
+                    except httpx.HTTPError as exc:
+                        reason = f"{type(exc).__name__}: {exc}"
                     with lock:
                         latencies.append(time.perf_counter() - t)
-                        if not ok:
-                            failures.append(i)
+                        if reason:
+                            failures.append(f"request {i}: {reason}")
 
         start = time.perf_counter()
         phase = max(requests // 4, 1)
@@ -136,7 +136,8 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": requests, "failed": len(failures), "requests_per_s": requests / wall,
+    return {"clients": clients, "requests": requests, "failed": len(failures), "failures": failures[:10],
+            "requests_per_s": requests / wall,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20,
             "rss_growth_mb": (rss_after - rss_before) / 2**20, "rss_mb_each_quarter": trajectory}
