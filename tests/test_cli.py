@@ -175,3 +175,26 @@ def test_eval_and_ocr_use_the_default_model_through_onnx(trained_digits_model, t
     assert report["backend"] == "onnx" and report["model"] == str(onnx_path) and report["datasets"][0]["n"] == 5
     ocr = fedocr("ocr", data / "images" / "000000.png", env=env)
     assert ocr.returncode == 0 and ocr.stdout.strip()
+
+
+def test_sigterm_during_training_saves_a_resumable_checkpoint(synth_set, tmp_path):
+    import signal
+    import time
+    from fedocr.model import load_checkpoint
+    out = tmp_path / "m.pt"
+    history = tmp_path / "history.jsonl"
+    proc = subprocess.Popen([*FEDOCR, "train", "--data", str(synth_set), "--out", str(out), "--size", "tiny",
+                             "--steps", "100000", "--batch-size", "2", "--checkpoint-every", "100000",
+                             "--history", str(history)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and not (history.exists() and history.stat().st_size):
+            time.sleep(0.5)  # the first history point (step 50) says training is under way
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.is_file(), proc.stderr.read()
+    assert load_checkpoint(out).training["step"] > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,10 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_train(args: argparse.Namespace) -> int:
     out = check_writable_file(args.out)
     charset = default_charset()
@@ -163,6 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
         prov = provenance(kind="centralized", data=args.data.split(","),
                           seed=args.seed, init=str(args.init) if args.init else None)
         trainer = Trainer(model, charset, train_set, config, val=val, out=out, provenance=prov, history_file=args.history)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` (and CI timeouts) save a checkpoint like Ctrl-C does
     result = trainer.fit()
     summary = f"trained {result.steps} steps ({result.lines} lines) in {result.seconds:.0f} s, mean loss {result.mean_loss:.3f}"
     if result.val_cer is not None:

@@ -46,6 +46,7 @@ def baseline_train_config(cfg: FlConfig, n_lines: int) -> TrainConfig:
     """The client's local recipe (constant rate after a short warm-up), for rounds x epochs."""
     steps = max(1, round(cfg.num_rounds * cfg.local_epochs * -(-n_lines // cfg.batch_size)))
     return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
+                       optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
                        warmup_steps=max(1, min(20, steps // 5)), seed=cfg.seed, log_every=10**9)
 
 

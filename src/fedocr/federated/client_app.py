@@ -58,6 +58,7 @@ def _local_train_config(cfg: FlConfig, n_lines: int, server_round: int) -> Train
     # A fresh optimizer each round (standard FedAvg); a short warm-up, then the constant rate,
     # because a cosine decay inside every round would spend most local steps at a tiny rate.
     return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
+                       optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
                        warmup_steps=max(1, min(20, steps // 5)), seed=cfg.seed * 1000 + server_round,
                        log_every=10**9)
 

@@ -35,7 +35,8 @@ def runs_root() -> Path:
 class FlConfig:
     num_rounds: int = 3                # federated rounds
     local_epochs: float = 1.0          # passes over its own data per client per round
-    lr: float = 3e-3                   # AdamW peak learning rate of local training
+    lr: float = 3e-3                   # peak learning rate of local training
+    client_optimizer: str = "adamw"    # "adamw", or "sgd" with momentum (FedAvg's original client optimizer)
     batch_size: int = 16
     fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
     min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
@@ -67,6 +68,8 @@ class FlConfig:
             raise bad("local_epochs", "must be positive")
         if not self.lr > 0:
             raise bad("lr", "must be positive")
+        if self.client_optimizer not in ("adamw", "sgd"):
+            raise bad("client_optimizer", "must be adamw or sgd")
         if self.batch_size < 1:
             raise bad("batch_size", "must be at least 1")
         if not 0 < self.fraction_train <= 1:

@@ -10,7 +10,9 @@ class TrainConfig:
     epochs: float = 10.0                 # passes over the data; ignored when max_steps is set
     max_steps: int | None = None         # total optimizer steps (the schedule's length)
     batch_size: int = 32
-    lr: float = 1e-3                     # AdamW peak learning rate
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: with momentum (FedAvg's client optimizer)
+    momentum: float = 0.9                # SGD momentum
+    lr: float = 1e-3                     # peak learning rate
     weight_decay: float = 1e-4
     grad_clip: float = 5.0               # max global gradient norm
     warmup_steps: int = 100
@@ -37,6 +39,8 @@ class TrainConfig:
             raise ValueError("log_every must be >= 1; warmup_steps, num_workers and eval_every >= 0")
         if self.grad_clip <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.seed < 0:
             raise ValueError("grad_clip must be > 0, min_lr_ratio in [0, 1] and seed >= 0")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
 

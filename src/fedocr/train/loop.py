@@ -60,7 +60,11 @@ class Trainer:
         self.val, self.out, self.log = val, Path(out) if out else None, log
         self.history_file = Path(history_file) if history_file else None
         self.provenance = provenance or {}
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.batches_per_epoch = math.ceil(len(data) / config.batch_size)
         self.total_steps = config.total_steps(self.batches_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
