@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=320, help="training lines per organisation")
     parser.add_argument("--test-lines", type=int, default=100)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="client optimizer")
     parser.add_argument("--out", type=Path, help="run folder (default: a temporary one)")
     args = parser.parse_args()
     base = BASE_MODEL.is_file()
@@ -44,6 +45,7 @@ def main() -> int:
     cfg = FlConfig(federation="three-orgs" if base else "three-orgs-mini", charset="default" if base else "mini",
                    initial_model=str(BASE_MODEL) if base else "scratch", model_size="tiny", num_rounds=args.rounds,
                    local_epochs=args.epochs, lr=args.lr if not base else min(args.lr, 5e-4), batch_size=16,
+                   client_optimizer=args.optimizer,
                    fraction_train=1.0, min_accepted=2, lines_per_client=args.lines, test_lines=args.test_lines,
                    val_lines=100, round_deadline_s=600, out_dir=str(out), store=str(out / "runs.db"))
     started = time.time()
