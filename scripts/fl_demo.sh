@@ -8,11 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDOCR=.venv/bin/fedocr
 OUT=${DEMO_DIR:-demo}/fl
-ROUNDS=${DEMO_ROUNDS:-6}
+ROUNDS=${DEMO_ROUNDS:-10}
 if [ -f models/base.pt ]; then PRESET=three-orgs; else PRESET=three-orgs-mini; fi
 mkdir -p "$OUT"
 echo "== federating $PRESET for $ROUNDS rounds (resumes if interrupted)"
-$FEDOCR fl simulate --preset "$PRESET" --rounds "$ROUNDS" --local-epochs 2 --lines 240 --test-lines 60 \
+$FEDOCR fl simulate --preset "$PRESET" --rounds "$ROUNDS" --local-epochs 2 --lines 320 --test-lines 60 \
   --fraction 1 --out "$OUT/run" --store "$OUT/runs.db"
 $FEDOCR fl runs --store "$OUT/runs.db"
 [ -f "$OUT/sample/labels.tsv" ] || $FEDOCR synth --preset digits --n 1 --seed 11 --out "$OUT/sample"

@@ -11,7 +11,7 @@ import torch
 
 from fedocr.charset import Charset, default_charset
 from fedocr.cli.common import CliError, OutputError, check_writable_file, default_model, print_json
-from fedocr.data import (PRESETS, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
+from fedocr.data import (PRESETS, ConcatLines, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
                          UnknownPreset, open_dataset, read_image, write_line_set)
 from fedocr.model import CRNN, ModelConfig, load_checkpoint
 from fedocr.model.checkpoint import provenance
@@ -95,28 +95,6 @@ def _datasets(spec: str) -> list[LineDataset]:
     return [_synthetic(s) if s.startswith(SYNTH_PREFIX) else open_dataset(Path(s)) for s in items]
 
 
-class _Concat(LineDataset):
-    def __init__(self, parts: list[LineDataset]) -> None:
-        self.parts = parts
-        self.name = "+".join(p.name for p in parts)
-        self.offsets = [0]
-        for part in parts:
-            self.offsets.append(self.offsets[-1] + len(part))
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
-        for part, start, end in zip(self.parts, self.offsets, self.offsets[1:]):
-            if start <= index < end:
-                return part[index - start]
-        raise IndexError(index)
-
-    def texts(self) -> Any:
-        for part in self.parts:
-            yield from part.texts()
-
-
 def run_synth(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CliError("--n must be at least 1", 2)
@@ -139,13 +117,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def run_train(args: argparse.Namespace) -> int:
     out = check_writable_file(args.out)
     charset = default_charset()
-    train_set = EncodedLines(_Concat(_datasets(args.data)), charset)
+    train_set = EncodedLines(ConcatLines(_datasets(args.data)), charset)
     if len(train_set) == 0:
         raise DatasetError(f"{args.data}: no usable training lines ({train_set.unknown.summary()}; "
                            f"{train_set.empty} empty)")
     if train_set.skipped:
         print(f"skipped {train_set.skipped} line(s): {train_set.unknown.summary()}; {train_set.empty} empty", file=sys.stderr)
-    val = InMemoryLines(_Concat(_datasets(args.val))) if args.val else None
+    val = InMemoryLines(ConcatLines(_datasets(args.val))) if args.val else None
     if args.threads:
         torch.set_num_threads(args.threads)
     if out.is_file() and not args.restart:

@@ -10,6 +10,7 @@ and line that is wrong.
 """
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -160,6 +161,30 @@ class InMemoryLines(LineDataset):
 
     def texts(self) -> Iterator[str]:
         return (text for _, text in self.items)
+
+
+class ConcatLines(LineDataset):
+    """Several line sets read as one, in order (lazily: nothing is decoded twice)."""
+
+    def __init__(self, parts: Sequence[LineDataset], name: str | None = None) -> None:
+        self.parts = list(parts)
+        self.name = name or "+".join(p.name for p in self.parts)
+        self.offsets = [0]
+        for part in self.parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = bisect.bisect_right(self.offsets, index) - 1
+        return self.parts[part][index - self.offsets[part]]
+
+    def texts(self) -> Iterator[str]:
+        for part in self.parts:
+            yield from part.texts()
 
 
 def open_dataset(path: str | Path) -> LineDataset:

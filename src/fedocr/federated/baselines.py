@@ -2,7 +2,7 @@
 for its local-only model, the federated model and a centralized model.
 
 Both baselines start from the federation's initial model and run the same training recipe as a
-client's local epochs (`client_app.local_train_config`) for the same budget: rounds x local
+client's local epochs (`config.local_recipe`) for the same budget: rounds x local
 epochs passes over their data. Local-only sees one organisation's lines; centralized sees all
 organisations' lines pooled (what FedAvg would approach if the data could be shared).
 """
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from fedocr.charset import Charset
-from fedocr.data import EncodedLines, LineDataset
-from fedocr.federated.config import FlConfig
+from fedocr.data import ConcatLines, EncodedLines, LineDataset
+from fedocr.federated.config import FlConfig, local_recipe
 from fedocr.federated.orgs import get_federation, org_lines
 from fedocr.federated.vocab import initial_model
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
@@ -28,26 +28,10 @@ from fedocr.model.checkpoint import provenance
 from fedocr.train import TrainConfig, Trainer, evaluate
 
 
-class Pooled(LineDataset):
-    """Several line sets read as one."""
-
-    def __init__(self, parts: list[LineDataset], name: str) -> None:
-        self.items = [part[i] for part in parts for i in range(len(part))]
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
-        return self.items[index]
-
-
 def baseline_train_config(cfg: FlConfig, n_lines: int) -> TrainConfig:
     """The client's local recipe (constant rate after a short warm-up), for rounds x epochs."""
     steps = max(1, round(cfg.num_rounds * cfg.local_epochs * -(-n_lines // cfg.batch_size)))
-    return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
-                       optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
-                       warmup_steps=max(1, min(20, steps // 5)), seed=cfg.seed, log_every=10**9)
+    return local_recipe(cfg, steps, cfg.seed)
 
 
 def _ray_running() -> bool:
@@ -98,13 +82,13 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
         models[org]["local_only"] = model
         save_checkpoint(out / f"local-only-{org}.pt", model, charset, provenance(kind="local-only", org=org))
     printer(f"baseline: centralized ({sum(len(t) for t in train.values())} pooled lines)")
-    central, seconds["centralized"] = _train(cfg, charset, Pooled(list(train.values()), "pooled"))
+    central, seconds["centralized"] = _train(cfg, charset, ConcatLines(list(train.values()), "pooled"))
     save_checkpoint(out / "centralized.pt", central, charset, provenance(kind="centralized", orgs=list(fed.orgs)))
     t0 = time.time()
     clients: dict[str, Any] = {}
     for org in fed.orgs:
         models[org]["centralized"] = central
-        others = Pooled([test[o] for o in fed.orgs if o != org], f"not-{org}")
+        others = ConcatLines([test[o] for o in fed.orgs if o != org], f"not-{org}")
         clients[org] = {
             "own_test_cer": {kind: _cer(m, charset, test[org]) for kind, m in models[org].items()},
             "other_test_cer": {kind: _cer(m, charset, others) for kind, m in models[org].items()},

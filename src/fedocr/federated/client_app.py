@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedocr.data import EncodedLines, LineDataset
-from fedocr.federated.config import FlConfig
+from fedocr.federated.config import FlConfig, local_recipe
 from fedocr.federated.faults import fault_for
 from fedocr.federated.orgs import folder_data, get_federation, synthetic_org_data
 from fedocr.federated.updates import aggregated_keys, delta, select
@@ -55,12 +55,8 @@ def _threads(context: Context) -> None:
 
 def _local_train_config(cfg: FlConfig, n_lines: int, server_round: int) -> TrainConfig:
     steps = max(1, round(cfg.local_epochs * math.ceil(n_lines / cfg.batch_size)))
-    # A fresh optimizer each round (standard FedAvg); a short warm-up, then the constant rate,
-    # because a cosine decay inside every round would spend most local steps at a tiny rate.
-    return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
-                       optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
-                       warmup_steps=max(1, min(20, steps // 5)), seed=cfg.seed * 1000 + server_round,
-                       log_every=10**9)
+    # A fresh optimizer each round (standard FedAvg).
+    return local_recipe(cfg, steps, seed=cfg.seed * 1000 + server_round)
 
 
 def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:

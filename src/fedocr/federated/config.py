@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from fedocr.train import TrainConfig
 
 # Where a relative out-dir or store path is resolved: the ServerApp's working directory is the
 # SuperLink's, which says nothing to the operator, so relative paths go under one known root.
@@ -171,3 +172,11 @@ def _coerce(value: Any, default: Any) -> Any:
 def _under_root(value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else runs_root() / path
+
+
+def local_recipe(cfg: FlConfig, steps: int, seed: int) -> TrainConfig:
+    """How a client trains locally, and the baselines with it: a short warm-up, then a constant
+    rate (a cosine decay inside every round would spend most local steps at a tiny rate)."""
+    return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
+                       optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
+                       warmup_steps=max(1, min(20, steps // 5)), seed=seed, log_every=10**9)
