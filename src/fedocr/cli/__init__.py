@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from fedocr import __version__
 from fedocr.cli import federated, recognizer, serving
-from fedocr.cli.common import CliError, EXIT_INPUT, EXIT_OUTPUT, error_exit_code
+from fedocr.cli.common import EXIT_INPUT, EXIT_OUTPUT, error_exit_code
 
 GROUPS = [recognizer, serving, federated]
 

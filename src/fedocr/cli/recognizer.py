@@ -5,11 +5,10 @@ import argparse
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from fedocr.charset import Charset, default_charset
+from fedocr.charset import default_charset
 from fedocr.cli.common import CliError, OutputError, check_writable_file, default_model, print_json
 from fedocr.data import (PRESETS, ConcatLines, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
                          UnknownPreset, open_dataset, read_image, write_line_set)
