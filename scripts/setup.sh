@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   fonts-noto-cjk fonts-wqy-zenhei fonts-wqy-microhei
   fonts-arphic-ukai fonts-arphic-uming fonts-arphic-gkai00mp fonts-arphic-gbsn00lp
-  fonts-lxgw-wenkai fonts-dejavu-core fontconfig
+  fonts-lxgw-wenkai fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fontconfig
   chromium
 )
 missing=()

@@ -1,3 +1,5 @@
+import os
+
 import lmdb
 import numpy as np
 import pytest
@@ -177,3 +179,47 @@ def test_labels_may_hold_unicode_line_separators_but_not_tabs(tmp_path):
     with pytest.raises(DatasetError, match="tab or a line break"):
         write_line_set(tmp_path / "bad", [(image, "a\tb")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_packed_font_folder_replaces_fontconfig(tmp_path, monkeypatch):
+    from fedocr.charset import default_charset
+    from fedocr.data import fonts
+
+    smallest = min(fonts.installed_faces(), key=lambda f: os.path.getsize(f.path))
+    charset = default_charset()
+    [packed] = fonts.pack_faces(tmp_path / "fonts", charset, faces=(smallest,))
+    assert packed.stat().st_size < os.path.getsize(smallest.path)
+    monkeypatch.setenv(fonts.FONT_DIR_ENV, str(tmp_path / "fonts"))
+    monkeypatch.setenv("FEDOCR_CACHE", str(tmp_path / "cache"))
+    fonts.installed_faces.cache_clear()
+    try:
+        [face] = fonts.installed_faces()
+        assert face.path == str(packed) and face.family == smallest.family
+        assert fonts.coverage(face, charset) == fonts.coverage(smallest, charset)
+        image, text = SyntheticLines("public", 1, seed=3)[0]
+        assert text and (image < 128).any()
+        (tmp_path / "fonts" / fonts.MANIFEST).write_text("[{}]", encoding="utf-8")
+        fonts.installed_faces.cache_clear()
+        with pytest.raises(fonts.FontsMissing, match="manifest"):
+            fonts.installed_faces()
+    finally:
+        fonts.installed_faces.cache_clear()
+
+
+def test_ascii_runs_can_be_drawn_with_a_western_font_on_the_same_baseline():
+    import numpy as np
+
+    from fedocr.data.fonts import HELD_OUT_LATIN_FAMILIES, LATIN_FAMILIES, installed_faces, latin_faces
+    from fedocr.data.render import Conditions, render_line
+
+    face, latin = installed_faces()[0], latin_faces()[0]
+    assert {f.family for f in latin_faces()} <= set(LATIN_FAMILIES)
+    assert {f.family for f in latin_faces(held_out=True)} <= set(HELD_OUT_LATIN_FAMILIES)
+    cond = Conditions(letter_spacing=(0, 0))
+    plain = render_line("金额 Total 123", face, np.random.default_rng(1), cond)
+    mixed = render_line("金额 Total 123", face, np.random.default_rng(1), cond, latin=latin)
+    chinese_only = render_line("金额", face, np.random.default_rng(1), cond, latin=latin)
+    assert (mixed < 128).any() and plain.shape[0] <= mixed.shape[0] + 4
+    assert plain.shape != mixed.shape or (plain != mixed).any()       # the Latin glyphs changed
+    same = render_line("金额", face, np.random.default_rng(1), cond)
+    assert np.array_equal(chinese_only, same)                          # no ASCII: the CJK face alone

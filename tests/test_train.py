@@ -85,3 +85,21 @@ def test_a_sitting_that_fails_keeps_its_progress(tmp_path, small_charset):
 def test_train_config_refuses_impossible_settings(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_time_budget_fixes_the_schedule_after_warm_up_from_the_measured_speed(small_charset):
+    torch.manual_seed(0)
+    data = EncodedLines(SyntheticLines("digits", 64, seed=7, charset=small_charset), small_charset)
+    config = TrainConfig(max_steps=100_000, batch_size=16, warmup_steps=6, time_budget_s=4.0, checkpoint_every_s=1e9)
+    messages: list[str] = []
+    trainer = Trainer(CRNN(ModelConfig(len(small_charset), "tiny")), small_charset, data, config, log=messages.append)
+    result = trainer.fit()
+    assert any("time budget" in m for m in messages)
+    assert 6 < trainer.total_steps < 100_000 and trainer.step == trainer.total_steps
+    assert result.seconds < 4.0 * 3  # ends near the budget, not after 100,000 steps
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(config.lr * config.min_lr_ratio, rel=0.05)
+
+
+def test_unknown_training_device_is_refused():
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="tpu")

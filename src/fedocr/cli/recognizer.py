@@ -45,7 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AMX CPUs)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where training runs")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="fit the LR schedule to this much training time (measured after warm-up)")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: at the end)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between resumable checkpoints")
     p.add_argument("--history", type=Path, help="append the training curve (JSON Lines) to this file")
@@ -125,16 +129,22 @@ def run_train(args: argparse.Namespace) -> int:
     val = InMemoryLines(ConcatLines(_datasets(args.val))) if args.val else None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {args.device}: this PyTorch build sees no CUDA GPU; use --device cpu", 2)
     if out.is_file() and not args.restart:
         runtime = {"bf16": args.bf16, "num_workers": args.workers, "eval_every": args.eval_every,
-                   "checkpoint_every_s": args.checkpoint_every}
-        trainer = Trainer.resume(out, charset, train_set, runtime=runtime, val=val, history_file=args.history)
+                   "checkpoint_every_s": args.checkpoint_every, "device": args.device}
+        try:
+            trainer = Trainer.resume(out, charset, train_set, runtime=runtime, val=val, history_file=args.history)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
         print(f"resuming {out} at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
     else:
         try:
             config = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, num_workers=args.workers, bf16=args.bf16,
-                                 eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every)
+                                 eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every,
+                                 device=args.device, time_budget_s=args.time_budget, warmup_steps=args.warmup)
         except ValueError as exc:
             raise CliError(str(exc), 2) from None
         if args.init:

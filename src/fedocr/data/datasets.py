@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from fedocr.charset import Charset, default_charset
-from fedocr.data.fonts import FontFace, coverage, installed_faces
+from fedocr.data.fonts import FontFace, coverage, installed_faces, latin_faces
 from fedocr.data.preprocess import to_gray
 from fedocr.data.presets import Preset, get_preset
 from fedocr.data.render import degrade, render_line
@@ -221,6 +221,7 @@ class SyntheticLines(LineDataset):
         self._style_faces = [f for f, _ in weighted]
         self._style_weights = np.array([w for _, w in weighted]) / sum(w for _, w in weighted)
         self._coverage = {f: coverage(f, self.charset) for f in faces}
+        self._latin = latin_faces(held_out=held_out_fonts)
 
     def __len__(self) -> int:
         return self.n
@@ -248,5 +249,8 @@ class SyntheticLines(LineDataset):
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, index, 7])
         face, text = self._pick_face(self.text(index), rng)
-        clean = render_line(text, face, rng, self.preset.conditions)
+        cond = self.preset.conditions
+        latin = (self._latin[int(rng.integers(len(self._latin)))]
+                 if self._latin and rng.random() < cond.latin_font else None)
+        clean = render_line(text, face, rng, cond, latin)
         return degrade(clean, rng, self.preset.conditions), text

@@ -3,6 +3,10 @@
 Fonts come from Debian packages that scripts/setup.sh installs (fonts-noto-cjk, fonts-wqy-*,
 fonts-arphic-*, fonts-lxgw-wenkai). One family, LXGW WenKai, is kept out of training and used
 only to measure how the model generalises to a typeface it never saw.
+
+On a machine without fontconfig or those packages (a GPU box, a container), `pack_faces` copies
+the faces, cut down to the vocabulary, into a folder with a `fonts.json` manifest; setting
+FEDOCR_FONT_DIR to that folder makes it the only source of fonts.
 """
 from __future__ import annotations
 
@@ -27,6 +31,13 @@ TRAIN_FAMILIES: dict[str, str] = {
     "AR PL KaitiM GB": "kai",
 }
 HELD_OUT_FAMILIES: dict[str, str] = {"LXGW WenKai": "kai"}
+# Documents and browsers draw the ASCII runs of a Chinese line with a Western font: training
+# sees these; GNU FreeFont is kept out with LXGW WenKai for the held-out-font set.
+LATIN_FAMILIES: dict[str, str] = {"DejaVu Sans": "sans", "DejaVu Serif": "serif", "DejaVu Sans Mono": "mono",
+                                  "Liberation Sans": "sans", "Liberation Serif": "serif", "Liberation Mono": "mono"}
+HELD_OUT_LATIN_FAMILIES: dict[str, str] = {"FreeSans": "sans", "FreeSerif": "serif"}
+FONT_DIR_ENV = "FEDOCR_FONT_DIR"
+MANIFEST = "fonts.json"
 
 
 class FontsMissing(RuntimeError):
@@ -46,9 +57,9 @@ class FontFace:
         return f"{self.family} {self.weight}"
 
 
-def _fc_list() -> list[tuple[str, int, str, str]]:
+def _fc_list(pattern: str = ":lang=zh") -> list[tuple[str, int, str, str]]:
     try:
-        out = subprocess.run(["fc-list", "-f", "%{file}|%{index}|%{family[0]}|%{style[0]}\n", ":lang=zh"],
+        out = subprocess.run(["fc-list", "-f", "%{file}|%{index}|%{family[0]}|%{style[0]}\n", pattern],
                              capture_output=True, text=True, check=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise FontsMissing(f"cannot list fonts with fc-list ({exc}); run scripts/setup.sh") from exc
@@ -60,17 +71,38 @@ def _fc_list() -> list[tuple[str, int, str, str]]:
     return sorted(set(rows))
 
 
+def _packed(folder: Path) -> list[tuple[str, int, str, str]]:
+    try:
+        entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return [(str(folder / e["file"]), int(e["index"]), e["family"], e["weight"]) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FontsMissing(f"{folder / MANIFEST}: not a font manifest ({exc}); make it with scripts/pack_fonts.py") from exc
+
+
+def _faces(families: dict[str, str], pattern: str) -> tuple[FontFace, ...]:
+    folder = os.environ.get(FONT_DIR_ENV)
+    listed = _packed(Path(folder)) if folder else _fc_list(pattern)
+    return tuple(FontFace(path, index, family, families[family], style)
+                 for path, index, family, style in listed if family in families)
+
+
 @cache
 def installed_faces(held_out: bool = False) -> tuple[FontFace, ...]:
     """Faces of the training families (or, with held_out=True, of the held-out ones)."""
     families = HELD_OUT_FAMILIES if held_out else TRAIN_FAMILIES
-    faces = tuple(FontFace(path, index, family, families[family], style)
-                  for path, index, family, style in _fc_list()
-                  if family in families and "Mono" not in family)
+    faces = _faces(families, ":lang=zh")
     if not faces:
         kind = "held-out" if held_out else "training"
         raise FontsMissing(f"no {kind} CJK fonts found ({', '.join(families)}); run scripts/setup.sh")
     return faces
+
+
+@cache
+def latin_faces(held_out: bool = False) -> tuple[FontFace, ...]:
+    """Upright faces of the Western families for ASCII runs (none installed: an empty tuple)."""
+    families = HELD_OUT_LATIN_FAMILIES if held_out else LATIN_FAMILIES
+    return tuple(f for f in _faces(families, ":lang=en")
+                 if not any(word in f.weight for word in ("Italic", "Oblique", "Kursiv")))
 
 
 def _cache_dir() -> Path:
@@ -102,3 +134,33 @@ def coverage(face: FontFace, charset: Charset) -> frozenset[str]:
         except OSError:
             pass  # a read-only home only costs the re-scan next time
     return frozenset(table[key])
+
+
+def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None = None) -> list[Path]:
+    """Copy `faces` (default: every training and held-out face) into `dest`, keeping only the glyphs
+    of `charset` (a CJK face shrinks from ~20 MB to ~3 MB), with the manifest FEDOCR_FONT_DIR reads."""
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    options = subset.Options()
+    options.name_IDs, options.name_languages, options.notdef_outline = ["*"], ["*"], True
+    options.layout_features = ["*"]
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest, written = [], []
+    everything = installed_faces() + installed_faces(held_out=True) + latin_faces() + latin_faces(held_out=True)
+    for face in faces if faces is not None else everything:
+        font = TTFont(face.path, fontNumber=face.index)
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(unicodes=[ord(c) for c in coverage(face, charset)])
+        subsetter.subset(font)
+        suffix = ".otf" if "CFF " in font else ".ttf"
+        name = f"{face.family}-{face.weight}".replace(" ", "") + suffix
+        tmp = dest / f".{name}.tmp"  # a half-written font never carries the final name
+        font.save(str(tmp))
+        os.replace(tmp, dest / name)
+        manifest.append({"file": name, "index": 0, "family": face.family, "weight": face.weight})
+        written.append(dest / name)
+    tmp = dest / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(tmp, dest / MANIFEST)
+    return written

@@ -36,6 +36,7 @@ class Conditions:
     stamp: float = 0.0
     rules: float = 0.1                           # table rules / underlines near the text
     stains: float = 0.05
+    latin_font: float = 0.5                      # chance that ASCII runs use a Western font
 
 
 @lru_cache(maxsize=256)
@@ -43,14 +44,29 @@ def _font(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size=size, index=index)
 
 
-def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Conditions) -> np.ndarray:
-    """Clean grey line image (uint8, paper light, ink dark) with margins around the text."""
+def _is_ascii_glyph(char: str) -> bool:
+    return " " < char <= "~"
+
+
+def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Conditions,
+                latin: FontFace | None = None) -> np.ndarray:
+    """Clean grey line image (uint8, paper light, ink dark) with margins around the text.
+
+    With `latin`, ASCII characters are drawn with that Western face and the rest with `face`,
+    on one baseline, as a browser or word processor draws a mixed Chinese/English line.
+    """
     size = int(rng.integers(cond.font_px[0], cond.font_px[1] + 1))
     font = _font(face.path, face.index, size)
     spacing = float(rng.uniform(*cond.letter_spacing)) * size if rng.random() < 0.4 else 0.0
-    advances = [font.getlength(c) for c in text]
+    if latin is not None and any(_is_ascii_glyph(c) for c in text):
+        western = _font(latin.path, latin.index, size)
+        fonts = [western if _is_ascii_glyph(c) else font for c in text]
+    else:
+        fonts = [font] * len(text)
+    advances = [f.getlength(c) for f, c in zip(fonts, text)]
     width = int(sum(advances) + spacing * max(len(text) - 1, 0)) + 1
-    ascent, descent = font.getmetrics()
+    metrics = [f.getmetrics() for f in set(fonts) or {font}]
+    ascent, descent = max(m[0] for m in metrics), max(m[1] for m in metrics)
     pad_x = int(rng.integers(2, size // 2 + 3))
     pad_top, pad_bottom = int(rng.integers(1, size // 3 + 2)), int(rng.integers(1, size // 3 + 2))
     paper = int(rng.integers(*cond.paper)) if cond.paper[1] > cond.paper[0] else cond.paper[0]
@@ -59,10 +75,10 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
     draw = ImageDraw.Draw(canvas)
     if rng.random() < cond.stamp:
         _draw_stamp(draw, canvas.size, rng, paper)
-    if spacing:
-        x = float(pad_x)
-        for char, advance in zip(text, advances):
-            draw.text((x, pad_top), char, font=font, fill=ink)
+    if spacing or len(set(fonts)) > 1:
+        x, baseline = float(pad_x), pad_top + ascent
+        for char, char_font, advance in zip(text, fonts, advances):
+            draw.text((x, baseline), char, font=char_font, fill=ink, anchor="ls")
             x += advance + spacing
     else:
         draw.text((pad_x, pad_top), text, font=font, fill=ink)

@@ -29,10 +29,12 @@ def pad_lines(lines: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def torch_logits_fn(model: CRNN) -> LogitsFn:
     model.eval()
+    device = next(model.parameters()).device
 
     def run(images: np.ndarray, widths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(images), torch.from_numpy(widths)).numpy()
+            logits = model(torch.from_numpy(images).to(device), torch.from_numpy(widths).to(device))
+            return logits.float().cpu().numpy()
 
     return run
 

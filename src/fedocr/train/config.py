@@ -24,7 +24,9 @@ class TrainConfig:
     log_every: int = 50                  # steps between log lines / history points
     eval_every: int = 0                  # steps between validations (0: only at the end)
     checkpoint_every_s: float = 300.0    # seconds between resumable checkpoints (when an output is given)
-    bf16: bool = False                   # bf16 autocast on CPU (faster with AMX; check convergence)
+    bf16: bool = False                   # bf16 autocast (faster with AMX or a GPU; check convergence)
+    device: str = "cpu"                  # cpu | cuda | cuda:N (a GPU only speeds training up)
+    time_budget_s: float | None = None   # fit the schedule's length to this many seconds of training
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -43,6 +45,10 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"unknown device {self.device!r}; choose cpu, cuda or cuda:N")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError("time_budget_s must be positive")
 
     def total_steps(self, batches_per_epoch: int) -> int:
         return self.max_steps if self.max_steps is not None else max(1, round(self.epochs * batches_per_epoch))

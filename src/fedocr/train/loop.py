@@ -4,7 +4,12 @@ client's local epochs all run through `Trainer`.
 AdamW, CTC loss with zero_infinity, gradient-norm clipping, linear warm-up then cosine decay,
 width-bucketed batches. With an output path the loop writes a resumable checkpoint (weights,
 optimizer, schedule, step, data position, RNG, loss history) every `checkpoint_every_s`
-seconds and at the end; `Trainer.resume` continues exactly where it stopped.
+seconds and at the end; `Trainer.resume` continues exactly where it stopped (on a GPU, dropout
+and CTC's backward are not bit-reproducible, so a resumed GPU run matches only statistically).
+
+With `time_budget_s`, the schedule's length is fixed once warm-up ends, from the speed measured
+over the second half of warm-up (the first batches pay for starting the data workers): the
+cosine then reaches its end when the budget does (a lease on a GPU machine).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from fedocr.train.evaluate import evaluate
 Logger = Callable[[str], None]
 
 # Settings that may differ between the sittings of one run: they change speed or logging, not the schedule.
-RUNTIME_KNOBS = {"bf16", "num_workers", "log_every", "eval_every", "checkpoint_every_s"}
+RUNTIME_KNOBS = {"bf16", "num_workers", "log_every", "eval_every", "checkpoint_every_s", "device"}
 
 
 def _stderr(message: str) -> None:
@@ -60,6 +65,8 @@ class Trainer:
         self.val, self.out, self.log = val, Path(out) if out else None, log
         self.history_file = Path(history_file) if history_file else None
         self.provenance = provenance or {}
+        self.device = torch.device(config.device)
+        model.to(self.device)  # before the optimizer, whose state then lives on the same device
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -71,6 +78,8 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = self.lines_seen = 0
         self.history: list[dict[str, float]] = []
         self.best_cer: float | None = None
+        self.budget_fixed = config.time_budget_s is None
+        self._speed_mark: tuple[int, float] | None = None  # (step, time) where the speed is measured from
         torch.manual_seed(config.seed)
 
     def _lr_factor(self, step: int) -> float:
@@ -88,7 +97,8 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "lines_seen": self.lines_seen, "history": self.history, "best_cer": self.best_cer,
                 "config": self.config.to_dict(), "total_steps": self.total_steps,
-                "torch_rng": torch.get_rng_state(), "data_fingerprint": self.data.fingerprint}
+                "torch_rng": torch.get_rng_state(), "data_fingerprint": self.data.fingerprint,
+                "budget_fixed": self.budget_fixed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("data_fingerprint")
@@ -101,6 +111,7 @@ class Trainer:
         self.lines_seen, self.history = state["lines_seen"], list(state["history"])
         self.best_cer = state.get("best_cer")
         self.total_steps = state.get("total_steps", self.total_steps)
+        self.budget_fixed = state.get("budget_fixed", True)
         torch.set_rng_state(state["torch_rng"])
 
     @classmethod
@@ -138,13 +149,16 @@ class Trainer:
         # which would shift dropout's random stream after a resume.
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
         return DataLoader(self.data, batch_sampler=sampler, collate_fn=collate, generator=generator,
-                          num_workers=self.config.num_workers, persistent_workers=False)
+                          num_workers=self.config.num_workers, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda")
 
     def _train_step(self, batch: dict[str, Any]) -> float:
         self.model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-            logits = self.model(batch["images"], batch["widths"])
-        loss = self.model.ctc_loss(logits, batch["widths"], batch["targets"], batch["target_lengths"])
+        images, widths, targets, target_lengths = (batch[k].to(self.device, non_blocking=True) for k in
+                                                   ("images", "widths", "targets", "target_lengths"))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            logits = self.model(images, widths)
+        loss = self.model.ctc_loss(logits, widths, targets, target_lengths)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -194,6 +208,8 @@ class Trainer:
                 self.lines_seen += len(batch["texts"])
                 losses.append(loss)
                 window.append(loss)
+                if not self.budget_fixed:
+                    stop = min(stop, self._fit_schedule_to_budget(started, steps0=self.step - len(losses)))
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}")
@@ -213,6 +229,22 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         return val_cer
+
+    def _fit_schedule_to_budget(self, started: float, steps0: int) -> int:
+        """Measure the speed from mid-warm-up; at the end of warm-up, fix and return the schedule's length."""
+        measure_from, fix_at = steps0 + max(self.config.warmup_steps // 2, 10), steps0 + max(self.config.warmup_steps, 20)
+        if self.step == measure_from:
+            self._speed_mark = (self.step, time.time())
+        if self.step < fix_at:
+            return self.total_steps
+        mark_step, mark_time = self._speed_mark or (steps0, started)
+        now = time.time()
+        rate = (self.step - mark_step) / max(now - mark_time, 1e-9)
+        budget = self.config.time_budget_s or 0.0
+        self.total_steps = self.step + max(1, int(rate * (budget - (now - started))))
+        self.budget_fixed = True
+        self.log(f"time budget {budget:.0f} s at {rate:.2f} steps/s: the schedule ends at step {self.total_steps}")
+        return self.total_steps
 
     def _record(self, window: list[float], val_cer: float | None, started: float, lines0: int) -> None:
         point = {"step": self.step, "lines_seen": self.lines_seen, "epoch": self.epoch,
