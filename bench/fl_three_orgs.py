@@ -1,17 +1,19 @@
 """Benchmark: three organisations federated vs alone vs pooled (issue 4).
 
 Runs `fedocr fl simulate` (Flower's simulation engine) on three synthetic organisations, then
-prints and writes bench/results/fl_three_orgs.json: per organisation the CER of its local-only,
+prints and writes bench/results/fl_three_orgs.json (fl_three_orgs_mini.json for the mini
+federation): per organisation the CER of its local-only,
 the federated and the centralized model on its own test set and on the other organisations'
 test sets; bytes up/down per round; wall time per round split into local training, other client
 work (data, model set-up) and framework overhead (transport, scheduling, process start-up).
 
-With the shipped base model (models/base.pt) it federates `three-orgs` (hospital, bank, school
-presets, full vocabulary) starting from it; without it, `three-orgs-mini` from scratch (tiny CRNN,
-22-character vocabulary, each organisation writing its own hanzi), which a laptop CPU trains in
-minutes. The JSON says which.
+`--federation three-orgs` (the default when models/base.pt exists) fine-tunes the shipped base
+model on the hospital, bank and school presets (full vocabulary); `--federation three-orgs-mini`
+trains a tiny CRNN from scratch (22-character vocabulary, each organisation writing its own
+hanzi), which a laptop CPU trains in minutes.
 
-    .venv/bin/python bench/fl_three_orgs.py [--rounds 10] [--epochs 2] [--lines 320] [--out DIR]
+    .venv/bin/python bench/fl_three_orgs.py [--federation three-orgs|three-orgs-mini] [--rounds 10]
+        [--epochs 2] [--lines 320] [--out DIR]
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from fedocr.federated.config import BASE_MODEL, FlConfig
 from fedocr.federated.simulate import simulate
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fl_three_orgs.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("local_only", "federated", "centralized")
 
 
@@ -36,15 +38,20 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2.0, help="local epochs per round")
     parser.add_argument("--lines", type=int, default=320, help="training lines per organisation")
     parser.add_argument("--test-lines", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=0.0, help="0: 3e-3 from scratch, 1e-4 from the base model")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="client optimizer")
     parser.add_argument("--out", type=Path, help="run folder (default: a temporary one)")
+    parser.add_argument("--federation", choices=["three-orgs", "three-orgs-mini"],
+                        default="three-orgs" if BASE_MODEL.is_file() else "three-orgs-mini")
     args = parser.parse_args()
-    base = BASE_MODEL.is_file()
+    base = args.federation == "three-orgs"
+    if base and not BASE_MODEL.is_file():
+        parser.error(f"three-orgs starts from the base model, and {BASE_MODEL} is missing")
+    results = RESULTS / ("fl_three_orgs.json" if base else "fl_three_orgs_mini.json")
     out = (args.out or Path(tempfile.mkdtemp(prefix="fl-bench-"))).resolve()
-    cfg = FlConfig(federation="three-orgs" if base else "three-orgs-mini", charset="default" if base else "mini",
+    cfg = FlConfig(federation=args.federation, charset="default" if base else "mini",
                    initial_model=str(BASE_MODEL) if base else "scratch", model_size="tiny", num_rounds=args.rounds,
-                   local_epochs=args.epochs, lr=args.lr if not base else min(args.lr, 5e-4), batch_size=16,
+                   local_epochs=args.epochs, lr=args.lr, batch_size=16,
                    client_optimizer=args.optimizer,
                    fraction_train=1.0, min_accepted=2, lines_per_client=args.lines, test_lines=args.test_lines,
                    val_lines=100, round_deadline_s=600, out_dir=str(out), store=str(out / "runs.db"))
@@ -80,10 +87,10 @@ def main() -> int:
               "cer": rows, "mean_own_test_cer": mean, "rounds": rounds, "checks": checks,
               "baseline_train_seconds": final["baseline_train_seconds"], "total_seconds": total,
               "command": " ".join(["bench/fl_three_orgs.py", *sys.argv[1:]])}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(table(result))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
     return 0
 
 

@@ -131,11 +131,12 @@ def test_unwritable_output_folder_is_exit_4(synth_set, tmp_path):
         locked.chmod(0o700)
 
 
-def test_no_model_anywhere_is_a_clear_error(tmp_path, synth_set, monkeypatch):
+def test_no_model_anywhere_is_a_clear_error(tmp_path, monkeypatch):
     from fedocr.cli import common
-    if any((common.REPO_MODELS / n).is_file() for n in common.DEFAULT_MODEL_NAMES):
-        pytest.skip("a shipped model exists")
-    one_line_error(fedocr("ocr", synth_set / "images" / "000000.png"), 3, "no --model given")
+    monkeypatch.delenv("FEDOCR_MODEL", raising=False)
+    monkeypatch.setattr(common, "REPO_MODELS", tmp_path)  # a checkout without models/base.*
+    with pytest.raises(common.CliError, match="no --model given"):
+        common.default_model()
 
 
 @pytest.mark.parametrize("flags, fragment", [(["--batch-size", "0"], "batch_size"), (["--lr", "0"], "lr"),

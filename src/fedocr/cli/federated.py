@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
     p.add_argument("--local-epochs", type=float)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="local learning rate (default: 3e-3 from scratch, 1e-4 from a trained model)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
     p.add_argument("--min-accepted", type=int, help="participation threshold")

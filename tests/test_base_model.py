@@ -1,0 +1,43 @@
+"""The shipped base model: it loads with the default vocabulary, its ONNX export matches it, it
+reads real (browser-rendered) text, and the CLI uses it when no model is given."""
+import json
+from pathlib import Path
+
+import pytest
+
+from fedocr.charset import default_charset
+from fedocr.data import open_dataset
+from fedocr.model import load_checkpoint
+from fedocr.serve.engine import load_engine
+from fedocr.train import evaluate
+from test_cli import fedocr
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_PT, BASE_ONNX = ROOT / "models" / "base.pt", ROOT / "models" / "base.onnx"
+BROWSER_LINES = ROOT / "bench" / "data" / "browser-lines"
+pytestmark = pytest.mark.skipif(not BASE_PT.is_file(), reason="no shipped base model")
+
+
+def test_shipped_checkpoint_and_export_carry_the_default_vocabulary_and_stay_compact():
+    charset = default_charset()
+    ckpt = load_checkpoint(BASE_PT, expect_charset=charset)
+    assert ckpt.model.config.num_classes == len(charset) and ckpt.training is None
+    info = load_engine(BASE_ONNX).info
+    assert info.backend == "onnx" and info.charset_version == charset.version
+    assert info.provenance["export"]["parity"]["passed"]
+    for path in (BASE_PT, BASE_ONNX):
+        assert path.stat().st_size < 25e6
+
+
+def test_shipped_model_reads_real_browser_rendered_lines():
+    engine = load_engine(BASE_ONNX)
+    report = evaluate(engine.logits_fn, engine.charset, open_dataset(BROWSER_LINES))
+    assert report.n == 160
+    assert report.cer < 0.10, f"CER {report.cer:.4f} on browser-lines (7.4% when shipped)"
+
+
+def test_ocr_without_a_model_uses_the_shipped_one(tmp_path):
+    result = fedocr("ocr", "--json", BROWSER_LINES / "images" / "000013.png", env={"FEDOCR_MODEL": ""})
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["text"] == "柯达 Picture CD"
