@@ -109,3 +109,14 @@ def test_example_counts_above_the_bound_are_rejected_with_the_reason() -> None:
     assert check_examples(400, max_examples=1000) is None
     assert "above the bound max-examples=1000" in (check_examples(10**9, max_examples=1000) or "")
     assert "no training examples" in (check_examples(0, max_examples=1000) or "")
+
+
+def test_server_learning_rate_scales_parameters_but_not_batchnorm_statistics() -> None:
+    g = {"conv.weight": np.ones(3, np.float32), "norm.running_var": np.full(3, 1.0, np.float32),
+         "norm.num_batches_tracked": np.array(10, np.int64)}
+    update = {"conv.weight": np.full(3, 0.5, np.float32), "norm.running_var": np.full(3, -0.6, np.float32),
+              "norm.num_batches_tracked": np.array(4, np.int64)}
+    new = apply_update(g, update, server_lr=2.0)
+    assert np.allclose(new["conv.weight"], 2.0)
+    assert np.allclose(new["norm.running_var"], 0.4)  # 2x would make the variance negative
+    assert new["norm.num_batches_tracked"] == 14

@@ -29,3 +29,18 @@ def test_client_reads_the_initial_models_charset_once_per_process(tmp_path: Path
     assert vocab.expected_charset(cfg).version == charset.version
     assert vocab.expected_charset(cfg).version == charset.version
     assert loads == [str(path)]
+
+
+def test_auto_start_and_local_rate_follow_the_starting_point(monkeypatch, tmp_path) -> None:
+    from fedocr.federated import config
+
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"stand-in: only its existence matters here")
+    monkeypatch.setattr(config, "BASE_MODEL", base)
+    from_base = config.FlConfig(federation="three-orgs", initial_model="auto")
+    mini = config.FlConfig(federation="three-orgs-mini", charset="mini", initial_model="auto")
+    assert from_base.initial_model_path() == base and from_base.local_lr() == config.FINETUNE_LR
+    assert mini.initial_model_path() is None and mini.local_lr() == config.SCRATCH_LR
+    assert config.FlConfig(initial_model="scratch", lr=0.02).local_lr() == 0.02
+    base.unlink()
+    assert from_base.initial_model_path() is None and from_base.local_lr() == config.SCRATCH_LR

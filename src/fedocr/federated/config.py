@@ -39,11 +39,12 @@ class FlConfig:
     local_epochs: float = 1.0          # passes over its own data per client per round
     lr: float = 0.0                    # local learning rate; 0: 3e-3 from scratch, 1e-4 from a trained model
     client_optimizer: str = "adamw"    # "adamw", or "sgd" with momentum (FedAvg's original client optimizer)
+    server_lr: float = 1.0             # w <- w + server_lr * mean delta (1: plain FedAvg); BatchNorm statistics always take 1
     batch_size: int = 16
     fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
     min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
     aggregate: Aggregate = "all"       # "backbone": CNN+RNN only, each client keeps its own CTC head (FedPer)
-    initial_model: str = "auto"        # "auto" (models/base.pt if present, else scratch), "scratch" or a .pt path
+    initial_model: str = "auto"        # "auto" (models/base.pt if present and charset is default, else scratch), "scratch" or a .pt path
     model_size: str = "tiny"           # CRNN size when starting from scratch
     charset: str = "default"           # vocabulary when starting from scratch: "default" or "mini"
     federation: str = "three-orgs"     # synthetic organisations in simulation (see federated.orgs)
@@ -93,6 +94,8 @@ class FlConfig:
             raise bad("charset", f"{self.charset!r} is not 'default' or 'mini'")
         if not self.round_deadline_s > 0:
             raise bad("round_deadline_s", "must be positive")
+        if not 0 < self.server_lr <= 10:
+            raise bad("server_lr", "must be in (0, 10]")
         if not self.max_update_norm > 0:
             raise bad("max_update_norm", "must be positive")
         for key in ("lines_per_client", "test_lines", "val_lines", "max_examples"):
@@ -139,13 +142,18 @@ class FlConfig:
         if self.initial_model == "scratch":
             return None
         if self.initial_model == "auto":
-            return BASE_MODEL if BASE_MODEL.is_file() else None
+            return BASE_MODEL if self.auto_starts_from_base() else None
         path = Path(self.initial_model).expanduser()
         if not path.is_absolute():
             raise ConfigError(f"run config initial-model: use an absolute path, got {self.initial_model!r}")
         if not path.is_file():
             raise ConfigError(f"run config initial-model: {path} does not exist")
         return path
+
+    def auto_starts_from_base(self) -> bool:
+        """'auto' means the shipped base model, except for a run that names the mini vocabulary,
+        which the base model's 6,946 classes cannot serve."""
+        return self.initial_model == "auto" and self.charset != "mini" and BASE_MODEL.is_file()
 
     def local_lr(self) -> float:
         """The learning rate clients (and baselines) use. Fine-tuning a trained model at a

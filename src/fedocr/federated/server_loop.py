@@ -222,7 +222,7 @@ class FederatedServer:
         applied = len(accepted) >= cfg.min_accepted
         note = None
         if applied:
-            state.weights = apply_update(state.weights, weighted_average(accepted))  # type: ignore[arg-type]
+            state.weights = apply_update(state.weights, weighted_average(accepted), cfg.server_lr)  # type: ignore[arg-type]
         else:
             note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"
             self.print(f"round {rnd}: {note}")

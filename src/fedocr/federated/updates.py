@@ -121,17 +121,25 @@ def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) ->
     return out
 
 
+def is_statistic(key: str) -> bool:
+    """BatchNorm's running mean/variance and step count: averages, not parameters to step along."""
+    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
 def apply_update(global_: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray],
                  server_lr: float = 1.0) -> Weights:
-    """w + server_lr * update for the updated keys; other keys are copied unchanged."""
+    """w + server_lr * update for the updated parameters (statistics take the plain mean, since
+    an extrapolated variance can turn negative); other keys are copied unchanged."""
     out: Weights = {}
     for key, weight in global_.items():
         if key not in update:
             out[key] = weight.copy()
-        elif is_float(weight):
-            out[key] = np.asarray(weight + server_lr * update[key], dtype=weight.dtype)
+            continue
+        rate = 1.0 if is_statistic(key) else server_lr
+        if is_float(weight):
+            out[key] = np.asarray(weight + rate * update[key], dtype=weight.dtype)
         else:
-            out[key] = np.asarray(weight + np.rint(server_lr * update[key]), dtype=weight.dtype)
+            out[key] = np.asarray(weight + np.rint(rate * update[key]), dtype=weight.dtype)
     return out
 
 

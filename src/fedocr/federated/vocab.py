@@ -31,6 +31,8 @@ def expected_charset(cfg: FlConfig) -> Charset:
     Never raises for an initial model that exists only on the server (the usual deployment), and
     reads a checkpoint once per process, not on every message.
     """
+    if cfg.initial_model == "auto" and not cfg.auto_starts_from_base():
+        return named_charset(cfg.charset)
     if cfg.initial_model != "scratch":
         path = BASE_MODEL if cfg.initial_model == "auto" else Path(cfg.initial_model).expanduser()
         if path.is_absolute() and path.is_file():
