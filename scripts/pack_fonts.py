@@ -1,4 +1,4 @@
-"""Pack the training and held-out CJK faces, cut down to the vocabulary, into a folder.
+"""Pack the CJK and Western faces (training and held out), cut down to the vocabulary, into a folder.
 
 Use it to train where fontconfig and the Debian font packages are missing (a GPU machine, a
 container): copy the folder there and set FEDOCR_FONT_DIR to it. ~3 MB a face instead of ~20.

@@ -192,6 +192,7 @@ def test_packed_font_folder_replaces_fontconfig(tmp_path, monkeypatch):
     monkeypatch.setenv(fonts.FONT_DIR_ENV, str(tmp_path / "fonts"))
     monkeypatch.setenv("FEDOCR_CACHE", str(tmp_path / "cache"))
     fonts.installed_faces.cache_clear()
+    fonts.latin_faces.cache_clear()
     try:
         [face] = fonts.installed_faces()
         assert face.path == str(packed) and face.family == smallest.family
@@ -204,6 +205,7 @@ def test_packed_font_folder_replaces_fontconfig(tmp_path, monkeypatch):
             fonts.installed_faces()
     finally:
         fonts.installed_faces.cache_clear()
+        fonts.latin_faces.cache_clear()
 
 
 def test_ascii_runs_can_be_drawn_with_a_western_font_on_the_same_baseline():
@@ -223,3 +225,7 @@ def test_ascii_runs_can_be_drawn_with_a_western_font_on_the_same_baseline():
     assert plain.shape != mixed.shape or (plain != mixed).any()       # the Latin glyphs changed
     same = render_line("金额", face, np.random.default_rng(1), cond)
     assert np.array_equal(chinese_only, same)                          # no ASCII: the CJK face alone
+    for western in latin_faces():                                      # ASCII only: the Western face fills the canvas
+        line = render_line("JK2015-812088", face, np.random.default_rng(2), Conditions(letter_spacing=(0, 0)), western)
+        inked = np.flatnonzero((line < 128).any(axis=0))
+        assert line.shape[1] - inked[-1] < 0.6 * line.shape[0], (western.name, line.shape, inked[-1])

@@ -44,3 +44,13 @@ def test_auto_start_and_local_rate_follow_the_starting_point(monkeypatch, tmp_pa
     assert config.FlConfig(initial_model="scratch", lr=0.02).local_lr() == 0.02
     base.unlink()
     assert from_base.initial_model_path() is None and from_base.local_lr() == config.SCRATCH_LR
+
+
+def test_clients_train_at_the_rate_the_server_resolved() -> None:
+    from fedocr.federated.client_app import _local_train_config
+    from fedocr.federated.config import FINETUNE_LR
+
+    on_server_only = FlConfig(initial_model="/nowhere/server-only.pt")  # exists on the server alone
+    assert on_server_only.local_lr() == FINETUNE_LR                     # no error on the client
+    assert _local_train_config(on_server_only, 64, 1, lr=5e-5).lr == 5e-5
+    assert _local_train_config(on_server_only, 64, 1, lr=None).lr == FINETUNE_LR

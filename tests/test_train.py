@@ -87,17 +87,27 @@ def test_train_config_refuses_impossible_settings(bad):
         TrainConfig(**bad)
 
 
-def test_time_budget_fixes_the_schedule_after_warm_up_from_the_measured_speed(small_charset):
+@pytest.mark.parametrize("max_steps", [8, 100_000])  # the budget lengthens or shortens the schedule
+def test_time_budget_fixes_the_schedule_after_warm_up_from_the_measured_speed(small_charset, monkeypatch, max_steps):
+    import types
+
+    from fedocr.train import loop
+
+    now = [0.0]  # a fake clock in which every training step takes 50 ms
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: now[0]))
+    step = Trainer._train_step
+    monkeypatch.setattr(Trainer, "_train_step", lambda self, batch: (now.__setitem__(0, now[0] + 0.05), step(self, batch))[1])
     torch.manual_seed(0)
     data = EncodedLines(SyntheticLines("digits", 64, seed=7, charset=small_charset), small_charset)
-    config = TrainConfig(max_steps=100_000, batch_size=16, warmup_steps=6, time_budget_s=4.0, checkpoint_every_s=1e9)
+    config = TrainConfig(max_steps=max_steps, batch_size=16, warmup_steps=20, time_budget_s=2.0, checkpoint_every_s=1e9)
     messages: list[str] = []
     trainer = Trainer(CRNN(ModelConfig(len(small_charset), "tiny")), small_charset, data, config, log=messages.append)
-    result = trainer.fit()
+    trainer.fit()
     assert any("time budget" in m for m in messages)
-    assert 6 < trainer.total_steps < 100_000 and trainer.step == trainer.total_steps
-    assert result.seconds < 4.0 * 3  # ends near the budget, not after 100,000 steps
+    # measured 20 steps/s over steps 10-20; 1 s of the budget left at step 20: 20 more steps
+    assert 38 <= trainer.total_steps <= 41 and trainer.step == trainer.total_steps
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(config.lr * config.min_lr_ratio, rel=0.05)
+    assert trainer.history[-1]["step"] == trainer.total_steps
 
 
 def test_unknown_training_device_is_refused():

@@ -250,7 +250,9 @@ class SyntheticLines(LineDataset):
         rng = np.random.default_rng([self.seed, index, 7])
         face, text = self._pick_face(self.text(index), rng)
         cond = self.preset.conditions
-        latin = (self._latin[int(rng.integers(len(self._latin)))]
-                 if self._latin and rng.random() < cond.latin_font else None)
+        # Its own stream: a line drawn without a Western face looks as it did before they existed.
+        pick = np.random.default_rng([self.seed, index, 8])
+        latin = (self._latin[int(pick.integers(len(self._latin)))]
+                 if self._latin and pick.random() < cond.latin_font else None)
         clean = render_line(text, face, rng, cond, latin)
         return degrade(clean, rng, self.preset.conditions), text

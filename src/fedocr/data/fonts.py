@@ -137,8 +137,9 @@ def coverage(face: FontFace, charset: Charset) -> frozenset[str]:
 
 
 def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None = None) -> list[Path]:
-    """Copy `faces` (default: every training and held-out face) into `dest`, keeping only the glyphs
-    of `charset` (a CJK face shrinks from ~20 MB to ~3 MB), with the manifest FEDOCR_FONT_DIR reads."""
+    """Copy `faces` (default: every CJK and Western face, training and held out) into `dest`,
+    keeping only the glyphs of `charset` (a CJK face shrinks from ~20 MB to ~3 MB), with the
+    manifest FEDOCR_FONT_DIR reads."""
     from fontTools import subset
     from fontTools.ttLib import TTFont
 
@@ -147,8 +148,9 @@ def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None 
     options.layout_features = ["*"]
     dest.mkdir(parents=True, exist_ok=True)
     manifest, written = [], []
-    everything = installed_faces() + installed_faces(held_out=True) + latin_faces() + latin_faces(held_out=True)
-    for face in faces if faces is not None else everything:
+    if faces is None:
+        faces = installed_faces() + installed_faces(held_out=True) + latin_faces() + latin_faces(held_out=True)
+    for face in faces:
         font = TTFont(face.path, fontNumber=face.index)
         subsetter = subset.Subsetter(options)
         subsetter.populate(unicodes=[ord(c) for c in coverage(face, charset)])

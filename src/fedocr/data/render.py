@@ -75,7 +75,7 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
     draw = ImageDraw.Draw(canvas)
     if rng.random() < cond.stamp:
         _draw_stamp(draw, canvas.size, rng, paper)
-    if spacing or len(set(fonts)) > 1:
+    if spacing or any(f is not font for f in fonts):  # per character: spacing, or a Western face
         x, baseline = float(pad_x), pad_top + ascent
         for char, char_font, advance in zip(text, fonts, advances):
             draw.text((x, baseline), char, font=char_font, fill=ink, anchor="ls")

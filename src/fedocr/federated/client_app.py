@@ -53,10 +53,10 @@ def _threads(context: Context) -> None:
         torch.set_num_threads(threads)
 
 
-def _local_train_config(cfg: FlConfig, n_lines: int, server_round: int) -> TrainConfig:
+def _local_train_config(cfg: FlConfig, n_lines: int, server_round: int, lr: float | None) -> TrainConfig:
     steps = max(1, round(cfg.local_epochs * math.ceil(n_lines / cfg.batch_size)))
     # A fresh optimizer each round (standard FedAvg).
-    return local_recipe(cfg, steps, seed=cfg.seed * 1000 + server_round)
+    return local_recipe(cfg, steps, seed=cfg.seed * 1000 + server_round, lr=lr)
 
 
 def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
@@ -91,7 +91,8 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
 
     lines = EncodedLines(data, charset)
     train_started = time.time()
-    result = Trainer(model, charset, lines, _local_train_config(cfg, len(lines), server_round),
+    lr = float(server["lr"]) if "lr" in server else None  # the server knows what the run started from
+    result = Trainer(model, charset, lines, _local_train_config(cfg, len(lines), server_round, lr),
                      log=lambda _: None).fit()
     train_ended = time.time()
 

@@ -157,7 +157,7 @@ class FederatedServer:
         self.keys = aggregated_keys(self.state.weights, cfg.aggregate)
         self.store = RunStore(cfg.store_path())
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
-                             {**cfg.to_dict(), "initial_model_resolved": self.init_desc,
+                             {**cfg.to_dict(), "initial_model_resolved": self.init_desc, "lr_resolved": cfg.local_lr(),
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
         try:
             self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
@@ -187,7 +187,7 @@ class FederatedServer:
         sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
         down = state.weights  # all tensors travel down (a new node needs the head too)
         config = model_config_record(self.model.config)
-        config.update({"server-round": rnd, "charset-version": self.charset.version})
+        config.update({"server-round": rnd, "charset-version": self.charset.version, "lr": self.cfg.local_lr()})
         content = RecordDict({"global": to_record(down), "config": config})
         bytes_down = payload_bytes(down)
         messages = [Message(content, node, "train", group_id=str(rnd), ttl=cfg.round_deadline_s + 30)

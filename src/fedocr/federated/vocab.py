@@ -31,13 +31,14 @@ def expected_charset(cfg: FlConfig) -> Charset:
     Never raises for an initial model that exists only on the server (the usual deployment), and
     reads a checkpoint once per process, not on every message.
     """
-    if cfg.initial_model == "auto" and not cfg.auto_starts_from_base():
-        return named_charset(cfg.charset)
-    if cfg.initial_model != "scratch":
-        path = BASE_MODEL if cfg.initial_model == "auto" else Path(cfg.initial_model).expanduser()
-        if path.is_absolute() and path.is_file():
-            stat = path.stat()
-            return _checkpoint_charset(str(path), stat.st_mtime_ns, stat.st_size)
+    path: Path | None = None
+    if cfg.initial_model == "auto":
+        path = None if cfg.charset == "mini" else BASE_MODEL  # as FlConfig.auto_starts_from_base
+    elif cfg.initial_model != "scratch":
+        path = Path(cfg.initial_model).expanduser()
+    if path is not None and path.is_absolute() and path.is_file():
+        stat = path.stat()
+        return _checkpoint_charset(str(path), stat.st_mtime_ns, stat.st_size)
     return named_charset(cfg.charset)
 
 

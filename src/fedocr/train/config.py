@@ -1,6 +1,7 @@
 """Training settings, validated once where they are read."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -45,7 +46,7 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"unknown device {self.device!r}; choose cpu, cuda or cuda:N")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError("time_budget_s must be positive")

@@ -175,7 +175,7 @@ class Trainer:
 
     def fit(self, until_step: int | None = None) -> FitResult:
         """Train to the end of the schedule (or to `until_step`), then save and return a summary."""
-        stop = min(until_step, self.total_steps) if until_step is not None else self.total_steps
+        stop = self._stop(until_step)
         started, last_save = time.time(), time.time()
         steps0, lines0 = self.step, self.lines_seen
         losses: list[float] = []
@@ -183,7 +183,7 @@ class Trainer:
         bar = _progress(stop - self.step)
         val_cer: float | None = None
         try:
-            val_cer = self._run(stop, bar, losses, window, started, lines0, last_save)
+            val_cer = self._run(until_step, bar, losses, window, started, lines0, last_save)
         except BaseException:
             if self.out and self.step > steps0:
                 self.save()  # an interrupted or failed sitting keeps its progress
@@ -197,9 +197,14 @@ class Trainer:
                          mean_loss=sum(losses) / len(losses) if losses else float("nan"),
                          seconds=time.time() - started, val_cer=val_cer)
 
-    def _run(self, stop: int, bar: Any, losses: list[float], window: list[float], started: float, lines0: int,
-             last_save: float) -> float | None:
+    def _stop(self, until_step: int | None) -> int:
+        end = self.total_steps if self.budget_fixed else sys.maxsize  # until fixed, the budget decides
+        return end if until_step is None else min(until_step, end)
+
+    def _run(self, until_step: int | None, bar: Any, losses: list[float], window: list[float], started: float,
+             lines0: int, last_save: float) -> float | None:
         val_cer: float | None = None
+        stop, steps0 = self._stop(until_step), self.step
         while self.step < stop:
             for batch in self._loader():
                 loss = self._train_step(batch)
@@ -208,8 +213,9 @@ class Trainer:
                 self.lines_seen += len(batch["texts"])
                 losses.append(loss)
                 window.append(loss)
-                if not self.budget_fixed:
-                    stop = min(stop, self._fit_schedule_to_budget(started, steps0=self.step - len(losses)))
+                if not self.budget_fixed:  # the budget may lengthen or shorten the schedule
+                    self._fit_schedule_to_budget(started, steps0)
+                    stop = self._stop(until_step)
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}")
@@ -230,13 +236,14 @@ class Trainer:
                 self.batch_in_epoch = 0
         return val_cer
 
-    def _fit_schedule_to_budget(self, started: float, steps0: int) -> int:
-        """Measure the speed from mid-warm-up; at the end of warm-up, fix and return the schedule's length."""
+    def _fit_schedule_to_budget(self, started: float, steps0: int) -> None:
+        """Measure the speed from mid-warm-up; at the end of warm-up, fix the schedule's length
+        (it replaces max_steps/epochs: the budget decides)."""
         measure_from, fix_at = steps0 + max(self.config.warmup_steps // 2, 10), steps0 + max(self.config.warmup_steps, 20)
         if self.step == measure_from:
             self._speed_mark = (self.step, time.time())
         if self.step < fix_at:
-            return self.total_steps
+            return
         mark_step, mark_time = self._speed_mark or (steps0, started)
         now = time.time()
         rate = (self.step - mark_step) / max(now - mark_time, 1e-9)
@@ -244,7 +251,6 @@ class Trainer:
         self.total_steps = self.step + max(1, int(rate * (budget - (now - started))))
         self.budget_fixed = True
         self.log(f"time budget {budget:.0f} s at {rate:.2f} steps/s: the schedule ends at step {self.total_steps}")
-        return self.total_steps
 
     def _record(self, window: list[float], val_cer: float | None, started: float, lines0: int) -> None:
         point = {"step": self.step, "lines_seen": self.lines_seen, "epoch": self.epoch,
