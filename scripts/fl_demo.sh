@@ -12,7 +12,7 @@ OUT=${DEMO_DIR:-demo}/fl
 if [ -f models/base.pt ]; then
   PRESET=three-orgs; ROUNDS=${DEMO_ROUNDS:-3}; TRAIN=(--local-epochs 1 --lines 96 --test-lines 60); SAMPLE=hospital
 else
-  PRESET=three-orgs-mini; ROUNDS=${DEMO_ROUNDS:-10}; TRAIN=(--local-epochs 2 --lines 320 --test-lines 60); SAMPLE=digits
+  PRESET=three-orgs-mini; ROUNDS=${DEMO_ROUNDS:-40}; TRAIN=(--local-epochs 0.5 --lines 320 --test-lines 60); SAMPLE=digits
 fi
 mkdir -p "$OUT"
 echo "== federating $PRESET for $ROUNDS rounds (resumes if interrupted)"

@@ -229,3 +229,10 @@ def test_ascii_runs_can_be_drawn_with_a_western_font_on_the_same_baseline():
         line = render_line("JK2015-812088", face, np.random.default_rng(2), Conditions(letter_spacing=(0, 0)), western)
         inked = np.flatnonzero((line < 128).any(axis=0))
         assert line.shape[1] - inked[-1] < 0.6 * line.shape[0], (western.name, line.shape, inked[-1])
+
+
+def test_a_renderer_change_changes_the_data_fingerprint(small_charset, monkeypatch):
+    now = EncodedLines(SyntheticLines("digits", 8, seed=1, charset=small_charset), small_charset).fingerprint
+    monkeypatch.setattr(SyntheticLines, "render_version", "1")
+    before = EncodedLines(SyntheticLines("digits", 8, seed=1, charset=small_charset), small_charset).fingerprint
+    assert now != before and now.split(":")[0] == before.split(":")[0]

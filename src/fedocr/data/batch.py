@@ -30,7 +30,7 @@ class EncodedLines(Dataset[Sample]):
         self.unknown = UnknownCounter()
         self.empty = 0
         keep, self.label_lengths = [], []
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(lines.render_version.encode("utf-8"))
         all_texts = list(lines.texts())
         for i in indices if indices is not None else range(len(lines)):
             text = all_texts[i]

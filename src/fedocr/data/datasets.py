@@ -57,6 +57,9 @@ class LineDataset(Sequence[tuple[np.ndarray, str]]):
     """Base: a sized, indexable collection of (image, text) with a name for reports."""
 
     name: str = "lines"
+    # How the images are made, where code makes them (synthetic lines): part of a training run's
+    # data fingerprint, so a run does not resume on images its renderer no longer draws.
+    render_version: str = ""
 
     def texts(self) -> Iterator[str]:
         return (self[i][1] for i in range(len(self)))
@@ -150,7 +153,7 @@ class InMemoryLines(LineDataset):
     a small set, e.g. a federated client's local data)."""
 
     def __init__(self, source: LineDataset) -> None:
-        self.name = source.name
+        self.name, self.render_version = source.name, source.render_version
         self.items = [source[i] for i in range(len(source))]
 
     def __len__(self) -> int:
@@ -169,6 +172,7 @@ class ConcatLines(LineDataset):
     def __init__(self, parts: Sequence[LineDataset], name: str | None = None) -> None:
         self.parts = list(parts)
         self.name = name or "+".join(p.name for p in self.parts)
+        self.render_version = "+".join(p.render_version for p in self.parts if p.render_version)
         self.offsets = [0]
         for part in self.parts:
             self.offsets.append(self.offsets[-1] + len(part))
@@ -206,6 +210,8 @@ class SyntheticLines(LineDataset):
 
     `held_out_fonts=True` renders with the families kept out of training only.
     """
+
+    render_version = "2"  # 2: Western faces for ASCII runs
 
     def __init__(self, preset: str | Preset, n: int, seed: int = 0, charset: Charset | None = None,
                  held_out_fonts: bool = False) -> None:
