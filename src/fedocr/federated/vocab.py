@@ -33,7 +33,7 @@ def expected_charset(cfg: FlConfig) -> Charset:
     """
     path: Path | None = None
     if cfg.initial_model == "auto":
-        path = None if cfg.charset == "mini" else BASE_MODEL  # as FlConfig.auto_starts_from_base
+        path = BASE_MODEL if cfg.auto_starts_from_base() else None
     elif cfg.initial_model != "scratch":
         path = Path(cfg.initial_model).expanduser()
     if path is not None and path.is_absolute() and path.is_file():
