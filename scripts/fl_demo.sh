@@ -10,14 +10,16 @@ cd "$(dirname "$0")/.."
 FEDOCR=.venv/bin/fedocr
 OUT=${DEMO_DIR:-demo}/fl
 if [ -f models/base.pt ]; then
-  PRESET=three-orgs; ROUNDS=${DEMO_ROUNDS:-3}; TRAIN=(--local-epochs 1 --lines 96 --test-lines 60); SAMPLE=hospital
+  PRESET=three-orgs; ROUNDS=${DEMO_ROUNDS:-3}; TRAIN=(--local-epochs 1 --lines 96 --test-lines 60)
+  SAMPLE=(--preset hospital --device dot-matrix)   # a prescription slip from the hospital's own printer
 else
-  PRESET=three-orgs-mini; ROUNDS=${DEMO_ROUNDS:-40}; TRAIN=(--local-epochs 0.5 --lines 320 --test-lines 60); SAMPLE=digits
+  PRESET=three-orgs-mini; ROUNDS=${DEMO_ROUNDS:-40}; TRAIN=(--local-epochs 0.5 --lines 320 --test-lines 60)
+  SAMPLE=(--preset digits)
 fi
 mkdir -p "$OUT"
 echo "== federating $PRESET for $ROUNDS rounds (resumes if interrupted)"
 $FEDOCR fl simulate --preset "$PRESET" --rounds "$ROUNDS" "${TRAIN[@]}" --fraction 1 --out "$OUT/run" --store "$OUT/runs.db"
 $FEDOCR fl runs --store "$OUT/runs.db"
-[ -f "$OUT/sample/labels.tsv" ] || $FEDOCR synth --preset "$SAMPLE" --n 3 --seed 11 --out "$OUT/sample"
+[ -f "$OUT/sample/labels.tsv" ] || $FEDOCR synth "${SAMPLE[@]}" --n 3 --seed 11 --out "$OUT/sample"
 echo "== the federated model reads $OUT/sample/images/000000.png (label: $(head -1 "$OUT/sample/labels.tsv" | cut -f2))"
 $FEDOCR ocr --model "$OUT/run/model.pt" --json "$OUT/sample/images/000000.png"

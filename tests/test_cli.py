@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 FEDOCR = [sys.executable, "-m", "fedocr"]
@@ -36,6 +37,18 @@ def test_synth_writes_images_and_labels(synth_set):
     rows = (synth_set / "labels.tsv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 12 and len(list((synth_set / "images").glob("*.png"))) == 12
     assert all((synth_set / row.split("\t")[0]).is_file() and row.split("\t")[1] for row in rows)
+
+
+def test_synth_through_a_device_keeps_the_labels_and_changes_the_look(synth_set, tmp_path):
+    from PIL import Image
+
+    result = fedocr("synth", "--preset", "bank", "--n", "12", "--seed", "3", "--device", "fax", "--out", tmp_path / "fax")
+    assert result.returncode == 0 and "through a fax device" in result.stderr, result.stderr
+    assert (tmp_path / "fax" / "labels.tsv").read_text(encoding="utf-8") == (synth_set / "labels.tsv").read_text(encoding="utf-8")
+    faxed = np.asarray(Image.open(tmp_path / "fax" / "images" / "000000.png"))
+    assert set(np.unique(faxed)) <= {0, 255}                       # a fax is black and white
+    unknown = fedocr("synth", "--preset", "bank", "--n", "2", "--device", "laser", "--out", tmp_path / "x")
+    assert unknown.returncode == 2 and "invalid choice: 'laser'" in unknown.stderr and not (tmp_path / "x").exists()
 
 
 def test_ocr_json_lines_in_input_order(trained_digits_model, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedocr.federated.updates import (aggregated_keys, apply_update, check_examples, check_update, delta, l2_norm, sample_clients,
-                                      select, weighted_average)
+                                      select, server_momentum, weighted_average)
 from fedocr.federated.weights import from_record, model_weights, to_record
 from fedocr.model import CRNN, ModelConfig
 
@@ -120,3 +120,22 @@ def test_server_learning_rate_scales_parameters_but_not_batchnorm_statistics() -
     assert np.allclose(new["conv.weight"], 2.0)
     assert np.allclose(new["norm.running_var"], 0.4)  # 2x would make the variance negative
     assert new["norm.num_batches_tracked"] == 14
+
+
+def test_server_momentum_accumulates_parameter_steps_but_not_statistics(tmp_path) -> None:
+    from fedocr.federated.state import ServerState
+
+    update = {"conv.weight": np.full(3, 1.0, np.float32), "norm.running_var": np.full(3, -0.5, np.float32),
+              "norm.num_batches_tracked": np.array(4, np.int64)}
+    first = server_momentum(None, update, beta=0.9)
+    second = server_momentum(first, update, beta=0.9)
+    assert np.allclose(first["conv.weight"], 1.0) and np.allclose(second["conv.weight"], 1.9)
+    assert np.allclose(second["norm.running_var"], -0.5) and second["norm.num_batches_tracked"] == 4
+    assert np.allclose(update["conv.weight"], 1.0)                       # inputs untouched
+    # The velocity is strategy state: it survives a server restart with the weights.
+    state = ServerState.fresh({"conv.weight": np.zeros(3, np.float32)}, "v1")
+    state.velocity = second
+    state.save(tmp_path)
+    loaded = ServerState.load(tmp_path)
+    assert loaded is not None and loaded.velocity is not None
+    assert np.allclose(loaded.velocity["conv.weight"], 1.9) and loaded.velocity["norm.num_batches_tracked"] == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -11,7 +12,8 @@ import torch
 from fedocr.charset import default_charset
 from fedocr.cli.common import CliError, OutputError, check_writable_file, default_model, print_json
 from fedocr.data import (PRESETS, ConcatLines, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
-                         UnknownPreset, open_dataset, read_image, write_line_set)
+                         UnknownPreset, get_preset, open_dataset, read_image, write_line_set)
+from fedocr.data.devices import DEVICES
 from fedocr.model import CRNN, ModelConfig, load_checkpoint
 from fedocr.model.checkpoint import provenance
 from fedocr.model.crnn import SIZES
@@ -26,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--held-out-fonts", action="store_true", help="render only with the font family kept out of training")
+    p.add_argument("--device", choices=sorted(DEVICES),
+                   help="pass every line through an organisation's printer or scanner (the federation presets' private look)")
     p.set_defaults(run=run_synth)
 
     p = sub.add_parser("train", help="train a CRNN (centralized or local-only); resumable",
@@ -101,7 +105,10 @@ def _datasets(spec: str) -> list[LineDataset]:
 def run_synth(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CliError("--n must be at least 1", 2)
-    lines = SyntheticLines(args.preset, args.n, seed=args.seed, held_out_fonts=args.held_out_fonts)
+    preset = get_preset(args.preset)
+    if args.device:
+        preset = replace(preset, conditions=replace(preset.conditions, device=args.device, device_rate=1.0))
+    lines = SyntheticLines(preset, args.n, seed=args.seed, held_out_fonts=args.held_out_fonts)
     from tqdm import tqdm
 
     with tqdm(total=args.n, unit="line", disable=not sys.stderr.isatty()) as bar:
@@ -109,7 +116,8 @@ def run_synth(args: argparse.Namespace) -> int:
             count = write_line_set(args.out, (lines[i] for i in range(args.n)), progress=bar.update)
         except DatasetError as exc:
             raise OutputError(str(exc)) from exc
-    print(f"wrote {count} lines of preset {args.preset} to {args.out}", file=sys.stderr)
+    device = f" through a {args.device} device" if args.device else ""
+    print(f"wrote {count} lines of preset {args.preset}{device} to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,7 @@ from fedocr.charset import Charset, default_charset
 from fedocr.data.fonts import FontFace, coverage, installed_faces, latin_faces
 from fedocr.data.preprocess import to_gray
 from fedocr.data.presets import Preset, get_preset
+from fedocr.data.devices import DEVICES
 from fedocr.data.render import degrade, render_line
 
 LABELS_FILE = "labels.tsv"
@@ -211,7 +212,7 @@ class SyntheticLines(LineDataset):
     `held_out_fonts=True` renders with the families kept out of training only.
     """
 
-    render_version = "2"  # 2: Western faces for ASCII runs
+    render_version = "3"  # 2: Western faces for ASCII runs; 3: organisation devices
 
     def __init__(self, preset: str | Preset, n: int, seed: int = 0, charset: Charset | None = None,
                  held_out_fonts: bool = False) -> None:
@@ -260,5 +261,13 @@ class SyntheticLines(LineDataset):
         pick = np.random.default_rng([self.seed, index, 8])
         latin = (self._latin[int(pick.integers(len(self._latin)))]
                  if self._latin and pick.random() < cond.latin_font else None)
-        clean = render_line(text, face, rng, cond, latin)
-        return degrade(clean, rng, self.preset.conditions), text
+        device = (DEVICES[cond.device] if cond.device and np.random.default_rng([self.seed, index, 9]).random()
+                  < cond.device_rate else None)
+        device_rng = np.random.default_rng([self.seed, index, 10])
+        image = render_line(text, face, rng, cond, latin)
+        if device and device.stage == "print":
+            image = device.apply(image, device_rng)
+        image = degrade(image, rng, cond)
+        if device and device.stage == "scan":
+            image = device.apply(image, device_rng)
+        return image, text

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fedocr.data.devices import DEVICES
 from fedocr.data.fonts import FontFace
 
 
@@ -37,6 +38,12 @@ class Conditions:
     rules: float = 0.1                           # table rules / underlines near the text
     stains: float = 0.05
     latin_font: float = 0.5                      # chance that ASCII runs use a Western font
+    device: str = ""                             # an organisation's own printer/scanner (data.devices)
+    device_rate: float = 0.0                     # share of its lines that went through that device
+
+    def __post_init__(self) -> None:
+        if self.device and self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
 
 
 @lru_cache(maxsize=256)

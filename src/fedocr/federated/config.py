@@ -40,6 +40,7 @@ class FlConfig:
     lr: float = 0.0                    # local learning rate; 0: 3e-3 from scratch, 1e-4 from a trained model
     client_optimizer: str = "adamw"    # "adamw", or "sgd" with momentum (FedAvg's original client optimizer)
     server_lr: float = 1.0             # w <- w + server_lr * mean delta (1: plain FedAvg); BatchNorm statistics always take 1
+    server_momentum: float = 0.0       # FedAvgM: step along v <- m * v + mean delta (0: plain FedAvg)
     batch_size: int = 16
     fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
     min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
@@ -96,6 +97,8 @@ class FlConfig:
             raise bad("round_deadline_s", "must be positive")
         if not 0 < self.server_lr <= 10:
             raise bad("server_lr", "must be in (0, 10]")
+        if not 0 <= self.server_momentum < 1:
+            raise bad("server_momentum", "must be in [0, 1)")
         if not self.max_update_norm > 0:
             raise bad("max_update_norm", "must be positive")
         for key in ("lines_per_client", "test_lines", "val_lines", "max_examples"):

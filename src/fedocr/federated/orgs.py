@@ -2,7 +2,11 @@
 
 `three-orgs` and `four-orgs` map organisations to the data part's domain presets (DESIGN.md,
 "Data presets") and need the full vocabulary, so they are meant to start from the shipped base
-model. `three-orgs-mini` is the same story shrunk to fit a from-scratch tiny model in minutes on
+model. On top of its domain, each organisation has its own device (`data.devices`: the
+hospital's dot-matrix slips, the bank's faxes, the school's handwriting, the courier's thermal
+labels) on most of its lines. The public pretraining corpus never shows those, so the base model
+reads them badly, one organisation alone learns only its own, and federation is what teaches
+each organisation the others' (the "others' data" column of bench/fl_three_orgs.py). `three-orgs-mini` is the same story shrunk to fit a from-scratch tiny model in minutes on
 a laptop CPU: the 22-character `mini` vocabulary, each organisation writing digits plus its own
 hanzi (hospital 医院日期, bank 银行金额, school 学校中国人民) under its own image conditions. That
 keeps the organisations non-IID in what they write and how it looks, which is what makes a model
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedocr.charset import Charset, default_charset
@@ -58,6 +62,12 @@ MINI_PUBLIC = Preset("public-mini", _mini_public, {"sans": 0.4, "serif": 0.3, "k
                      "the mini vocabulary in every organisation's style (server validation)")
 
 
+# Each organisation's own printer or scanner (data.devices), on most but not all of its lines:
+# what the public pretraining corpus never shows, and so what federated fine-tuning is for.
+ORG_DEVICES = {"hospital": "dot-matrix", "bank": "fax", "school": "handwriting", "logistics": "thermal"}
+DEVICE_RATE = 0.75
+
+
 @dataclass(frozen=True)
 class Federation:
     name: str
@@ -65,7 +75,12 @@ class Federation:
     mini: bool            # uses the 22-character vocabulary and the mini presets
 
     def preset(self, org: str) -> Preset:
-        return MINI_PRESETS[org] if self.mini else PRESETS[org]
+        if self.mini:
+            return MINI_PRESETS[org]
+        domain, device = PRESETS[org], ORG_DEVICES[org]
+        return replace(domain, name=f"{org}+{device}",
+                       conditions=replace(domain.conditions, device=device, device_rate=DEVICE_RATE),
+                       description=f"{domain.description}; {DEVICE_RATE:.0%} of lines from a {device} device")
 
     def public_preset(self) -> Preset:
         return MINI_PUBLIC if self.mini else PRESETS["public"]

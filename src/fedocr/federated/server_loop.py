@@ -29,7 +29,8 @@ from fedocr.federated.state import ServerState
 from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.timing import union_seconds
 from fedocr.federated.updates import (Weights, aggregated_keys, apply_update, check_examples, check_update, l2_norm,
-                                      payload_bytes, sample_clients, select, weighted_average)
+                                      payload_bytes, sample_clients, select, server_momentum,
+                                      weighted_average)
 from fedocr.federated.validate import server_validation, validate
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import from_record, load_weights, model_config_record, model_weights, to_record
@@ -222,7 +223,10 @@ class FederatedServer:
         applied = len(accepted) >= cfg.min_accepted
         note = None
         if applied:
-            state.weights = apply_update(state.weights, weighted_average(accepted), cfg.server_lr)  # type: ignore[arg-type]
+            step = weighted_average(accepted)  # type: ignore[arg-type]
+            if cfg.server_momentum:
+                state.velocity = step = server_momentum(state.velocity, step, cfg.server_momentum)
+            state.weights = apply_update(state.weights, step, cfg.server_lr)
         else:
             note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"
             self.print(f"round {rnd}: {note}")

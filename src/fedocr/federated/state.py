@@ -2,8 +2,8 @@
 
 It holds what a restarted ServerApp needs to continue exactly after the last completed round:
 the global weights, the round number, the best round so far, the strategy's state (FedAvg has
-none; server-momentum strategies will keep theirs here), the node-id -> client-name map and the
-run id under which the run store files its rounds. Written with the model part's atomic write,
+none; FedAvgM keeps its server velocity), the node-id -> client-name map and the run id under
+which the run store files its rounds. Written with the model part's atomic write,
 so a kill mid-write leaves the previous round's state intact.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class ServerState:
     best_cer: float | None = None
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     names: dict[str, str] = field(default_factory=dict)   # node id -> client name
+    velocity: Weights | None = None             # FedAvgM's server momentum buffer (None: plain FedAvg)
 
     @classmethod
     def fresh(cls, weights: Weights, charset_version: str) -> "ServerState":
@@ -40,8 +41,8 @@ class ServerState:
     def save(self, out_dir: Path) -> None:
         payload = {"run_id": self.run_id, "round": self.round, "charset_version": self.charset_version,
                    "best_round": self.best_round, "best_cer": self.best_cer, "strategy": self.strategy,
-                   "names": self.names, "weights": {k: torch.from_numpy(c_order(v))
-                                                    for k, v in self.weights.items()}}
+                   "names": self.names, "weights": _tensors(self.weights),
+                   "velocity": None if self.velocity is None else _tensors(self.velocity)}
         atomic_write(out_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
@@ -51,4 +52,10 @@ class ServerState:
             return None
         payload = torch.load(path, map_location="cpu", weights_only=True)
         weights = {k: v.numpy() for k, v in payload.pop("weights").items()}
-        return cls(weights=weights, **payload)
+        velocity = payload.pop("velocity", None)  # absent in states written before FedAvgM
+        return cls(weights=weights, velocity=None if velocity is None else {k: v.numpy() for k, v in velocity.items()},
+                   **payload)
+
+
+def _tensors(weights: Weights) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(c_order(v)) for k, v in weights.items()}

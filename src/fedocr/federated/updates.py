@@ -143,6 +143,19 @@ def apply_update(global_: Mapping[str, np.ndarray], update: Mapping[str, np.ndar
     return out
 
 
+def server_momentum(velocity: Mapping[str, np.ndarray] | None, update: Mapping[str, np.ndarray],
+                    beta: float) -> Weights:
+    """FedAvgM's server velocity, v <- beta * v + mean delta, which the server then applies instead
+    of the mean delta (Hsu et al., 2019, "Measuring the Effects of Non-Identical Data Distribution
+    for Federated Visual Classification"). BatchNorm statistics and integer buffers are averages,
+    not steps, so they are never accumulated: they take this round's mean."""
+    out: Weights = {}
+    for key, delta in update.items():
+        previous = None if velocity is None or is_statistic(key) or not is_float(delta) else velocity.get(key)
+        out[key] = delta.copy() if previous is None else np.asarray(beta * previous + delta, dtype=delta.dtype)
+    return out
+
+
 def sample_clients(node_ids: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
     """k distinct node ids drawn uniformly (sorted input so a seed gives the same draw)."""
     ordered = sorted(node_ids)
