@@ -21,6 +21,7 @@ import pytest
 from fedocr.cli import main
 from fedocr.federated.config import FlConfig
 from fedocr.federated.simulate import simulate
+from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
 
 @pytest.fixture(autouse=True)
@@ -111,7 +112,8 @@ def _rounds_in_store(store: Path) -> int:
 def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round(tmp_path: Path) -> None:
     out, store = tmp_path / "out", tmp_path / "runs.db"
     args = [sys.executable, "-m", "fedocr", "fl", "simulate", *SMALL, "--rounds", "3", "--out", str(out),
-            "--store", str(store), "--deadline", "20", "--set", "faults=hospital:hang@1", "--no-baselines"]
+            "--store", str(store), "--deadline", "20", "--set", "faults=hospital:hang@1", "--set", "server-momentum=0.5",
+            "--no-baselines"]
     log = (tmp_path / "first.log").open("w")
     # Its own session, so the kill below reaches the run's Ray processes too.
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -133,7 +135,9 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     lines: list[str] = []
     cfg = FlConfig(federation="three-orgs-mini", charset="mini", initial_model="scratch", lines_per_client=48,
                    val_lines=24, test_lines=16, fraction_train=1.0, min_accepted=2, num_rounds=2,
-                   round_deadline_s=60, out_dir=str(out), store=str(store))
+                   round_deadline_s=60, server_momentum=0.5, out_dir=str(out), store=str(store))
+    velocity = ServerState.load(out).velocity  # FedAvgM's strategy state, checkpointed with round 1
+    assert velocity is not None and velocity.keys() == ServerState.load(out).weights.keys()
     report = simulate(cfg, baselines=False, printer=lines.append)
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert _round_one(store) == first  # the completed round was kept, not redone

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from fedocr.cli.common import CliError, OutputError, check_writable_file, defaul
 from fedocr.data import (PRESETS, ConcatLines, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
                          UnknownPreset, get_preset, open_dataset, read_image, write_line_set)
 from fedocr.data.devices import DEVICES
+from fedocr.data.presets import with_device
 from fedocr.model import CRNN, ModelConfig, load_checkpoint
 from fedocr.model.checkpoint import provenance
 from fedocr.model.crnn import SIZES
@@ -105,9 +105,7 @@ def _datasets(spec: str) -> list[LineDataset]:
 def run_synth(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CliError("--n must be at least 1", 2)
-    preset = get_preset(args.preset)
-    if args.device:
-        preset = replace(preset, conditions=replace(preset.conditions, device=args.device, device_rate=1.0))
+    preset = with_device(get_preset(args.preset), args.device) if args.device else get_preset(args.preset)
     lines = SyntheticLines(preset, args.n, seed=args.seed, held_out_fonts=args.held_out_fonts)
     from tqdm import tqdm
 

@@ -22,7 +22,7 @@ from fedocr.charset import Charset, default_charset
 from fedocr.data.fonts import FontFace, coverage, installed_faces, latin_faces
 from fedocr.data.preprocess import to_gray
 from fedocr.data.presets import Preset, get_preset
-from fedocr.data.devices import DEVICES
+from fedocr.data.devices import DEVICES, Device
 from fedocr.data.render import degrade, render_line
 
 LABELS_FILE = "labels.tsv"
@@ -212,7 +212,7 @@ class SyntheticLines(LineDataset):
     `held_out_fonts=True` renders with the families kept out of training only.
     """
 
-    render_version = "3"  # 2: Western faces for ASCII runs; 3: organisation devices
+    render_version = "2"  # 2: Western faces for ASCII runs
 
     def __init__(self, preset: str | Preset, n: int, seed: int = 0, charset: Charset | None = None,
                  held_out_fonts: bool = False) -> None:
@@ -229,6 +229,9 @@ class SyntheticLines(LineDataset):
         self._style_weights = np.array([w for _, w in weighted]) / sum(w for _, w in weighted)
         self._coverage = {f: coverage(f, self.charset) for f in faces}
         self._latin = latin_faces(held_out=held_out_fonts)
+        cond = self.preset.conditions
+        if cond.device:  # lines through a device are drawn differently from the same texts without it
+            self.render_version = f"{type(self).render_version}+{cond.device}@{cond.device_rate:g}"
 
     def __len__(self) -> int:
         return self.n
@@ -251,6 +254,13 @@ class SyntheticLines(LineDataset):
             return able[int(rng.integers(len(able)))], text
         return face, "".join(c for c in text if c in self._coverage[face]) or "0"
 
+    def _device(self, index: int) -> Device | None:
+        """The organisation device line `index` went through, drawn on its own random stream."""
+        cond = self.preset.conditions
+        if not cond.device or np.random.default_rng([self.seed, index, 9]).random() >= cond.device_rate:
+            return None
+        return DEVICES[cond.device]
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
         if not 0 <= index < self.n:
             raise IndexError(index)
@@ -261,8 +271,7 @@ class SyntheticLines(LineDataset):
         pick = np.random.default_rng([self.seed, index, 8])
         latin = (self._latin[int(pick.integers(len(self._latin)))]
                  if self._latin and pick.random() < cond.latin_font else None)
-        device = (DEVICES[cond.device] if cond.device and np.random.default_rng([self.seed, index, 9]).random()
-                  < cond.device_rate else None)
+        device = self._device(index)
         device_rng = np.random.default_rng([self.seed, index, 10])
         image = render_line(text, face, rng, cond, latin)
         if device and device.stage == "print":

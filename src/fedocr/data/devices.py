@@ -21,6 +21,7 @@ import numpy as np
 
 
 def _paper_and_ink(image: np.ndarray) -> tuple[float, float]:
+    """Grey levels of the paper (light) and the darkest ink of a line."""
     light, dark = np.percentile(image, (90, 1))
     return float(light), float(dark)
 
@@ -32,12 +33,13 @@ def dot_matrix(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ink = paper - image.astype(np.float32)
     pitch = max(1.6, h / float(rng.uniform(26, 34)))
     grid = cv2.resize(ink, (max(1, int(w / pitch)), max(1, int(h / pitch))), interpolation=cv2.INTER_AREA)
-    out = np.full((h, w), paper, np.float32)
-    radius = max(1, int(round(pitch * float(rng.uniform(0.35, 0.5)))))
+    ys, xs = np.nonzero(grid > 0.35 * max(float(ink.max()), 1.0))
+    centres = np.zeros((h, w), np.uint8)
+    centres[np.minimum(((ys + 0.5) * pitch).astype(int), h - 1), np.minimum(((xs + 0.5) * pitch).astype(int), w - 1)] = 1
+    diameter = max(2, int(round(pitch * float(rng.uniform(0.7, 1.0)))))  # pins a little smaller than their pitch
+    dots = cv2.dilate(centres, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter)))
     tone = min(paper - 40.0, ink_tone + float(rng.uniform(0, 50)))  # a worn ribbon prints lighter
-    for y, x in zip(*np.nonzero(grid > 0.35 * max(float(ink.max()), 1.0))):
-        cv2.circle(out, (int((x + 0.5) * pitch), int((y + 0.5) * pitch)), radius, tone, -1)
-    return out.clip(0, 255).astype(np.uint8)
+    return np.where(dots > 0, tone, paper).clip(0, 255).astype(np.uint8)
 
 
 def fax(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -48,15 +50,26 @@ def fax(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rows = min(1.0, float(rng.uniform(14, 22)) / (0.7 * h))
     small = cv2.resize(image, (max(1, int(w * min(1.0, 2 * rows))), max(1, int(h * rows))),
                        interpolation=cv2.INTER_AREA)
+    # Automatic background control: the paper level is followed along the line, so uneven light
+    # does not black out half of it.
+    size = max(3, small.shape[0] | 1)
+    paper_level = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))).astype(np.float32)
+    small = np.clip(small.astype(np.float32) / np.maximum(paper_level, 1.0) * 255.0, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    binary = np.where(small > otsu + rng.uniform(-25, 25), 255, 0).astype(np.uint8)  # the fax's contrast knob
+    light, dark = _paper_and_ink(small)
+    contrast = max(light - dark, 1.0)
+    # The fax's contrast knob, within the line's own range: a fixed offset would black out a
+    # low-contrast scan whose whole range is narrower than the offset.
+    threshold = np.clip(otsu + rng.uniform(-0.15, 0.15) * contrast, dark + 0.25 * contrast, light - 0.25 * contrast)
+    binary = np.where(small > threshold, 255, 0).astype(np.uint8)
     speckle = rng.random(binary.shape) < rng.uniform(0.003, 0.012)
     binary[speckle] = 255 - binary[speckle]
     return cv2.resize(binary, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def handwriting(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pen strokes rather than type: a smooth random warp of the line and an uneven stroke width."""
+    """Pen strokes rather than type: a smooth random warp of the line, drawn with a broader or a
+    finer pen than the font's stroke."""
     h, w = image.shape
     amplitude = float(rng.uniform(1.5, 3.0)) * h / 40
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -87,6 +100,8 @@ def thermal(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Device:
+    """A named transform and the stage of a line's life where it acts."""
+
     name: str
     stage: Literal["print", "scan"]
     apply: Callable[[np.ndarray, np.random.Generator], np.ndarray]

@@ -7,7 +7,7 @@ validation set); `digits` is a small task for fast learning tests.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fedocr.data import text
 from fedocr.data.render import Conditions
@@ -67,3 +67,10 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise UnknownPreset(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def with_device(preset: Preset, device: str, rate: float = 1.0) -> Preset:
+    """The preset's documents with `rate` of them through an organisation's device (data.devices)."""
+    return replace(preset, name=f"{preset.name}+{device}",
+                   conditions=replace(preset.conditions, device=device, device_rate=rate),
+                   description=f"{preset.description}; {rate:.0%} of lines from a {device} device")

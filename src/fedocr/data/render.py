@@ -44,6 +44,8 @@ class Conditions:
     def __post_init__(self) -> None:
         if self.device and self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if not 0 <= self.device_rate <= 1 or (self.device_rate > 0 and not self.device):
+            raise ValueError(f"device rate {self.device_rate!r} must be in [0, 1], and above 0 only with a device")
 
 
 @lru_cache(maxsize=256)

@@ -97,8 +97,8 @@ class FlConfig:
             raise bad("round_deadline_s", "must be positive")
         if not 0 < self.server_lr <= 10:
             raise bad("server_lr", "must be in (0, 10]")
-        if not 0 <= self.server_momentum < 1:
-            raise bad("server_momentum", "must be in [0, 1)")
+        if not 0 <= self.server_momentum <= 0.99:
+            raise bad("server_momentum", "must be in [0, 0.99] (the step grows as 1 / (1 - momentum))")
         if not self.max_update_norm > 0:
             raise bad("max_update_norm", "must be positive")
         for key in ("lines_per_client", "test_lines", "val_lines", "max_examples"):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedocr.charset import Charset, default_charset
 from fedocr.data import PRESETS, InMemoryLines, LineDataset, SyntheticLines, open_dataset
-from fedocr.data.presets import Preset
+from fedocr.data.presets import Preset, with_device
 from fedocr.data.render import Conditions
 
 MINI_ALPHABET = "0123456789中国人民银行金额日期医院学校"
@@ -77,10 +77,7 @@ class Federation:
     def preset(self, org: str) -> Preset:
         if self.mini:
             return MINI_PRESETS[org]
-        domain, device = PRESETS[org], ORG_DEVICES[org]
-        return replace(domain, name=f"{org}+{device}",
-                       conditions=replace(domain.conditions, device=device, device_rate=DEVICE_RATE),
-                       description=f"{domain.description}; {DEVICE_RATE:.0%} of lines from a {device} device")
+        return with_device(PRESETS[org], ORG_DEVICES[org], DEVICE_RATE)
 
     def public_preset(self) -> Preset:
         return MINI_PUBLIC if self.mini else PRESETS["public"]

@@ -226,6 +226,9 @@ class FederatedServer:
             step = weighted_average(accepted)  # type: ignore[arg-type]
             if cfg.server_momentum:
                 state.velocity = step = server_momentum(state.velocity, step, cfg.server_momentum)
+                state.strategy = {"name": "fedavgm", "momentum": cfg.server_momentum}
+            else:  # a velocity left by an earlier FedAvgM sitting must not come back later
+                state.velocity, state.strategy = None, {"name": "fedavg"}
             state.weights = apply_update(state.weights, step, cfg.server_lr)
         else:
             note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"

@@ -88,10 +88,14 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
     if not report_path.is_file():
         raise SimulationFailed(f"the federated run wrote no {report_path}")
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    if baselines and report["status"] == "finished" and (out / "model.pt").is_file():
+    # The comparison uses the last round's global model: the same training compute as the baselines.
+    # (model.pt, the best round on the `public` set, is what gets served; public has no
+    # organisation devices, so it may prefer an early round.)
+    last = out / f"round-{report['rounds'][-1]['round']}.pt" if report.get("rounds") else out / "model.pt"
+    if baselines and report["status"] == "finished" and last.is_file():
         from fedocr.federated.baselines import final_evaluation
 
-        final = final_evaluation(cfg, out / "model.pt", printer)
+        final = final_evaluation(cfg, last, printer)
         with RunStore(cfg.store_path()) as store:
             store.finish_run(report["run_id"], report["status"], final=final, error=report.get("error"))
             report = build_report(store, report["run_id"])
