@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--test-lines", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.0, help="0: 3e-3 from scratch, 1e-4 from the base model")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="client optimizer")
+    parser.add_argument("--lr-decay", choices=["none", "cosine"], default="cosine",
+                        help="cosine: local rate decays over the rounds (and over the baselines' training)")
     parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM momentum (0: plain FedAvg)")
     parser.add_argument("--out", type=Path, help="run folder (default: a temporary one)")
     parser.add_argument("--federation", choices=["three-orgs", "three-orgs-mini"],
@@ -53,7 +55,7 @@ def main() -> int:
     cfg = FlConfig(federation=args.federation, charset="default" if base else "mini",
                    initial_model=str(BASE_MODEL) if base else "scratch", model_size="tiny", num_rounds=args.rounds,
                    local_epochs=args.epochs, lr=args.lr, batch_size=16,
-                   client_optimizer=args.optimizer, server_momentum=args.server_momentum,
+                   client_optimizer=args.optimizer, server_momentum=args.server_momentum, lr_decay=args.lr_decay,
                    fraction_train=1.0, min_accepted=2, lines_per_client=args.lines, test_lines=args.test_lines,
                    val_lines=100, round_deadline_s=600, out_dir=str(out), store=str(out / "runs.db"))
     started = time.time()

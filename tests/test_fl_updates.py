@@ -131,7 +131,9 @@ def test_server_momentum_accumulates_parameter_steps_but_not_statistics(tmp_path
     second = server_momentum(first, update, beta=0.9)
     assert np.allclose(first["conv.weight"], 1.0) and np.allclose(second["conv.weight"], 1.9)
     assert np.allclose(second["norm.running_var"], -0.5) and second["norm.num_batches_tracked"] == 4
-    assert np.allclose(update["conv.weight"], 1.0)                       # inputs untouched
+    assert np.allclose(update["conv.weight"], 1.0) and np.allclose(first["conv.weight"], 1.0)  # inputs untouched
+    head_kept_local = server_momentum(second, {"conv.weight": update["conv.weight"]}, beta=0.9)
+    assert head_kept_local.keys() == {"conv.weight"}                     # backbone-only updates have fewer keys
     # The velocity is strategy state: it survives a server restart with the weights.
     state = ServerState.fresh({"conv.weight": np.zeros(3, np.float32)}, "v1")
     state.velocity = second

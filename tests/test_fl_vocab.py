@@ -54,3 +54,18 @@ def test_clients_train_at_the_rate_the_server_resolved() -> None:
     assert on_server_only.local_lr() == FINETUNE_LR                     # no error on the client
     assert _local_train_config(on_server_only, 64, 1, lr=5e-5).lr == 5e-5
     assert _local_train_config(on_server_only, 64, 1, lr=None).lr == FINETUNE_LR
+
+
+def test_cosine_lr_decay_lowers_the_local_rate_over_rounds_and_the_baselines_follow() -> None:
+    from fedocr.federated.baselines import baseline_train_config
+    from fedocr.federated.config import MIN_LR_RATIO, ConfigError
+
+    cfg = FlConfig(initial_model="scratch", lr=1e-3, num_rounds=5, lr_decay="cosine")
+    rates = [cfg.round_lr(r) for r in range(1, 6)]
+    assert rates[0] == 1e-3 and abs(rates[-1] - 1e-3 * MIN_LR_RATIO) < 1e-12
+    assert all(a > b for a, b in zip(rates, rates[1:]))                     # strictly decreasing
+    assert FlConfig(initial_model="scratch", lr=1e-3, num_rounds=5, lr_decay="none").round_lr(5) == 1e-3
+    baseline = baseline_train_config(cfg, n_lines=64)
+    assert baseline.schedule == "cosine" and baseline.min_lr_ratio == MIN_LR_RATIO and baseline.lr == 1e-3
+    with pytest.raises(ConfigError, match="lr-decay"):
+        FlConfig(lr_decay="linear")

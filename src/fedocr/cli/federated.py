@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
     p.add_argument("--local-epochs", type=float)
     p.add_argument("--lr", type=float, help="local learning rate (default: 3e-3 from scratch, 1e-4 from a trained model)")
+    p.add_argument("--lr-decay", choices=["cosine", "none"], help="local rate over the rounds (default cosine, to 5%%)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
     p.add_argument("--min-accepted", type=int, help="participation threshold")
@@ -77,7 +78,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                               "store": str(_store_path(args.store))}
     if FEDERATIONS[args.preset].mini:
         values["charset"] = "mini"
-    for flag, key in [("local_epochs", "local-epochs"), ("lr", "lr"), ("batch_size", "batch-size"),
+    for flag, key in [("local_epochs", "local-epochs"), ("lr", "lr"), ("lr_decay", "lr-decay"), ("batch_size", "batch-size"),
                       ("fraction", "fraction-train"), ("min_accepted", "min-accepted"), ("aggregate", "aggregate"),
                       ("initial_model", "initial-model"), ("lines", "lines-per-client"), ("test_lines", "test-lines"),
                       ("val_lines", "val-lines"), ("deadline", "round-deadline-s"), ("seed", "seed")]:

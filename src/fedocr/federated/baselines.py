@@ -31,7 +31,7 @@ from fedocr.train import TrainConfig, Trainer, evaluate
 def baseline_train_config(cfg: FlConfig, n_lines: int) -> TrainConfig:
     """The client's local recipe (constant rate after a short warm-up), for rounds x epochs."""
     steps = max(1, round(cfg.num_rounds * cfg.local_epochs * -(-n_lines // cfg.batch_size)))
-    return local_recipe(cfg, steps, cfg.seed)
+    return local_recipe(cfg, steps, cfg.seed, decay=cfg.lr_decay == "cosine")
 
 
 def _ray_running() -> bool:

@@ -21,6 +21,7 @@ RUNS_ROOT_ENV = "FEDOCR_RUNS"
 # The shipped base model; `initial-model = "auto"` uses it when present.
 BASE_MODEL = Path(__file__).resolve().parents[3] / "models" / "base.pt"
 SCRATCH_LR, FINETUNE_LR = 3e-3, 1e-4  # AdamW rates for local training from scratch / from a trained model
+MIN_LR_RATIO = 0.05                   # where `lr-decay = cosine` ends, as a share of the local rate
 
 Aggregate = Literal["all", "backbone"]
 
@@ -39,6 +40,7 @@ class FlConfig:
     local_epochs: float = 1.0          # passes over its own data per client per round
     lr: float = 0.0                    # local learning rate; 0: 3e-3 from scratch, 1e-4 from a trained model
     client_optimizer: str = "adamw"    # "adamw", or "sgd" with momentum (FedAvg's original client optimizer)
+    lr_decay: str = "cosine"           # local rate over the rounds: "cosine" decays it to 5% (the baselines too), or "none"
     server_lr: float = 1.0             # w <- w + server_lr * mean delta (1: plain FedAvg); BatchNorm statistics always take 1
     server_momentum: float = 0.0       # FedAvgM: step along v <- m * v + mean delta (0: plain FedAvg)
     batch_size: int = 16
@@ -72,6 +74,8 @@ class FlConfig:
             raise bad("local_epochs", "must be positive")
         if not self.lr >= 0:
             raise bad("lr", "must be positive (or 0 for the default of the starting point)")
+        if self.lr_decay not in ("none", "cosine"):
+            raise bad("lr_decay", f"{self.lr_decay!r} is not 'none' or 'cosine'")
         if self.client_optimizer not in ("adamw", "sgd"):
             raise bad("client_optimizer", "must be adamw or sgd")
         if self.batch_size < 1:
@@ -167,6 +171,16 @@ class FlConfig:
             return FINETUNE_LR if self.auto_starts_from_base() else SCRATCH_LR
         return SCRATCH_LR if self.initial_model == "scratch" else FINETUNE_LR  # a named checkpoint is trained
 
+    def round_lr(self, server_round: int) -> float:
+        """The local rate of one round: constant, or a cosine over the rounds down to
+        MIN_LR_RATIO, so the last rounds average small, quiet steps as centralized training's
+        end of schedule does."""
+        lr = self.local_lr()
+        if self.lr_decay == "none" or self.num_rounds == 1:
+            return lr
+        progress = min(max(server_round - 1, 0) / (self.num_rounds - 1), 1.0)
+        return lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def out_path(self) -> Path:
         return _under_root(self.out_dir)
 
@@ -195,10 +209,13 @@ def _under_root(value: str) -> Path:
     return path if path.is_absolute() else runs_root() / path
 
 
-def local_recipe(cfg: FlConfig, steps: int, seed: int, lr: float | None = None) -> TrainConfig:
+def local_recipe(cfg: FlConfig, steps: int, seed: int, lr: float | None = None, decay: bool = False) -> TrainConfig:
     """How a client trains locally, and the baselines with it: a short warm-up, then a constant
-    rate (a cosine decay inside every round would spend most local steps at a tiny rate). `lr`:
-    the rate the server resolved (it knows what the federation started from); else the config's."""
-    return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=lr or cfg.local_lr(), schedule="constant",
+    rate (a cosine decay inside every round would spend most local steps at a tiny rate; with
+    `lr-decay = cosine` the server lowers the rate from round to round instead). `lr`: the rate
+    the server resolved for this round (it knows what the federation started from); else the
+    config's. `decay`: a baseline's whole run decays as the rounds of the federation do."""
+    return TrainConfig(max_steps=steps, batch_size=cfg.batch_size, lr=lr or cfg.local_lr(),
+                       schedule="cosine" if decay else "constant", min_lr_ratio=MIN_LR_RATIO,
                        optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
                        warmup_steps=max(1, min(20, steps // 5)), seed=seed, log_every=10**9)

@@ -188,7 +188,7 @@ class FederatedServer:
         sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
         down = state.weights  # all tensors travel down (a new node needs the head too)
         config = model_config_record(self.model.config)
-        config.update({"server-round": rnd, "charset-version": self.charset.version, "lr": self.cfg.local_lr()})
+        config.update({"server-round": rnd, "charset-version": self.charset.version, "lr": self.cfg.round_lr(rnd)})
         content = RecordDict({"global": to_record(down), "config": config})
         bytes_down = payload_bytes(down)
         messages = [Message(content, node, "train", group_id=str(rnd), ttl=cfg.round_deadline_s + 30)
