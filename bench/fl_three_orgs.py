@@ -70,7 +70,7 @@ def main() -> int:
                "client_other_s": None, "overhead_s": r["overhead_seconds"], "validation_s": r["val_seconds"],
                "bytes_up": sum(c["bytes_up"] for c in r["clients"]),
                "bytes_down": sum(c["bytes_down"] for c in r["clients"]), "val_cer": r["val_cer"],
-               "accepted": r["accepted"], "sampled": r["sampled"]} for r in report["rounds"]]
+               "accepted": r["accepted"], "sampled": r["sampled"], "lr": r.get("lr")} for r in report["rounds"]]
     for r in rounds:
         r["client_other_s"] = max(0.0, r["wall_s"] - r["train_s"] - r["overhead_s"])
         r["overhead_share"] = r["overhead_s"] / r["wall_s"] if r["wall_s"] else None

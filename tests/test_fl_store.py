@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _round(n: int, cer: float) -> RoundRecord:
-    return RoundRecord(round=n, seconds=3.0, sampled=2, accepted=1, applied=False, val_cer=cer, val_loss=1.0,
+    return RoundRecord(round=n, seconds=3.0, sampled=2, accepted=1, applied=False, val_cer=cer, val_loss=1.0, lr=1e-3 / n,
                        note="not applied: 1 accepted update(s) < threshold 2",
                        clients=[ClientRecord("bank", "7", True, None, examples=64, loss=1.2, update_norm=3.4,
                                              bytes_up=100, bytes_down=100),
@@ -40,7 +40,7 @@ def test_store_records_rounds_per_client_in_wal_mode(tmp_path: Path) -> None:
         assert listed[0]["rounds"] == 2 and listed[0]["best_val_cer"] == 0.3
         report = build_report(store, "abc123")
         assert report["rounds"][1]["clients"][0]["id"] == "bank" and report["final"] == {"clients": {}}
-        assert report["flower_run_ids"] == ["42"]
+        assert report["flower_run_ids"] == ["42"] and report["rounds"][1]["lr"] == 5e-4
     mode = sqlite3.connect(tmp_path / "runs.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -100,3 +100,18 @@ def test_fl_simulate_config_errors_are_one_line_with_exit_code_2(tmp_path: Path,
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("fedocr: error: run config"), (setting, err)
     assert not (tmp_path / "runs.db").exists()
+
+
+def test_a_store_written_before_rounds_recorded_their_rate_still_opens(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("CREATE TABLE rounds (run_id TEXT NOT NULL, round INTEGER NOT NULL, finished TEXT NOT NULL, "
+                     "seconds REAL, train_seconds REAL, overhead_seconds REAL, val_seconds REAL, val_cer REAL, "
+                     "val_loss REAL, sampled INTEGER, accepted INTEGER, applied INTEGER NOT NULL, note TEXT, "
+                     "epsilon REAL, PRIMARY KEY (run_id, round));"
+                     "INSERT INTO rounds VALUES ('old', 1, 'then', 2.0, 1.0, 0.5, 0.1, 0.3, 1.0, 2, 2, 1, NULL, NULL);")
+    db.close()
+    with RunStore(tmp_path / "old.db") as store:
+        (old,) = store.rounds("old")
+        assert old.val_cer == 0.3 and old.lr is None
+        store.record_round("old", _round(2, 0.2))
+        assert store.rounds("old")[1].lr == 5e-4

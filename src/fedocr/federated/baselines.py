@@ -29,9 +29,10 @@ from fedocr.train import TrainConfig, Trainer, evaluate
 
 
 def baseline_train_config(cfg: FlConfig, n_lines: int) -> TrainConfig:
-    """The client's local recipe (constant rate after a short warm-up), for rounds x epochs."""
+    """The client's local recipe for rounds x epochs: a short warm-up, then the rate decays per
+    step along the cosine the federation follows per round (or stays constant with lr-decay none)."""
     steps = max(1, round(cfg.num_rounds * cfg.local_epochs * -(-n_lines // cfg.batch_size)))
-    return local_recipe(cfg, steps, cfg.seed, decay=cfg.lr_decay == "cosine")
+    return local_recipe(cfg, steps, cfg.seed, decay=cfg.decays())
 
 
 def _ray_running() -> bool:

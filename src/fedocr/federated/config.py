@@ -171,14 +171,18 @@ class FlConfig:
             return FINETUNE_LR if self.auto_starts_from_base() else SCRATCH_LR
         return SCRATCH_LR if self.initial_model == "scratch" else FINETUNE_LR  # a named checkpoint is trained
 
+    def decays(self) -> bool:
+        return self.lr_decay == "cosine" and self.num_rounds > 1
+
     def round_lr(self, server_round: int) -> float:
-        """The local rate of one round: constant, or a cosine over the rounds down to
+        """The local rate of one round: constant, or a cosine over the rounds towards
         MIN_LR_RATIO, so the last rounds average small, quiet steps as centralized training's
-        end of schedule does."""
+        end of schedule does. Round r trains at the cosine's value where it starts, (r-1)/R of
+        the way, so the last round still learns (3 rounds: 100%, 76%, 29%)."""
         lr = self.local_lr()
-        if self.lr_decay == "none" or self.num_rounds == 1:
+        if not self.decays():
             return lr
-        progress = min(max(server_round - 1, 0) / (self.num_rounds - 1), 1.0)
+        progress = min(max(server_round - 1, 0) / self.num_rounds, 1.0)
         return lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def out_path(self) -> Path:

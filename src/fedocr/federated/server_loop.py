@@ -158,6 +158,7 @@ class FederatedServer:
         self.keys = aggregated_keys(self.state.weights, cfg.aggregate)
         self.store = RunStore(cfg.store_path())
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
+                             # lr_resolved: the peak local rate; each round records the rate it sent
                              {**cfg.to_dict(), "initial_model_resolved": self.init_desc, "lr_resolved": cfg.local_lr(),
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
         try:
@@ -240,6 +241,7 @@ class FederatedServer:
         val_seconds = time.time() - v0
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)
         return RoundRecord(round=rnd, seconds=t1 - t0, sampled=len(sampled), accepted=len(accepted), applied=applied,
+                           lr=cfg.round_lr(rnd),
                            train_seconds=train_s, overhead_seconds=max(0.0, (t1 - t0) - busy_s),
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((s.record for s in screened), key=lambda c: c.client))

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs(run_id), round INTEGER NOT NULL, finished TEXT NOT NULL,
     seconds REAL, train_seconds REAL, overhead_seconds REAL, val_seconds REAL,
     val_cer REAL, val_loss REAL, sampled INTEGER, accepted INTEGER, applied INTEGER NOT NULL,
-    note TEXT, epsilon REAL, PRIMARY KEY (run_id, round));
+    note TEXT, epsilon REAL, lr REAL, PRIMARY KEY (run_id, round));
 CREATE TABLE IF NOT EXISTS clients (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, client TEXT NOT NULL, node_id TEXT,
     examples INTEGER, loss REAL, train_seconds REAL, client_seconds REAL, update_norm REAL,
@@ -69,6 +69,7 @@ class RoundRecord:
     val_loss: float | None = None
     note: str | None = None
     epsilon: float | None = None
+    lr: float | None = None                 # the local learning rate the server sent this round
     clients: list[ClientRecord] = field(default_factory=list)
 
 
@@ -83,10 +84,11 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}
-        if "error" not in columns:  # stores written before runs recorded why they failed
-            with self._tx() as db:
-                db.execute("ALTER TABLE runs ADD COLUMN error TEXT")
+        # Stores written before runs recorded why they failed, or rounds their learning rate.
+        for table, column, kind in (("runs", "error", "TEXT"), ("rounds", "lr", "REAL")):
+            if column not in {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                with self._tx() as db:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -125,11 +127,11 @@ class RunStore:
         with self._tx() as db:
             db.execute("DELETE FROM clients WHERE run_id=? AND round=?", (run_id, record.round))
             db.execute("INSERT OR REPLACE INTO rounds (run_id, round, finished, seconds, train_seconds, "
-                       "overhead_seconds, val_seconds, val_cer, val_loss, sampled, accepted, applied, note, epsilon) "
-                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       "overhead_seconds, val_seconds, val_cer, val_loss, sampled, accepted, applied, note, epsilon, "
+                       "lr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (run_id, record.round, _now(), record.seconds, record.train_seconds, record.overhead_seconds,
                         record.val_seconds, record.val_cer, record.val_loss, record.sampled, record.accepted,
-                        int(record.applied), record.note, record.epsilon))
+                        int(record.applied), record.note, record.epsilon, record.lr))
             db.executemany("INSERT INTO clients (run_id, round, client, node_id, examples, loss, train_seconds, "
                            "client_seconds, update_norm, bytes_up, bytes_down, accepted, reason) "
                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
