@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from fedocr.charset import Charset, default_charset
+from fedocr.data.devices import DEVICES, Device
 from fedocr.data.fonts import FontFace, coverage, installed_faces, latin_faces
 from fedocr.data.preprocess import to_gray
 from fedocr.data.presets import Preset, get_preset
-from fedocr.data.devices import DEVICES, Device
 from fedocr.data.render import degrade, render_line
 
 LABELS_FILE = "labels.tsv"
