@@ -172,6 +172,7 @@ class FlConfig:
         return SCRATCH_LR if self.initial_model == "scratch" else FINETUNE_LR  # a named checkpoint is trained
 
     def decays(self) -> bool:
+        """Whether the local rate changes over the run (a one-round run has nothing to decay over)."""
         return self.lr_decay == "cosine" and self.num_rounds > 1
 
     def round_lr(self, server_round: int) -> float:

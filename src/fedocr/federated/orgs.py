@@ -6,8 +6,9 @@ model. On top of its domain, each organisation has its own device (`data.devices
 hospital's dot-matrix slips, the bank's faxes, the school's handwriting, the courier's thermal
 labels) on most of its lines. The public pretraining corpus never shows those, so the base model
 reads them badly, one organisation alone learns only its own, and federation is what teaches
-each organisation the others' (the "others' data" column of bench/fl_three_orgs.py). `three-orgs-mini` is the same story shrunk to fit a from-scratch tiny model in minutes on
-a laptop CPU: the 22-character `mini` vocabulary, each organisation writing digits plus its own
+each organisation the others' (the "others' data" column of bench/fl_three_orgs.py).
+`three-orgs-mini` is the same story shrunk to fit a from-scratch tiny model in minutes on a
+laptop CPU: the 22-character `mini` vocabulary, each organisation writing digits plus its own
 hanzi (hospital 医院日期, bank 银行金额, school 学校中国人民) under its own image conditions. That
 keeps the organisations non-IID in what they write and how it looks, which is what makes a model
 trained on one organisation fail on the others.

@@ -189,7 +189,8 @@ class FederatedServer:
         sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
         down = state.weights  # all tensors travel down (a new node needs the head too)
         config = model_config_record(self.model.config)
-        config.update({"server-round": rnd, "charset-version": self.charset.version, "lr": self.cfg.round_lr(rnd)})
+        lr = cfg.round_lr(rnd)  # sent to the clients and recorded with the round: one value for both
+        config.update({"server-round": rnd, "charset-version": self.charset.version, "lr": lr})
         content = RecordDict({"global": to_record(down), "config": config})
         bytes_down = payload_bytes(down)
         messages = [Message(content, node, "train", group_id=str(rnd), ttl=cfg.round_deadline_s + 30)
@@ -241,7 +242,7 @@ class FederatedServer:
         val_seconds = time.time() - v0
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)
         return RoundRecord(round=rnd, seconds=t1 - t0, sampled=len(sampled), accepted=len(accepted), applied=applied,
-                           lr=cfg.round_lr(rnd),
+                           lr=lr,
                            train_seconds=train_s, overhead_seconds=max(0.0, (t1 - t0) - busy_s),
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((s.record for s in screened), key=lambda c: c.client))
