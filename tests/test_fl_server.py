@@ -14,9 +14,10 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedocr.cli import main
 from fedocr.cli.common import EXIT_FAILURE
 from fedocr.federated.config import FlConfig
-from fedocr.federated.server_loop import FederatedServer, screen_reply, unique_name
+from fedocr.federated.pipeline.build import build_server_chain
+from fedocr.federated.protocol import read_reply, to_record
+from fedocr.federated.rounds import FederatedServer, screen, unique_name
 from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
-from fedocr.federated.weights import to_record
 
 REFERENCE = {"conv.weight": np.zeros((2, 3), np.float32)}
 
@@ -29,7 +30,8 @@ def _reply(node: int, metrics: dict[str, Any], client: str = "bank", version: st
 
 
 def _screen(reply: Any, cfg: FlConfig | None = None) -> Any:
-    return screen_reply(reply, "node", REFERENCE, cfg or FlConfig(), "v1", bytes_down=10)
+    chain = build_server_chain((cfg or FlConfig()).to_run_config())
+    return screen(read_reply(reply, "node", "v1", bytes_down=10), chain, REFERENCE, server_round=1, seed=0)
 
 
 def test_malformed_metrics_become_a_rejection_not_a_crash() -> None:
@@ -41,12 +43,14 @@ def test_malformed_metrics_become_a_rejection_not_a_crash() -> None:
                 {**good, "train-loss": [0.5]}):
         s = _screen(_reply(7, bad))
         assert s.update is None and not s.record.accepted and s.record.reason.startswith("malformed metrics")
+        assert s.busy is None and s.training is None
 
 
 def test_a_client_claiming_too_many_examples_is_rejected_and_recorded() -> None:
     metrics = {"num-examples": 10**9, "train-loss": 1.0}
     s = _screen(_reply(7, metrics), FlConfig(max_examples=1000))
-    assert s.update is None and "max-examples=1000" in s.record.reason and s.record.examples == 10**9
+    assert s.update.rejected and "max-examples=1000" in s.record.reason and s.record.examples == 10**9
+    assert not s.record.accepted
     assert FlConfig.from_run_config({"max-examples": 5}).max_examples == 5
 
 

@@ -136,8 +136,8 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     cfg = FlConfig(federation="three-orgs-mini", charset="mini", initial_model="scratch", lines_per_client=48,
                    val_lines=24, test_lines=16, fraction_train=1.0, min_accepted=2, num_rounds=2,
                    round_deadline_s=60, server_momentum=0.5, out_dir=str(out), store=str(store))
-    velocity = ServerState.load(out).velocity  # FedAvgM's strategy state, checkpointed with round 1
-    assert velocity is not None and velocity.keys() == ServerState.load(out).weights.keys()
+    saved = ServerState.load(out)  # FedAvgM's velocity is the momentum step's state, checkpointed with round 1
+    assert saved is not None and saved.steps["fedavgm"]["velocity"].keys() == saved.weights.keys()
     report = simulate(cfg, baselines=False, printer=lines.append)
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert _round_one(store) == first  # the completed round was kept, not redone

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedocr.federated.config import ConfigError, FlConfig
-from fedocr.federated.faults import fault_for, parse_faults
+from fedocr.federated.pipeline.drills import fault_for, parse_faults
 from fedocr.federated.report import build_report
 from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.timing import union_seconds

@@ -4,9 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedocr.federated.updates import (aggregated_keys, apply_update, check_examples, check_update, delta, l2_norm, sample_clients,
-                                      select, server_momentum, weighted_average)
-from fedocr.federated.weights import from_record, model_weights, to_record
+from fedocr.federated.pipeline.aggregate import apply_update, server_momentum, weighted_average
+from fedocr.federated.pipeline.checks import check_examples, check_update, l2_norm
+from fedocr.federated.pipeline.transforms import aggregated_keys, delta, select
+from fedocr.federated.protocol import from_record, to_record
+from fedocr.federated.rounds import sample_clients
+from fedocr.federated.weights import model_weights
 from fedocr.model import CRNN, ModelConfig
 
 
@@ -136,8 +139,9 @@ def test_server_momentum_accumulates_parameter_steps_but_not_statistics(tmp_path
     assert head_kept_local.keys() == {"conv.weight"}                     # backbone-only updates have fewer keys
     # The velocity is strategy state: it survives a server restart with the weights.
     state = ServerState.fresh({"conv.weight": np.zeros(3, np.float32)}, "v1")
-    state.velocity = second
+    state.steps = {"fedavgm": {"velocity": second}}
     state.save(tmp_path)
     loaded = ServerState.load(tmp_path)
-    assert loaded is not None and loaded.velocity is not None
-    assert np.allclose(loaded.velocity["conv.weight"], 1.9) and loaded.velocity["norm.num_batches_tracked"] == 4
+    assert loaded is not None and "velocity" in loaded.steps["fedavgm"]
+    velocity = loaded.steps["fedavgm"]["velocity"]
+    assert np.allclose(velocity["conv.weight"], 1.9) and velocity["norm.num_batches_tracked"] == 4

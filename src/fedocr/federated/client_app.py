@@ -1,47 +1,64 @@
-"""The ClientApp: an organisation trains E local epochs from the global model and sends its delta.
+"""The ClientApp: an organisation trains E local epochs from the global model and sends its update.
 
-Thin handler (STYLE.md): unpack the message, check the vocabulary, load this node's private data,
-call the one training loop (`fedocr.train.Trainer`), and reply with Δw = w_local − w_global
-(FedAvg, McMahan et al. 2017), its example count, training metrics and timing. Raw images never
-leave the node.
+Thin handler (STYLE.md): unpack the message (`protocol`), check the vocabulary, load this node's
+private data, call the one training loop (`fedocr.train.Trainer`), run the client chain of the
+update pipeline over Δw = w_local − w_global (FedAvg, McMahan et al. 2017; then e.g. keep the
+head local, Top-K, quantise), and reply. Raw images never leave the node; the steps' state
+(error-feedback residuals, a personal head) is kept on the node's disk.
 
 Data: in simulation a node is an organisation of the run's `federation`, picked by its
 `partition-id`; in deployment the operator points the node at a folder with
-`--node-config 'data-path="/abs/folder" name="hospital"'`.
+`--node-config 'data-path="/abs/folder" name="hospital"'` (and `state-dir="/abs/folder"` for
+where its steps' state lives; default: under the run's out-dir on this machine).
 """
 from __future__ import annotations
 
 import math
 import os
 import time
+import zlib
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedocr.data import EncodedLines, LineDataset
 from fedocr.federated.config import FlConfig, local_recipe
-from fedocr.federated.faults import fault_for
+from fedocr.federated.node_state import load_node_state, save_node_state
 from fedocr.federated.orgs import folder_data, get_federation, synthetic_org_data
-from fedocr.federated.updates import aggregated_keys, delta, select
+from fedocr.federated.pipeline.build import build_client_chain
+from fedocr.federated.pipeline.transforms import delta
+from fedocr.federated.pipeline.types import Update
+from fedocr.federated.protocol import info_record, read_train, refusal_content, reply_content
 from fedocr.federated.vocab import expected_charset
-from fedocr.federated.weights import from_record, load_weights, model_config_from, model_weights, to_record
+from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN
 from fedocr.train import TrainConfig, Trainer
 
-LOCAL_HEAD = "fedocr-local-head"   # context.state key of the CTC head kept local ("backbone" mode)
+
+def node_name(context: Context, cfg: FlConfig) -> str:
+    node = context.node_config
+    if "data-path" in node:
+        return str(node.get("name") or f"node-{context.node_id}")
+    return get_federation(cfg.federation).orgs[int(node["partition-id"])]
 
 
 def node_data(context: Context, cfg: FlConfig, charset: object) -> tuple[str, LineDataset]:
     """(client name, training lines) of this node."""
     node = context.node_config
     if "data-path" in node:
-        name = str(node.get("name") or f"node-{context.node_id}")
-        return name, folder_data(str(node["data-path"]))
+        return node_name(context, cfg), folder_data(str(node["data-path"]))
     return synthetic_org_data(cfg.federation, int(node["partition-id"]), "train", cfg.lines_per_client,
                               cfg.seed, charset)  # type: ignore[arg-type]
+
+
+def state_path(context: Context, cfg: FlConfig, name: str) -> Path:
+    """Where this node keeps its client steps' state (one file per client name)."""
+    folder = context.node_config.get("state-dir")
+    root = Path(str(folder)) if folder else cfg.out_path() / "node-state"
+    return root / f"{name}.npz"
 
 
 def _threads(context: Context) -> None:
@@ -53,79 +70,61 @@ def _threads(context: Context) -> None:
         torch.set_num_threads(threads)
 
 
-def _local_train_config(cfg: FlConfig, n_lines: int, server_round: int, lr: float | None) -> TrainConfig:
+def local_seed(run_seed: int, client: str, server_round: int) -> int:
+    """Local training's seed (data order, augmentation, dropout) from (run seed, node, round): each
+    node draws its own stream, and a re-run with the same seed draws the same."""
+    return zlib.crc32(f"{run_seed}/{client}/{server_round}".encode()) & 0x7FFFFFFF
+
+
+def _local_train_config(cfg: FlConfig, n_lines: int, seed: int, lr: float | None) -> TrainConfig:
     steps = max(1, round(cfg.local_epochs * math.ceil(n_lines / cfg.batch_size)))
     # A fresh optimizer each round (standard FedAvg).
-    return local_recipe(cfg, steps, seed=cfg.seed * 1000 + server_round, lr=lr)
+    return local_recipe(cfg, steps, seed=seed, lr=lr)
 
 
 def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
-    """One round of local training on this node's data; the reply carries Δw or a refusal."""
+    """One round of local training on this node's data; the reply carries the update or a refusal."""
     started = time.time()
     cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
     _threads(context)
-    server = msg.content["config"]
-    server_round = int(server["server-round"])
+    task = read_train(msg.content)
     charset = expected_charset(cfg)
     pinned = context.node_config.get("charset-version")
     mine = str(pinned) if pinned else charset.version
     name, data = node_data(context, cfg, charset)
-    fault = fault_for(cfg.faults, name, server_round)
-    if fault == "charset":
-        mine = "0" * 16
-    info = ConfigRecord({"client": name, "charset-version": mine})
-    if mine != server["charset-version"]:
-        info["refused"] = f"charset mismatch: server {server['charset-version']}, client {mine}"
-        return Message(RecordDict({"info": info, "metrics": MetricRecord({"num-examples": 0})}), reply_to=msg)
-    if fault == "crash":
-        raise RuntimeError(f"drill: {name} crashes in round {server_round}")
-    if fault == "hang":
-        time.sleep(1.5 * cfg.round_deadline_s + 5)  # well past the deadline; the server must not wait
+    if mine != task.charset_version:
+        return Message(refusal_content(name, mine, f"charset mismatch: server {task.charset_version}, client {mine}"),
+                       reply_to=msg)
 
-    model = CRNN(model_config_from(server))
-    global_w = from_record(msg.content["global"])
-    load_weights(model, global_w)
-    if cfg.aggregate == "backbone" and LOCAL_HEAD in context.state:
-        load_weights(model, from_record(context.state[LOCAL_HEAD]))  # personal head survives rounds
-    start_w = model_weights(model)
+    chain = build_client_chain(cfg.to_run_config())
+    path = state_path(context, cfg, name)
+    states = load_node_state(path, task.run_id)
+    model = CRNN(task.model_config)
+    start_w = chain.start_weights(task.weights, states)
+    load_weights(model, start_w)
 
     lines = EncodedLines(data, charset)
     train_started = time.time()
-    lr = float(server["lr"]) if "lr" in server else None  # the server knows what the run started from
-    result = Trainer(model, charset, lines, _local_train_config(cfg, len(lines), server_round, lr),
+    seed = local_seed(cfg.seed, name, task.round)
+    result = Trainer(model, charset, lines, _local_train_config(cfg, len(lines), seed, task.lr),
                      log=lambda _: None).fit()
     train_ended = time.time()
 
-    local_w = model_weights(model)
-    keys = aggregated_keys(local_w, cfg.aggregate)
-    update = delta(select(local_w, keys), select(start_w, keys))
-    if cfg.aggregate == "backbone":
-        context.state[LOCAL_HEAD] = to_record({k: v for k, v in local_w.items() if k not in keys})
-    if fault == "nan":
-        first = next(k for k, v in update.items() if np.issubdtype(v.dtype, np.floating))
-        update = {**update, first: np.full_like(update[first], np.nan)}
-    elif fault == "huge":
-        update = {k: (v * 1e6).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in update.items()}
-
-    metrics = MetricRecord({
-        "num-examples": len(lines), "train-loss": float(result.mean_loss), "train-steps": result.steps,
-        "started": started, "train-started": train_started, "train-ended": train_ended, "ended": time.time(),
-        "pid": os.getpid(),
-    })
-    return Message(RecordDict({"delta": to_record(update), "metrics": metrics, "info": info}), reply_to=msg)
+    update = Update(name, delta(model_weights(model), start_w), len(lines), {"train-loss": float(result.mean_loss)})
+    update = chain.run(update, task.round, cfg.seed, start_w, states)
+    if states:
+        save_node_state(path, task.run_id, states)
+    metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
+               "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid()}
+    return Message(reply_content(update, mine, metrics), reply_to=msg)
 
 
 def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
     """Who this node is and which vocabulary it expects (no data leaves the node)."""
     cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
-    node = context.node_config
-    if "data-path" in node:
-        name = str(node.get("name") or f"node-{context.node_id}")
-    else:
-        name = get_federation(cfg.federation).orgs[int(node["partition-id"])]
-    pinned = node.get("charset-version")
+    pinned = context.node_config.get("charset-version")
     version = str(pinned) if pinned else expected_charset(cfg).version
-    return Message(RecordDict({"info": ConfigRecord({"client": name, "charset-version": version})}), reply_to=msg)
+    return Message(RecordDict({"info": info_record(node_name(context, cfg), version)}), reply_to=msg)
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from fedocr.federated.pipeline.aggregate import ApplyConfig, MomentumConfig
+from fedocr.federated.pipeline.build import section_defaults, validate_run_config
+from fedocr.federated.pipeline.checks import CheckConfig
+from fedocr.federated.pipeline.drills import DrillConfig
+from fedocr.federated.pipeline.settings import StepConfigError, coerce
+from fedocr.federated.pipeline.transforms import AggregateConfig
 from fedocr.train import TrainConfig
 
 # Where a relative out-dir or store path is resolved: the ServerApp's working directory is the
@@ -26,7 +33,7 @@ MIN_LR_RATIO = 0.05                   # where `lr-decay = cosine` ends, as a sha
 Aggregate = Literal["all", "backbone"]
 
 
-class ConfigError(ValueError):
+class ConfigError(StepConfigError):
     """A run-config value that cannot be used; the message names the key."""
 
 
@@ -41,12 +48,13 @@ class FlConfig:
     lr: float = 0.0                    # local learning rate; 0: 3e-3 from scratch, 1e-4 from a trained model
     client_optimizer: str = "adamw"    # "adamw", or "sgd" with momentum (FedAvg's original client optimizer)
     lr_decay: str = "cosine"           # local rate over the rounds: "cosine" decays it to 5% (the baselines too), or "none"
-    server_lr: float = 1.0             # w <- w + server_lr * mean delta (1: plain FedAvg); BatchNorm statistics always take 1
-    server_momentum: float = 0.0       # FedAvgM: step along v <- m * v + mean delta (0: plain FedAvg)
+    # The update pipeline's flat keys: each step's config (federated.pipeline) validates and reads them.
+    server_lr: float = ApplyConfig.server_lr               # w <- w + server_lr * mean delta (1: plain FedAvg)
+    server_momentum: float = MomentumConfig.momentum       # FedAvgM: step along v <- m * v + mean delta (0: FedAvg)
     batch_size: int = 16
     fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
     min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
-    aggregate: Aggregate = "all"       # "backbone": CNN+RNN only, each client keeps its own CTC head (FedPer)
+    aggregate: Aggregate = AggregateConfig.aggregate  # "backbone": each client keeps its own CTC head (FedPer)
     initial_model: str = "auto"        # "auto" (models/base.pt if present and charset is default, else scratch), "scratch" or a .pt path
     model_size: str = "tiny"           # CRNN size when starting from scratch
     charset: str = "default"           # vocabulary when starting from scratch: "default" or "mini"
@@ -56,13 +64,15 @@ class FlConfig:
     val_lines: int = 200               # server-side validation lines of the `public` set
     round_deadline_s: float = 300.0    # replies later than this are dropped as stragglers
     wait_for_nodes_s: float = 120.0    # how long a round waits for enough connected nodes
-    max_update_norm: float = 1e4       # L2 bound on an update's float tensors; larger ones are rejected
-    max_examples: int = 1_000_000      # bound on the example count a client claims (FedAvg's weight); larger: rejected
+    max_update_norm: float = CheckConfig.max_update_norm   # L2 bound on an update's float tensors
+    max_examples: int = CheckConfig.max_examples           # bound on the example count a client claims
     seed: int = 0                      # client sampling, local shuffling, synthetic data
     out_dir: str = "fl-run"            # models, state and report.json (relative: under $FEDOCR_RUNS)
     store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
     run_name: str = ""                 # label shown by `fedocr fl runs` (default: the out-dir name)
-    faults: str = ""                   # drills only: "client:kind@round,..." kind = crash|hang|nan|huge|charset
+    faults: str = DrillConfig.faults   # drills only: "client:kind@round,..." kind = crash|hang|nan|huge|charset
+    # The steps' own dotted keys (`compress.top-k = 0.1`, `rollback.enabled = true`), with their defaults.
+    steps: dict[str, Any] = field(default_factory=section_defaults)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -84,8 +94,6 @@ class FlConfig:
             raise bad("fraction_train", "must be in (0, 1]")
         if self.min_accepted < 1:
             raise bad("min_accepted", "must be at least 1")
-        if self.aggregate not in ("all", "backbone"):
-            raise bad("aggregate", f"{self.aggregate!r} is not 'all' or 'backbone'")
         if self.seed < 0:
             raise bad("seed", "must be 0 or more")
         from fedocr.federated.orgs import FEDERATIONS
@@ -99,39 +107,40 @@ class FlConfig:
             raise bad("charset", f"{self.charset!r} is not 'default' or 'mini'")
         if not self.round_deadline_s > 0:
             raise bad("round_deadline_s", "must be positive")
-        if not 0 < self.server_lr <= 10:
-            raise bad("server_lr", "must be in (0, 10]")
-        if not 0 <= self.server_momentum <= 0.99:
-            raise bad("server_momentum", "must be in [0, 0.99] (the step grows as 1 / (1 - momentum))")
-        if not self.max_update_norm > 0:
-            raise bad("max_update_norm", "must be positive")
-        for key in ("lines_per_client", "test_lines", "val_lines", "max_examples"):
+        for key in ("lines_per_client", "test_lines", "val_lines"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
-        from fedocr.federated.faults import parse_faults  # validates the drill syntax once
         try:
-            parse_faults(self.faults)
-        except ValueError as exc:
-            raise bad("faults", str(exc)) from None
+            validate_run_config(self.to_run_config())  # the steps' own checks, e.g. compress.top-k in [0, 1)
+        except StepConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any], **overrides: Any) -> "FlConfig":
-        """Build from Flower's run config (hyphenated keys); unknown keys are refused by name."""
-        known = {f.name: f for f in fields(cls)}
+        """Build from Flower's run config (hyphenated keys; nested tables as dotted keys, as Flower
+        flattens them); unknown keys are refused by name."""
+        known = {f.name: f for f in fields(cls) if f.name != "steps"}
         values: dict[str, Any] = {}
-        for key, value in {**run_config, **{k.replace("_", "-"): v for k, v in overrides.items()}}.items():
+        steps_default = section_defaults()
+        steps = dict(steps_default)
+        for key, value in {**_flatten(run_config), **{k.replace("_", "-"): v for k, v in overrides.items()}}.items():
+            if "." in key:  # a step's key: validated by its step config in __post_init__
+                steps[key] = value
+                continue
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"run config {key}: unknown key")
             default = known[name].default
             try:
-                values[name] = _coerce(value, default)
+                values[name] = coerce(value, default)
             except (TypeError, ValueError):
                 raise ConfigError(f"run config {key}: expected {type(default).__name__}, got {value!r}") from None
-        return cls(**values)
+        return cls(**values, steps={k: _typed(v, steps_default.get(k)) for k, v in steps.items()})
 
     def to_run_config(self) -> dict[str, Any]:
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        """Flower's flat run config: hyphenated keys, the steps' dotted keys as they are."""
+        flat = {k.replace("_", "-"): v for k, v in asdict(self).items() if k != "steps"}
+        return {**flat, **self.steps}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,20 +202,25 @@ class FlConfig:
         return _under_root(self.store)
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """`value` as the type of the field's default; an int field takes only whole numbers (2.7
-    is refused, never truncated to 2)."""
-    if isinstance(default, bool):
-        return bool(value)
-    if isinstance(default, int):
-        if isinstance(value, bool):
-            raise TypeError("a boolean is not a number")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError("not a whole number")
-            return int(value)
-        return int(value)  # int("2.7") raises
-    return type(default)(value)
+def _typed(value: Any, default: Any) -> Any:
+    """A step key's value as its default's type where it converts; else as given, for the step's
+    config to refuse by name."""
+    try:
+        return value if default is None else coerce(value, default)
+    except (TypeError, ValueError):
+        return value
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"compress": {"top-k": 0.1}} -> {"compress.top-k": 0.1} (a TOML table, as Flower reads it)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def _under_root(value: str) -> Path:

@@ -7,7 +7,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedocr.federated.config import FlConfig
-from fedocr.federated.server_loop import FederatedServer
+from fedocr.federated.rounds import FederatedServer
 
 
 def build_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:

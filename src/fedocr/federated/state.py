@@ -1,10 +1,10 @@
 """The server's resumable state, checkpointed atomically at the end of every round.
 
 It holds what a restarted ServerApp needs to continue exactly after the last completed round:
-the global weights, the round number, the best round so far, the strategy's state (FedAvg has
-none; FedAvgM keeps its server velocity), the node-id -> client-name map and the run id under
-which the run store files its rounds. Written with the model part's atomic write,
-so a kill mid-write leaves the previous round's state intact.
+the committed global weights and their validation scores, the round number, the best round so
+far, each server step's own state (FedAvgM's velocity, later accountants), the node-id ->
+client-name map and the run id under which the run store files its rounds. Written with the
+model part's atomic write, so a kill mid-write leaves the previous round's state intact.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from fedocr.federated.updates import Weights
+from fedocr.federated.pipeline.build import States
+from fedocr.federated.pipeline.types import Weights
 from fedocr.federated.weights import c_order
 from fedocr.model.checkpoint import atomic_write
 
@@ -26,13 +28,14 @@ STATE_FILE = "server-state.pt"
 class ServerState:
     run_id: str
     round: int                                  # last completed round (0: none yet)
-    weights: Weights
+    weights: Weights                            # the committed global model
     charset_version: str
     best_round: int | None = None
     best_cer: float | None = None
-    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    committed_cer: float | None = None          # validation of `weights` (the rollback gate compares with it)
+    committed_loss: float | None = None
+    steps: States = field(default_factory=dict)  # server steps' state, by step name
     names: dict[str, str] = field(default_factory=dict)   # node id -> client name
-    velocity: Weights | None = None             # FedAvgM's server momentum buffer (None: plain FedAvg)
 
     @classmethod
     def fresh(cls, weights: Weights, charset_version: str) -> "ServerState":
@@ -40,9 +43,9 @@ class ServerState:
 
     def save(self, out_dir: Path) -> None:
         payload = {"run_id": self.run_id, "round": self.round, "charset_version": self.charset_version,
-                   "best_round": self.best_round, "best_cer": self.best_cer, "strategy": self.strategy,
-                   "names": self.names, "weights": _tensors(self.weights),
-                   "velocity": None if self.velocity is None else _tensors(self.velocity)}
+                   "best_round": self.best_round, "best_cer": self.best_cer, "committed_cer": self.committed_cer,
+                   "committed_loss": self.committed_loss, "names": self.names, "weights": _to_torch(self.weights),
+                   "steps": _to_torch(self.steps)}
         atomic_write(out_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
@@ -51,11 +54,26 @@ class ServerState:
         if not path.is_file():
             return None
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        weights = {k: v.numpy() for k, v in payload.pop("weights").items()}
-        velocity = payload.pop("velocity", None)  # absent in states written before FedAvgM
-        return cls(weights=weights, velocity=None if velocity is None else {k: v.numpy() for k, v in velocity.items()},
-                   **payload)
+        payload.pop("strategy", None)             # states written before the pipeline named their strategy
+        velocity = payload.pop("velocity", None)  # ... and kept FedAvgM's velocity outside the steps
+        steps = _to_numpy(payload.pop("steps", {}))
+        if velocity is not None:
+            steps.setdefault("fedavgm", {})["velocity"] = _to_numpy(velocity)
+        return cls(weights=_to_numpy(payload.pop("weights")), steps=steps, **payload)
 
 
-def _tensors(weights: Weights) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(c_order(v)) for k, v in weights.items()}
+def _to_torch(value: Any) -> Any:
+    """Arrays as tensors (torch.load with weights_only reads tensors, dicts, lists and scalars)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(c_order(value))
+    if isinstance(value, dict):
+        return {k: _to_torch(v) for k, v in value.items()}
+    return value
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    return value

@@ -3,7 +3,8 @@
 It is the single source the report and the dashboard read: runs with their config, rounds
 (wall time, training time, framework overhead, validation CER/loss, whether the round was
 applied) and one row per client per round (examples, loss, update norm, bytes up/down,
-accepted or rejected and why). Rows are upserted, so a round redone after a server restart
+accepted or rejected and why), and what each update-pipeline step did per client per round
+(one generic table: a new step needs no new column). Rows are upserted, so a round redone after a server restart
 replaces its half-written record instead of duplicating it. WAL lets the dashboard read while
 the server writes.
 """
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fedocr.federated.pipeline.types import StepRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -33,6 +36,9 @@ CREATE TABLE IF NOT EXISTS clients (
     examples INTEGER, loss REAL, train_seconds REAL, client_seconds REAL, update_norm REAL,
     bytes_up INTEGER, bytes_down INTEGER, accepted INTEGER NOT NULL, reason TEXT,
     PRIMARY KEY (run_id, round, client));
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, client TEXT NOT NULL, seq INTEGER NOT NULL,
+    step TEXT NOT NULL, info TEXT NOT NULL, PRIMARY KEY (run_id, round, client, seq));
 """
 
 
@@ -71,6 +77,7 @@ class RoundRecord:
     epsilon: float | None = None
     lr: float | None = None                 # the local learning rate the server sent this round
     clients: list[ClientRecord] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)   # what each pipeline step did ("*": the server's)
 
 
 class RunStore:
@@ -126,6 +133,7 @@ class RunStore:
     def record_round(self, run_id: str, record: RoundRecord) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM clients WHERE run_id=? AND round=?", (run_id, record.round))
+            db.execute("DELETE FROM steps WHERE run_id=? AND round=?", (run_id, record.round))
             db.execute("INSERT OR REPLACE INTO rounds (run_id, round, finished, seconds, train_seconds, "
                        "overhead_seconds, val_seconds, val_cer, val_loss, sampled, accepted, applied, note, epsilon, "
                        "lr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -138,6 +146,9 @@ class RunStore:
                            [(run_id, record.round, c.client, c.node_id, c.examples, c.loss, c.train_seconds,
                              c.client_seconds, c.update_norm, c.bytes_up, c.bytes_down, int(c.accepted), c.reason)
                             for c in record.clients])
+            db.executemany("INSERT INTO steps (run_id, round, client, seq, step, info) VALUES (?,?,?,?,?,?)",
+                           [(run_id, record.round, s.client, i, s.step, json.dumps(dict(s.info), default=float))
+                            for i, s in enumerate(record.steps)])
             db.execute("UPDATE runs SET updated=? WHERE run_id=?", (_now(), run_id))
 
     def finish_run(self, run_id: str, status: str = "finished", final: dict[str, Any] | None = None,
@@ -181,11 +192,15 @@ class RunStore:
             d = dict(row)
             clients.setdefault(d.pop("round"), []).append(
                 ClientRecord(**{k: v for k, v in d.items() if k != "run_id"} | {"accepted": bool(d["accepted"])}))
+        steps: dict[int, list[StepRecord]] = {}
+        for row in self.db.execute("SELECT round, client, step, info FROM steps WHERE run_id=? ORDER BY round, seq",
+                                   (run_id,)):
+            steps.setdefault(row["round"], []).append(StepRecord(row["step"], row["client"], json.loads(row["info"])))
         out = []
         for row in self.db.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,)):
             d = {k: v for k, v in dict(row).items() if k not in ("run_id", "finished")}
             d["applied"] = bool(d["applied"])
-            out.append(RoundRecord(**d, clients=clients.get(d["round"], [])))
+            out.append(RoundRecord(**d, clients=clients.get(d["round"], []), steps=steps.get(d["round"], [])))
         return out
 
 
@@ -193,4 +208,5 @@ def round_to_dict(record: RoundRecord) -> dict[str, Any]:
     """The report.json shape of a round (DESIGN.md): `clients` use `id` for the client name."""
     d = asdict(record)
     d["clients"] = [{"id": c.pop("client"), **c} for c in d["clients"]]
+    d["steps"] = [{"client": s.client, "step": s.step, **dict(s.info)} for s in record.steps]
     return d

@@ -1,14 +1,11 @@
-"""Moving weights between a CRNN, NumPy `Weights`, Flower records and the model's config."""
+"""Moving weights between a CRNN and NumPy `Weights` (named tensors, the pipeline's currency)."""
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedocr.model import CRNN, ModelConfig
-from fedocr.federated.updates import Weights
+from fedocr.federated.pipeline.types import Weights
+from fedocr.model import CRNN
 
 
 def model_weights(model: CRNN) -> Weights:
@@ -24,23 +21,6 @@ def load_weights(model: CRNN, weights: Weights) -> CRNN:
         raise KeyError(f"unknown tensors {sorted(missing)[:3]}")
     model.load_state_dict(state, strict=False)
     return model
-
-
-def to_record(weights: Weights) -> ArrayRecord:
-    return ArrayRecord({k: Array(c_order(v)) for k, v in weights.items()})
-
-
-def from_record(record: ArrayRecord) -> Weights:
-    return {k: arr.numpy() for k, arr in record.items()}
-
-
-def model_config_record(config: ModelConfig) -> ConfigRecord:
-    return ConfigRecord({f"model-{k}": v for k, v in config.to_dict().items()})
-
-
-def model_config_from(record: ConfigRecord) -> ModelConfig:
-    values: dict[str, Any] = {k[len("model-"):]: v for k, v in record.items() if k.startswith("model-")}
-    return ModelConfig(**values)
 
 
 def c_order(array: np.ndarray) -> np.ndarray:

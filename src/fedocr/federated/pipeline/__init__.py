@@ -1,0 +1,2 @@
+"""The federated update pipeline (DESIGN.md): small steps over named NumPy tensors between "the
+client finished training" and "the server changed w". NumPy only: no Flower, no torch."""

@@ -1,0 +1,184 @@
+"""The two chains a run config builds, and how they run.
+
+Client (after local training): [local head] -> [Top-K] -> [quantise] -> [drill].
+Server, per reply: [decode] -> check; then aggregate (FedAvg) -> [momentum] -> apply -> the
+caller validates -> commit gate. Steps in brackets are there only when the run config asks for
+them, so FedAvg is the chain with no optional steps. A new feature is one step module, its
+config dataclass and one line here.
+
+Each step draws from its own random stream, seeded from (run seed, round, node, step), so a
+run with a fixed seed repeats. Its state is the chain owner's to keep: the server checkpoints
+`ServerState.steps`, a node keeps its steps' state on its own disk.
+"""
+from __future__ import annotations
+
+import copy
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedocr.federated.pipeline.aggregate import (ApplyConfig, ApplyStep, FedAvg, MomentumConfig,
+                                                 ServerMomentum)
+from fedocr.federated.pipeline.checks import CheckConfig, CheckUpdate
+from fedocr.federated.pipeline.compress import CompressConfig, Decode, Quantize, TopK
+from fedocr.federated.pipeline.drills import Drill, DrillConfig
+from fedocr.federated.pipeline.gate import CommitGate, RollbackConfig
+from fedocr.federated.pipeline.settings import StepConfig, bad
+from fedocr.federated.pipeline.transforms import AggregateConfig, LocalHead, aggregated_keys
+from fedocr.federated.pipeline.types import (Aggregate, Aggregator, Applier, ClientStep, Gate, ScreenStep,
+                                             StepContext, StepRecord, StepState, StepTransform, Update,
+                                             Verdict, Weights)
+
+# Every step config the builders read. Their flat keys (`server-lr`, `aggregate`, ...) predate the
+# pipeline and are also typed fields of FlConfig; dotted keys (`compress.top-k`) are the steps' alone.
+STEP_CONFIGS: tuple[type[StepConfig], ...] = (AggregateConfig, CompressConfig, DrillConfig, CheckConfig,
+                                              MomentumConfig, ApplyConfig, RollbackConfig)
+States = dict[str, StepState]
+
+
+def section_defaults() -> dict[str, Any]:
+    """The dotted step keys with their defaults (what pyproject.toml declares for `flwr run`)."""
+    return {k: v for config in STEP_CONFIGS for k, v in config.defaults().items() if "." in k}
+
+
+def step_rng(seed: int, server_round: int, node: str, step: str) -> np.random.Generator:
+    """A step's own random stream for one node and round: the same run seed gives the same draws."""
+    return np.random.default_rng([seed, server_round, zlib.crc32(node.encode()), zlib.crc32(step.encode())])
+
+
+@dataclass(frozen=True)
+class ClientChain:
+    steps: tuple[ClientStep, ...]
+
+    def start_weights(self, global_weights: Weights, states: States) -> Weights:
+        """The weights local training starts from (a personal head replaces the global one)."""
+        weights = dict(global_weights)
+        for step in self.steps:
+            if hasattr(step, "start_weights"):
+                ctx = StepContext(0, np.random.default_rng(0), states.setdefault(step.name, {}))
+                weights = step.start_weights(weights, ctx)  # type: ignore[attr-defined]
+        return weights
+
+    def run(self, update: Update, server_round: int, seed: int, reference: Mapping[str, np.ndarray],
+            states: States) -> Update:
+        """The update after every client step; `reference`: the weights training started from."""
+        for step in self.steps:
+            ctx = StepContext(server_round, step_rng(seed, server_round, update.client, step.name),
+                              states.setdefault(step.name, {}), reference)
+            update = step(update, ctx)
+        return update
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The model a round proposes, the step states that go with it, and what the steps did."""
+    weights: Weights
+    states: States
+    aggregate: Aggregate
+    records: list[StepRecord]
+
+
+@dataclass(frozen=True)
+class ServerChain:
+    screen: tuple[ScreenStep, ...]
+    aggregator: Aggregator
+    transforms: tuple[StepTransform, ...]
+    applier: Applier
+    gate: Gate
+    aggregate: str = "all"
+
+    def keys(self, weights: Mapping[str, np.ndarray]) -> list[str]:
+        """The tensors that travel up and are averaged."""
+        return aggregated_keys(weights, self.aggregate)
+
+    def screen_update(self, update: Update, server_round: int, seed: int,
+                      reference: Mapping[str, np.ndarray]) -> Update:
+        """Decode, check (and later score) one reply; a rejected update stops at its first failed step."""
+        for step in self.screen:
+            if update.rejected:
+                break
+            update = step(update, StepContext(server_round, step_rng(seed, server_round, update.client, step.name),
+                                              {}, reference))
+        return update
+
+    def candidate(self, weights: Mapping[str, np.ndarray], updates: Sequence[Update], server_round: int, seed: int,
+                  states: States) -> Candidate:
+        """Aggregate, transform and apply; the states are copied, so a rolled-back round leaves them as
+        they were."""
+        new_states = copy.deepcopy(states)
+        records: list[StepRecord] = []
+
+        def context(name: str) -> StepContext:
+            return StepContext(server_round, step_rng(seed, server_round, "", name), new_states.setdefault(name, {}),
+                               {k: weights[k] for k in self.keys(weights)})
+
+        ctx = context(self.aggregator.name)
+        aggregate = self.aggregator(updates, ctx)
+        records += ctx.notes
+        step = aggregate.step
+        for transform in self.transforms:
+            ctx = context(transform.name)
+            step = transform(step, ctx)
+            records += ctx.notes
+        ctx = context(self.applier.name)
+        return Candidate(self.applier(weights, step, ctx), new_states, aggregate, records + ctx.notes)
+
+    def decide(self, candidate_cer: float | None, committed_cer: float | None, server_round: int,
+               seed: int) -> tuple[Verdict, list[StepRecord]]:
+        ctx = StepContext(server_round, step_rng(seed, server_round, "", self.gate.name), {})
+        return self.gate(candidate_cer, committed_cer, ctx), ctx.notes
+
+
+def build_client_chain(rc: Mapping[str, Any]) -> ClientChain:
+    steps: list[ClientStep] = []
+    if AggregateConfig.from_run_config(rc).aggregate == "backbone":
+        steps.append(LocalHead())
+    compress = CompressConfig.from_run_config(rc)
+    if compress.top_k:
+        steps.append(TopK(compress))
+    if compress.quantize != "none":
+        steps.append(Quantize(compress))
+    drill = DrillConfig.from_run_config(rc)
+    if drill.faults:
+        steps.append(Drill(drill))  # last: a drilled update is broken as sent, the node's own state is not
+    return ClientChain(tuple(steps))
+
+
+def build_server_chain(rc: Mapping[str, Any]) -> ServerChain:
+    screen: list[ScreenStep] = []
+    compress = CompressConfig.from_run_config(rc)
+    if compress.top_k or compress.quantize != "none":
+        screen.append(Decode(compress))
+    screen.append(CheckUpdate(CheckConfig.from_run_config(rc)))
+    transforms: list[StepTransform] = []
+    momentum = MomentumConfig.from_run_config(rc)
+    if momentum.momentum:
+        transforms.append(ServerMomentum(momentum))
+    return ServerChain(tuple(screen), FedAvg(), tuple(transforms), ApplyStep(ApplyConfig.from_run_config(rc)),
+                       CommitGate(RollbackConfig.from_run_config(rc)), AggregateConfig.from_run_config(rc).aggregate)
+
+
+def validate_run_config(rc: Mapping[str, Any]) -> None:
+    """Refuse unknown step keys and impossible step settings, naming the key (StepConfigError)."""
+    known = section_defaults()
+    for key in rc:
+        if "." in key and key not in known:
+            raise bad(key, f"unknown key (step keys: {', '.join(known)})")
+    build_client_chain(rc)
+    build_server_chain(rc)
+
+
+def describe(rc: Mapping[str, Any]) -> str:
+    """The two chains, in order, with each step's settings (`fedocr fl steps`)."""
+    client, server = build_client_chain(rc), build_server_chain(rc)
+    lines = ["client (after local training):"]
+    lines += [f"  {i}. {s.name:<11} {s.describe()}" for i, s in enumerate(client.steps, 1)] or ["  (none: the delta as trained)"]
+    lines.append("server:")
+    steps: list[Any] = [*server.screen, server.aggregator, *server.transforms, server.applier]
+    lines += [f"  {i}. {s.name:<11} {s.describe()}" for i, s in enumerate(steps, 1)]
+    lines.append(f"  {len(steps) + 1}. {'validate':<11} CER and CTC loss of the candidate on the server's validation lines")
+    lines.append(f"  {len(steps) + 2}. {server.gate.name:<11} {server.gate.describe()}")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Update compression on the client and its decoding on the server.
+
+Top-K sparsification (Aji & Heafield 2017; Stich et al., "Sparsified SGD with Memory", NeurIPS
+2018) keeps the fraction k of each float tensor's entries (or of all of them, `scope =
+"global"`) with the largest magnitude. With error feedback (Stich et al. 2018; Karimireddy et
+al., "Error Feedback Fixes SignSGD", ICML 2019) what was left out is remembered in the step's
+state on the node and added to the next round's delta, so nothing is lost, only delayed.
+Quantisation sends float tensors as float16, or as int8 with one float32 scale per tensor.
+
+The encoding travels in the tensor names: `KEY@topk.v` holds the kept values and one of
+`KEY@topk.mask` (a packed bitmap), `KEY@topk.gap16` (uint16 gaps between sorted positions) or
+`KEY@topk.abs32` (int32 positions) their positions, whichever is smallest; `KEY@q8.scale` goes
+with an int8 `KEY` (or `KEY@topk.v`). The server's `Decode` step inverts exactly the codecs the
+run config names, against the global model's shapes and dtypes; anything else it cannot read
+rejects the update instead of raising.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedocr.federated.pipeline.checks import is_float
+from fedocr.federated.pipeline.settings import StepConfig, bad
+from fedocr.federated.pipeline.types import StepContext, Update, Weights
+
+SEP = "@"
+VALUES, MASK, GAP16, ABS32, SCALE = "topk.v", "topk.mask", "topk.gap16", "topk.abs32", "q8.scale"
+POSITIONS = (MASK, GAP16, ABS32)
+QUANTIZE = ("none", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class CompressConfig(StepConfig):
+    KEYS: ClassVar[dict[str, str]] = {"compress.top-k": "top_k", "compress.scope": "scope",
+                                       "compress.error-feedback": "error_feedback", "compress.quantize": "quantize"}
+
+    top_k: float = 0.0              # `compress.top-k`: fraction of entries kept (0: dense)
+    scope: str = "tensor"           # `compress.scope`: k of each tensor, or of all tensors ("global")
+    error_feedback: bool = True     # `compress.error-feedback`: carry what Top-K left out to the next round
+    quantize: str = "none"          # `compress.quantize`: none, fp16 or int8 (per-tensor scale)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.top_k < 1:
+            raise bad("compress.top-k", "must be in [0, 1) (0: no sparsification)")
+        if self.scope not in ("tensor", "global"):
+            raise bad("compress.scope", f"{self.scope!r} is not 'tensor' or 'global'")
+        if self.quantize not in QUANTIZE:
+            raise bad("compress.quantize", f"{self.quantize!r} is not one of {', '.join(QUANTIZE)}")
+
+
+# -- Top-K --------------------------------------------------------------------------------------
+def _kept_masks(tensors: Mapping[str, np.ndarray], fraction: float, scope: str) -> dict[str, np.ndarray]:
+    """Boolean masks of the entries Top-K keeps, per float tensor."""
+    if scope == "global":
+        flat = np.concatenate([np.abs(a).ravel() for a in tensors.values()])
+        k = max(1, math.ceil(fraction * flat.size))
+        threshold = np.partition(flat, flat.size - k)[flat.size - k]
+        return {key: np.abs(a) >= threshold for key, a in tensors.items()}
+    masks = {}
+    for key, array in tensors.items():
+        k = max(1, math.ceil(fraction * array.size))
+        keep = np.zeros(array.size, dtype=bool)
+        keep[np.argpartition(np.abs(array).ravel(), array.size - k)[array.size - k:]] = True
+        masks[key] = keep.reshape(array.shape)
+    return masks
+
+
+def encode_positions(mask: np.ndarray) -> tuple[str, np.ndarray]:
+    """The smallest of a packed bitmap, uint16 gaps and int32 positions for a flat mask."""
+    positions = np.flatnonzero(mask.ravel())
+    gaps = np.diff(positions, prepend=0)
+    candidates = [(MASK, np.packbits(mask.ravel()))]
+    if positions.size == 0 or gaps.max() < 2**16:
+        candidates.append((GAP16, gaps.astype(np.uint16)))
+    candidates.append((ABS32, positions.astype(np.int32)))
+    return min(candidates, key=lambda c: c[1].nbytes)
+
+
+def decode_positions(kind: str, data: np.ndarray, size: int) -> np.ndarray:
+    """Flat positions from one of the encodings above; ValueError for one that cannot be right."""
+    if kind == MASK:
+        if data.dtype != np.uint8 or data.size != (size + 7) // 8:
+            raise ValueError("bitmap of the wrong size")
+        positions = np.flatnonzero(np.unpackbits(data)[:size])
+    elif kind == GAP16:
+        if data.dtype != np.uint16:
+            raise ValueError("gaps are not uint16")
+        positions = np.cumsum(data.astype(np.int64))
+    elif kind == ABS32:
+        if data.dtype != np.int32:
+            raise ValueError("positions are not int32")
+        positions = data.astype(np.int64)
+    else:
+        raise ValueError(f"unknown position encoding {kind!r}")
+    if positions.size and (positions.min() < 0 or positions.max() >= size or np.any(np.diff(positions) <= 0)):
+        raise ValueError("positions out of range or repeated")
+    return positions
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Client step: keep the largest fraction k of the delta's entries, with error feedback."""
+    config: CompressConfig
+    name: str = "top-k"
+
+    def describe(self) -> str:
+        feedback = "with error feedback" if self.config.error_feedback else "no error feedback"
+        return f"keep {100 * self.config.top_k:g}% of entries per {self.config.scope}, {feedback}"
+
+    def __call__(self, update: Update, ctx: StepContext) -> Update:
+        residual: Mapping[str, np.ndarray] = ctx.state.get("residual", {}) if self.config.error_feedback else {}
+        floats = {k: v for k, v in update.tensors.items() if is_float(v)}
+        acc = {k: v + residual[k] if k in residual and residual[k].shape == v.shape else v for k, v in floats.items()}
+        masks = _kept_masks(acc, self.config.top_k, self.config.scope)
+        out: Weights = {k: v for k, v in update.tensors.items() if k not in floats}  # integer buffers stay dense
+        kept = 0
+        for key, array in acc.items():
+            kind, positions = encode_positions(masks[key])
+            out[f"{key}{SEP}{kind}"] = positions
+            out[f"{key}{SEP}{VALUES}"] = np.ascontiguousarray(array[masks[key]])
+            kept += int(masks[key].sum())
+        total = sum(a.size for a in acc.values())
+        info: dict[str, Any] = {"kept": kept, "of": total}
+        if self.config.error_feedback:
+            ctx.state["residual"] = {k: np.where(masks[k], 0, a).astype(a.dtype) for k, a in acc.items()}
+            info["residual_norm"] = float(np.sqrt(sum(float(np.sum(np.square(r, dtype=np.float64)))
+                                                      for r in ctx.state["residual"].values())))
+        return update.with_tensors(out).noted(self.name, **info)
+
+
+# -- quantisation -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Quantize:
+    """Client step: float tensors as float16, or int8 with a per-tensor float32 scale."""
+    config: CompressConfig
+    name: str = "quantize"
+
+    def describe(self) -> str:
+        return ("float tensors as float16" if self.config.quantize == "fp16"
+                else "float tensors as int8, one float32 scale per tensor (max |x| / 127)")
+
+    def __call__(self, update: Update, ctx: StepContext) -> Update:
+        out: Weights = {}
+        for key, array in update.tensors.items():
+            if not is_float(array):
+                out[key] = array
+            elif self.config.quantize == "fp16":
+                out[key] = array.astype(np.float16)
+            else:
+                peak = float(np.max(np.abs(array))) if array.size else 0.0
+                scale = peak / 127 if peak > 0 else 1.0
+                out[key] = np.clip(np.rint(array / scale), -127, 127).astype(np.int8)
+                out[f"{key}{SEP}{SCALE}"] = np.array([scale], dtype=np.float32)
+        return update.with_tensors(out).noted(self.name, format=self.config.quantize)
+
+
+# -- server side --------------------------------------------------------------------------------
+def _dequantize(tensors: Mapping[str, np.ndarray], quantize: str) -> Weights:
+    out: Weights = {}
+    for key, array in tensors.items():
+        if key.endswith(SEP + SCALE):
+            continue
+        if quantize == "int8" and array.dtype == np.int8:
+            scale = tensors.get(f"{key}{SEP}{SCALE}")
+            if scale is None or scale.shape != (1,) or not np.isfinite(scale).all():
+                raise ValueError(f"{key}: int8 tensor without a scale")
+            out[key] = array.astype(np.float32) * np.float32(scale[0])
+        elif quantize == "fp16" and array.dtype == np.float16:
+            out[key] = array.astype(np.float32)
+        else:
+            out[key] = array
+    return out
+
+
+def _densify(tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Weights:
+    out: Weights = {}
+    sparse: dict[str, dict[str, np.ndarray]] = {}
+    for name, array in tensors.items():
+        key, sep, part = name.partition(SEP)
+        if sep:
+            sparse.setdefault(key, {})[part] = array
+        else:
+            out[name] = array
+    for key, parts in sparse.items():
+        if key not in reference:
+            raise ValueError(f"sparse tensor {key} is not in the model")
+        ref = reference[key]
+        kinds = [p for p in parts if p in POSITIONS]
+        if len(kinds) != 1 or VALUES not in parts or len(parts) != 2:
+            raise ValueError(f"{key}: expected kept values and one position encoding, got {sorted(parts)}")
+        positions = decode_positions(kinds[0], parts[kinds[0]], ref.size)
+        values = parts[VALUES]
+        if values.ndim != 1 or values.size != positions.size:
+            raise ValueError(f"{key}: {values.size} values for {positions.size} positions")
+        dense = np.zeros(ref.size, dtype=ref.dtype)
+        dense[positions] = values
+        out[key] = dense.reshape(ref.shape)
+    return out
+
+
+@dataclass(frozen=True)
+class Decode:
+    """Server step: undo the clients' compression (the run config says which) into dense tensors
+    of the global model's dtypes, so that the checks see what will be averaged."""
+    config: CompressConfig
+    name: str = "decode"
+
+    def describe(self) -> str:
+        parts = ["Top-K positions + values" if self.config.top_k else "", {"fp16": "float16", "int8": "int8 + scale",
+                                                                            "none": ""}[self.config.quantize]]
+        return "dense tensors from " + " and ".join(p for p in parts if p)
+
+    def __call__(self, update: Update, ctx: StepContext) -> Update:
+        try:
+            tensors = _dequantize(update.tensors, self.config.quantize)
+            if self.config.top_k:
+                tensors = _densify(tensors, ctx.reference)
+        except (ValueError, IndexError, TypeError) as exc:
+            return update.reject(self.name, f"unreadable update ({exc})")
+        return update.with_tensors(tensors)

@@ -1,0 +1,182 @@
+"""The one place that knows Flower's message keys and records (DESIGN.md).
+
+Down (train): `global` (ArrayRecord of the travelling weights) + `config` (round, run id,
+vocabulary version, local rate, model shape). Up: `delta` (the update's tensors as the client
+chain left them: possibly sparse or quantised), `metrics` (example count, loss, timing),
+`info` (client name, vocabulary version, a refusal) and `steps` (what each client step did, as
+JSON). Everything the client sends is read defensively: a malformed reply becomes a recorded
+rejection, never an exception. `bytes_up`/`bytes_down` are the serialized size of the content
+as Flower sends it (protobuf), measured before any decoding.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+
+from fedocr.federated.pipeline.types import StepRecord, Update, Weights
+from fedocr.federated.store import ClientRecord
+from fedocr.federated.weights import c_order
+from fedocr.model import ModelConfig
+
+MAX_STEP_RECORDS = 16_384  # characters of a client's step records kept (the client controls them)
+
+
+class MalformedMetrics(ValueError):
+    """A reply's metrics that are missing, of the wrong type or not finite."""
+
+
+def to_record(weights: Weights) -> ArrayRecord:
+    return ArrayRecord({k: Array(c_order(v)) for k, v in weights.items()})
+
+
+def from_record(record: ArrayRecord) -> Weights:
+    return {k: arr.numpy() for k, arr in record.items()}
+
+
+def wire_bytes(content: RecordDict) -> int:
+    """Bytes of the message content as serialized for transport."""
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+def model_config_record(config: ModelConfig) -> ConfigRecord:
+    return ConfigRecord({f"model-{k}": v for k, v in config.to_dict().items()})
+
+
+def model_config_from(record: ConfigRecord) -> ModelConfig:
+    values: dict[str, Any] = {k[len("model-"):]: v for k, v in record.items() if k.startswith("model-")}
+    return ModelConfig(**values)
+
+
+# -- down ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainInstruction:
+    round: int
+    weights: Weights
+    model_config: ModelConfig
+    charset_version: str
+    lr: float | None       # the local rate the server resolved for this round
+    run_id: str
+
+
+def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
+                  run_id: str) -> RecordDict:
+    config = model_config_record(model_config)
+    config.update({"server-round": server_round, "charset-version": charset_version, "lr": lr, "run-id": run_id})
+    return RecordDict({"global": to_record(weights), "config": config})
+
+
+def read_train(content: RecordDict) -> TrainInstruction:
+    config = content["config"]
+    return TrainInstruction(int(config["server-round"]), from_record(content["global"]), model_config_from(config),
+                            str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
+                            str(config.get("run-id", "")))
+
+
+def query_content(charset_version: str) -> RecordDict:
+    return RecordDict({"config": ConfigRecord({"charset-version": charset_version})})
+
+
+# -- up -----------------------------------------------------------------------------------------
+def info_record(client: str, charset_version: str) -> ConfigRecord:
+    return ConfigRecord({"client": client, "charset-version": charset_version})
+
+
+def refusal_content(client: str, charset_version: str, reason: str) -> RecordDict:
+    info = info_record(client, charset_version)
+    info["refused"] = reason
+    return RecordDict({"info": info, "metrics": MetricRecord({"num-examples": 0})})
+
+
+def reply_content(update: Update, charset_version: str, metrics: dict[str, float | int]) -> RecordDict:
+    info = info_record(update.client, update.meta.get("charset-version", charset_version))
+    steps = json.dumps([{"step": r.step, "info": r.info} for r in update.records], default=float)
+    return RecordDict({"delta": to_record(update.tensors),
+                       "metrics": MetricRecord({"num-examples": update.examples, **metrics}), "info": info,
+                       "steps": ConfigRecord({"records": steps})})
+
+
+def read_query_reply(reply: Message) -> tuple[str, str] | None:
+    """(client name, vocabulary version) from a query reply, or None for an unusable one."""
+    if reply.has_error() or "info" not in reply.content.config_records:
+        return None
+    info = reply.content["info"]
+    return str(info.get("client", "")), str(info.get("charset-version"))
+
+
+@dataclass
+class Received:
+    """One reply as read: its store record, its update (None when refused or unreadable), and the
+    client's handler and training intervals (wall clock) for the timing split."""
+    record: ClientRecord
+    update: Update | None
+    busy: tuple[float, float] | None = None
+    training: tuple[float, float] | None = None
+
+
+def _metric(metrics: object, key: str, default: float | None = None) -> float:
+    """One numeric metric of a reply, read defensively: the client controls its reply."""
+    value = metrics.get(key, default)  # type: ignore[attr-defined]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise MalformedMetrics(f"{key}: {value!r}")
+    return float(value)
+
+
+def _client_records(content: RecordDict, client: str) -> tuple[StepRecord, ...]:
+    if "steps" not in content.config_records:
+        return ()
+    text = str(content["steps"].get("records", "[]"))[:MAX_STEP_RECORDS]
+    try:
+        items = json.loads(text)
+        return tuple(StepRecord(str(i["step"]), client, dict(i["info"])) for i in items)
+    except (ValueError, TypeError, KeyError):
+        return (StepRecord("protocol", client, {"note": "unreadable step records"}),)
+
+
+def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down: int) -> Received:
+    """Turn one reply into an update to screen, or a recorded rejection (never an exception)."""
+    node_id = str(reply.metadata.src_node_id)
+    if reply.has_error():
+        reason = (reply.error.reason or f"error code {reply.error.code}").strip().splitlines()
+        return Received(ClientRecord(node_name, node_id, False, f"client failed: {reason[-1][:300] if reason else ''}",
+                                     bytes_down=bytes_down), None)
+    content = reply.content
+    info = content["info"] if "info" in content.config_records else ConfigRecord()
+    name = str(info.get("client", node_name))
+    metrics = content["metrics"] if "metrics" in content.metric_records else {}
+    rec = ClientRecord(name, node_id, False, None, bytes_down=bytes_down, bytes_up=wire_bytes(content))
+    received = Received(rec, None)
+    try:
+        examples = _metric(metrics, "num-examples", 0)
+        if not examples.is_integer():
+            raise MalformedMetrics(f"num-examples: {examples!r}")
+        rec.examples = int(examples)
+        rec.loss = None if metrics.get("train-loss") is None else _metric(metrics, "train-loss")
+        if "train-started" in metrics:
+            received.training = (_metric(metrics, "train-started"), _metric(metrics, "train-ended"))
+            received.busy = (_metric(metrics, "started"), _metric(metrics, "ended"))
+            rec.train_seconds = received.training[1] - received.training[0]
+            rec.client_seconds = received.busy[1] - received.busy[0]
+    except MalformedMetrics as exc:
+        rec.reason = f"malformed metrics ({str(exc)[:100]})"
+        received.busy = received.training = None
+        return received
+    if "refused" in info:
+        rec.reason = str(info["refused"])
+    elif info.get("charset-version") != charset_version:
+        rec.reason = f"charset mismatch: server {charset_version}, client {info.get('charset-version')}"
+    elif "delta" not in content.array_records:
+        rec.reason = "reply carries no update"
+    else:
+        try:
+            tensors = from_record(content["delta"])
+        except Exception as exc:  # a malformed array must not end the round
+            rec.reason = f"unreadable update ({type(exc).__name__})"
+            return received
+        received.update = Update(name, tensors, rec.examples, {"train-loss": rec.loss or 0.0},
+                                 records=_client_records(content, name))
+    return received

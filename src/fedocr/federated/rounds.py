@@ -1,0 +1,271 @@
+"""The server's round loop: sample, send, collect until the deadline, run the server chain,
+validate, commit or roll back, checkpoint and record. Flower-agnostic except for the `Grid` it
+talks through (messages are built and read by `protocol`), so the same loop runs under the
+simulation engine and the deployment engine.
+
+Per round (DESIGN.md, the update pipeline, server side): screen each reply (decode -> check)
+-> aggregate the accepted updates (FedAvg, McMahan et al. 2017) -> transform the step (FedAvgM)
+-> apply to w, but only when at least `min-accepted` updates passed (the participation
+threshold) -> validate the candidate on the public set -> the gate commits it or rolls the
+round back -> save the round's model atomically, export the best -> write the round and every
+step's record to the run store -> checkpoint the server state (steps' state included), so a
+restarted server resumes after the last completed round.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedocr.charset import Charset
+from fedocr.data import LineDataset
+from fedocr.federated.config import FlConfig
+from fedocr.federated.orgs import public_lines
+from fedocr.federated.pipeline.build import ServerChain, build_server_chain
+from fedocr.federated.pipeline.transforms import select
+from fedocr.federated.pipeline.types import StepRecord, Weights
+from fedocr.federated.protocol import Received, query_content, read_query_reply, read_reply, train_content, wire_bytes
+from fedocr.federated.report import build_report, write_json
+from fedocr.federated.state import ServerState
+from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
+from fedocr.federated.timing import union_seconds
+from fedocr.federated.validate import server_validation, validate
+from fedocr.federated.vocab import initial_model
+from fedocr.federated.weights import load_weights, model_weights
+from fedocr.model import CRNN, save_checkpoint
+from fedocr.model.checkpoint import provenance
+
+log = logging.getLogger("fedocr.federated")
+Printer = Callable[[str], None]
+
+
+class NotEnoughNodes(RuntimeError):
+    """Fewer nodes connected than the participation threshold, for longer than allowed."""
+
+
+MAX_NAME = 64   # a client's self-reported name is shown and stored; keep it short
+
+
+def sample_clients(node_ids: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
+    """k distinct node ids drawn uniformly (sorted input so a seed gives the same draw)."""
+    ordered = sorted(node_ids)
+    if k >= len(ordered):
+        return ordered
+    return sorted(int(i) for i in rng.choice(ordered, size=k, replace=False))
+
+
+def unique_name(name: str, node_id: str, taken: set[str]) -> str:
+    """`name`, or `name#<node id>` when another node of the round already uses it: names come from
+    the clients, and two nodes with one name must not share (or overwrite) a store row."""
+    name = name[:MAX_NAME] or f"node-{node_id}"
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate = f"{name}#{node_id}" if n == 1 else f"{name}#{node_id}-{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def screen(received: Received, chain: ServerChain, reference: Weights, server_round: int, seed: int) -> Received:
+    """Run the chain's screening steps on one reply; the record says accepted, or why not."""
+    update, rec = received.update, received.record
+    if update is None:
+        return received
+    update = chain.screen_update(update, server_round, seed, reference)
+    norms = [r.info["norm"] for r in update.records if r.step == "check" and "norm" in r.info]
+    rec.update_norm = norms[-1] if norms else None
+    rec.accepted, rec.reason = update.rejected is None, update.rejected
+    received.update = update
+    return received
+
+
+class FederatedServer:
+    """One federated run: its config, chain, global model, validation set, store and output folder."""
+
+    def __init__(self, cfg: FlConfig, flower_run_id: int | None = None, printer: Printer = print) -> None:
+        self.cfg, self.print = cfg, printer
+        self.chain = build_server_chain(cfg.to_run_config())
+        self.out = cfg.out_path()
+        self.out.mkdir(parents=True, exist_ok=True)
+        model, charset, self.init_desc = initial_model(cfg)
+        self.model: CRNN = model
+        self.charset: Charset = charset
+        state = ServerState.load(self.out)
+        if state is not None and state.charset_version != charset.version:
+            raise RuntimeError(f"{self.out}: holds a run on charset {state.charset_version}, this config uses "
+                               f"{charset.version}; use another out-dir")
+        self.resumed = state is not None and state.round > 0
+        self.state = state or ServerState.fresh(model_weights(model), charset.version)
+        self.keys = self.chain.keys(self.state.weights)
+        self.store = RunStore(cfg.store_path())
+        self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
+                             # lr_resolved: the peak local rate; each round records the rate it sent
+                             {**cfg.to_dict(), "initial_model_resolved": self.init_desc, "lr_resolved": cfg.local_lr(),
+                              "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
+        try:
+            self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+        except BaseException as exc:
+            self.store.finish_run(self.state.run_id, "failed", error=f"validation set: {type(exc).__name__}: {exc}")
+            raise
+
+    # -- one round -------------------------------------------------------------------------
+    def _nodes(self, grid: Grid) -> list[int]:
+        deadline = time.time() + self.cfg.wait_for_nodes_s
+        last_note = 0.0
+        while True:
+            nodes = list(grid.get_node_ids())
+            if len(nodes) >= self.cfg.min_accepted:
+                return nodes
+            if time.time() > deadline:
+                raise NotEnoughNodes(f"only {len(nodes)} node(s) connected after {self.cfg.wait_for_nodes_s:.0f} s; "
+                                     f"the participation threshold is {self.cfg.min_accepted}")
+            if time.time() - last_note > 10:
+                self.print(f"waiting for nodes: {len(nodes)}/{self.cfg.min_accepted} connected")
+                last_note = time.time()
+            time.sleep(1.0)
+
+    def _collect(self, grid: Grid, rnd: int, lr: float) -> tuple[list[Received], int, float, float]:
+        """Send the round's task to the sampled nodes; every sampled node gets a record."""
+        cfg, state = self.cfg, self.state
+        nodes = self._nodes(grid)
+        sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
+        # All tensors travel down (a new node needs the head too).
+        content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id)
+        bytes_down = wire_bytes(content)
+        messages = [Message(content, node, "train", group_id=str(rnd), ttl=cfg.round_deadline_s + 30)
+                    for node in sampled]
+        t0 = time.time()
+        replies = list(grid.send_and_receive(messages, timeout=cfg.round_deadline_s))
+        t1 = time.time()
+        reference = select(state.weights, self.keys)
+        received: list[Received] = []
+        taken: set[str] = set()
+        for reply in replies:
+            node = str(reply.metadata.src_node_id)
+            got = read_reply(reply, state.names.get(node, f"node-{node}"), self.charset.version, bytes_down)
+            got.record.client = unique_name(got.record.client, node, taken)
+            if got.update is not None:
+                got.update = got.update.renamed(got.record.client)
+            state.names[node] = got.record.client
+            received.append(screen(got, self.chain, reference, rnd, cfg.seed))
+        seen = {str(r.metadata.src_node_id) for r in replies}
+        for node in (str(n) for n in sampled if str(n) not in seen):
+            name = unique_name(state.names.get(node, f"node-{node}"), node, taken)
+            received.append(Received(ClientRecord(name, node, False, f"dropped: no reply within the "
+                                                  f"{cfg.round_deadline_s:g} s deadline (straggler, crash or "
+                                                  f"disconnect)", bytes_down=bytes_down), None))
+        return received, len(sampled), t0, t1
+
+    def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
+        cfg, state = self.cfg, self.state
+        lr = cfg.round_lr(rnd)  # sent to the clients and recorded with the round: one value for both
+        received, sampled, t0, t1 = self._collect(grid, rnd, lr)
+        accepted = [r.update for r in received if r.update is not None and r.update.rejected is None]
+        steps: list[StepRecord] = [s for r in received if r.update is not None for s in r.update.records]
+        applied = len(accepted) >= cfg.min_accepted
+        note = None
+        v0 = time.time()
+        val_cer, val_loss = state.committed_cer, state.committed_loss
+        if applied:
+            candidate = self.chain.candidate(state.weights, accepted, rnd, cfg.seed, state.steps)  # type: ignore[arg-type]
+            steps += candidate.records
+            load_weights(self.model, candidate.weights)
+            cand_cer, cand_loss, val_note = server_validation(self.model, self.charset, self.val, cfg.aggregate)
+            verdict, gate_records = self.chain.decide(cand_cer, state.committed_cer, rnd, cfg.seed)
+            steps += gate_records
+            if verdict.commit:
+                state.weights, state.steps = candidate.weights, candidate.states
+                state.committed_cer, state.committed_loss = val_cer, val_loss = cand_cer, cand_loss
+                note = val_note
+            else:  # the next round starts from the committed model, with the committed steps' state
+                applied, note = False, verdict.reason
+                load_weights(self.model, state.weights)
+                self.print(f"round {rnd}: {note}")
+        else:
+            note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"
+            self.print(f"round {rnd}: {note}")
+        val_seconds = time.time() - v0
+        busy = [r.busy for r in received if r.busy is not None and r.training is not None]
+        training = [r.training for r in received if r.busy is not None and r.training is not None]
+        train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)  # type: ignore[arg-type]
+        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=sampled, accepted=len(accepted), applied=applied,
+                           lr=lr, train_seconds=train_s, overhead_seconds=max(0.0, (t1 - t0) - busy_s),
+                           val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
+                           clients=sorted((r.record for r in received), key=lambda c: c.client), steps=steps)
+
+    def _save_round(self, record: RoundRecord) -> None:
+        """Round model, best model, store row, then the state: in that order, so a kill at any
+        point leaves either the previous round's state or this round's, never a mix."""
+        rnd, state = record.round, self.state
+        prov = provenance(kind="federated", run_id=state.run_id, round=rnd, federation=self.cfg.federation,
+                          seed=self.cfg.seed, initial_model=self.init_desc, aggregate=self.cfg.aggregate)
+        save_checkpoint(self.out / f"round-{rnd}.pt", self.model, self.charset, prov)
+        if record.val_cer is None:  # no meaningful server-side score (backbone mode): the latest round
+            state.best_round = rnd
+            save_checkpoint(self.out / "model.pt", self.model, self.charset, {**prov, "latest_of_rounds": rnd})
+        elif state.best_cer is None or record.val_cer < state.best_cer:
+            state.best_cer, state.best_round = record.val_cer, rnd
+            save_checkpoint(self.out / "model.pt", self.model, self.charset, {**prov, "best_of_rounds": rnd})
+        self.store.record_round(state.run_id, record)
+        state.round = rnd
+        state.save(self.out)
+
+    def introduce(self, grid: Grid) -> None:
+        """Ask every connected node its name and vocabulary before round 1, so a node that later
+        drops is recorded by name, and a vocabulary mismatch is reported before any training."""
+        nodes = self._nodes(grid)
+        messages = [Message(query_content(self.charset.version), node, "query", ttl=120.0) for node in nodes]
+        taken: set[str] = set()
+        for reply in grid.send_and_receive(messages, timeout=min(60.0, self.cfg.round_deadline_s)):
+            answer = read_query_reply(reply)
+            if answer is None:
+                continue
+            node = str(reply.metadata.src_node_id)
+            name = unique_name(answer[0] or f"node-{node}", node, taken)
+            self.state.names[node] = name
+            if answer[1] != self.charset.version:
+                self.print(f"node {name}: charset {answer[1]} differs from the "
+                           f"server's {self.charset.version}; its updates will be refused")
+        self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
+
+    def run(self, grid: Grid) -> dict:
+        cfg, state = self.cfg, self.state
+        if self.resumed:
+            self.print(f"resuming run {state.run_id} after round {state.round}/{cfg.num_rounds}")
+        status, error = "failed", "the ServerApp stopped unexpectedly"
+        try:
+            load_weights(self.model, state.weights)
+            if state.committed_cer is None and cfg.aggregate != "backbone":  # new run, or a state from before
+                state.committed_cer, state.committed_loss = validate(self.model, self.charset, self.val)
+            if state.round == 0:
+                cer = "n/a" if state.committed_cer is None else f"{state.committed_cer:.4f}"
+                self.print(f"round 0: initial model ({self.init_desc}) val CER {cer}")
+            if state.round < cfg.num_rounds:
+                self.introduce(grid)
+            for rnd in range(state.round + 1, cfg.num_rounds + 1):
+                record = self.run_round(grid, rnd)
+                self._save_round(record)
+                cer = "n/a" if record.val_cer is None else f"{record.val_cer:.4f}"
+                self.print(f"round {rnd}/{cfg.num_rounds}  accepted {record.accepted}/{record.sampled}  "
+                           f"val CER {cer}  {record.seconds + (record.val_seconds or 0):.1f} s"
+                           + ("" if record.applied else "  (not applied)"))
+                for client in record.clients:
+                    if not client.accepted:
+                        self.print(f"    {client.client}: {client.reason}")
+            status, error = "finished", None
+        except NotEnoughNodes as exc:
+            status, error = "stalled", str(exc)
+            self.print(f"run stopped after round {state.round}: {exc}")
+        except BaseException as exc:  # recorded, then re-raised: a dead run must not stay "running"
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            self.print(f"run failed after round {state.round}: {error}")
+            raise
+        finally:
+            self.store.finish_run(state.run_id, status, error=error)
+            report = build_report(self.store, state.run_id)
+            write_json(self.out / "report.json", report)
+        return report
