@@ -113,7 +113,7 @@ def test_a_corrupt_sparse_update_is_rejected_with_a_reason_not_an_exception() ->
     config = CompressConfig(top_k=0.01)
     sent = TopK(config)(Update("bank", delta, 10), _ctx())
     bad = dict(sent.tensors)
-    key = next(k for k in bad if k.startswith("conv.weight@topk.") and not k.endswith(".v"))
+    key = next(k for k in bad if k.startswith("float-tensors@topk.") and not k.endswith(".v"))
     bad[key] = np.full_like(bad[key], 60_000) if bad[key].dtype != np.uint8 else bad[key][:3]
     out = Decode(config)(sent.with_tensors(bad), _ctx(reference=delta))
     assert out.rejected and out.rejected.startswith("unreadable update")

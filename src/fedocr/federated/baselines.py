@@ -65,6 +65,18 @@ def _cer(model: CRNN, charset: Charset, data: LineDataset) -> float:
     return evaluate(torch_logits_fn(model), charset, data).cer
 
 
+def test_sets(cfg: FlConfig, charset: Charset) -> dict[str, LineDataset]:
+    """Each organisation's synthetic test lines (never trained on)."""
+    fed = get_federation(cfg.federation)
+    return {o: org_lines(cfg.federation, o, "test", cfg.test_lines, cfg.seed, charset.version, charset) for o in fed.orgs}
+
+
+def own_and_others_cer(model: CRNN, charset: Charset, test: dict[str, LineDataset], org: str) -> tuple[float, float]:
+    """(CER on `org`'s own test lines, CER on the other organisations' test lines)."""
+    others = ConcatLines([lines for o, lines in test.items() if o != org], f"not-{org}")
+    return _cer(model, charset, test[org]), _cer(model, charset, others)
+
+
 def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the baselines, evaluate all three kinds of model per organisation, save the baselines."""
     fed = get_federation(cfg.federation)
@@ -72,8 +84,7 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
     charset = federated.charset
     train = {o: org_lines(cfg.federation, o, "train", cfg.lines_per_client, cfg.seed, charset.version, charset)
              for o in fed.orgs}
-    test = {o: org_lines(cfg.federation, o, "test", cfg.test_lines, cfg.seed, charset.version, charset)
-            for o in fed.orgs}
+    test = test_sets(cfg, charset)
     out = cfg.out_path()
     models: dict[str, dict[str, CRNN]] = {o: {"federated": federated.model} for o in fed.orgs}
     seconds: dict[str, float] = {}
@@ -89,13 +100,10 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
     clients: dict[str, Any] = {}
     for org in fed.orgs:
         models[org]["centralized"] = central
-        others = ConcatLines([test[o] for o in fed.orgs if o != org], f"not-{org}")
-        clients[org] = {
-            "own_test_cer": {kind: _cer(m, charset, test[org]) for kind, m in models[org].items()},
-            "other_test_cer": {kind: _cer(m, charset, others) for kind, m in models[org].items()},
-        }
+        scores = {kind: own_and_others_cer(m, charset, test, org) for kind, m in models[org].items()}
+        clients[org] = {"own_test_cer": {kind: s[0] for kind, s in scores.items()},
+                        "other_test_cer": {kind: s[1] for kind, s in scores.items()}}
     mean = {kind: float(np.mean([c["own_test_cer"][kind] for c in clients.values()]))
             for kind in ("local_only", "federated", "centralized")}
     return {"clients": clients, "mean_own_test_cer": mean, "baseline_train_seconds": seconds,
             "eval_seconds": time.time() - t0, "federated_model": str(federated_model)}
-

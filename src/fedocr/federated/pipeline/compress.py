@@ -7,12 +7,14 @@ al., "Error Feedback Fixes SignSGD", ICML 2019) what was left out is remembered 
 state on the node and added to the next round's delta, so nothing is lost, only delayed.
 Quantisation sends float tensors as float16, or as int8 with one float32 scale per tensor.
 
-The encoding travels in the tensor names: `KEY@topk.v` holds the kept values and one of
-`KEY@topk.mask` (a packed bitmap), `KEY@topk.gap16` (uint16 gaps between sorted positions) or
-`KEY@topk.abs32` (int32 positions) their positions, whichever is smallest; `KEY@q8.scale` goes
-with an int8 `KEY` (or `KEY@topk.v`). The server's `Decode` step inverts exactly the codecs the
-run config names, against the global model's shapes and dtypes; anything else it cannot read
-rejects the update instead of raising.
+The encoding travels in the tensor names. Top-K sends all float tensors as one flat vector (the
+float tensors in name order, as the global model has them): `float-tensors@topk.v` holds the
+kept values and one of `float-tensors@topk.mask` (a packed bitmap), `...@topk.gap16` (uint16
+gaps between positions) or `...@topk.abs32` (int32 positions) their positions, whichever is
+smallest; one pair for the whole update, since each array costs a header on the wire. Integer
+buffers travel dense. `KEY@q8.scale` goes with an int8 `KEY`. The server's `Decode` step
+inverts exactly the codecs the run config names, against the global model's shapes and dtypes;
+anything it cannot read rejects the update instead of raising.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import StepContext, Update, Weights
 
 SEP = "@"
+FLAT = "float-tensors"   # the one flat vector Top-K sends
 VALUES, MASK, GAP16, ABS32, SCALE = "topk.v", "topk.mask", "topk.gap16", "topk.abs32", "q8.scale"
 POSITIONS = (MASK, GAP16, ABS32)
 QUANTIZE = ("none", "fp16", "int8")
@@ -113,18 +116,17 @@ class TopK:
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:
         residual: Mapping[str, np.ndarray] = ctx.state.get("residual", {}) if self.config.error_feedback else {}
-        floats = {k: v for k, v in update.tensors.items() if is_float(v)}
-        acc = {k: v + residual[k] if k in residual and residual[k].shape == v.shape else v for k, v in floats.items()}
+        floats = sorted(k for k, v in update.tensors.items() if is_float(v))
+        acc = {k: update.tensors[k] + residual[k] if k in residual and residual[k].shape == update.tensors[k].shape
+               else update.tensors[k] for k in floats}
         masks = _kept_masks(acc, self.config.top_k, self.config.scope)
-        out: Weights = {k: v for k, v in update.tensors.items() if k not in floats}  # integer buffers stay dense
-        kept = 0
-        for key, array in acc.items():
-            kind, positions = encode_positions(masks[key])
-            out[f"{key}{SEP}{kind}"] = positions
-            out[f"{key}{SEP}{VALUES}"] = np.ascontiguousarray(array[masks[key]])
-            kept += int(masks[key].sum())
-        total = sum(a.size for a in acc.values())
-        info: dict[str, Any] = {"kept": kept, "of": total}
+        out: Weights = {k: v for k, v in update.tensors.items() if k not in acc}  # integer buffers stay dense
+        if floats:
+            kind, positions = encode_positions(np.concatenate([masks[k].ravel() for k in floats]))
+            out[f"{FLAT}{SEP}{kind}"] = positions
+            out[f"{FLAT}{SEP}{VALUES}"] = np.concatenate([acc[k][masks[k]] for k in floats])
+        info: dict[str, Any] = {"kept": int(sum(m.sum() for m in masks.values())),
+                                "of": int(sum(a.size for a in acc.values()))}
         if self.config.error_feedback:
             ctx.state["residual"] = {k: np.where(masks[k], 0, a).astype(a.dtype) for k, a in acc.items()}
             info["residual_norm"] = float(np.sqrt(sum(float(np.sum(np.square(r, dtype=np.float64)))
@@ -177,28 +179,24 @@ def _dequantize(tensors: Mapping[str, np.ndarray], quantize: str) -> Weights:
 
 
 def _densify(tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Weights:
-    out: Weights = {}
-    sparse: dict[str, dict[str, np.ndarray]] = {}
-    for name, array in tensors.items():
-        key, sep, part = name.partition(SEP)
-        if sep:
-            sparse.setdefault(key, {})[part] = array
-        else:
-            out[name] = array
-    for key, parts in sparse.items():
-        if key not in reference:
-            raise ValueError(f"sparse tensor {key} is not in the model")
-        ref = reference[key]
-        kinds = [p for p in parts if p in POSITIONS]
-        if len(kinds) != 1 or VALUES not in parts or len(parts) != 2:
-            raise ValueError(f"{key}: expected kept values and one position encoding, got {sorted(parts)}")
-        positions = decode_positions(kinds[0], parts[kinds[0]], ref.size)
-        values = parts[VALUES]
-        if values.ndim != 1 or values.size != positions.size:
-            raise ValueError(f"{key}: {values.size} values for {positions.size} positions")
-        dense = np.zeros(ref.size, dtype=ref.dtype)
-        dense[positions] = values
-        out[key] = dense.reshape(ref.shape)
+    """The float tensors from the flat Top-K vector (the reference's float tensors in name order)."""
+    parts = {name.partition(SEP)[2]: a for name, a in tensors.items() if name.startswith(FLAT + SEP)}
+    out: Weights = {k: v for k, v in tensors.items() if not k.startswith(FLAT + SEP)}
+    if not parts:
+        return out
+    kinds = [p for p in parts if p in POSITIONS]
+    if len(kinds) != 1 or VALUES not in parts or len(parts) != 2:
+        raise ValueError(f"expected kept values and one position encoding, got {sorted(parts)}")
+    floats = sorted(k for k, ref in reference.items() if is_float(ref))
+    sizes = [reference[k].size for k in floats]
+    positions = decode_positions(kinds[0], parts[kinds[0]], sum(sizes))
+    values = parts[VALUES]
+    if values.ndim != 1 or values.size != positions.size or not is_float(values):
+        raise ValueError(f"{values.size} values for {positions.size} positions")
+    flat = np.zeros(sum(sizes), dtype=np.float32)
+    flat[positions] = values
+    for key, piece in zip(floats, np.split(flat, np.cumsum(sizes)[:-1])):
+        out[key] = piece.reshape(reference[key].shape).astype(reference[key].dtype)
     return out
 
 

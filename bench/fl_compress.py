@@ -1,0 +1,190 @@
+"""Benchmark: update compression in the federation (issue 11).
+
+Runs the three-organisation federation on Flower's simulation engine once per compression
+setting and seed, and prints and writes bench/results/fl_compress.json (fl_compress_base.json
+for `--federation three-orgs`):
+
+- bytes up per client per round, as serialized on the wire (the reply's protobuf size);
+- the final (last round's) model's mean CER on each organisation's own test set and on the
+  other organisations' test sets;
+- rounds until the server's validation CER first reaches the dense run's final validation CER
+  (same seed); and the local epochs trained until then.
+
+Settings: dense fp32, fp16, int8 (per-tensor scale), Top-10% and Top-1% with and without error
+feedback (their kept values sent as fp16), and periodic synchronisation: 3 local epochs between
+uploads for a third of the rounds (the same local compute as 1 epoch per round). Every setting
+runs with each seed; the table shows the median and [min, max] over seeds. Runs are cached in
+the --out folder, so an interrupted benchmark resumes where it stopped.
+
+    .venv/bin/python bench/fl_compress.py [--federation three-orgs-mini] [--rounds 24] [--lines 160]
+        [--seeds 0,1,2] [--out DIR] [--only NAME,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import print_table, write_result
+
+from fedocr.federated.baselines import own_and_others_cer, test_sets
+from fedocr.federated.config import BASE_MODEL, FlConfig
+from fedocr.federated.simulate import simulate
+from fedocr.model import load_checkpoint
+
+TOP_K_VALUES = {"compress.quantize": "fp16"}  # Top-K rows send their kept values as float16
+SETTINGS: dict[str, dict[str, Any]] = {
+    "dense fp32": {},
+    "fp16": {"compress.quantize": "fp16"},
+    "int8": {"compress.quantize": "int8"},
+    "top-10% + EF": {"compress.top-k": 0.1, **TOP_K_VALUES},
+    "top-10% no EF": {"compress.top-k": 0.1, "compress.error-feedback": False, **TOP_K_VALUES},
+    "top-1% + EF": {"compress.top-k": 0.01, **TOP_K_VALUES},
+    "top-1% no EF": {"compress.top-k": 0.01, "compress.error-feedback": False, **TOP_K_VALUES},
+    "sync every 3 epochs": {"sync": 3},
+}
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One federation with one setting and seed (cached as out/NAME-sSEED.json)."""
+    slug = name.replace(" ", "_").replace("%", "pct").replace("+", "plus")
+    cached = out / f"{slug}-s{seed}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    setting = dict(SETTINGS[name])
+    sync = int(setting.pop("sync", 1))
+    base = args.federation == "three-orgs"
+    run_dir = out / f"{slug}-s{seed}"
+    cfg = FlConfig.from_run_config(
+        {"federation": args.federation, "charset": "default" if base else "mini",
+         "initial-model": str(BASE_MODEL) if base else "scratch", "num-rounds": args.rounds // sync,
+         "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
+         "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
+         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **setting})
+    started = time.time()
+    report = simulate(cfg, baselines=False, printer=lambda s: print(f"  [{name} s{seed}] {s}", flush=True))
+    if report["status"] != "finished":
+        raise SystemExit(f"bench: {name} seed {seed}: run {report['status']}: {report.get('error')}")
+    rounds = report["rounds"]
+    last = load_checkpoint(run_dir / f"round-{rounds[-1]['round']}.pt")
+    test = test_sets(cfg, last.charset)
+    scores = {org: own_and_others_cer(last.model, last.charset, test, org) for org in test}
+    up = [c["bytes_up"] for r in rounds for c in r["clients"] if c["accepted"]]
+    result = {"setting": name, "seed": seed, "rounds": len(rounds), "local_epochs": float(sync),
+              "bytes_up_per_client_round": statistics.median(up), "bytes_up_total": sum(up),
+              "bytes_down_per_client_round": statistics.median(c["bytes_down"] for r in rounds for c in r["clients"]),
+              "val_cer": [r["val_cer"] for r in rounds],
+              "own_test_cer": statistics.mean(s[0] for s in scores.values()),
+              "others_test_cer": statistics.mean(s[1] for s in scores.values()),
+              "per_org": {org: {"own": s[0], "others": s[1]} for org, s in scores.items()},
+              "seconds": time.time() - started}
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def rounds_to_reach(val_cer: list[float], target: float) -> int | None:
+    return next((i + 1 for i, cer in enumerate(val_cer) if cer <= target), None)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    dense = {r["seed"]: r for r in runs["dense fp32"]}
+    rows: dict[str, dict[str, Any]] = {}
+    for name, results in runs.items():
+        reach = [rounds_to_reach(r["val_cer"], dense[r["seed"]]["val_cer"][-1]) for r in results]
+        epochs = [None if n is None else n * r["local_epochs"] for n, r in zip(reach, results)]
+
+        def spread(values: list[Any]) -> dict[str, Any]:
+            known = [v for v in values if v is not None]
+            if not known:
+                return {"median": None, "min": None, "max": None, "values": values}
+            return {"median": statistics.median(known), "min": min(known), "max": max(known), "values": values}
+
+        rows[name] = {"bytes_up_per_client_round": spread([r["bytes_up_per_client_round"] for r in results]),
+                      "bytes_up_total": spread([r["bytes_up_total"] for r in results]),
+                      "own_test_cer": spread([r["own_test_cer"] for r in results]),
+                      "others_test_cer": spread([r["others_test_cer"] for r in results]),
+                      "rounds_to_dense_final_val_cer": spread(reach), "local_epochs_to_dense_final_val_cer":
+                          spread(epochs), "rounds": results[0]["rounds"], "local_epochs": results[0]["local_epochs"],
+                      "never_reached": sum(n is None for n in reach)}
+        dense_row = rows.get("dense fp32")
+        if dense_row:
+            rows[name]["bytes_ratio_vs_dense"] = (dense_row["bytes_up_per_client_round"]["median"]
+                                                  / rows[name]["bytes_up_per_client_round"]["median"])
+            # Paired by seed: relative change of this setting's mean own-test CER against the dense run's.
+            rel = [r["own_test_cer"] / max(dense[r["seed"]]["own_test_cer"], 1e-9) - 1 for r in results]
+            rows[name]["relative_own_cer_change"] = spread(rel)
+    return rows
+
+
+def checks(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def ok(name: str, factor: float, loss: float) -> bool:
+        r = rows[name]
+        return r["bytes_ratio_vs_dense"] >= factor and r["relative_own_cer_change"]["median"] <= loss
+
+    out: dict[str, Any] = {}
+    if {"top-10% + EF", "dense fp32"} <= rows.keys():
+        out["top10_ef_10x_fewer_bytes_within_5pct_cer"] = ok("top-10% + EF", 10, 0.05)
+    if {"top-1% + EF", "dense fp32"} <= rows.keys():
+        out["top1_ef_50x_fewer_bytes_within_15pct_cer"] = ok("top-1% + EF", 50, 0.15)
+    if {"top-1% + EF", "top-1% no EF"} <= rows.keys():
+        ef, no = rows["top-1% + EF"]["own_test_cer"], rows["top-1% no EF"]["own_test_cer"]
+        out["error_feedback_better_at_1pct"] = ef["median"] < no["median"]
+        out["error_feedback_better_at_1pct_every_seed"] = all(a < b for a, b in zip(ef["values"], no["values"]))
+    return out
+
+
+def table(rows: dict[str, dict[str, Any]]) -> None:
+    def fmt(cell: dict[str, Any], digits: int = 4) -> str:
+        if cell["median"] is None:
+            return "never"
+        m, lo, hi = cell["median"], cell["min"], cell["max"]
+        return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if isinstance(m, float) else f"{m} [{lo}, {hi}]"
+
+    headers = ["setting", "rounds x epochs", "KB up/client/round", "x fewer", "own-test CER", "rel. to dense",
+               "others'-test CER", "rounds to dense final"]
+    body = []
+    for name, r in rows.items():
+        body.append([name, f"{r['rounds']} x {r['local_epochs']:g}",
+                     f"{r['bytes_up_per_client_round']['median'] / 1e3:.1f}",
+                     f"{r.get('bytes_ratio_vs_dense', float('nan')):.1f}", fmt(r["own_test_cer"]),
+                     fmt(r["relative_own_cer_change"], 2) if "relative_own_cer_change" in r else "-",
+                     fmt(r["others_test_cer"]), fmt(r["rounds_to_dense_final_val_cer"], 0)
+                     + (f" ({r['never_reached']} never)" if r["never_reached"] else "")])
+    print_table(headers, body)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--federation", choices=["three-orgs-mini", "three-orgs"], default="three-orgs-mini")
+    parser.add_argument("--rounds", type=int, default=24, help="rounds at 1 local epoch (sync-3 runs a third)")
+    parser.add_argument("--lines", type=int, default=160, help="training lines per organisation")
+    parser.add_argument("--test-lines", type=int, default=200)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", help="comma-separated setting names (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/fl-compress"), help="run folders and the run cache")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
+    if "dense fp32" not in names:
+        names.insert(0, "dense fp32")  # every comparison is against it
+    out = (args.out / args.federation).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {name: [run_one(name, seed, args, out) for seed in seeds] for name in names}
+    rows = summarise(runs)
+    table(rows)
+    result = {"federation": args.federation, "seeds": seeds, "rounds_at_1_epoch": args.rounds, "lines": args.lines,
+              "test_lines": args.test_lines, "settings": {n: SETTINGS[n] for n in names}, "rows": rows,
+              "checks": checks(rows), "runs": runs,
+              "command": " ".join(["bench/fl_compress.py", *sys.argv[1:]])}
+    path = write_result("fl_compress" if args.federation == "three-orgs-mini" else "fl_compress_base", result)
+    print(json.dumps(result["checks"], indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The server's rounds with the real ServerApp loop and ClientApp handler, in one process: the
+federation learns, a round that validates worse is rolled back, compressed updates are decoded
+and recorded step by step."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedocr.federated.config import FlConfig
+from fedocr.federated.node_state import load_node_state
+from fedocr.federated.rounds import FederatedServer
+from fedocr.federated.state import ServerState
+from fedocr.federated.store import RunStore
+from fedocr.model import load_checkpoint
+from fl_inprocess import InProcessGrid, task_identity
+
+
+# A tiny mini-vocabulary CRNN after 9 FedAvg rounds from scratch (bench/fl_compress.py, dense, seed 0):
+# past CTC's all-blank plateau, which a model from scratch needs ~70 local steps to leave.
+WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
+
+
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, **settings: object) -> tuple[dict, FlConfig]:
+    task_identity(monkeypatch)
+    torch.set_num_threads(2)
+    cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "charset": "mini", "initial-model": str(WARM),
+                                    "num-rounds": rounds, "lines-per-client": 48, "val-lines": 32, "fraction-train": 1.0,
+                                    "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), **settings})
+    server = FederatedServer(cfg, printer=lambda _: None)
+    report = server.run(InProcessGrid(cfg.to_run_config(), 3))  # type: ignore[arg-type]
+    return report, cfg
+
+
+def _initial_validation() -> tuple[float, float]:
+    from fedocr.federated.orgs import public_lines
+    from fedocr.federated.validate import validate
+
+    start = load_checkpoint(WARM)
+    return validate(start.model, start.charset, public_lines("three-orgs-mini", 32, 0, start.charset.version,
+                                                             start.charset))
+
+
+def test_a_few_fedavg_rounds_lower_the_servers_validation_loss_and_cer(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    report, _ = _run(tmp_path, monkeypatch, rounds=3)
+    cer0, loss0 = _initial_validation()
+    rounds = report["rounds"]
+    assert [r["applied"] for r in rounds] == [True, True, True]
+    assert rounds[-1]["val_loss"] < loss0 and rounds[-1]["val_cer"] < cer0, (loss0, cer0, rounds[-1])
+    assert rounds[-1]["val_loss"] < rounds[0]["val_loss"]
+
+
+def test_a_round_that_validates_worse_is_rolled_back_and_the_next_starts_from_the_committed_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Round 2: every client sends a million times its delta; the norm bound is lifted so only validation can stop it.
+    report, cfg = _run(tmp_path, monkeypatch, rounds=3, **{"rollback.enabled": True, "rollback.tolerance": 0.0,
+                                                            "max-update-norm": 1e30,
+                                                            "faults": "hospital:huge@2,bank:huge@2,school:huge@2"})
+    r1, r2, r3 = report["rounds"]
+    assert r1["applied"] and not r2["applied"] and r2["note"].startswith("rolled back: validation CER")
+    assert r2["val_cer"] == r1["val_cer"]  # the round's model is the committed one
+    gate = [s for s in r2["steps"] if s["step"] == "commit"]
+    assert gate and gate[0]["commit"] is False and gate[0]["candidate_cer"] > gate[0]["committed_cer"]
+    w1, w2 = (load_checkpoint(tmp_path / "out" / f"round-{n}.pt").model.state_dict() for n in (1, 2))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert r3["applied"] and r3["val_cer"] <= r1["val_cer"] + 0.05
+
+
+def test_compressed_updates_are_decoded_recorded_and_their_residuals_kept_on_the_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report, cfg = _run(tmp_path, monkeypatch, rounds=2, **{"compress.top-k": 0.01, "compress.quantize": "int8"})
+    for r in report["rounds"]:
+        assert r["applied"] and r["accepted"] == 3
+        for client in r["clients"]:
+            assert client["bytes_up"] * 30 < client["bytes_down"]  # measured on the wire, before decoding
+        kept = [s for s in r["steps"] if s["step"] == "top-k"]
+        assert {s["client"] for s in kept} == {"hospital", "bank", "school"}
+        assert all(s["kept"] <= 0.011 * s["of"] and s["residual_norm"] > 0 for s in kept)
+    assert report["rounds"][1]["val_loss"] < report["rounds"][0]["val_loss"] * 1.05
+    state = load_node_state(tmp_path / "out" / "node-state" / "bank.npz", report["run_id"])
+    assert state["top-k"]["residual"] and all(np.isfinite(v).all() for v in state["top-k"]["residual"].values())
+    with RunStore(cfg.store_path()) as store:  # the generic table holds what each step did
+        assert {s.step for s in store.rounds(report["run_id"])[0].steps} >= {"top-k", "quantize", "check"}
+    saved = ServerState.load(cfg.out_path())
+    assert saved is not None and saved.committed_cer == report["rounds"][1]["val_cer"]
+    assert json.loads((cfg.out_path() / "report.json").read_text())["rounds"][0]["steps"]
