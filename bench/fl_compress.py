@@ -32,7 +32,8 @@ from typing import Any
 from _common import print_table, write_result
 
 from fedocr.federated.baselines import own_and_others_cer, test_sets
-from fedocr.federated.config import BASE_MODEL, FlConfig
+from fedocr.federated.config import FlConfig
+from fedocr.model.shipped import base_checkpoint
 from fedocr.federated.simulate import simulate
 from fedocr.model import load_checkpoint
 
@@ -61,7 +62,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
     run_dir = out / f"{slug}-s{seed}"
     cfg = FlConfig.from_run_config(
         {"federation": args.federation, "charset": "default" if base else "mini",
-         "initial-model": str(BASE_MODEL) if base else "scratch", "num-rounds": args.rounds // sync,
+         "initial-model": str(base_checkpoint()) if base else "scratch", "num-rounds": args.rounds // sync,
          "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **setting})

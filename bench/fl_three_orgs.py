@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedocr.federated.config import BASE_MODEL, FlConfig
+from fedocr.federated.config import FlConfig
+from fedocr.model.shipped import base_checkpoint
 from fedocr.federated.simulate import simulate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,15 +46,15 @@ def main() -> int:
     parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM momentum (0: plain FedAvg)")
     parser.add_argument("--out", type=Path, help="run folder (default: a temporary one)")
     parser.add_argument("--federation", choices=["three-orgs", "three-orgs-mini"],
-                        default="three-orgs" if BASE_MODEL.is_file() else "three-orgs-mini")
+                        default="three-orgs" if (base_checkpoint() or Path()).is_file() else "three-orgs-mini")
     args = parser.parse_args()
     base = args.federation == "three-orgs"
-    if base and not BASE_MODEL.is_file():
-        parser.error(f"three-orgs starts from the base model, and {BASE_MODEL} is missing")
+    if base and not (base_checkpoint() or Path()).is_file():
+        parser.error("three-orgs starts from the base model, and no models/base.pt was found")
     results = RESULTS / ("fl_three_orgs.json" if base else "fl_three_orgs_mini.json")
     out = (args.out or Path(tempfile.mkdtemp(prefix="fl-bench-"))).resolve()
     cfg = FlConfig(federation=args.federation, charset="default" if base else "mini",
-                   initial_model=str(BASE_MODEL) if base else "scratch", model_size="tiny", num_rounds=args.rounds,
+                   initial_model=str(base_checkpoint()) if base else "scratch", model_size="tiny", num_rounds=args.rounds,
                    local_epochs=args.epochs, lr=args.lr, batch_size=16,
                    client_optimizer=args.optimizer, server_momentum=args.server_momentum, lr_decay=args.lr_decay,
                    fraction_train=1.0, min_accepted=2, lines_per_client=args.lines, test_lines=args.test_lines,

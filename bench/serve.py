@@ -34,7 +34,7 @@ from fedocr.data import SyntheticLines, preprocess
 from fedocr.model import CRNN, ModelConfig, recognize_lines, save_checkpoint, torch_logits_fn
 from fedocr.model.checkpoint import load_checkpoint
 from fedocr.serve.engine import load_engine, onnx_logits_fn
-from fedocr.serve.export import INT8_TOLERANCE, Tolerance, export_onnx
+from fedocr.export import INT8_TOLERANCE, Tolerance, export_onnx
 
 RESULTS = Path(__file__).parent / "results" / "serve.json"
 

@@ -146,8 +146,9 @@ def test_unwritable_output_folder_is_exit_4(synth_set, tmp_path):
 
 def test_no_model_anywhere_is_a_clear_error(tmp_path, monkeypatch):
     from fedocr.cli import common
+    from fedocr.model import shipped
     monkeypatch.delenv("FEDOCR_MODEL", raising=False)
-    monkeypatch.setattr(common, "REPO_MODELS", tmp_path)  # a checkout without models/base.*
+    monkeypatch.setattr(shipped, "shipped_folders", lambda: [tmp_path])  # no package copy, no checkout models/
     with pytest.raises(common.CliError, match="no --model given"):
         common.default_model()
 

@@ -12,9 +12,9 @@ import pytest
 
 from fedocr.data import SyntheticLines, preprocess
 from fedocr.model import pad_lines, torch_logits_fn
-from fedocr.serve import export as export_mod
+from fedocr import export as export_mod
 from fedocr.serve.engine import load_engine
-from fedocr.serve.export import ExportError, Tolerance, compare, export_onnx, ort_logits_fn_from_path
+from fedocr.export import ExportError, Tolerance, compare, export_onnx, ort_logits_fn_from_path
 from serve_fixtures import SMALL, random_model
 
 

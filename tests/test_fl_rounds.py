@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,13 +25,15 @@ from fl_inprocess import InProcessGrid, task_identity
 WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
 
 
-def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, **settings: object) -> tuple[dict, FlConfig]:
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, printer: Any = lambda _: None,
+         **settings: object) -> tuple[dict, FlConfig]:
     task_identity(monkeypatch)
     torch.set_num_threads(2)
     cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "charset": "mini", "initial-model": str(WARM),
                                     "num-rounds": rounds, "lines-per-client": 48, "val-lines": 32, "fraction-train": 1.0,
-                                    "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), **settings})
-    server = FederatedServer(cfg, printer=lambda _: None)
+                                    "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
+                                    **settings})
+    server = FederatedServer(cfg, printer=printer)
     report = server.run(InProcessGrid(cfg.to_run_config(), 3))  # type: ignore[arg-type]
     return report, cfg
 
@@ -52,6 +55,21 @@ def test_a_few_fedavg_rounds_lower_the_servers_validation_loss_and_cer(tmp_path:
     assert [r["applied"] for r in rounds] == [True, True, True]
     assert rounds[-1]["val_loss"] < loss0 and rounds[-1]["val_cer"] < cer0, (loss0, cer0, rounds[-1])
     assert rounds[-1]["val_loss"] < rounds[0]["val_loss"]
+    assert (tmp_path / "out" / "model.onnx").stat().st_size > 0  # the ServerApp publishes the best model
+
+
+def test_a_failed_onnx_export_is_a_one_line_warning_not_a_failed_run(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedocr.export
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("onnxruntime disagrees\nwith PyTorch")
+
+    monkeypatch.setattr(fedocr.export, "export_onnx", broken)
+    printed: list[str] = []
+    report, cfg = _run(tmp_path, monkeypatch, rounds=1, printer=printed.append)
+    assert report["status"] == "finished" and not (cfg.out_path() / "model.onnx").exists()
+    assert f"warning: {cfg.out_path() / 'model.onnx'} not written: onnxruntime disagrees" in printed
 
 
 def test_a_round_that_validates_worse_is_rolled_back_and_the_next_starts_from_the_committed_model(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fedocr.cli import main
@@ -33,31 +34,6 @@ def _no_ray_folders_left() -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_simulate_restores_the_environment_and_removes_its_ray_folder(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import flwr.simulation
-    import torch
-
-    monkeypatch.setenv("FLWR_HOME", "/somewhere/else")
-    monkeypatch.delenv("RAY_TMPDIR", raising=False)
-    before, threads = dict(os.environ), torch.get_num_threads()
-    seen: dict[str, str] = {}
-    cfg = FlConfig(federation="three-orgs-mini", charset="mini", initial_model="scratch", out_dir=str(tmp_path / "o"),
-                   store=str(tmp_path / "runs.db"))
-
-    def fake_run_simulation(**_: object) -> None:
-        seen.update(FLWR_HOME=os.environ["FLWR_HOME"], RAY_TMPDIR=os.environ["RAY_TMPDIR"],
-                    threads=str(torch.get_num_threads()))
-        (tmp_path / "o" / "report.json").write_text(json.dumps({"run_id": "x", "status": "finished"}))
-
-    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
-    assert simulate(cfg, baselines=False)["status"] == "finished"
-    assert seen["FLWR_HOME"] == str(tmp_path / "o" / ".flwr") and seen["threads"] == "1"
-    assert dict(os.environ) == before
-    assert torch.get_num_threads() == threads
-    assert not Path(seen["RAY_TMPDIR"]).exists()
-
-
 SMALL = ["--preset", "three-orgs-mini", "--lines", "48", "--val-lines", "24", "--test-lines", "16",
          "--initial-model", "scratch", "--fraction", "1", "--min-accepted", "2"]
 
@@ -66,10 +42,15 @@ SMALL = ["--preset", "three-orgs-mini", "--lines", "48", "--val-lines", "24", "-
 def test_simulation_writes_report_with_baselines_rejects_bad_updates_and_keeps_the_threshold(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out, store = tmp_path / "out", tmp_path / "runs.db"
+    env = dict(os.environ)
     code = main(["fl", "simulate", *SMALL, "--rounds", "2", "--out", str(out), "--store", str(store),
                  "--deadline", "60", "--set", "faults=school:nan@1,bank:crash@2,hospital:charset@2"])
     assert code == 0
+    # The SuperLink it started, its simulation runtime and Ray are gone; nothing of the run is left.
+    assert psutil.Process().children(recursive=True) == []
+    assert not list(Path("/tmp").glob(f"fedocr-ray-{os.getpid()}-*")) and dict(os.environ) == env
     printed = capsys.readouterr().out
+    assert "\x1b[" not in printed and "DEPRECATED" not in printed and "FutureWarning" not in printed
     assert "round 1/2  accepted 2/3" in printed and "round 2/2  accepted 1/3" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "three-orgs-mini" and report["config"]["num_rounds"] == 2
@@ -91,7 +72,7 @@ def test_simulation_writes_report_with_baselines_rejects_bad_updates_and_keeps_t
         assert set(final["other_test_cer"]) == {"local_only", "federated", "centralized"}
     ckpt = load_checkpoint(out / "round-2.pt")
     assert ckpt.provenance["run_id"] == report["run_id"] and ckpt.provenance["round"] == 2
-    assert (out / "model.pt").is_file() and (out / "centralized.pt").is_file()
+    assert (out / "model.pt").is_file() and (out / "centralized.pt").is_file() and (out / "model.onnx").is_file()
     assert main(["fl", "runs", "--store", str(store)]) == 0
     assert report["run_id"] in capsys.readouterr().out
     assert main(["fl", "show", report["run_id"][:6], "--store", str(store)]) == 0
@@ -117,14 +98,22 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     log = (tmp_path / "first.log").open("w")
     # Its own session, so the kill below reaches the run's Ray processes too.
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started: dict[int, psutil.Process] = {}  # the SuperLink starts its runtimes detached: remember them by PID
     try:
         deadline = time.time() + 300
         while _rounds_in_store(store) < 1 and proc.poll() is None and time.time() < deadline:
+            started.update((c.pid, c) for c in psutil.Process(proc.pid).children(recursive=True))
             time.sleep(1)
         assert _rounds_in_store(store) >= 1, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the server dies mid-run, like a crashed host
+        for child in started.values():
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(list(started.values()), timeout=30)
         proc.wait(timeout=30)
         log.close()
     first = _round_one(store)
@@ -139,6 +128,7 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     saved = ServerState.load(out)  # FedAvgM's velocity is the momentum step's state, checkpointed with round 1
     assert saved is not None and saved.steps["fedavgm"]["velocity"].keys() == saved.weights.keys()
     report = simulate(cfg, baselines=False, printer=lines.append)
+    assert psutil.Process().children(recursive=True) == []
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert _round_one(store) == first  # the completed round was kept, not redone
     assert report["rounds"][1]["accepted"] == 3

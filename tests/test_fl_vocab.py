@@ -36,7 +36,7 @@ def test_auto_start_and_local_rate_follow_the_starting_point(monkeypatch, tmp_pa
 
     base = tmp_path / "base.pt"
     base.write_bytes(b"stand-in: only its existence matters here")
-    monkeypatch.setattr(config, "BASE_MODEL", base)
+    monkeypatch.setenv("FEDOCR_MODEL", str(base))
     from_base = config.FlConfig(federation="three-orgs", initial_model="auto")
     mini = config.FlConfig(federation="three-orgs-mini", charset="mini", initial_model="auto")
     assert from_base.initial_model_path() == base and from_base.local_lr() == config.FINETUNE_LR

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fedocr.data import SyntheticLines
 from fedocr.serve.app import ServeConfig, create_app
-from fedocr.serve.export import export_onnx
+from fedocr.export import export_onnx
 from fedocr.serve.images import Limits
 from serve_fixtures import SMALL, live_server, png, png_header_only, random_model, render_page
 

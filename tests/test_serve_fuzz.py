@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                status_code_conformance)
 
 from fedocr.serve.app import ServeConfig, create_app
-from fedocr.serve.export import export_onnx
+from fedocr.export import export_onnx
 from serve_fixtures import fixed_lines_small, random_model
 
 EXAMPLES = 20          # per operation and generation mode

@@ -13,7 +13,7 @@ import pytest
 
 from fedocr.data import SyntheticLines
 from fedocr.serve.engine import load_engine
-from fedocr.serve.export import export_onnx
+from fedocr.export import export_onnx
 from serve_fixtures import live_server, png, render_page
 
 CHROMIUM = Path("/usr/bin/chromium")

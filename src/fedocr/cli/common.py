@@ -13,9 +13,6 @@ from fedocr.model import CheckpointError
 
 EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT = 1, 3, 4
 
-# The shipped base model (issue: base model); `--model` overrides, FEDOCR_MODEL too.
-REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
-DEFAULT_MODEL_NAMES = ("base.onnx", "base.pt")
 
 
 class CliError(Exception):
@@ -45,14 +42,14 @@ def error_exit_code(exc: BaseException) -> int | None:
 
 
 def default_model() -> Path:
-    """--model's default: $FEDOCR_MODEL, else the shipped base model."""
-    env = os.environ.get("FEDOCR_MODEL")
-    if env:
-        return Path(env)
-    for name in DEFAULT_MODEL_NAMES:
-        if (REPO_MODELS / name).is_file():
-            return REPO_MODELS / name
-    raise CliError(f"no --model given and no shipped model in {REPO_MODELS}; train one with `fedocr train`")
+    """--model's default: $FEDOCR_MODEL, else the shipped base model (package, then checkout)."""
+    from fedocr.model.shipped import shipped_folders, shipped_model
+
+    found = shipped_model()
+    if found is None:
+        where = " or ".join(str(f) for f in shipped_folders())
+        raise CliError(f"no --model given and no shipped model in {where}; train one with `fedocr train`")
+    return found
 
 
 def check_writable_file(path: Path) -> Path:

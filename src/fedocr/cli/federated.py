@@ -38,7 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     p.add_argument("--no-baselines", action="store_true", help="skip local-only and centralized baselines")
+    p.add_argument("--dry-run", action="store_true", help="print the update pipeline this config builds and stop")
     p.set_defaults(run=run_simulate)
+
+    p = fl_sub.add_parser("steps", help="print the client and server chains of the update pipeline a run config builds",
+                          description="Print, in order, the client steps (after local training) and the server steps "
+                                      "(per reply, then per round) that a run config builds, with each step's "
+                                      "settings. Keys as in pyproject.toml's [tool.flwr.app.config], e.g. "
+                                      "--set compress.top-k=0.1 --set server-momentum=0.9.")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a run-config key")
+    p.set_defaults(run=run_steps)
 
     p = fl_sub.add_parser("runs", help="list the runs in the run store")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
@@ -76,24 +85,23 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise CliError(f"unknown preset {args.preset!r}; choose one of {', '.join(FEDERATIONS)}", 2)
     values: dict[str, Any] = {"federation": args.preset, "num-rounds": args.rounds, "out-dir": str(args.out.resolve()),
                               "store": str(_store_path(args.store))}
-    if FEDERATIONS[args.preset].mini:
-        values["charset"] = "mini"
     for flag, key in [("local_epochs", "local-epochs"), ("lr", "lr"), ("lr_decay", "lr-decay"), ("batch_size", "batch-size"),
                       ("fraction", "fraction-train"), ("min_accepted", "min-accepted"), ("aggregate", "aggregate"),
                       ("initial_model", "initial-model"), ("lines", "lines-per-client"), ("test_lines", "test-lines"),
                       ("val_lines", "val-lines"), ("deadline", "round-deadline-s"), ("seed", "seed")]:
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--set {item!r}: expected KEY=VALUE", 2)
-        values[key.strip()] = value.strip()
+    values.update(_settings(args.set))
     try:
         cfg = FlConfig.from_run_config(values)
         start = cfg.initial_model_path()
     except ConfigError as exc:
         raise CliError(str(exc), 2) from exc
+    if args.dry_run:
+        from fedocr.federated.pipeline.build import describe
+
+        print(describe(cfg.to_run_config()))
+        return 0
     if start is None and not FEDERATIONS[args.preset].mini:
         print("fedocr: note: no base model (models/base.pt): starting from scratch with the full vocabulary, which "
               "does not learn in minutes on a CPU; try --preset three-orgs-mini", file=sys.stderr)
@@ -106,31 +114,33 @@ def run_simulate(args: argparse.Namespace) -> int:
     if report.get("final"):
         print(format_final(report["final"]))
     print(f"wrote {cfg.out_path() / 'report.json'} (run {report['run_id']})")
-    export_best_model(cfg.out_path() / "model.pt")
     if report["status"] != "finished":
         raise CliError(f"run {report['run_id']} {report['status']}: {report.get('error') or 'see the log above'}",
                        EXIT_FAILURE)
     return 0
 
 
-def export_best_model(model_pt: Path) -> None:
-    """model.onnx next to the run's best model.pt (DESIGN.md), for the ONNX Runtime serving engine.
+def _settings(items: list[str]) -> dict[str, str]:
+    """--set KEY=VALUE pairs (values are typed by the config that reads them)."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set {item!r}: expected KEY=VALUE", 2)
+        values[key.strip()] = value.strip()
+    return values
 
-    Here and not in `federated`, which may not import `serve`. A failed export costs the run
-    nothing: it is reported as a one-line warning (`fedocr export` can retry it).
-    """
-    if not model_pt.is_file():
-        return
-    from fedocr.serve.export import export_onnx
 
-    onnx = model_pt.with_suffix(".onnx")
+def run_steps(args: argparse.Namespace) -> int:
+    from fedocr.federated.config import ConfigError, FlConfig
+    from fedocr.federated.pipeline.build import describe
+
     try:
-        export_onnx(model_pt, onnx)
-    except Exception as exc:  # noqa: BLE001 - any failure of the export is a warning, not a crash
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"fedocr: warning: {onnx} not written: {reason}", file=sys.stderr)
-        return
-    print(f"wrote {onnx}")
+        cfg = FlConfig.from_run_config(_settings(args.set))
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from exc
+    print(describe(cfg.to_run_config()))
+    return 0
 
 
 def format_final(final: dict[str, Any]) -> str:

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fedocr.serve.export import ExportError, export_onnx, sample_lines
+    from fedocr.export import ExportError, export_onnx, sample_lines
     from fedocr.model import load_checkpoint
 
     if args.lines < 1:

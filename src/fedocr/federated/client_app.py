@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedocr.data import EncodedLines, LineDataset
@@ -31,7 +31,7 @@ from fedocr.federated.orgs import folder_data, get_federation, synthetic_org_dat
 from fedocr.federated.pipeline.build import build_client_chain
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
-from fedocr.federated.protocol import info_record, read_train, refusal_content, reply_content
+from fedocr.federated.protocol import query_reply_content, read_train, refusal_content, reply_content
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN
@@ -42,7 +42,12 @@ def node_name(context: Context, cfg: FlConfig) -> str:
     node = context.node_config
     if "data-path" in node:
         return str(node.get("name") or f"node-{context.node_id}")
-    return get_federation(cfg.federation).orgs[int(node["partition-id"])]
+    orgs = get_federation(cfg.federation).orgs
+    partition = int(node["partition-id"])
+    if not 0 <= partition < len(orgs):
+        raise ValueError(f"partition-id {partition}: federation {cfg.federation} has {len(orgs)} organisations "
+                         f"({', '.join(orgs)}); run it with {len(orgs)} SuperNodes")
+    return orgs[partition]
 
 
 def node_data(context: Context, cfg: FlConfig, charset: object) -> tuple[str, LineDataset]:
@@ -50,6 +55,7 @@ def node_data(context: Context, cfg: FlConfig, charset: object) -> tuple[str, Li
     node = context.node_config
     if "data-path" in node:
         return node_name(context, cfg), folder_data(str(node["data-path"]))
+    node_name(context, cfg)  # refuses a partition the federation does not have
     return synthetic_org_data(cfg.federation, int(node["partition-id"]), "train", cfg.lines_per_client,
                               cfg.seed, charset)  # type: ignore[arg-type]
 
@@ -124,7 +130,8 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | Non
     cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
     pinned = context.node_config.get("charset-version")
     version = str(pinned) if pinned else expected_charset(cfg).version
-    return Message(RecordDict({"info": info_record(node_name(context, cfg), version)}), reply_to=msg)
+    simulated = "data-path" not in context.node_config
+    return Message(query_reply_content(node_name(context, cfg), version, simulated), reply_to=msg)
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:

@@ -20,13 +20,12 @@ from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.drills import DrillConfig
 from fedocr.federated.pipeline.settings import StepConfigError, coerce
 from fedocr.federated.pipeline.transforms import AggregateConfig
+from fedocr.model.shipped import base_checkpoint
 from fedocr.train import TrainConfig
 
 # Where a relative out-dir or store path is resolved: the ServerApp's working directory is the
 # SuperLink's, which says nothing to the operator, so relative paths go under one known root.
 RUNS_ROOT_ENV = "FEDOCR_RUNS"
-# The shipped base model; `initial-model = "auto"` uses it when present.
-BASE_MODEL = Path(__file__).resolve().parents[3] / "models" / "base.pt"
 SCRATCH_LR, FINETUNE_LR = 3e-3, 1e-4  # AdamW rates for local training from scratch / from a trained model
 MIN_LR_RATIO = 0.05                   # where `lr-decay = cosine` ends, as a share of the local rate
 
@@ -55,9 +54,9 @@ class FlConfig:
     fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
     min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
     aggregate: Aggregate = AggregateConfig.aggregate  # "backbone": each client keeps its own CTC head (FedPer)
-    initial_model: str = "auto"        # "auto" (models/base.pt if present and charset is default, else scratch), "scratch" or a .pt path
+    initial_model: str = "auto"        # "auto" (models/base.pt for the default vocabulary, else scratch), "scratch" or a .pt path
     model_size: str = "tiny"           # CRNN size when starting from scratch
-    charset: str = "default"           # vocabulary when starting from scratch: "default" or "mini"
+    charset: str = "auto"              # vocabulary from scratch: "default", "mini", or "auto" (mini for a mini federation)
     federation: str = "three-orgs"     # synthetic organisations in simulation (see federated.orgs)
     lines_per_client: int = 400        # synthetic training lines per organisation (simulation)
     test_lines: int = 100              # synthetic test lines per organisation (final report)
@@ -70,6 +69,7 @@ class FlConfig:
     out_dir: str = "fl-run"            # models, state and report.json (relative: under $FEDOCR_RUNS)
     store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
     run_name: str = ""                 # label shown by `fedocr fl runs` (default: the out-dir name)
+    baselines: bool = True             # after the last round: train local-only and centralized baselines (simulation)
     faults: str = DrillConfig.faults   # drills only: "client:kind@round,..." kind = crash|hang|nan|huge|charset
     # The steps' own dotted keys (`compress.top-k = 0.1`, `rollback.enabled = true`), with their defaults.
     steps: dict[str, Any] = field(default_factory=section_defaults)
@@ -103,8 +103,8 @@ class FlConfig:
             raise bad("model_size", f"{self.model_size!r} is not one of {', '.join(SIZES)}")
         if self.federation not in FEDERATIONS:
             raise bad("federation", f"{self.federation!r} is not one of {', '.join(FEDERATIONS)}")
-        if self.charset not in ("default", "mini"):
-            raise bad("charset", f"{self.charset!r} is not 'default' or 'mini'")
+        if self.charset not in ("auto", "default", "mini"):
+            raise bad("charset", f"{self.charset!r} is not 'auto', 'default' or 'mini'")
         if not self.round_deadline_s > 0:
             raise bad("round_deadline_s", "must be positive")
         for key in ("lines_per_client", "test_lines", "val_lines"):
@@ -158,7 +158,7 @@ class FlConfig:
         if self.initial_model == "scratch":
             return None
         if self.initial_model == "auto":
-            return BASE_MODEL if self.auto_starts_from_base() else None
+            return base_checkpoint() if self.auto_starts_from_base() else None
         path = Path(self.initial_model).expanduser()
         if not path.is_absolute():
             raise ConfigError(f"run config initial-model: use an absolute path, got {self.initial_model!r}")
@@ -169,7 +169,17 @@ class FlConfig:
     def auto_starts_from_base(self) -> bool:
         """'auto' means the shipped base model, except for a run that names the mini vocabulary,
         which the base model's 6,946 classes cannot serve."""
-        return self.initial_model == "auto" and self.charset != "mini" and BASE_MODEL.is_file()
+        base = base_checkpoint()
+        return self.initial_model == "auto" and self.vocabulary() != "mini" and base is not None and base.is_file()
+
+    def vocabulary(self) -> str:
+        """The named vocabulary: "auto" is the mini one for a mini federation (its tiny model from
+        scratch), else the default GB2312 one."""
+        if self.charset != "auto":
+            return self.charset
+        from fedocr.federated.orgs import FEDERATIONS
+
+        return "mini" if FEDERATIONS[self.federation].mini else "default"
 
     def local_lr(self) -> float:
         """The learning rate clients (and baselines) use. Fine-tuning a trained model at a

@@ -100,12 +100,25 @@ def reply_content(update: Update, charset_version: str, metrics: dict[str, float
                        "steps": ConfigRecord({"records": steps})})
 
 
-def read_query_reply(reply: Message) -> tuple[str, str] | None:
-    """(client name, vocabulary version) from a query reply, or None for an unusable one."""
+@dataclass(frozen=True)
+class NodeInfo:
+    client: str
+    charset_version: str
+    simulated: bool     # a virtual SuperNode of a synthetic organisation (simulation engine)
+
+
+def query_reply_content(client: str, charset_version: str, simulated: bool) -> RecordDict:
+    info = info_record(client, charset_version)
+    info["simulated"] = simulated
+    return RecordDict({"info": info})
+
+
+def read_query_reply(reply: Message) -> NodeInfo | None:
+    """Who a node is, from its query reply, or None for an unusable one."""
     if reply.has_error() or "info" not in reply.content.config_records:
         return None
     info = reply.content["info"]
-    return str(info.get("client", "")), str(info.get("charset-version"))
+    return NodeInfo(str(info.get("client", "")), str(info.get("charset-version")), info.get("simulated") is True)
 
 
 @dataclass

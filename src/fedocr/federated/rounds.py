@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from flwr.serverapp import Grid
 from fedocr.charset import Charset
 from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import public_lines
+from fedocr.federated.orgs import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline.types import StepRecord, Weights
@@ -99,12 +100,14 @@ class FederatedServer:
             raise RuntimeError(f"{self.out}: holds a run on charset {state.charset_version}, this config uses "
                                f"{charset.version}; use another out-dir")
         self.resumed = state is not None and state.round > 0
+        self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
         self.state = state or ServerState.fresh(model_weights(model), charset.version)
         self.keys = self.chain.keys(self.state.weights)
         self.store = RunStore(cfg.store_path())
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
                              # lr_resolved: the peak local rate; each round records the rate it sent
                              {**cfg.to_dict(), "initial_model_resolved": self.init_desc, "lr_resolved": cfg.local_lr(),
+                              "model_resolved": self.model.config.to_dict(), "vocabulary_resolved": cfg.vocabulary(),
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
         try:
             self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
@@ -216,27 +219,65 @@ class FederatedServer:
 
     def introduce(self, grid: Grid) -> None:
         """Ask every connected node its name and vocabulary before round 1, so a node that later
-        drops is recorded by name, and a vocabulary mismatch is reported before any training."""
+        drops is recorded by name, and a vocabulary mismatch is reported before any training. In
+        simulation, refuse a federation whose organisations do not each have a SuperNode (`flwr
+        run` simulates 2 unless told otherwise, which would silently leave one out)."""
         nodes = self._nodes(grid)
         messages = [Message(query_content(self.charset.version), node, "query", ttl=120.0) for node in nodes]
         taken: set[str] = set()
+        answers = []
         for reply in grid.send_and_receive(messages, timeout=min(60.0, self.cfg.round_deadline_s)):
             answer = read_query_reply(reply)
             if answer is None:
                 continue
+            answers.append(answer)
             node = str(reply.metadata.src_node_id)
-            name = unique_name(answer[0] or f"node-{node}", node, taken)
+            name = unique_name(answer.client or f"node-{node}", node, taken)
             self.state.names[node] = name
-            if answer[1] != self.charset.version:
-                self.print(f"node {name}: charset {answer[1]} differs from the "
+            if answer.charset_version != self.charset.version:
+                self.print(f"node {name}: charset {answer.charset_version} differs from the "
                            f"server's {self.charset.version}; its updates will be refused")
+        self.simulated = bool(answers) and all(a.simulated for a in answers)
+        orgs = get_federation(self.cfg.federation).orgs
+        if self.simulated and (len(nodes) != len(orgs) or sorted(a.client for a in answers) != sorted(orgs)):
+            raise NotEnoughNodes(f"federation {self.cfg.federation} has {len(orgs)} organisations "
+                                 f"({', '.join(orgs)}) but {len(nodes)} simulated SuperNode(s) connected "
+                                 f"({', '.join(sorted(a.client for a in answers)) or 'none answered'}); with `flwr run` "
+                                 f"pass --federation-config num-supernodes={len(orgs)}")
         self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
+
+    def final_phase(self) -> dict | None:
+        """After the last round, in simulation: the local-only and centralized baselines and the
+        per-organisation table, on the last round's model (the same training compute)."""
+        if not (self.cfg.baselines and self.simulated):
+            return None
+        from fedocr.federated.baselines import final_evaluation
+
+        return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print)
+
+    def publish(self) -> None:
+        """model.onnx next to the best model.pt, verified against PyTorch (a failed export is a
+        one-line warning: `fedocr export` can retry it, and the run loses nothing)."""
+        from fedocr.export import export_onnx
+
+        model_pt = self.out / "model.pt"
+        if not model_pt.is_file():
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_onnx(model_pt, model_pt.with_suffix(".onnx"))
+        except Exception as exc:  # noqa: BLE001 - any failure of the export is a warning, not a crash
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.print(f"warning: {model_pt.with_suffix('.onnx')} not written: {reason}")
+            return
+        self.print(f"wrote {model_pt.with_suffix('.onnx')}")
 
     def run(self, grid: Grid) -> dict:
         cfg, state = self.cfg, self.state
         if self.resumed:
             self.print(f"resuming run {state.run_id} after round {state.round}/{cfg.num_rounds}")
-        status, error = "failed", "the ServerApp stopped unexpectedly"
+        status, error, final = "failed", "the ServerApp stopped unexpectedly", None
         try:
             load_weights(self.model, state.weights)
             if state.committed_cer is None and cfg.aggregate != "backbone":  # new run, or a state from before
@@ -244,8 +285,7 @@ class FederatedServer:
             if state.round == 0:
                 cer = "n/a" if state.committed_cer is None else f"{state.committed_cer:.4f}"
                 self.print(f"round 0: initial model ({self.init_desc}) val CER {cer}")
-            if state.round < cfg.num_rounds:
-                self.introduce(grid)
+            self.introduce(grid)
             for rnd in range(state.round + 1, cfg.num_rounds + 1):
                 record = self.run_round(grid, rnd)
                 self._save_round(record)
@@ -256,6 +296,7 @@ class FederatedServer:
                 for client in record.clients:
                     if not client.accepted:
                         self.print(f"    {client.client}: {client.reason}")
+            final = self.final_phase()
             status, error = "finished", None
         except NotEnoughNodes as exc:
             status, error = "stalled", str(exc)
@@ -265,7 +306,9 @@ class FederatedServer:
             self.print(f"run failed after round {state.round}: {error}")
             raise
         finally:
-            self.store.finish_run(state.run_id, status, error=error)
+            self.store.finish_run(state.run_id, status, final=final, error=error)
             report = build_report(self.store, state.run_id)
             write_json(self.out / "report.json", report)
+        if status == "finished":
+            self.publish()
         return report

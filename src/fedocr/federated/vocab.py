@@ -5,7 +5,7 @@ import functools
 from pathlib import Path
 
 from fedocr.charset import Charset
-from fedocr.federated.config import BASE_MODEL, FlConfig
+from fedocr.federated.config import FlConfig
 from fedocr.federated.orgs import named_charset
 from fedocr.model import CRNN, ModelConfig, load_checkpoint
 
@@ -16,11 +16,11 @@ def initial_model(cfg: FlConfig) -> tuple[CRNN, Charset, str]:
     if path is not None:
         ckpt = load_checkpoint(path)
         return ckpt.model, ckpt.charset, str(path)
-    charset = named_charset(cfg.charset)
+    charset = named_charset(cfg.vocabulary())
     import torch
 
     torch.manual_seed(cfg.seed)  # a fresh model's init is part of the run's seeded provenance
-    return CRNN(ModelConfig(len(charset), cfg.model_size)), charset, f"scratch ({cfg.model_size}, {cfg.charset} charset)"
+    return CRNN(ModelConfig(len(charset), cfg.model_size)), charset, f"scratch ({cfg.model_size}, {cfg.vocabulary()} charset)"
 
 
 def expected_charset(cfg: FlConfig) -> Charset:
@@ -33,13 +33,13 @@ def expected_charset(cfg: FlConfig) -> Charset:
     """
     path: Path | None = None
     if cfg.initial_model == "auto":
-        path = BASE_MODEL if cfg.auto_starts_from_base() else None
+        path = cfg.initial_model_path()
     elif cfg.initial_model != "scratch":
         path = Path(cfg.initial_model).expanduser()
     if path is not None and path.is_absolute() and path.is_file():
         stat = path.stat()
         return _checkpoint_charset(str(path), stat.st_mtime_ns, stat.st_size)
-    return named_charset(cfg.charset)
+    return named_charset(cfg.vocabulary())
 
 
 @functools.lru_cache(maxsize=4)

@@ -24,7 +24,7 @@ from fedocr.charset import Charset
 from fedocr.data import preprocess
 from fedocr.model import Decoded, LogitsFn, load_checkpoint, recognize_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
-from fedocr.serve.export import FORMAT, OUTPUT_NAME, file_digest
+from fedocr.export import FORMAT, OUTPUT_NAME, file_digest
 from fedocr.serve.segment import SegmentConfig, split_lines
 
 Backend = Literal["onnx", "torch"]
