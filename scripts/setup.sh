@@ -28,4 +28,10 @@ PYTHON=${PYTHON:-python3}
 # other package from pulling a CUDA build or torchvision.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[dev]"
+# `source .venv/bin/activate` then gives `flwr run .` what it needs here: the flower-* commands on
+# PATH (activate does that), no per-run `uv sync` of the app's dependencies (offline it fails,
+# online it pulls a CUDA torch), no telemetry or update check.
+if ! grep -q "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION" .venv/bin/activate; then
+  printf '\n# fedocr: settings for Flower (scripts/setup.sh)\nexport FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0\n' >> .venv/bin/activate
+fi
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -8,21 +8,22 @@ from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 
-from fedocr.federated.client_app import handle_query, handle_train
+from fedocr.federated.client_app import handle_evaluate, handle_query, handle_train
 
 
 class InProcessGrid:
     """One virtual node per organisation (partition-id 0..n-1), node ids 101, 102, ..."""
 
-    def __init__(self, run_config: dict[str, Any], nodes: int) -> None:
-        self.contexts = {100 + i + 1: Context(run_id=1, node_id=100 + i + 1, node_config={"partition-id": i},
-                                              state=RecordDict(), run_config=run_config) for i in range(nodes)}
+    def __init__(self, run_config: dict[str, Any], nodes: int, node_configs: list[dict[str, Any]] | None = None) -> None:
+        configs = node_configs or [{"partition-id": i} for i in range(nodes)]
+        self.contexts = {101 + i: Context(run_id=1, node_id=101 + i, node_config=config, state=RecordDict(),
+                                          run_config=run_config) for i, config in enumerate(configs)}
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        handlers = {"train": handle_train, "query": handle_query}
+        handlers = {"train": handle_train, "query": handle_query, "evaluate": handle_evaluate}
         return [handlers[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id]) for m in messages]
 
 

@@ -26,7 +26,7 @@ WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
 
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, printer: Any = lambda _: None,
-         **settings: object) -> tuple[dict, FlConfig]:
+         node_configs: list[dict[str, Any]] | None = None, **settings: object) -> tuple[dict, FlConfig]:
     task_identity(monkeypatch)
     torch.set_num_threads(2)
     cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "charset": "mini", "initial-model": str(WARM),
@@ -34,7 +34,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, printer: 
                                     "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
                                     **settings})
     server = FederatedServer(cfg, printer=printer)
-    report = server.run(InProcessGrid(cfg.to_run_config(), 3))  # type: ignore[arg-type]
+    report = server.run(InProcessGrid(cfg.to_run_config(), 3, node_configs))  # type: ignore[arg-type]
     return report, cfg
 
 
@@ -106,3 +106,34 @@ def test_compressed_updates_are_decoded_recorded_and_their_residuals_kept_on_the
     saved = ServerState.load(cfg.out_path())
     assert saved is not None and saved.committed_cer == report["rounds"][1]["val_cer"]
     assert json.loads((cfg.out_path() / "report.json").read_text())["rounds"][0]["steps"]
+
+
+def test_deployment_nodes_evaluate_on_their_own_held_out_lines_and_build_the_final_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedocr.cli import main
+    from fedocr.data import write_line_set
+    from fedocr.federated.orgs import synthetic_org_data
+
+    start = load_checkpoint(WARM)
+    nodes = []
+    for partition, name in ((0, "clinic"), (1, "lender")):
+        _, lines = synthetic_org_data("three-orgs-mini", partition, "train", 60, 5, start.charset)
+        write_line_set(tmp_path / name, lines)
+        nodes.append({"data-path": str(tmp_path / name), "name": name, "threads": 1})
+    report, cfg = _run(tmp_path, monkeypatch, rounds=2, node_configs=nodes,
+                       **{"eval-every": 1, "eval-local-baseline": True})
+    for r in report["rounds"]:
+        evals = {s["client"]: s for s in r["steps"] if s["step"] == "evaluate"}
+        assert set(evals) == {"clinic", "lender"} and all(e["lines"] == 6 for e in evals.values())  # every 10th line
+        assert all(0 <= e["cer"] <= 1.5 for e in evals.values())
+        assert all(c["examples"] == 54 for c in r["clients"])  # the held-out lines are never trained on
+    final = report["final"]
+    assert final["source"].startswith("federated evaluation")
+    for name in ("clinic", "lender"):
+        scores = final["clients"][name]["own_test_cer"]
+        last = [s for s in report["rounds"][-1]["steps"] if s["step"] == "evaluate" and s["client"] == name][0]
+        assert scores["federated"] == last["cer"] and "local_only" in scores
+    assert "local_only_cer" not in [s for s in report["rounds"][0]["steps"] if s["step"] == "evaluate"][0]
+    assert main(["fl", "show", report["run_id"], "--store", str(cfg.store_path())]) == 0
+    shown = capsys.readouterr().out
+    assert "clinic       held-out CER" in shown and "federated evaluation" in shown

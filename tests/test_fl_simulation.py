@@ -139,3 +139,17 @@ def _round_one(store: Path) -> dict[str, tuple[bool, str]]:
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT client, accepted, reason FROM clients WHERE round=1").fetchall()
     return {c: (bool(a), r or "") for c, a, r in rows}
+
+
+@pytest.mark.slow
+def test_a_simulation_with_a_fixed_seed_gives_the_same_models(tmp_path: Path) -> None:
+    import torch
+
+    weights = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt
+        code = main(["fl", "simulate", *SMALL, "--rounds", "2", "--out", str(out), "--store", str(out / "runs.db"),
+                     "--no-baselines", "--set", "compress.top-k=0.1", "--set", "server-momentum=0.5"])
+        assert code == 0
+        weights.append(load_checkpoint(out / "round-2.pt").model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -144,13 +144,20 @@ def run_steps(args: argparse.Namespace) -> int:
 
 
 def format_final(final: dict[str, Any]) -> str:
-    """The report's per-organisation CER table."""
+    """The report's per-organisation CER table (a kind a run did not measure shows as -)."""
     kinds = ("local_only", "federated", "centralized")
+
+    def cell(scores: dict[str, float] | None, kind: str, width: int) -> str:
+        value = (scores or {}).get(kind)
+        return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+
     lines = [f"{'organisation':<14}" + "".join(f"{'own ' + k:>18}" for k in kinds)
              + "".join(f"{'others ' + k:>21}" for k in kinds)]
     for org, c in final["clients"].items():
-        lines.append(f"{org:<14}" + "".join(f"{c['own_test_cer'][k]:>18.4f}" for k in kinds)
-                     + "".join(f"{c['other_test_cer'][k]:>21.4f}" for k in kinds))
+        lines.append(f"{org:<14}" + "".join(cell(c.get("own_test_cer"), k, 18) for k in kinds)
+                     + "".join(cell(c.get("other_test_cer"), k, 21) for k in kinds))
+    if final.get("source"):
+        lines.append(f"({final['source']})")
     return "\n".join(lines)
 
 
@@ -197,6 +204,10 @@ def run_show(args: argparse.Namespace) -> int:
             status = "accepted" if c["accepted"] else f"rejected: {c['reason']}"
             norm = f"{c['update_norm']:.3g}" if c["update_norm"] is not None else "-"
             print(f"    {c['id']:<12} examples {c['examples']:>5}  norm {norm:>8}  up {c['bytes_up']:>9} B  {status}")
+        for e in (s for s in r.get("steps", []) if s["step"] == "evaluate" and "cer" in s):
+            local = f"  local-only CER {e['local_only_cer']:.4f}" if "local_only_cer" in e else ""
+            print(f"    {e['client']:<12} held-out CER {e['cer']:.4f}  line accuracy {e['line_accuracy']:.3f}  "
+                  f"({e.get('lines', 0):.0f} lines){local}")
     if report["final"]:
         print(format_final(report["final"]))
     return 0

@@ -1,13 +1,13 @@
 """Preprocessing, synthetic rendering, dataset readers and batching."""
 from fedocr.data.batch import EncodedLines, WidthBucketSampler, collate
-from fedocr.data.datasets import (ConcatLines, DatasetError, InMemoryLines, LabelFileDataset, LineDataset, LmdbDataset, SyntheticLines,
+from fedocr.data.datasets import (ConcatLines, DatasetError, InMemoryLines, LabelFileDataset, LineDataset, LmdbDataset, SubsetLines, SyntheticLines,
                                   decode_image, open_dataset, read_image)
 from fedocr.data.preprocess import preprocess
 from fedocr.data.presets import PRESETS, UnknownPreset, get_preset
 from fedocr.data.writer import write_line_set
 
 __all__ = [
-    "PRESETS", "ConcatLines", "DatasetError", "EncodedLines", "InMemoryLines", "LabelFileDataset", "LineDataset", "LmdbDataset", "SyntheticLines",
+    "PRESETS", "ConcatLines", "DatasetError", "EncodedLines", "InMemoryLines", "LabelFileDataset", "LineDataset", "LmdbDataset", "SubsetLines", "SyntheticLines",
     "UnknownPreset", "WidthBucketSampler", "collate", "decode_image", "get_preset", "open_dataset",
     "preprocess", "read_image", "write_line_set",
 ]

@@ -167,6 +167,20 @@ class InMemoryLines(LineDataset):
         return (text for _, text in self.items)
 
 
+class SubsetLines(LineDataset):
+    """The lines of another data set at the given indices, in that order (a held-out split)."""
+
+    def __init__(self, source: LineDataset, indices: Sequence[int], name: str) -> None:
+        self.source, self.indices = source, list(indices)
+        self.name, self.render_version = name, source.render_version
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:  # type: ignore[override]
+        return self.source[self.indices[index]]
+
+
 class ConcatLines(LineDataset):
     """Several line sets read as one, in order (lazily: nothing is decoded twice)."""
 

@@ -61,6 +61,11 @@ def _train(cfg: FlConfig, charset: Charset, data: LineDataset) -> tuple[CRNN, fl
     return model, result.seconds
 
 
+def train_baseline(cfg: FlConfig, charset: Charset, data: LineDataset) -> CRNN:
+    """A local-only model of `data`: the federation's initial model, recipe and training budget."""
+    return _train(cfg, charset, data)[0]
+
+
 def _cer(model: CRNN, charset: Charset, data: LineDataset) -> float:
     return evaluate(torch_logits_fn(model), charset, data).cer
 

@@ -24,18 +24,21 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedocr.data import EncodedLines, LineDataset
+from fedocr.charset import Charset
+from fedocr.data import EncodedLines, LineDataset, SubsetLines
 from fedocr.federated.config import FlConfig, local_recipe
 from fedocr.federated.node_state import load_node_state, save_node_state
 from fedocr.federated.orgs import folder_data, get_federation, synthetic_org_data
 from fedocr.federated.pipeline.build import build_client_chain
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
-from fedocr.federated.protocol import query_reply_content, read_train, refusal_content, reply_content
+from fedocr.federated.protocol import (evaluate_reply_content, query_reply_content, read_evaluate, read_train,
+                                      refusal_content, reply_content)
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
-from fedocr.model import CRNN
-from fedocr.train import TrainConfig, Trainer
+from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
+from fedocr.model.checkpoint import provenance
+from fedocr.train import TrainConfig, Trainer, evaluate
 
 
 def node_name(context: Context, cfg: FlConfig) -> str:
@@ -50,14 +53,30 @@ def node_name(context: Context, cfg: FlConfig) -> str:
     return orgs[partition]
 
 
-def node_data(context: Context, cfg: FlConfig, charset: object) -> tuple[str, LineDataset]:
-    """(client name, training lines) of this node."""
+HOLD_OUT_EVERY = 10   # without a test-path, every 10th line of a node's data is held out for evaluation
+
+
+def _split(context: Context, split: str) -> LineDataset:
+    """A deployment node's training lines or held-out lines: its `test-path`, else every 10th line
+    of its `data-path` (never trained on)."""
+    node = context.node_config
+    data = folder_data(str(node["data-path"]))
+    if "test-path" in node:
+        return data if split == "train" else folder_data(str(node["test-path"]))
+    held = [i for i in range(len(data)) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1]
+    kept = [i for i in range(len(data)) if i % HOLD_OUT_EVERY != HOLD_OUT_EVERY - 1]
+    return SubsetLines(data, kept if split == "train" else held, f"{data.name}:{split}")
+
+
+def node_data(context: Context, cfg: FlConfig, charset: object, split: str = "train") -> tuple[str, LineDataset]:
+    """(client name, its training lines or, with split "test", its held-out lines) of this node."""
     node = context.node_config
     if "data-path" in node:
-        return node_name(context, cfg), folder_data(str(node["data-path"]))
+        return node_name(context, cfg), _split(context, split)
     node_name(context, cfg)  # refuses a partition the federation does not have
-    return synthetic_org_data(cfg.federation, int(node["partition-id"]), "train", cfg.lines_per_client,
-                              cfg.seed, charset)  # type: ignore[arg-type]
+    n = cfg.lines_per_client if split == "train" else cfg.test_lines
+    return synthetic_org_data(cfg.federation, int(node["partition-id"]), split, n, cfg.seed,
+                              charset)  # type: ignore[arg-type]
 
 
 def state_path(context: Context, cfg: FlConfig, name: str) -> Path:
@@ -125,6 +144,40 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     return Message(reply_content(update, mine, metrics), reply_to=msg)
 
 
+def local_only_model(cfg: FlConfig, context: Context, name: str, run_id: str, charset: Charset) -> CRNN:
+    """This node's local-only baseline (its own lines, the federation's recipe and budget), trained
+    once per run and kept on the node's disk."""
+    from fedocr.federated.baselines import train_baseline
+
+    path = state_path(context, cfg, name).with_name(f"{name}.local-only.pt")
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        if ckpt.provenance.get("run_id") == run_id:
+            return ckpt.model
+    model = train_baseline(cfg, charset, node_data(context, cfg, charset)[1])
+    save_checkpoint(path, model, charset, provenance(kind="local-only", org=name, run_id=run_id))
+    return model
+
+
+def handle_evaluate(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
+    """Federated evaluation: the global model (with this node's personal state, e.g. its own
+    head) on this node's held-out lines; only the scores leave the node."""
+    cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+    _threads(context)
+    task, local_baseline = read_evaluate(msg.content)
+    charset = expected_charset(cfg)
+    name, held_out = node_data(context, cfg, charset, "test")
+    chain = build_client_chain(cfg.to_run_config())
+    model = CRNN(task.model_config)
+    load_weights(model, chain.start_weights(task.weights, load_node_state(state_path(context, cfg, name), task.run_id)))
+    report = evaluate(torch_logits_fn(model), charset, held_out)
+    metrics = {"cer": report.cer, "line-accuracy": report.line_accuracy, "lines": report.n}
+    if local_baseline:
+        local = evaluate(torch_logits_fn(local_only_model(cfg, context, name, task.run_id, charset)), charset, held_out)
+        metrics.update({"local-only-cer": local.cer, "local-only-line-accuracy": local.line_accuracy})
+    return Message(evaluate_reply_content(name, charset.version, metrics), reply_to=msg)
+
+
 def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
     """Who this node is and which vocabulary it expects (no data leaves the node)."""
     cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
@@ -142,6 +195,10 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         return handle_train(msg, context, overrides)
+
+    @client_app.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context, overrides)
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -70,6 +70,8 @@ class FlConfig:
     store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
     run_name: str = ""                 # label shown by `fedocr fl runs` (default: the out-dir name)
     baselines: bool = True             # after the last round: train local-only and centralized baselines (simulation)
+    eval_every: int = 0                # federated evaluation on each node's held-out lines every k rounds (0: last round only)
+    eval_local_baseline: bool = False  # at the last round each node also trains and scores its own local-only model
     faults: str = DrillConfig.faults   # drills only: "client:kind@round,..." kind = crash|hang|nan|huge|charset
     # The steps' own dotted keys (`compress.top-k = 0.1`, `rollback.enabled = true`), with their defaults.
     steps: dict[str, Any] = field(default_factory=section_defaults)
@@ -107,6 +109,8 @@ class FlConfig:
             raise bad("charset", f"{self.charset!r} is not 'auto', 'default' or 'mini'")
         if not self.round_deadline_s > 0:
             raise bad("round_deadline_s", "must be positive")
+        if self.eval_every < 0:
+            raise bad("eval_every", "must be 0 (the last round only) or more")
         for key in ("lines_per_client", "test_lines", "val_lines"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")

@@ -77,6 +77,38 @@ def read_train(content: RecordDict) -> TrainInstruction:
                             str(config.get("run-id", "")))
 
 
+def evaluate_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, run_id: str,
+                     local_baseline: bool) -> RecordDict:
+    """Federated evaluation: the committed model, to score on the node's own held-out lines."""
+    content = train_content(weights, model_config, server_round, charset_version, 0.0, run_id)
+    content["config"]["local-baseline"] = local_baseline
+    return content
+
+
+def read_evaluate(content: RecordDict) -> tuple[TrainInstruction, bool]:
+    return read_train(content), bool(content["config"].get("local-baseline", False))
+
+
+EVAL_METRICS = ("cer", "line-accuracy", "lines", "local-only-cer", "local-only-line-accuracy")
+
+
+def evaluate_reply_content(client: str, charset_version: str, metrics: dict[str, float]) -> RecordDict:
+    """Scores only: a node never sends its lines."""
+    return RecordDict({"info": info_record(client, charset_version), "metrics": MetricRecord(metrics)})
+
+
+def read_evaluate_reply(reply: Message) -> tuple[str, dict[str, float]] | None:
+    """(client name, its scores) from an evaluation reply, or None for a failed or malformed one."""
+    if reply.has_error() or "metrics" not in reply.content.metric_records or "info" not in reply.content.config_records:
+        return None
+    metrics = reply.content["metrics"]
+    try:
+        scores = {k.replace("-", "_"): _metric(metrics, k) for k in EVAL_METRICS if k in metrics}
+    except MalformedMetrics:
+        return None
+    return (str(reply.content["info"].get("client", "")), scores) if "cer" in scores else None
+
+
 def query_content(charset_version: str) -> RecordDict:
     return RecordDict({"config": ConfigRecord({"charset-version": charset_version})})
 

@@ -29,7 +29,8 @@ from fedocr.federated.orgs import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline.types import StepRecord, Weights
-from fedocr.federated.protocol import Received, query_content, read_query_reply, read_reply, train_content, wire_bytes
+from fedocr.federated.protocol import (Received, evaluate_content, query_content, read_evaluate_reply, read_query_reply,
+                                      read_reply, train_content, wire_bytes)
 from fedocr.federated.report import build_report, write_json
 from fedocr.federated.state import ServerState
 from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
@@ -192,6 +193,8 @@ class FederatedServer:
             note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"
             self.print(f"round {rnd}: {note}")
         val_seconds = time.time() - v0
+        if rnd == cfg.num_rounds or (cfg.eval_every and rnd % cfg.eval_every == 0):
+            steps += self.federated_evaluation(grid, rnd)
         busy = [r.busy for r in received if r.busy is not None and r.training is not None]
         training = [r.training for r in received if r.busy is not None and r.training is not None]
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)  # type: ignore[arg-type]
@@ -246,14 +249,45 @@ class FederatedServer:
                                  f"pass --federation-config num-supernodes={len(orgs)}")
         self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
 
-    def final_phase(self) -> dict | None:
-        """After the last round, in simulation: the local-only and centralized baselines and the
-        per-organisation table, on the last round's model (the same training compute)."""
-        if not (self.cfg.baselines and self.simulated):
-            return None
-        from fedocr.federated.baselines import final_evaluation
+    def federated_evaluation(self, grid: Grid, rnd: int) -> list[StepRecord]:
+        """Every connected node scores the committed model on its own held-out lines (DESIGN.md:
+        the server has none of them) and answers with scores only; at the last round a node also
+        scores its local-only model when the run config asks for it."""
+        cfg, state = self.cfg, self.state
+        content = evaluate_content(state.weights, self.model.config, rnd, self.charset.version, state.run_id,
+                                   cfg.eval_local_baseline and rnd == cfg.num_rounds)
+        nodes = list(grid.get_node_ids())
+        messages = [Message(content, node, "evaluate", group_id=f"eval-{rnd}", ttl=cfg.round_deadline_s + 30)
+                    for node in nodes]
+        records = []
+        for reply in grid.send_and_receive(messages, timeout=cfg.round_deadline_s):
+            node = str(reply.metadata.src_node_id)
+            answer = read_evaluate_reply(reply)
+            name = state.names.get(node, f"node-{node}")
+            if answer is None:
+                records.append(StepRecord("evaluate", name, {"failed": True}))
+                continue
+            records.append(StepRecord("evaluate", name, answer[1]))
+            self.print(f"    {name}: held-out CER {answer[1]['cer']:.4f} on {answer[1].get('lines', 0):.0f} lines")
+        return records
 
-        return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print)
+    def final_phase(self) -> dict | None:
+        """After the last round. In simulation: the local-only and centralized baselines and the
+        per-organisation table, on the last round's model (the same training compute). In a
+        deployment the table is the nodes' own federated evaluation of the last round."""
+        if self.simulated and self.cfg.baselines:
+            from fedocr.federated.baselines import final_evaluation
+
+            return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print)
+        rounds = self.store.rounds(self.state.run_id)
+        evals = [s for s in (rounds[-1].steps if rounds else []) if s.step == "evaluate" and "cer" in s.info]
+        if not evals:
+            return None
+        clients = {s.client: {"own_test_cer": {"federated": s.info["cer"],
+                                               **({"local_only": s.info["local_only_cer"]}
+                                                  if "local_only_cer" in s.info else {})},
+                              "own_test_lines": s.info.get("lines")} for s in evals}
+        return {"clients": clients, "source": "federated evaluation: each node's held-out lines, last round"}
 
     def publish(self) -> None:
         """model.onnx next to the best model.pt, verified against PyTorch (a failed export is a
