@@ -141,3 +141,7 @@ class ApplyStep:
 
     def __call__(self, weights: Mapping[str, np.ndarray], step: Weights, ctx: StepContext) -> Weights:
         return apply_update(weights, step, self.config.server_lr)
+
+
+def transform_steps(config: MomentumConfig) -> list[ServerMomentum]:
+    return [ServerMomentum(config)] if config.momentum else []

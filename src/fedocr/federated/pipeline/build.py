@@ -3,8 +3,9 @@
 Client (after local training): [local head] -> [Top-K] -> [quantise] -> [drill].
 Server, per reply: [decode] -> check; then aggregate (FedAvg) -> [momentum] -> apply -> the
 caller validates -> commit gate. Steps in brackets are there only when the run config asks for
-them, so FedAvg is the chain with no optional steps. A new feature is one step module, its
-config dataclass and one line here.
+them, so FedAvg is the chain with no optional steps. A new feature is one step module (its
+steps, its config dataclass and the factories that turn the config into steps) and one line of
+FEATURES here.
 
 Each step draws from its own random stream, seeded from (run seed, round, node, step), so a
 run with a fixed seed repeats. Its state is the chain owner's to keep: the server checkpoints
@@ -14,28 +15,43 @@ from __future__ import annotations
 
 import copy
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedocr.federated.pipeline.aggregate import (ApplyConfig, ApplyStep, FedAvg, MomentumConfig,
-                                                 ServerMomentum)
-from fedocr.federated.pipeline.checks import CheckConfig, CheckUpdate
-from fedocr.federated.pipeline.compress import CompressConfig, Decode, Quantize, TopK
-from fedocr.federated.pipeline.drills import Drill, DrillConfig
+from fedocr.federated.pipeline import aggregate, checks, compress, drills, transforms
+from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
+from fedocr.federated.pipeline.checks import CheckConfig
+from fedocr.federated.pipeline.compress import CompressConfig
+from fedocr.federated.pipeline.drills import DrillConfig
 from fedocr.federated.pipeline.gate import CommitGate, RollbackConfig
 from fedocr.federated.pipeline.settings import StepConfig, bad
-from fedocr.federated.pipeline.transforms import AggregateConfig, LocalHead, aggregated_keys
+from fedocr.federated.pipeline.transforms import AggregateConfig, aggregated_keys
 from fedocr.federated.pipeline.types import (Aggregate, Aggregator, Applier, ClientStep, Gate, ScreenStep,
                                              StepContext, StepRecord, StepState, StepTransform, Update,
                                              Verdict, Weights)
 
-# Every step config the builders read. Their flat keys (`server-lr`, `aggregate`, ...) predate the
-# pipeline and are also typed fields of FlConfig; dotted keys (`compress.top-k`) are the steps' alone.
-STEP_CONFIGS: tuple[type[StepConfig], ...] = (AggregateConfig, CompressConfig, DrillConfig, CheckConfig,
-                                              MomentumConfig, ApplyConfig, RollbackConfig)
+@dataclass(frozen=True)
+class Feature:
+    """A feature of the pipeline: its config and the steps it adds on each side, in chain order."""
+    config: type[StepConfig]
+    client: Callable[[Any], list[Any]] | None = None      # after local training
+    screen: Callable[[Any], list[Any]] | None = None      # per reply on the server
+    transform: Callable[[Any], list[Any]] | None = None   # on the aggregated step
+
+
+# One line per feature; the order of the lines is the order of the steps on each side.
+FEATURES = (
+    Feature(AggregateConfig, client=transforms.client_steps),
+    Feature(CompressConfig, client=compress.client_steps, screen=compress.screen_steps),
+    Feature(DrillConfig, client=drills.client_steps),   # last: a drilled update is broken as sent
+    Feature(CheckConfig, screen=checks.screen_steps),
+    Feature(MomentumConfig, transform=aggregate.transform_steps),
+)
+# Every config the builders read (the applier's and the gate's fill fixed slots of the chain).
+STEP_CONFIGS: tuple[type[StepConfig], ...] = (*(f.config for f in FEATURES), ApplyConfig, RollbackConfig)
 States = dict[str, StepState]
 
 
@@ -132,33 +148,23 @@ class ServerChain:
         return self.gate(candidate_cer, committed_cer, ctx), ctx.notes
 
 
+def _steps(rc: Mapping[str, Any], side: str) -> list[Any]:
+    steps: list[Any] = []
+    for feature in FEATURES:
+        make = getattr(feature, side)
+        if make is not None:
+            steps += make(feature.config.from_run_config(rc))
+    return steps
+
+
 def build_client_chain(rc: Mapping[str, Any]) -> ClientChain:
-    steps: list[ClientStep] = []
-    if AggregateConfig.from_run_config(rc).aggregate == "backbone":
-        steps.append(LocalHead())
-    compress = CompressConfig.from_run_config(rc)
-    if compress.top_k:
-        steps.append(TopK(compress))
-    if compress.quantize != "none":
-        steps.append(Quantize(compress))
-    drill = DrillConfig.from_run_config(rc)
-    if drill.faults:
-        steps.append(Drill(drill))  # last: a drilled update is broken as sent, the node's own state is not
-    return ClientChain(tuple(steps))
+    return ClientChain(tuple(_steps(rc, "client")))
 
 
 def build_server_chain(rc: Mapping[str, Any]) -> ServerChain:
-    screen: list[ScreenStep] = []
-    compress = CompressConfig.from_run_config(rc)
-    if compress.top_k or compress.quantize != "none":
-        screen.append(Decode(compress))
-    screen.append(CheckUpdate(CheckConfig.from_run_config(rc)))
-    transforms: list[StepTransform] = []
-    momentum = MomentumConfig.from_run_config(rc)
-    if momentum.momentum:
-        transforms.append(ServerMomentum(momentum))
-    return ServerChain(tuple(screen), FedAvg(), tuple(transforms), ApplyStep(ApplyConfig.from_run_config(rc)),
-                       CommitGate(RollbackConfig.from_run_config(rc)), AggregateConfig.from_run_config(rc).aggregate)
+    return ServerChain(tuple(_steps(rc, "screen")), FedAvg(), tuple(_steps(rc, "transform")),
+                       ApplyStep(ApplyConfig.from_run_config(rc)), CommitGate(RollbackConfig.from_run_config(rc)),
+                       AggregateConfig.from_run_config(rc).aggregate)
 
 
 def validate_run_config(rc: Mapping[str, Any]) -> None:

@@ -98,3 +98,7 @@ class CheckUpdate:
         if reason is None or reason.startswith("update norm"):  # the norm means something only then
             update = update.noted(self.name, norm=l2_norm(update.tensors))
         return update.reject(self.name, reason) if reason else update
+
+
+def screen_steps(config: CheckConfig) -> list[CheckUpdate]:
+    return [CheckUpdate(config)]

@@ -220,3 +220,17 @@ class Decode:
         except (ValueError, IndexError, TypeError) as exc:
             return update.reject(self.name, f"unreadable update ({exc})")
         return update.with_tensors(tensors)
+
+
+def client_steps(config: CompressConfig) -> list[Any]:
+    """Top-K, then quantisation (of the kept values too), as the run config asks."""
+    steps: list[Any] = []
+    if config.top_k:
+        steps.append(TopK(config))
+    if config.quantize != "none":
+        steps.append(Quantize(config))
+    return steps
+
+
+def screen_steps(config: CompressConfig) -> list[Any]:
+    return [Decode(config)] if config.top_k or config.quantize != "none" else []

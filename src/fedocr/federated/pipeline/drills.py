@@ -92,3 +92,7 @@ class Drill:
         else:  # huge
             tensors = {k: (v * 1e6).astype(v.dtype) if is_float(v) else v for k, v in tensors.items()}
         return update.with_tensors(tensors).noted(self.name, fault=kind)
+
+
+def client_steps(config: DrillConfig) -> list[Drill]:
+    return [Drill(config)] if config.faults else []

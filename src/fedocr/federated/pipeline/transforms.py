@@ -68,3 +68,7 @@ class LocalHead:
         ctx.state["head"] = {k: np.asarray(ctx.reference[k] + v, dtype=v.dtype) for k, v in head.items()}
         kept = {k: v for k, v in update.tensors.items() if k not in head}
         return update.with_tensors(kept).noted(self.name, kept_local=len(head))
+
+
+def client_steps(config: AggregateConfig) -> list[LocalHead]:
+    return [LocalHead()] if config.aggregate == "backbone" else []
