@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,9 +17,14 @@ SAMPLE = ROOT / "bench" / "data" / "browser-lines" / "images" / "000013.png"
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "models" / "base.onnx").is_file(), reason="needs the shipped base model")
 def test_an_installed_wheel_reads_a_line_with_the_model_it_carries(tmp_path: Path) -> None:
+    # Built from a copy, so setuptools' build/ folder is not left in the checkout.
+    source = tmp_path / "source"
+    for part in ("pyproject.toml", "README.md", "src", "models"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
+        copy(ROOT / part, source / part, **({"symlinks": True} if copy is shutil.copytree else {}))  # type: ignore[operator]
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     (wheel,) = wheels.glob("fedocr-*.whl")
     # A fresh venv that reuses this environment's dependencies (torch, onnxruntime: no download)
     # through a .pth line, but not its editable fedocr, whose .pth is not processed from there.
