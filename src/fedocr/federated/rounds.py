@@ -226,10 +226,12 @@ class FederatedServer:
         simulation, refuse a federation whose organisations do not each have a SuperNode (`flwr
         run` simulates 2 unless told otherwise, which would silently leave one out)."""
         nodes = self._nodes(grid)
-        messages = [Message(query_content(self.charset.version), node, "query", ttl=120.0) for node in nodes]
+        # Not bound by a short round deadline: a simulation's first contact waits for its actors to start.
+        messages = [Message(query_content(self.charset.version), node, "query", ttl=max(120.0, self.cfg.round_deadline_s))
+                    for node in nodes]
         taken: set[str] = set()
         answers = []
-        for reply in grid.send_and_receive(messages, timeout=min(60.0, self.cfg.round_deadline_s)):
+        for reply in grid.send_and_receive(messages, timeout=max(60.0, self.cfg.round_deadline_s)):
             answer = read_query_reply(reply)
             if answer is None:
                 continue
