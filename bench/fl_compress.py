@@ -31,10 +31,10 @@ from typing import Any
 
 from _common import print_table, write_result
 
-from fedocr.federated.baselines import own_and_others_cer, test_sets
+from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.federated.config import FlConfig
 from fedocr.model.shipped import base_checkpoint
-from fedocr.federated.simulate import simulate
+from fedocr.federated.sim.simulate import simulate
 from fedocr.model import load_checkpoint
 
 TOP_K_VALUES = {"compress.quantize": "fp16"}  # Top-K rows send their kept values as float16

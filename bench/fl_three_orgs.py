@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fedocr.federated.config import FlConfig
 from fedocr.model.shipped import base_checkpoint
-from fedocr.federated.simulate import simulate
+from fedocr.federated.sim.simulate import simulate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("local_only", "federated", "centralized")

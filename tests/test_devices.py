@@ -9,7 +9,7 @@ from fedocr.data.devices import DEVICES
 from fedocr.data.fonts import installed_faces
 from fedocr.data.presets import with_device
 from fedocr.data.render import Conditions, render_line
-from fedocr.federated.orgs import DEVICE_RATE, ORG_DEVICES, get_federation
+from fedocr.data.organisations import DEVICE_RATE, ORG_DEVICES, get_federation
 
 BASE_MODEL = Path(__file__).resolve().parents[1] / "models" / "base.pt"
 

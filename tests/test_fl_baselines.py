@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 import torch
 
-import fedocr.federated.baselines as baselines
+import fedocr.federated.sim.baselines as baselines
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import named_charset, public_lines
+from fedocr.data.organisations import named_charset, public_lines
 
 
 @pytest.mark.parametrize("ray_up", [True, False])

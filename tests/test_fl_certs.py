@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedocr.cli import main
-from fedocr.federated.certs import CertError, check_bundle, make_bundle
+from fedocr.federated.deploy.certs import CertError, check_bundle, make_bundle
 
 
 def test_private_keys_are_created_owner_only(tmp_path: Path) -> None:

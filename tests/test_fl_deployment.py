@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from fedocr.data import SyntheticLines, write_line_set
-from fedocr.federated.certs import make_bundle
+from fedocr.federated.deploy.certs import make_bundle
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import MINI_PRESETS, named_charset, public_lines
+from fedocr.data.organisations import MINI_PRESETS, named_charset, public_lines
 from fedocr.federated.validate import validation_loss
 from fedocr.federated.vocab import initial_model
 from fedocr.model import load_checkpoint

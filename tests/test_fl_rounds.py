@@ -15,7 +15,7 @@ from fedocr.federated.config import FlConfig
 from fedocr.federated.node_state import load_node_state
 from fedocr.federated.rounds import FederatedServer
 from fedocr.federated.state import ServerState
-from fedocr.federated.store import RunStore
+from fedocr.federated.runs.store import RunStore
 from fedocr.model import load_checkpoint
 from fl_inprocess import InProcessGrid, task_identity
 
@@ -39,7 +39,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, printer: 
 
 
 def _initial_validation() -> tuple[float, float]:
-    from fedocr.federated.orgs import public_lines
+    from fedocr.data.organisations import public_lines
     from fedocr.federated.validate import validate
 
     start = load_checkpoint(WARM)
@@ -112,7 +112,7 @@ def test_deployment_nodes_evaluate_on_their_own_held_out_lines_and_build_the_fin
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from fedocr.cli import main
     from fedocr.data import write_line_set
-    from fedocr.federated.orgs import synthetic_org_data
+    from fedocr.data.organisations import synthetic_org_data
 
     start = load_checkpoint(WARM)
     nodes = []

@@ -17,7 +17,7 @@ from fedocr.federated.config import FlConfig
 from fedocr.federated.pipeline.build import build_server_chain
 from fedocr.federated.protocol import read_reply, to_record
 from fedocr.federated.rounds import FederatedServer, screen, unique_name
-from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
+from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 
 REFERENCE = {"conv.weight": np.zeros((2, 3), np.float32)}
 
@@ -103,7 +103,7 @@ def test_a_run_without_enough_nodes_is_recorded_as_stalled(tmp_path: Path) -> No
 @pytest.mark.parametrize("outcome", ["stalled", "failed"])
 def test_fl_simulate_exits_non_zero_with_one_line_on_a_stalled_or_failed_run(
         outcome: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import fedocr.federated.simulate as sim
+    import fedocr.federated.sim.simulate as sim
 
     def fake(cfg: FlConfig, **_: Any) -> dict[str, Any]:
         if outcome == "failed":
@@ -119,7 +119,7 @@ def test_fl_simulate_exits_non_zero_with_one_line_on_a_stalled_or_failed_run(
 
 
 def test_backbone_mode_reports_no_server_val_cer_but_a_note(tmp_path: Path) -> None:
-    from fedocr.federated.orgs import named_charset, public_lines
+    from fedocr.data.organisations import named_charset, public_lines
     from fedocr.federated.validate import server_validation
     from fedocr.model import CRNN, ModelConfig
 

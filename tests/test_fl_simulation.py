@@ -21,7 +21,7 @@ import pytest
 
 from fedocr.cli import main
 from fedocr.federated.config import FlConfig
-from fedocr.federated.simulate import simulate
+from fedocr.federated.sim.simulate import simulate
 from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
 

@@ -9,9 +9,9 @@ import pytest
 
 from fedocr.federated.config import ConfigError, FlConfig
 from fedocr.federated.pipeline.drills import fault_for, parse_faults
-from fedocr.federated.report import build_report
-from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
-from fedocr.federated.timing import union_seconds
+from fedocr.federated.runs.report import build_report
+from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
+from fedocr.federated.runs.timing import union_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 
 import fedocr.federated.vocab as vocab
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import named_charset
+from fedocr.data.organisations import named_charset
 from fedocr.model import CRNN, ModelConfig, save_checkpoint
 from fedocr.model.checkpoint import provenance
 
@@ -57,7 +57,7 @@ def test_clients_train_at_the_rate_the_server_resolved() -> None:
 
 
 def test_cosine_lr_decay_lowers_the_local_rate_over_rounds_and_the_baselines_follow() -> None:
-    from fedocr.federated.baselines import baseline_train_config
+    from fedocr.federated.sim.baselines import baseline_train_config
     from fedocr.federated.config import MIN_LR_RATIO, ConfigError
 
     cfg = FlConfig(initial_model="scratch", lr=1e-3, num_rounds=5, lr_decay="cosine")

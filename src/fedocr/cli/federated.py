@@ -79,7 +79,7 @@ def _store_path(arg: Path | None) -> Path:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from fedocr.federated.config import ConfigError, FlConfig
-    from fedocr.federated.orgs import FEDERATIONS
+    from fedocr.data.organisations import FEDERATIONS
 
     if args.preset not in FEDERATIONS:
         raise CliError(f"unknown preset {args.preset!r}; choose one of {', '.join(FEDERATIONS)}", 2)
@@ -105,7 +105,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if start is None and not FEDERATIONS[args.preset].mini:
         print("fedocr: note: no base model (models/base.pt): starting from scratch with the full vocabulary, which "
               "does not learn in minutes on a CPU; try --preset three-orgs-mini", file=sys.stderr)
-    from fedocr.federated.simulate import SimulationFailed, simulate
+    from fedocr.federated.sim.simulate import SimulationFailed, simulate
 
     try:
         report = simulate(cfg, baselines=not args.no_baselines, printer=lambda s: print(s, flush=True))
@@ -162,7 +162,7 @@ def format_final(final: dict[str, Any]) -> str:
 
 
 def _open_store(arg: Path | None) -> Any:
-    from fedocr.federated.store import RunStore
+    from fedocr.federated.runs.store import RunStore
 
     path = _store_path(arg)
     if not path.is_file():
@@ -185,7 +185,7 @@ def run_runs(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from fedocr.federated.report import build_report
+    from fedocr.federated.runs.report import build_report
 
     with _open_store(args.store) as store:
         run_id = store.find(args.run_ref)
@@ -214,7 +214,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    from fedocr.federated.certs import CertError, check_bundle, make_bundle
+    from fedocr.federated.deploy.certs import CertError, check_bundle, make_bundle
 
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]

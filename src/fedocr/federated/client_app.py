@@ -28,7 +28,7 @@ from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, SubsetLines
 from fedocr.federated.config import FlConfig, local_recipe
 from fedocr.federated.node_state import load_node_state, save_node_state
-from fedocr.federated.orgs import folder_data, get_federation, synthetic_org_data
+from fedocr.data.organisations import folder_data, get_federation, synthetic_org_data
 from fedocr.federated.pipeline.build import build_client_chain
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
@@ -147,7 +147,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
 def local_only_model(cfg: FlConfig, context: Context, name: str, run_id: str, charset: Charset) -> CRNN:
     """This node's local-only baseline (its own lines, the federation's recipe and budget), trained
     once per run and kept on the node's disk."""
-    from fedocr.federated.baselines import train_baseline
+    from fedocr.federated.sim.baselines import train_baseline
 
     path = state_path(context, cfg, name).with_name(f"{name}.local-only.pt")
     if path.is_file():

@@ -57,7 +57,7 @@ class FlConfig:
     initial_model: str = "auto"        # "auto" (models/base.pt for the default vocabulary, else scratch), "scratch" or a .pt path
     model_size: str = "tiny"           # CRNN size when starting from scratch
     charset: str = "auto"              # vocabulary from scratch: "default", "mini", or "auto" (mini for a mini federation)
-    federation: str = "three-orgs"     # synthetic organisations in simulation (see federated.orgs)
+    federation: str = "three-orgs"     # synthetic organisations in simulation (see data.organisations)
     lines_per_client: int = 400        # synthetic training lines per organisation (simulation)
     test_lines: int = 100              # synthetic test lines per organisation (final report)
     val_lines: int = 200               # server-side validation lines of the `public` set
@@ -98,7 +98,7 @@ class FlConfig:
             raise bad("min_accepted", "must be at least 1")
         if self.seed < 0:
             raise bad("seed", "must be 0 or more")
-        from fedocr.federated.orgs import FEDERATIONS
+        from fedocr.data.organisations import FEDERATIONS
         from fedocr.model.crnn import SIZES
 
         if self.model_size not in SIZES:
@@ -181,7 +181,7 @@ class FlConfig:
         scratch), else the default GB2312 one."""
         if self.charset != "auto":
             return self.charset
-        from fedocr.federated.orgs import FEDERATIONS
+        from fedocr.data.organisations import FEDERATIONS
 
         return "mini" if FEDERATIONS[self.federation].mini else "default"
 

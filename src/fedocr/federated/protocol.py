@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.serde import recorddict_to_proto
 
 from fedocr.federated.pipeline.types import StepRecord, Update, Weights
-from fedocr.federated.store import ClientRecord
+from fedocr.federated.runs.store import ClientRecord
 from fedocr.federated.weights import c_order
 from fedocr.model import ModelConfig
 

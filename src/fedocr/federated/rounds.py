@@ -25,16 +25,16 @@ from flwr.serverapp import Grid
 from fedocr.charset import Charset
 from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import get_federation, public_lines
+from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline.types import StepRecord, Weights
 from fedocr.federated.protocol import (Received, evaluate_content, query_content, read_evaluate_reply, read_query_reply,
                                       read_reply, train_content, wire_bytes)
-from fedocr.federated.report import build_report, write_json
+from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.state import ServerState
-from fedocr.federated.store import ClientRecord, RoundRecord, RunStore
-from fedocr.federated.timing import union_seconds
+from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
+from fedocr.federated.runs.timing import union_seconds
 from fedocr.federated.validate import server_validation, validate
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import load_weights, model_weights
@@ -278,7 +278,7 @@ class FederatedServer:
         per-organisation table, on the last round's model (the same training compute). In a
         deployment the table is the nodes' own federated evaluation of the last round."""
         if self.simulated and self.cfg.baselines:
-            from fedocr.federated.baselines import final_evaluation
+            from fedocr.federated.sim.baselines import final_evaluation
 
             return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print)
         rounds = self.store.rounds(self.state.run_id)

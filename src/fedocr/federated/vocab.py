@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fedocr.charset import Charset
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import named_charset
+from fedocr.data.organisations import named_charset
 from fedocr.model import CRNN, ModelConfig, load_checkpoint
 
 

@@ -21,7 +21,7 @@ import torch
 from fedocr.charset import Charset
 from fedocr.data import ConcatLines, EncodedLines, LineDataset
 from fedocr.federated.config import FlConfig, local_recipe
-from fedocr.federated.orgs import get_federation, org_lines
+from fedocr.data.organisations import get_federation, org_lines
 from fedocr.federated.vocab import initial_model
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
 from fedocr.model.checkpoint import provenance

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedocr.federated.store import RunStore, round_to_dict
+from fedocr.federated.runs.store import RunStore, round_to_dict
 from fedocr.model.checkpoint import atomic_write
 
 

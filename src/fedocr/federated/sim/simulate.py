@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedocr.federated.config import FlConfig
-from fedocr.federated.orgs import get_federation
+from fedocr.data.organisations import get_federation
 
 # At most two concurrent Ray actors on this machine kind (each ~550 MB, one core each).
 MAX_ACTORS = 2

@@ -1,0 +1,1 @@
+"""What a real deployment needs beyond Flower: TLS certificates and SuperNode keys."""
