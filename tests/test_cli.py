@@ -66,6 +66,7 @@ def test_ocr_json_lines_in_input_order(trained_digits_model, tmp_path):
     for obj, i in zip(objects, range(3)):
         assert set(obj) >= {"image", "text", "confidence", "lines"}
         assert obj["lines"][0]["box"][2:] == list(data[i][0].shape[::-1])
+        assert "".join(c["char"] for c in obj["lines"][0]["chars"]) == obj["lines"][0]["text"]
         assert 0 <= obj["confidence"] <= 1
     assert sum(o["text"] == data[i][1] for i, o in enumerate(objects)) >= 2
 

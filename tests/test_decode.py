@@ -44,3 +44,14 @@ def test_beam_search_finds_the_more_probable_labelling_that_greedy_misses():
 def test_empty_line_confidence_is_the_blank_probability():
     lp = _log_probs([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1]])
     assert greedy_decode(lp, 2, CHARSET).confidence == pytest.approx(0.8)
+
+
+def test_greedy_and_beam_search_agree_on_where_each_character_fired() -> None:
+    charset, a, b = CHARSET, 1, 2
+    steps = [0, a, a, 0, b, 0, 0, a]            # blank a a blank b blank blank a
+    log_probs = np.full((len(steps), len(charset)), np.log(0.01 / (len(charset) - 1)))
+    for t, k in enumerate(steps):
+        log_probs[t, k] = np.log(0.99)
+    greedy, beam = greedy_decode(log_probs, len(steps), charset), beam_search(log_probs, len(steps), charset)
+    assert greedy.text == beam.text == "aba"
+    assert greedy.char_spans == beam.char_spans == ((1, 2), (4, 4), (7, 7))

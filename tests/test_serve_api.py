@@ -61,6 +61,20 @@ def test_trained_model_reads_an_uploaded_line(trained_digits_model, tmp_path):
     assert sum(a == data[i][1] for i, a in enumerate(answers)) >= 4
 
 
+def test_each_character_comes_with_its_confidence_and_x_range_inside_the_line(trained_digits_model, tmp_path):
+    path = shutil.copy(trained_digits_model.path, tmp_path / "digits.pt")
+    data = SyntheticLines("digits", 4, seed=91, charset=trained_digits_model.charset)
+    with TestClient(create_app(ServeConfig(model=path))) as c:
+        for i in range(4):
+            (line,) = post(c, png(data[i][0])).json()["lines"]
+            chars = line["chars"]
+            assert "".join(ch["char"] for ch in chars) == line["text"]
+            starts = [ch["x"][0] for ch in chars]
+            assert starts == sorted(starts)  # left to right, as written
+            for ch in chars:
+                assert line["box"][0] <= ch["x"][0] < ch["x"][1] <= line["box"][2] and 0 <= ch["confidence"] <= 1
+
+
 def test_page_upload_returns_a_box_per_line_and_text_in_reading_order(client):
     page = render_page(5, seed=8)
     body = post(client, png(page.image)).json()

@@ -67,6 +67,7 @@ def test_uploaded_image_shows_its_recognised_text_box_and_confidence(served, pag
     page.set_input_files("#file", str(path))
     page.wait_for_selector("#lines li")
     assert page.inner_text("#lines li .line-text") == text
+    assert page.locator("#lines li .line-text span").count() == len(text)  # one per character, low ones marked
     assert page.input_value("#text") == text
     assert page.inner_text("#lines li .conf").endswith("%")
     width = page.evaluate("document.getElementById('canvas').width")

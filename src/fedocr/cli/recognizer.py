@@ -195,7 +195,9 @@ def run_ocr(args: argparse.Namespace) -> int:
     for path, image in zip(args.images, images):
         page = engine.ocr(image, beam_width=args.beam)
         if args.json:
-            lines = [{"text": l.text, "confidence": l.confidence, "box": list(l.box)} for l in page.lines]
+            lines = [{"text": line.text, "confidence": line.confidence, "box": list(line.box),
+                      "chars": [{"char": c.char, "confidence": c.confidence, "x": [c.x0, c.x1]} for c in line.chars]}
+                     for line in page.lines]
             print_json({"image": str(path), "text": page.text, "confidence": page.confidence, "lines": lines})
         else:
             print(page.text if len(args.images) == 1 else f"{path}\t{page.text}")

@@ -49,12 +49,16 @@ def normalise_contrast(gray: np.ndarray) -> np.ndarray:
     return np.clip(stretched, 0, 255).astype(np.uint8)
 
 
+def resized_width(height: int, width: int) -> int:
+    """The width a (height, width) line has after preprocessing, before padding (aspect kept)."""
+    return min(max(int(round(width * INPUT_HEIGHT / height)), WIDTH_STRIDE), MAX_LINE_WIDTH)
+
+
 def preprocess(image: np.ndarray) -> np.ndarray:
     """Any line image -> float32 (32, W), W a multiple of 4, background 0, ink ~1."""
     gray = normalise_contrast(to_gray(image))
     h, w = gray.shape
-    width = int(round(w * INPUT_HEIGHT / h))
-    width = min(max(width, WIDTH_STRIDE), MAX_LINE_WIDTH)
+    width = resized_width(h, w)
     interp = cv2.INTER_AREA if h > INPUT_HEIGHT else cv2.INTER_CUBIC
     resized = cv2.resize(gray, (width, INPUT_HEIGHT), interpolation=interp)
     ink = 1.0 - resized.astype(np.float32) / 255.0

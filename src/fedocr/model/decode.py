@@ -21,6 +21,9 @@ class Decoded:
     text: str
     confidence: float                 # line confidence in [0, 1]
     char_confidences: tuple[float, ...]
+    # Per character, the first and last timestep of its CTC spike (timestep t covers input
+    # columns [t * WIDTH_STRIDE, (t + 1) * WIDTH_STRIDE) of the preprocessed line).
+    char_spans: tuple[tuple[int, int], ...] = ()
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -41,6 +44,7 @@ def greedy_decode(log_probs: np.ndarray, length: int, charset: Charset) -> Decod
     peak = np.exp(lp.max(axis=-1))
     ids: list[int] = []
     probs: list[float] = []
+    spans: list[tuple[int, int]] = []
     prev = BLANK
     for t, k in enumerate(best):
         k = int(k)
@@ -48,10 +52,12 @@ def greedy_decode(log_probs: np.ndarray, length: int, charset: Charset) -> Decod
             if k != prev:
                 ids.append(k)
                 probs.append(float(peak[t]))
+                spans.append((t, t))
             else:
                 probs[-1] = max(probs[-1], float(peak[t]))
+                spans[-1] = (spans[-1][0], t)
         prev = k
-    return Decoded(charset.decode(ids), _line_confidence(probs, lp), tuple(probs))
+    return Decoded(charset.decode(ids), _line_confidence(probs, lp), tuple(probs), tuple(spans))
 
 
 def beam_search(log_probs: np.ndarray, length: int, charset: Charset, beam_width: int = 8,
@@ -61,11 +67,19 @@ def beam_search(log_probs: np.ndarray, length: int, charset: Charset, beam_width
     # Each prefix keeps (log P ending in blank, log P ending in non-blank).
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -np.inf)}
     peaks: dict[tuple[int, ...], tuple[float, ...]] = {(): ()}
+    spans: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {(): ()}
     for t in range(len(lp)):
         row = lp[t]
         candidates = np.argpartition(row, -prune_top)[-prune_top:] if len(row) > prune_top else range(len(row))
         nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [-np.inf, -np.inf])
         nxt_peaks: dict[tuple[int, ...], tuple[float, ...]] = {}
+        # Where each prefix's characters fired, along its most probable contribution so far.
+        nxt_spans: dict[tuple[int, ...], tuple[float, tuple[tuple[int, int], ...]]] = {}
+
+        def offer(prefix: tuple[int, ...], score: float, where: tuple[tuple[int, int], ...]) -> None:
+            if prefix not in nxt_spans or score > nxt_spans[prefix][0]:
+                nxt_spans[prefix] = (score, where)
+
         for prefix, (pb, pnb) in beams.items():
             total = np.logaddexp(pb, pnb)
             for k in candidates:
@@ -75,6 +89,7 @@ def beam_search(log_probs: np.ndarray, length: int, charset: Charset, beam_width
                     entry = nxt[prefix]
                     entry[0] = np.logaddexp(entry[0], total + p)
                     nxt_peaks.setdefault(prefix, peaks[prefix])
+                    offer(prefix, total + p, spans[prefix])
                     continue
                 extended = prefix + (k,)
                 entry = nxt[extended]
@@ -85,14 +100,18 @@ def beam_search(log_probs: np.ndarray, length: int, charset: Charset, beam_width
                     same[1] = np.logaddexp(same[1], pnb + p)
                     old = peaks[prefix]
                     nxt_peaks[prefix] = old[:-1] + (max(old[-1], float(np.exp(p))),)
+                    offer(prefix, pnb + p, spans[prefix][:-1] + ((spans[prefix][-1][0], t),))
+                    offer(extended, pb + p, spans[prefix] + ((t, t),))
                 else:
                     entry[1] = np.logaddexp(entry[1], total + p)
+                    offer(extended, total + p, spans[prefix] + ((t, t),))
                 prior = nxt_peaks.get(extended)
                 char_peak = float(np.exp(p))
                 nxt_peaks[extended] = (prior[:-1] + (max(prior[-1], char_peak),)) if prior else peaks[prefix] + (char_peak,)
         ranked = sorted(nxt.items(), key=lambda item: -np.logaddexp(*item[1]))[:beam_width]
         beams = {prefix: (v[0], v[1]) for prefix, v in ranked}
         peaks = {prefix: nxt_peaks.get(prefix, peaks.get(prefix, ())) for prefix in beams}
+        spans = {prefix: nxt_spans[prefix][1] if prefix in nxt_spans else spans.get(prefix, ()) for prefix in beams}
     best = max(beams, key=lambda prefix: np.logaddexp(*beams[prefix]))
     probs = list(peaks[best])
-    return Decoded(charset.decode(list(best)), _line_confidence(probs, lp), tuple(probs))
+    return Decoded(charset.decode(list(best)), _line_confidence(probs, lp), tuple(probs), spans[best])

@@ -22,9 +22,11 @@ import numpy as np
 
 from fedocr.charset import Charset
 from fedocr.data import preprocess
+from fedocr.data.preprocess import resized_width
+from fedocr.export import FORMAT, OUTPUT_NAME, file_digest
 from fedocr.model import Decoded, LogitsFn, load_checkpoint, recognize_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
-from fedocr.export import FORMAT, OUTPUT_NAME, file_digest
+from fedocr.model.crnn import WIDTH_STRIDE
 from fedocr.serve.segment import SegmentConfig, split_lines
 
 Backend = Literal["onnx", "torch"]
@@ -59,10 +61,36 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class CharResult:
+    """One recognised character: its confidence and the x-range of its CTC spike in the input
+    image (approximate on a deskewed page: the range is mapped along the line's box)."""
+    char: str
+    confidence: float
+    x0: int
+    x1: int
+
+
+@dataclass(frozen=True)
 class LineResult:
     text: str
     confidence: float
     box: Box
+    chars: tuple[CharResult, ...] = ()
+
+
+def char_results(decoded: Decoded, crop_width: int, crop_height: int, box: Box) -> tuple[CharResult, ...]:
+    """Each character of a decoded line with its x-range in the input image: timestep t covers
+    columns [t, t + 1) * WIDTH_STRIDE of the preprocessed line, scaled back to the crop's width
+    and along its box."""
+    if len(decoded.char_spans) != len(decoded.text):
+        return ()
+    scale = crop_width / resized_width(crop_height, crop_width) * (box[2] - box[0]) / max(crop_width, 1)
+    out = []
+    for char, confidence, (first, last) in zip(decoded.text, decoded.char_confidences, decoded.char_spans):
+        x0 = box[0] + int(first * WIDTH_STRIDE * scale)
+        x1 = box[0] + int(np.ceil((last + 1) * WIDTH_STRIDE * scale))
+        out.append(CharResult(char, round(confidence, 4), max(box[0], x0), min(box[2], max(x1, x0 + 1))))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -144,7 +172,9 @@ class Engine:
         """A page or a single line (uint8 gray or colour) -> lines with boxes, joined text."""
         crops = split_lines(image, self.segment)
         decoded = self.recognize([c.image for c in crops], beam_width) if crops else []
-        lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box) for c, d in zip(crops, decoded))
+        lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box,
+                                 char_results(d, c.image.shape[1], c.image.shape[0], c.box))
+                      for c, d in zip(crops, decoded))
         rows: list[list[str]] = []
         last_row = None
         for crop, line in zip(crops, lines):

@@ -5,13 +5,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from fedocr.serve.engine import ModelInfo, PageResult
+from fedocr.serve.engine import LineResult, ModelInfo, PageResult
+
+
+class Char(BaseModel):
+    char: str
+    confidence: float = Field(ge=0, le=1, description="peak probability of the character's CTC spike")
+    x: list[int] = Field(min_length=2, max_length=2, description="x0, x1 of the character in image pixels (x1 exclusive)")
 
 
 class Line(BaseModel):
     text: str
     confidence: float = Field(ge=0, le=1)
     box: list[int] = Field(min_length=4, max_length=4, description="x0, y0, x1, y1 in image pixels (x1, y1 exclusive)")
+    chars: list[Char] = Field(default_factory=list, description="each character with its confidence and x-range")
+
+    @classmethod
+    def from_result(cls, line: LineResult) -> "Line":
+        return cls(text=line.text, confidence=line.confidence, box=list(line.box),
+                   chars=[Char(char=c.char, confidence=c.confidence, x=[c.x0, c.x1]) for c in line.chars])
 
 
 class OcrResult(BaseModel):
@@ -27,7 +39,7 @@ class OcrResult(BaseModel):
     @classmethod
     def from_page(cls, page: PageResult, time_ms: float, model: str, cached: bool) -> "OcrResult":
         return cls(text=page.text, confidence=page.confidence, width=page.width, height=page.height,
-                   lines=[Line(text=l.text, confidence=l.confidence, box=list(l.box)) for l in page.lines],
+                   lines=[Line.from_result(line) for line in page.lines],
                    time_ms=round(time_ms, 2), model=model, cached=cached)
 
 

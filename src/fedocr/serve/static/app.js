@@ -98,6 +98,8 @@ function draw(active = -1) {
   });
 }
 
+const LOW_CHAR = 0.6;  // characters below this confidence are highlighted
+
 function showResult(result) {
   $("result").hidden = false;
   const list = $("lines");
@@ -106,7 +108,21 @@ function showResult(result) {
     const item = document.createElement("li");
     const text = document.createElement("span");
     text.className = "line-text";
-    text.textContent = line.text;
+    // Characters the model was unsure of are marked, with their confidence on hover.
+    const chars = line.chars && line.chars.length === [...line.text].length ? line.chars : null;
+    if (chars) {
+      chars.forEach((c) => {
+        const span = document.createElement("span");
+        span.textContent = c.char;
+        if (c.confidence < LOW_CHAR) {
+          span.className = "low-char";
+          span.title = `${(c.confidence * 100).toFixed(0)}%`;
+        }
+        text.append(span);
+      });
+    } else {
+      text.textContent = line.text;
+    }
     const conf = document.createElement("span");
     conf.className = "conf" + (line.confidence < 0.5 ? " low" : "");
     conf.textContent = `${(line.confidence * 100).toFixed(0)}%`;
