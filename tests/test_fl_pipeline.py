@@ -139,6 +139,7 @@ def test_a_candidate_leaves_the_committed_step_state_untouched() -> None:
     assert np.allclose(committed["fedavgm"]["velocity"]["conv.weight"], 5.0)  # a rollback keeps this
     assert np.allclose(candidate.states["fedavgm"]["velocity"]["conv.weight"], 5.5)
     assert np.allclose(candidate.weights["conv.weight"], 5.5)
+    assert [(r.step, r.client, r.info) for r in candidate.records] == [("fedavg", "a", {"share": 1.0})]
 
 
 def test_fedavg_does_not_depend_on_the_order_replies_arrive_in() -> None:

@@ -12,12 +12,15 @@ this class of CPU (see the measured notes in the README).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
+import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -100,10 +103,30 @@ def ort_logits_fn_from_path(path: Path) -> Any:
     return lambda images, widths: session.run([OUTPUT_NAME], {"images": images, "widths": widths})[0]
 
 
+@contextlib.contextmanager
+def _native_stderr_kept_unless_failing() -> Iterator[None]:
+    """Hold back what C++ code writes to stderr (torch's PackPadded shape-inference warnings,
+    harmless here and printed before every successful export); replay it if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _export_graph(model: CRNN, path: Path) -> None:
     images = torch.zeros(2, 1, INPUT_HEIGHT, 64)
     widths = torch.tensor([64, 40], dtype=torch.int64)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _native_stderr_kept_unless_failing():
         warnings.simplefilter("ignore")  # PackPadded shape-inference warnings are harmless here
         torch.onnx.export(model, (images, widths), str(path), dynamo=False, opset_version=OPSET,
                           input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],

@@ -177,6 +177,9 @@ class FederatedServer:
         if applied:
             candidate = self.chain.candidate(state.weights, accepted, rnd, cfg.seed, state.steps)  # type: ignore[arg-type]
             steps += candidate.records
+            for r in received:  # an aggregator may leave clients out once it has seen every update
+                if r.record.client in candidate.aggregate.left_out:
+                    r.record.accepted, r.record.reason = False, candidate.aggregate.left_out[r.record.client]
             load_weights(self.model, candidate.weights)
             cand_cer, cand_loss, val_note = server_validation(self.model, self.charset, self.val, cfg.aggregate)
             verdict, gate_records = self.chain.decide(cand_cer, state.committed_cer, rnd, cfg.seed)

@@ -134,6 +134,8 @@ class ServerChain:
         ctx = context(self.aggregator.name)
         aggregate = self.aggregator(updates, ctx)
         records += ctx.notes
+        records += [StepRecord(self.aggregator.name, client, {"share": share}) for client, share in aggregate.shares.items()]
+        records += [StepRecord(self.aggregator.name, client, {"left_out": why}) for client, why in aggregate.left_out.items()]
         step = aggregate.step
         for transform in self.transforms:
             ctx = context(transform.name)
