@@ -85,3 +85,52 @@ def test_rendered_documents_are_read_line_by_line(trained_digits_model, tmp_path
     cer = errors / chars
     print(f"page CER {cer:.3f} over {chars} characters")
     assert cer < 0.15
+
+
+def _one_line_with(kind: str, seed: int) -> np.ndarray:
+    """A rendered text line on its own paper, with an underline, cell borders, table rules above
+    and below, a stamp outline, or a tall glyph beside it: all still one line."""
+    import cv2
+
+    from fedocr.data import SyntheticLines
+
+    lines = SyntheticLines("public", 40, seed=seed)
+    image = next(img for img, text in (lines[i] for i in range(40)) if len(text) >= 12)
+    image = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    h, w = image.shape
+    paper = int(np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])))
+    margin = 30 if kind == "tall-glyph" else 12
+    canvas = np.full((h + 2 * margin, w + 2 * margin + (60 if kind == "tall-glyph" else 0)), paper, np.uint8)
+    canvas[margin:margin + h, margin:margin + w] = image
+    ink = np.flatnonzero((canvas < paper - 60).any(axis=1))
+    top, bottom = (int(ink[0]), int(ink[-1])) if ink.size else (margin, margin + h)
+    right = w + 2 * margin - 4
+    if kind == "underline":
+        cv2.line(canvas, (4, bottom + 2), (right, bottom + 2), 0, 2)
+    elif kind == "cell":
+        cv2.rectangle(canvas, (2, top - 5), (right, bottom + 5), 0, 1)
+    elif kind == "rules":
+        cv2.line(canvas, (0, top - 4), (right, top - 4), 0, 1)
+        cv2.line(canvas, (0, bottom + 4), (right, bottom + 4), 0, 1)
+    elif kind == "stamp":
+        cv2.circle(canvas, (w, (top + bottom) // 2), int((bottom - top) * 0.9), 90, 2)
+    else:
+        cv2.putText(canvas, "8", (w + 2 * margin, h + 2 * margin - 10), cv2.FONT_HERSHEY_SIMPLEX, (h + 40) / 22, 0, 3)
+    return canvas
+
+
+@pytest.mark.parametrize("kind", ["underline", "cell", "rules", "stamp", "tall-glyph"])
+def test_auto_layout_keeps_a_single_line_whole_despite_rules_stamps_and_tall_glyphs(kind):
+    for seed in range(6):  # before: 57 and 10 "lines" (seeds 0, 2, tall glyph); none (seed 2, underline)
+        image = _one_line_with(kind, seed)
+        crops = split_lines(image)
+        assert len(crops) == 1, (kind, seed, [c.box for c in crops])
+        assert crops[0].box == (0, 0, image.shape[1], image.shape[0])
+
+
+def test_layout_line_never_splits_and_page_always_does():
+    page = render_page(4, seed=6, rules=False)
+    assert len(split_lines(page.image, layout="line")) == 1
+    assert len(split_lines(page.image, layout="page")) == len(split_lines(page.image)) == len(page.boxes)
+    with pytest.raises(ValueError, match="layout"):
+        split_lines(page.image, layout="columns")  # type: ignore[arg-type]

@@ -75,6 +75,14 @@ def test_each_character_comes_with_its_confidence_and_x_range_inside_the_line(tr
                 assert line["box"][0] <= ch["x"][0] < ch["x"][1] <= line["box"][2] and 0 <= ch["confidence"] <= 1
 
 
+def test_layout_parameter_reads_a_page_as_one_line_or_refuses_an_unknown_layout(client):
+    page = png(render_page(3, seed=12, rules=False).image)
+    assert len(post(client, page).json()["lines"]) >= 3
+    assert len(client.post("/api/ocr?layout=line", files={"image": ("p.png", page, "image/png")}).json()["lines"]) == 1
+    bad = client.post("/api/ocr?layout=columns", files={"image": ("p.png", page, "image/png")})
+    assert bad.status_code == 422 and "layout" in bad.text
+
+
 def test_page_upload_returns_a_box_per_line_and_text_in_reading_order(client):
     page = render_page(5, seed=8)
     body = post(client, png(page.image)).json()

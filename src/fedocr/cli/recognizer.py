@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); default: the shipped model")
     p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    p.add_argument("--layout", choices=["auto", "line", "page"], default="auto",
+                   help="auto: one line or a page, decided per image (an underline or table rules do not split a "
+                        "line); line: each image is one text line; page: always split into lines")
     p.add_argument("--json", action="store_true", help="JSON Lines, one object per image in input order")
     p.set_defaults(run=run_ocr)
 
@@ -193,7 +196,7 @@ def run_ocr(args: argparse.Namespace) -> int:
     engine = load_engine(args.model or default_model())
     images = [read_image(p) for p in args.images]  # fail on a bad file before any output
     for path, image in zip(args.images, images):
-        page = engine.ocr(image, beam_width=args.beam)
+        page = engine.ocr(image, beam_width=args.beam, layout=args.layout)
         if args.json:
             lines = [{"text": line.text, "confidence": line.confidence, "box": list(line.box),
                       "chars": [{"char": c.char, "confidence": c.confidence, "x": [c.x0, c.x1]} for c in line.chars]}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -32,6 +32,7 @@ from fedocr.serve.cache import ResultCache, content_key
 from fedocr.serve.engine import PageResult
 from fedocr.serve.hotswap import ModelSlot
 from fedocr.serve.images import BadImage, Limits, configure_pillow, decode_upload
+from fedocr.serve.segment import Layout
 from fedocr.serve.schemas import BatchItem, BatchResult, Error, Health, ModelDescription, OcrResult, Reloaded
 
 log = logging.getLogger("fedocr.serve")
@@ -129,16 +130,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _recognise(state: State, data: bytes, name: str) -> OcrResult:
+def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto") -> OcrResult:
     """Decode and recognise one upload (runs in a worker thread)."""
     start = time.perf_counter()
     loaded = state.slot.current          # this request keeps this model even if a reload happens now
     version = loaded.engine.info.version
-    key = content_key(data, version)
+    key = content_key(data, version, layout)
     cached = state.cache.get(key)
     if cached is not None:
         return OcrResult.from_page(cached, (time.perf_counter() - start) * 1000, version, True)
-    page = loaded.engine.ocr(decode_upload(data, state.config.limits, name))
+    page = loaded.engine.ocr(decode_upload(data, state.config.limits, name), layout=layout)
     state.cache.put(key, page)
     return OcrResult.from_page(page, (time.perf_counter() - start) * 1000, version, False)
 
@@ -179,17 +180,22 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
     @app.post("/api/ocr", response_model=OcrResult, responses=ERRORS, dependencies=protected,
               summary="Recognise the text of one image (a line or a whole page)")
     async def ocr(state: Annotated[State, Depends(get_state)],
-                  image: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF, WebP or GIF")]) -> OcrResult:
+                  image: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF, WebP or GIF")],
+                  layout: Annotated[Layout, Query(description="auto: one line or a page, decided per image; line: "
+                                                              "the image is one text line; page: always split")]
+                  = "auto") -> OcrResult:
         data = await _read(image, limits)
         try:
-            return await run(state, _recognise, state, data, "image")
+            return await run(state, _recognise, state, data, "image", layout)
         except BadImage as exc:
             raise HTTPException(exc.status, exc.message) from None
 
     @app.post("/api/ocr/batch", response_model=BatchResult, responses=ERRORS, dependencies=protected,
               summary=f"Recognise up to {limits.max_files} images; each answers on its own")
     async def ocr_batch(state: Annotated[State, Depends(get_state)],
-                        images: Annotated[list[UploadFile], File(description="the images")]) -> BatchResult:
+                        images: Annotated[list[UploadFile], File(description="the images")],
+                        layout: Annotated[Layout, Query(description="as for /api/ocr, for every image")]
+                        = "auto") -> BatchResult:
         if len(images) > limits.max_files:
             raise HTTPException(413, f"too many files ({len(images)}); at most {limits.max_files} per request")
         start = time.perf_counter()
@@ -198,7 +204,8 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
             data = await _read(upload, limits)
             try:
                 items.append(BatchItem(index=index, status=200,
-                                       result=await run(state, _recognise, state, data, f"images[{index}]")))
+                                       result=await run(state, _recognise, state, data, f"images[{index}]",
+                                                        layout)))
             except BadImage as exc:
                 items.append(BatchItem(index=index, status=exc.status, error=exc.message))
         return BatchResult(results=items, time_ms=round((time.perf_counter() - start) * 1000, 2))

@@ -27,7 +27,7 @@ from fedocr.export import FORMAT, OUTPUT_NAME, file_digest
 from fedocr.model import Decoded, LogitsFn, load_checkpoint, recognize_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
 from fedocr.model.crnn import WIDTH_STRIDE
-from fedocr.serve.segment import SegmentConfig, split_lines
+from fedocr.serve.segment import Layout, SegmentConfig, split_lines
 
 Backend = Literal["onnx", "torch"]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the input image, x1/y1 exclusive
@@ -168,9 +168,10 @@ class Engine:
                 batch.append(i)
         return [r for r in results if r is not None]
 
-    def ocr(self, image: np.ndarray, beam_width: int = 0) -> PageResult:
-        """A page or a single line (uint8 gray or colour) -> lines with boxes, joined text."""
-        crops = split_lines(image, self.segment)
+    def ocr(self, image: np.ndarray, beam_width: int = 0, layout: Layout = "auto") -> PageResult:
+        """A page or a single line (uint8 gray or colour) -> lines with boxes, joined text.
+        `layout`: "line" (the image is one line), "page" (always segment) or "auto"."""
+        crops = split_lines(image, self.segment, layout)
         decoded = self.recognize([c.image for c in crops], beam_width) if crops else []
         lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box,
                                  char_results(d, c.image.shape[1], c.image.shape[0], c.box))

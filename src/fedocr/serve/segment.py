@@ -14,6 +14,7 @@ Boxes are given in the input image's pixels as (x0, y0, x1, y1), x1/y1 exclusive
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -21,6 +22,8 @@ import numpy as np
 from fedocr.data.preprocess import normalise_contrast, to_gray
 
 Box = tuple[int, int, int, int]
+Layout = Literal["auto", "line", "page"]
+LAYOUTS: tuple[str, ...] = ("auto", "line", "page")
 
 
 @dataclass(frozen=True)
@@ -137,21 +140,51 @@ def _segments(mask: np.ndarray, y0: int, y1: int, gap: float) -> list[tuple[int,
     return [(a, b) for a, b in merged]
 
 
-def split_lines(image: np.ndarray, config: SegmentConfig = SegmentConfig()) -> list[LineCrop]:
+def looks_like_one_line(mask: np.ndarray, rows: list[tuple[int, int]]) -> bool:
+    """Whether the rows found in a line-shaped image are one line plus debris: the fragments an
+    underline, a cell border or a stamp leaves after rule removal, or a tall neighbouring glyph
+    cut off by the row split. One row holds most of the ink and the others are thin slivers or
+    overlap it; a real second line of text has its own full-height row."""
+    if len(rows) <= 1:
+        return True
+    h, w = mask.shape
+    if w < 3 * h:                       # not line-shaped: a block of text, a form, a page
+        return False
+    heights = [b - a for a, b in rows]
+    ink = [(mask[a:b] > 0).sum() for a, b in rows]
+    main = int(np.argmax(ink))
+    others = [i for i in range(len(rows)) if i != main]
+    return (ink[main] >= 0.75 * sum(ink)
+            and all(heights[i] < 0.6 * heights[main] or ink[i] < 0.1 * ink[main] for i in others))
+
+
+def split_lines(image: np.ndarray, config: SegmentConfig = SegmentConfig(), layout: Layout = "auto") -> list[LineCrop]:
     """A page -> line crops in reading order (rows top to bottom, segments left to right).
 
-    An image with no ink gives no lines; one with a single text row gives itself as one line.
+    `layout`: "line" takes the image as one line; "page" always segments; "auto" takes an image
+    with a single text row (an underline, table rules, a stamp or a tall glyph beside the text
+    do not make a second one) as one line and segments the rest. No ink gives no lines.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     gray = to_gray(image)
     h, w = gray.shape
     whole = [LineCrop(gray, (0, 0, w, h), 0)]
-    if h < 8 or w < 8:
+    if layout == "line" or h < 8 or w < 8:
         return whole
     raw = binarise(gray)
     mask = remove_rules(raw, config)
+    if not mask.any() and raw.any():
+        # Only the rules were dark enough for Otsu (faint text under a black underline): paint them
+        # out with the paper's grey and look again.
+        paper = int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+        mask = remove_rules(binarise(np.where(raw > 0, paper, gray).astype(np.uint8)), config)
     if not mask.any():
         return []
-    if len(text_rows(mask)) <= 1:
+    if layout == "auto" and (looks_like_one_line(mask, text_rows(mask))
+                             or (w >= 3 * h and len(text_rows(raw)) <= 1)):
+        # The second test: rule removal also eats the thick strokes of a tall glyph (a big digit,
+        # a logo letter) beside the text, leaving fragments that look like extra rows.
         return whole
     # Rules are the clearest skew signal, so estimate on the raw mask; remove them after deskewing,
     # when they are straight again.
