@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedocr.federated.pipeline.checks import is_float
+from fedocr.federated.pipeline.checks import is_float, is_statistic
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import Aggregate, StepContext, Update, Weights
 
@@ -44,11 +44,6 @@ def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) ->
             acc += (n / total) * update[key].astype(np.float64)
         out[key] = np.asarray(acc if is_float(ref) else np.rint(acc), dtype=ref.dtype)
     return out
-
-
-def is_statistic(key: str) -> bool:
-    """BatchNorm's running mean/variance and step count: averages, not parameters to step along."""
-    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
 
 
 def apply_update(global_: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray],

@@ -22,6 +22,11 @@ def is_float(array: np.ndarray) -> bool:
     return np.issubdtype(array.dtype, np.floating)
 
 
+def is_statistic(key: str) -> bool:
+    """BatchNorm's running mean/variance and step count: averages, not parameters to step along."""
+    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
 def l2_norm(update: Mapping[str, np.ndarray]) -> float:
     """L2 norm over the float tensors (integer buffers are counters, not weights)."""
     total = 0.0

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedocr.federated.pipeline.checks import is_float
+from fedocr.federated.pipeline.checks import is_float, is_statistic
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import StepContext, Update, Weights
 
@@ -116,11 +116,14 @@ class TopK:
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:
         residual: Mapping[str, np.ndarray] = ctx.state.get("residual", {}) if self.config.error_feedback else {}
-        floats = sorted(k for k, v in update.tensors.items() if is_float(v))
+        # BatchNorm statistics travel dense and without feedback: a node's statistics after training
+        # already hold its whole correction, so a remembered remainder would count twice (and can
+        # drive a variance negative).
+        floats = sorted(k for k, v in update.tensors.items() if is_float(v) and not is_statistic(k))
         acc = {k: update.tensors[k] + residual[k] if k in residual and residual[k].shape == update.tensors[k].shape
                else update.tensors[k] for k in floats}
         masks = _kept_masks(acc, self.config.top_k, self.config.scope)
-        out: Weights = {k: v for k, v in update.tensors.items() if k not in acc}  # integer buffers stay dense
+        out: Weights = {k: v for k, v in update.tensors.items() if k not in acc}  # buffers and statistics stay dense
         if floats:
             kind, positions = encode_positions(np.concatenate([masks[k].ravel() for k in floats]))
             out[f"{FLAT}{SEP}{kind}"] = positions
@@ -187,7 +190,7 @@ def _densify(tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarr
     kinds = [p for p in parts if p in POSITIONS]
     if len(kinds) != 1 or VALUES not in parts or len(parts) != 2:
         raise ValueError(f"expected kept values and one position encoding, got {sorted(parts)}")
-    floats = sorted(k for k, ref in reference.items() if is_float(ref))
+    floats = sorted(k for k, ref in reference.items() if is_float(ref) and not is_statistic(k))
     sizes = [reference[k].size for k in floats]
     positions = decode_positions(kinds[0], parts[kinds[0]], sum(sizes))
     values = parts[VALUES]
