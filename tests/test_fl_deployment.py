@@ -75,6 +75,10 @@ def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes
     val = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
     assert r2["val_loss"] < validation_loss(model, charset, val)
     assert load_checkpoint(out / "round-2.pt").provenance["round"] == 2
+    # The server has no organisation's test lines: each node scored the last round on its own held-out ones.
+    assert report["final"]["source"].startswith("federated evaluation") and set(report["final"]["clients"]) == set(ORGS)
+    assert all(c["own_test_lines"] == 4 for c in report["final"]["clients"].values())  # every 10th of 48 lines
+    assert (out / "model.onnx").is_file()  # the ServerApp publishes the model in a deployment too
 
     deadline = time.time() + 60
     while (rogue.poll() is None or plain.poll() is None) and time.time() < deadline:

@@ -33,7 +33,7 @@ from fedocr.federated.pipeline.build import build_client_chain
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
 from fedocr.federated.protocol import (evaluate_reply_content, query_reply_content, read_evaluate, read_train,
-                                      refusal_content, reply_content)
+                                      refusal_content, reply, reply_content)
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
@@ -118,8 +118,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     mine = str(pinned) if pinned else charset.version
     name, data = node_data(context, cfg, charset)
     if mine != task.charset_version:
-        return Message(refusal_content(name, mine, f"charset mismatch: server {task.charset_version}, client {mine}"),
-                       reply_to=msg)
+        return reply(msg, refusal_content(name, mine, f"charset mismatch: server {task.charset_version}, client {mine}"))
 
     chain = build_client_chain(cfg.to_run_config())
     path = state_path(context, cfg, name)
@@ -141,7 +140,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
         save_node_state(path, task.run_id, states)
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
                "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid()}
-    return Message(reply_content(update, mine, metrics), reply_to=msg)
+    return reply(msg, reply_content(update, mine, metrics))
 
 
 def local_only_model(cfg: FlConfig, context: Context, name: str, run_id: str, charset: Charset) -> CRNN:
@@ -175,7 +174,7 @@ def handle_evaluate(msg: Message, context: Context, overrides: dict[str, Any] | 
     if local_baseline:
         local = evaluate(torch_logits_fn(local_only_model(cfg, context, name, task.run_id, charset)), charset, held_out)
         metrics.update({"local-only-cer": local.cer, "local-only-line-accuracy": local.line_accuracy})
-    return Message(evaluate_reply_content(name, charset.version, metrics), reply_to=msg)
+    return reply(msg, evaluate_reply_content(name, charset.version, metrics))
 
 
 def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
@@ -184,7 +183,7 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | Non
     pinned = context.node_config.get("charset-version")
     version = str(pinned) if pinned else expected_charset(cfg).version
     simulated = "data-path" not in context.node_config
-    return Message(query_reply_content(node_name(context, cfg), version, simulated), reply_to=msg)
+    return reply(msg, query_reply_content(node_name(context, cfg), version, simulated))
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:

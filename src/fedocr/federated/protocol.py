@@ -52,6 +52,19 @@ def model_config_from(record: ConfigRecord) -> ModelConfig:
     return ModelConfig(**values)
 
 
+# -- messages -----------------------------------------------------------------------------------
+TRAIN, EVALUATE, QUERY = "train", "evaluate", "query"   # the ClientApp handlers' message types
+
+
+def to_nodes(content: RecordDict, nodes: list[int], kind: str, ttl: float, group: str = "") -> list[Message]:
+    """One message of `kind` with `content` for each node."""
+    return [Message(content, node, kind, group_id=group, ttl=ttl) for node in nodes]
+
+
+def reply(msg: Message, content: RecordDict) -> Message:
+    return Message(content, reply_to=msg)
+
+
 # -- down ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainInstruction:

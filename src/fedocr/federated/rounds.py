@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedocr.charset import Charset
@@ -29,8 +28,9 @@ from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline.types import StepRecord, Weights
-from fedocr.federated.protocol import (Received, evaluate_content, query_content, read_evaluate_reply, read_query_reply,
-                                      read_reply, train_content, wire_bytes)
+from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
+                                      read_evaluate_reply, read_query_reply, read_reply, to_nodes, train_content,
+                                      wire_bytes)
 from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
@@ -140,8 +140,7 @@ class FederatedServer:
         # All tensors travel down (a new node needs the head too).
         content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id)
         bytes_down = wire_bytes(content)
-        messages = [Message(content, node, "train", group_id=str(rnd), ttl=cfg.round_deadline_s + 30)
-                    for node in sampled]
+        messages = to_nodes(content, sampled, TRAIN, cfg.round_deadline_s + 30, group=str(rnd))
         t0 = time.time()
         replies = list(grid.send_and_receive(messages, timeout=cfg.round_deadline_s))
         t1 = time.time()
@@ -230,8 +229,7 @@ class FederatedServer:
         run` simulates 2 unless told otherwise, which would silently leave one out)."""
         nodes = self._nodes(grid)
         # Not bound by a short round deadline: a simulation's first contact waits for its actors to start.
-        messages = [Message(query_content(self.charset.version), node, "query", ttl=max(120.0, self.cfg.round_deadline_s))
-                    for node in nodes]
+        messages = to_nodes(query_content(self.charset.version), nodes, QUERY, max(120.0, self.cfg.round_deadline_s))
         taken: set[str] = set()
         answers = []
         for reply in grid.send_and_receive(messages, timeout=max(60.0, self.cfg.round_deadline_s)):
@@ -262,8 +260,7 @@ class FederatedServer:
         content = evaluate_content(state.weights, self.model.config, rnd, self.charset.version, state.run_id,
                                    cfg.eval_local_baseline and rnd == cfg.num_rounds)
         nodes = list(grid.get_node_ids())
-        messages = [Message(content, node, "evaluate", group_id=f"eval-{rnd}", ttl=cfg.round_deadline_s + 30)
-                    for node in nodes]
+        messages = to_nodes(content, nodes, EVALUATE, cfg.round_deadline_s + 30, group=f"eval-{rnd}")
         records = []
         for reply in grid.send_and_receive(messages, timeout=cfg.round_deadline_s):
             node = str(reply.metadata.src_node_id)
