@@ -137,3 +137,11 @@ def test_deployment_nodes_evaluate_on_their_own_held_out_lines_and_build_the_fin
     assert main(["fl", "show", report["run_id"], "--store", str(cfg.store_path())]) == 0
     shown = capsys.readouterr().out
     assert "clinic       held-out CER" in shown and "federated evaluation" in shown
+
+
+def test_a_simulated_federation_with_fewer_supernodes_than_organisations_is_refused_by_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `flwr run` simulates 2 SuperNodes unless told otherwise: the school must not be left out silently.
+    report, _ = _run(tmp_path, monkeypatch, rounds=1, node_configs=[{"partition-id": 0}, {"partition-id": 1}])
+    assert report["status"] == "stalled" and report["rounds"] == []
+    assert "num-supernodes=3" in report["error"] and "school" in report["error"]

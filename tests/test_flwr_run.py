@@ -70,23 +70,3 @@ def test_flwr_run_dot_writes_the_same_artefacts_as_fl_simulate(tmp_path: Path) -
     assert set(report["final"]["clients"]) == {"hospital", "bank", "school"}   # the baselines ran in the ServerApp
     for name in ("round-1.pt", "model.pt", "model.onnx", "centralized.pt", "local-only-bank.pt", "server-state.pt"):
         assert (out / name).is_file(), name
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(_port_taken(LOCAL_SUPERLINK_PORT), reason="a local SuperLink already runs on 127.0.0.1:39091")
-def test_flwr_run_with_fewer_supernodes_than_organisations_is_refused_by_name(tmp_path: Path) -> None:
-    out, home = tmp_path / "out", tmp_path / "flwr-home"
-    overrides = f'federation="three-orgs-mini" num-rounds=1 out-dir="{out}" store="{tmp_path / "runs.db"}"'
-    try:
-        subprocess.run(["flwr", "run", ".", "--stream", "--run-config", overrides], cwd=ROOT,
-                       env=_activated_env(home), capture_output=True, text=True, timeout=600)
-    finally:
-        left = _started_by(home)
-        for proc in left:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(left, timeout=30)
-    report = json.loads((out / "report.json").read_text())
-    assert report["status"] == "stalled" and "num-supernodes=3" in report["error"] and "school" in report["error"]

@@ -19,6 +19,7 @@ SAMPLE = ROOT / "bench" / "data" / "browser-lines" / "images" / "000013.png"
 def test_an_installed_wheel_reads_a_line_with_the_model_it_carries(tmp_path: Path) -> None:
     # Built from a copy, so setuptools' build/ folder is not left in the checkout.
     source = tmp_path / "source"
+    source.mkdir()
     for part in ("pyproject.toml", "README.md", "src", "models"):
         copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
         copy(ROOT / part, source / part, **({"symlinks": True} if copy is shutil.copytree else {}))  # type: ignore[operator]

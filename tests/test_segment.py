@@ -2,6 +2,8 @@
 rendered documents whose text and line positions are known."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from rapidfuzz.distance import Levenshtein
@@ -87,16 +89,23 @@ def test_rendered_documents_are_read_line_by_line(trained_digits_model, tmp_path
     assert cer < 0.15
 
 
-def _one_line_with(kind: str, seed: int) -> np.ndarray:
-    """A rendered text line on its own paper, with an underline, cell borders, table rules above
-    and below, a stamp outline, or a tall glyph beside it: all still one line."""
+@functools.lru_cache(maxsize=8)
+def _rendered_line(seed: int) -> np.ndarray:
     import cv2
 
     from fedocr.data import SyntheticLines
 
     lines = SyntheticLines("public", 40, seed=seed)
     image = next(img for img, text in (lines[i] for i in range(40)) if len(text) >= 12)
-    image = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def _one_line_with(kind: str, seed: int) -> np.ndarray:
+    """A rendered text line on its own paper, with an underline, cell borders, table rules above
+    and below, a stamp outline, or a tall glyph beside it: all still one line."""
+    import cv2
+
+    image = _rendered_line(seed)
     h, w = image.shape
     paper = int(np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])))
     margin = 30 if kind == "tall-glyph" else 12

@@ -235,9 +235,9 @@ def test_recognition_runs_off_the_event_loop(onnx_model):
             engine = app.state.fedocr.slot.engine
             original = engine.ocr
 
-            def slow(image, beam_width=0):
+            def slow(image, beam_width=0, layout="auto"):
                 time.sleep(1.5)
-                return original(image, beam_width)
+                return original(image, beam_width, layout)
 
             engine.ocr = slow
             transport = httpx.ASGITransport(app=app)

@@ -32,6 +32,7 @@ class SegmentConfig:
     skew_step_deg: float = 0.2
     min_skew_deg: float = 0.3        # smaller estimated angles are left alone (rotation blurs)
     min_rule_px: int = 40            # shortest run of ink treated as a table rule (also >= 1/25 of the side)
+    max_rule_px: int = 6             # thickest run treated as a rule (also >= 1/40 of the short side)
     min_speck_area: int = 4          # connected components smaller than this are noise
     column_gap: float = 1.5          # a gap wider than this x row height starts a new segment
     pad_y: float = 0.2               # margins added around a crop, x row height
@@ -55,10 +56,18 @@ def binarise(gray: np.ndarray) -> np.ndarray:
 def remove_rules(mask: np.ndarray, config: SegmentConfig) -> np.ndarray:
     """The mask without long horizontal/vertical strokes (table rules, underlines, frames) and specks."""
     h, w = mask.shape
+    # In a line-shaped image a horizontal rule (an underline, a cell border) runs far longer than
+    # the line is tall; a big glyph's widest rows do not.
+    longest_glyph = int(1.5 * h) if w >= 3 * h else 0
     horizontal = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(
-        cv2.MORPH_RECT, (max(config.min_rule_px, w // 25), 1)))
+        cv2.MORPH_RECT, (max(config.min_rule_px, w // 25, longest_glyph), 1)))
     vertical = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(
         cv2.MORPH_RECT, (1, max(config.min_rule_px, h // 25))))
+    # A rule is thin; a long run that is also thick is the stroke of a big glyph (a large digit or
+    # logo letter beside a line), which rule removal must not cut into fragments.
+    limit = max(config.max_rule_px, min(h, w) // 40)
+    horizontal = _thin_only(horizontal, axis=0, limit=limit)
+    vertical = _thin_only(vertical, axis=1, limit=limit)
     rules = cv2.dilate(cv2.bitwise_or(horizontal, vertical), np.ones((3, 3), np.uint8))
     text = cv2.bitwise_and(mask, cv2.bitwise_not(rules))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(text, connectivity=8)
@@ -67,6 +76,17 @@ def remove_rules(mask: np.ndarray, config: SegmentConfig) -> np.ndarray:
     if small.size:
         text[np.isin(labels, small)] = 0
     return text
+
+
+def _thin_only(runs: np.ndarray, axis: int, limit: int) -> np.ndarray:
+    """The components of `runs` at most `limit` pixels thick across `axis` (1: their width)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
+    thick = np.flatnonzero(stats[:, cv2.CC_STAT_WIDTH if axis == 1 else cv2.CC_STAT_HEIGHT] > limit)
+    thick = thick[thick != 0]
+    if thick.size:
+        runs = runs.copy()
+        runs[np.isin(labels, thick)] = 0
+    return runs
 
 
 def _rotation(shape: tuple[int, int], angle: float) -> np.ndarray:
@@ -181,10 +201,7 @@ def split_lines(image: np.ndarray, config: SegmentConfig = SegmentConfig(), layo
         mask = remove_rules(binarise(np.where(raw > 0, paper, gray).astype(np.uint8)), config)
     if not mask.any():
         return []
-    if layout == "auto" and (looks_like_one_line(mask, text_rows(mask))
-                             or (w >= 3 * h and len(text_rows(raw)) <= 1)):
-        # The second test: rule removal also eats the thick strokes of a tall glyph (a big digit,
-        # a logo letter) beside the text, leaving fragments that look like extra rows.
+    if layout == "auto" and looks_like_one_line(mask, text_rows(mask)):
         return whole
     # Rules are the clearest skew signal, so estimate on the raw mask; remove them after deskewing,
     # when they are straight again.
