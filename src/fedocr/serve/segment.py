@@ -79,9 +79,12 @@ def remove_rules(mask: np.ndarray, config: SegmentConfig) -> np.ndarray:
 
 
 def _thin_only(runs: np.ndarray, axis: int, limit: int) -> np.ndarray:
-    """The components of `runs` at most `limit` pixels thick across `axis` (1: their width)."""
+    """The components of `runs` at most `limit` pixels thick on average across their length
+    (area / length, so a thin rule that is slightly slanted still counts as thin); axis 1:
+    vertical runs, whose length is their height."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
-    thick = np.flatnonzero(stats[:, cv2.CC_STAT_WIDTH if axis == 1 else cv2.CC_STAT_HEIGHT] > limit)
+    length = stats[:, cv2.CC_STAT_HEIGHT if axis == 1 else cv2.CC_STAT_WIDTH]
+    thick = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] > limit * np.maximum(length, 1))
     thick = thick[thick != 0]
     if thick.size:
         runs = runs.copy()
