@@ -1,8 +1,9 @@
 """Benchmark: update compression in the federation (issue 11).
 
 Runs the three-organisation federation on Flower's simulation engine once per compression
-setting and seed, and prints and writes bench/results/fl_compress.json (fl_compress_base.json
-for `--federation three-orgs`):
+setting and seed, and prints and writes bench/results/fl_compress.json (fl_compress_warm.json
+with `--start warm`: the mini federation from a model past CTC's blank plateau;
+fl_compress_base.json for `--federation three-orgs`, from the shipped base model):
 
 - bytes up per client per round, as serialized on the wire (the reply's protobuf size);
 - the final (last round's) model's mean CER on each organisation's own test set and on the
@@ -17,7 +18,11 @@ runs with each seed; the table shows the median and [min, max] over seeds. Runs 
 the --out folder, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_compress.py [--federation three-orgs-mini] [--rounds 24] [--lines 160]
-        [--seeds 0,1,2] [--out DIR] [--only NAME,...]
+        [--start scratch|warm] [--seeds 0,1,2] [--out DIR] [--only NAME,...] [--reuse bench/results/fl_compress.json]
+
+`--reuse` takes the runs an earlier result file recorded (same federation, rounds, lines and
+test lines) instead of running them again. Bytes are compared on the mean per client and round
+(a warm-up's denser first rounds count).
 """
 from __future__ import annotations
 
@@ -32,11 +37,15 @@ from typing import Any
 from _common import print_table, write_result
 
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
-from fedocr.federated.config import FlConfig
+from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.model.shipped import base_checkpoint
 from fedocr.federated.sim.simulate import simulate
 from fedocr.model import load_checkpoint
 
+# The mini federation after 9 dense FedAvg rounds from scratch (this benchmark's dense seed-0 run):
+# past CTC's all-blank plateau, as any federation that starts from a trained model is.
+WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
+THREE_ORGS = 3  # both federations here: three organisations, every one sampled each round
 TOP_K_VALUES = {"compress.quantize": "fp16"}  # Top-K rows send their kept values as float16
 SETTINGS: dict[str, dict[str, Any]] = {
     "dense fp32": {},
@@ -46,23 +55,32 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "top-10% no EF": {"compress.top-k": 0.1, "compress.error-feedback": False, **TOP_K_VALUES},
     "top-1% + EF": {"compress.top-k": 0.01, **TOP_K_VALUES},
     "top-1% no EF": {"compress.top-k": 0.01, "compress.error-feedback": False, **TOP_K_VALUES},
+    # Deep Gradient Compression's warm-up: the kept share falls geometrically to k over W rounds.
+    "top-10% + EF + warm-up 3": {"compress.top-k": 0.1, "compress.warmup-rounds": 3, **TOP_K_VALUES},
+    "top-1% + EF + warm-up 2": {"compress.top-k": 0.01, "compress.warmup-rounds": 2, **TOP_K_VALUES},
     "sync every 3 epochs": {"sync": 3},
 }
 
 
+def slug(name: str) -> str:
+    return name.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One federation with one setting and seed (cached as out/NAME-sSEED.json)."""
-    slug = name.replace(" ", "_").replace("%", "pct").replace("+", "plus")
-    cached = out / f"{slug}-s{seed}.json"
+    cached = out / f"{slug(name)}-s{seed}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     setting = dict(SETTINGS[name])
     sync = int(setting.pop("sync", 1))
     base = args.federation == "three-orgs"
-    run_dir = out / f"{slug}-s{seed}"
+    run_dir = out / f"{slug(name)}-s{seed}"
+    initial = str(base_checkpoint()) if base else str(WARM_MINI) if args.start == "warm" else "scratch"
     cfg = FlConfig.from_run_config(
         {"federation": args.federation, "charset": "default" if base else "mini",
-         "initial-model": str(base_checkpoint()) if base else "scratch", "num-rounds": args.rounds // sync,
+         "initial-model": initial, "num-rounds": args.rounds // sync,
+         # the warm model is 9 rounds into a from-scratch run: it keeps the from-scratch rate
+         **({"lr": SCRATCH_LR} if args.start == "warm" and not base else {}),
          "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **setting})
@@ -77,6 +95,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
     up = [c["bytes_up"] for r in rounds for c in r["clients"] if c["accepted"]]
     result = {"setting": name, "seed": seed, "rounds": len(rounds), "local_epochs": float(sync),
               "bytes_up_per_client_round": statistics.median(up), "bytes_up_total": sum(up),
+              "bytes_up_mean_per_client_round": statistics.mean(up),
               "bytes_down_per_client_round": statistics.median(c["bytes_down"] for r in rounds for c in r["clients"]),
               "val_cer": [r["val_cer"] for r in rounds],
               "own_test_cer": statistics.mean(s[0] for s in scores.values()),
@@ -85,6 +104,32 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
               "seconds": time.time() - started}
     cached.write_text(json.dumps(result, indent=1))
     return result
+
+
+def mean_bytes_up(run: dict[str, Any]) -> float:
+    """Bytes up per accepted client-round, averaged over the run (older records: from the total)."""
+    if "bytes_up_mean_per_client_round" in run:
+        return float(run["bytes_up_mean_per_client_round"])
+    return run["bytes_up_total"] / (run["rounds"] * THREE_ORGS)
+
+
+def seed_cache(result_file: Path, args: argparse.Namespace, out: Path) -> int:
+    """Write the runs an earlier result recorded into the run cache, when its settings match."""
+    earlier = json.loads(result_file.read_text())
+    same = (earlier.get("federation"), earlier.get("start", "scratch"), earlier.get("rounds_at_1_epoch"),
+            earlier.get("lines"), earlier.get("test_lines"))
+    if same != (args.federation, args.start, args.rounds, args.lines, args.test_lines):
+        raise SystemExit(f"bench: {result_file} was run with other settings {same}")
+    written = 0
+    for name, results in earlier.get("runs", {}).items():
+        if earlier.get("settings", {}).get(name, SETTINGS.get(name)) != SETTINGS.get(name):
+            continue  # the setting's meaning changed since
+        for run in results:
+            cached = out / f"{slug(name)}-s{run['seed']}.json"
+            if not cached.is_file():
+                cached.write_text(json.dumps(run, indent=1))
+                written += 1
+    return written
 
 
 def rounds_to_reach(val_cer: list[float], target: float) -> int | None:
@@ -105,6 +150,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             return {"median": statistics.median(known), "min": min(known), "max": max(known), "values": values}
 
         rows[name] = {"bytes_up_per_client_round": spread([r["bytes_up_per_client_round"] for r in results]),
+                      "bytes_up_mean_per_client_round": spread([mean_bytes_up(r) for r in results]),
                       "bytes_up_total": spread([r["bytes_up_total"] for r in results]),
                       "own_test_cer": spread([r["own_test_cer"] for r in results]),
                       "others_test_cer": spread([r["others_test_cer"] for r in results]),
@@ -113,8 +159,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
                       "never_reached": sum(n is None for n in reach)}
         dense_row = rows.get("dense fp32")
         if dense_row:
-            rows[name]["bytes_ratio_vs_dense"] = (dense_row["bytes_up_per_client_round"]["median"]
-                                                  / rows[name]["bytes_up_per_client_round"]["median"])
+            rows[name]["bytes_ratio_vs_dense"] = (dense_row["bytes_up_mean_per_client_round"]["median"]
+                                                  / rows[name]["bytes_up_mean_per_client_round"]["median"])
             # Paired by seed: relative change of this setting's mean own-test CER against the dense run's.
             rel = [r["own_test_cer"] / max(dense[r["seed"]]["own_test_cer"], 1e-9) - 1 for r in results]
             rows[name]["relative_own_cer_change"] = spread(rel)
@@ -166,27 +212,34 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--federation", choices=["three-orgs-mini", "three-orgs"], default="three-orgs-mini")
+    parser.add_argument("--start", choices=["scratch", "warm"], default="scratch",
+                        help="three-orgs-mini from scratch, or from a model past the blank plateau (tests/data)")
     parser.add_argument("--rounds", type=int, default=24, help="rounds at 1 local epoch (sync-3 runs a third)")
     parser.add_argument("--lines", type=int, default=160, help="training lines per organisation")
     parser.add_argument("--test-lines", type=int, default=200)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", help="comma-separated setting names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-compress"), help="run folders and the run cache")
+    parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
     if "dense fp32" not in names:
         names.insert(0, "dense fp32")  # every comparison is against it
-    out = (args.out / args.federation).resolve()
+    variant = args.federation + ("-warm" if args.start == "warm" and args.federation == "three-orgs-mini" else "")
+    out = (args.out / variant).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.reuse:
+        print(f"reusing {seed_cache(args.reuse, args, out)} run(s) recorded in {args.reuse}")
     runs = {name: [run_one(name, seed, args, out) for seed in seeds] for name in names}
     rows = summarise(runs)
     table(rows)
-    result = {"federation": args.federation, "seeds": seeds, "rounds_at_1_epoch": args.rounds, "lines": args.lines,
+    result = {"federation": args.federation, "start": args.start, "seeds": seeds, "rounds_at_1_epoch": args.rounds, "lines": args.lines,
               "test_lines": args.test_lines, "settings": {n: SETTINGS[n] for n in names}, "rows": rows,
               "checks": checks(rows), "runs": runs,
               "command": " ".join(["bench/fl_compress.py", *sys.argv[1:]])}
-    path = write_result("fl_compress" if args.federation == "three-orgs-mini" else "fl_compress_base", result)
+    names = {"three-orgs-mini": "fl_compress", "three-orgs-mini-warm": "fl_compress_warm", "three-orgs": "fl_compress_base"}
+    path = write_result(names[variant], result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0

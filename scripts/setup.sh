@@ -8,6 +8,7 @@ APT_PACKAGES=(
   fonts-noto-cjk fonts-wqy-zenhei fonts-wqy-microhei
   fonts-arphic-ukai fonts-arphic-uming fonts-arphic-gkai00mp fonts-arphic-gbsn00lp
   fonts-lxgw-wenkai fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fontconfig
+  fonts-noto-cjk-extra fonts-urw-base35 fonts-crosextra-carlito fonts-crosextra-caladea fonts-noto-core
   chromium
 )
 missing=()

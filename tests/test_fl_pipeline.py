@@ -14,6 +14,7 @@ from fedocr.federated.config import ConfigError, FlConfig
 from fedocr.federated.node_state import load_node_state, save_node_state
 from fedocr.federated.pipeline.build import build_client_chain, build_server_chain, describe, step_rng
 from fedocr.federated.pipeline.compress import CompressConfig, Decode, Quantize, TopK, encode_positions
+from fedocr.federated.pipeline.settings import StepConfigError
 from fedocr.federated.pipeline.types import StepContext, Update
 
 PIPELINE = Path(__file__).resolve().parents[1] / "src" / "fedocr" / "federated" / "pipeline"
@@ -66,6 +67,16 @@ def test_top_k_keeps_the_largest_entries_and_error_feedback_keeps_the_rest() -> 
                                                 _ctx(reference=delta))
     total_sent = dense + second.tensors["conv.weight"]
     assert np.allclose(total_sent + state["residual"]["conv.weight"], 2 * delta["conv.weight"], atol=1e-5)
+
+
+def test_top_k_warm_up_sends_denser_updates_in_the_first_rounds() -> None:
+    config = CompressConfig(top_k=0.1, warmup_rounds=2)
+    assert [round(config.fraction(r), 3) for r in (1, 2, 3, 9)] == [0.464, 0.215, 0.1, 0.1]
+    step, delta = TopK(config), _delta()
+    kept = [step(Update("bank", delta, 10), _ctx({}, rnd=r)).records[-1].info["kept"] for r in (1, 2, 3)]
+    assert kept[0] > kept[1] > kept[2] == 1000 + 1                # then 10% of each tensor (7 biases: 1)
+    with pytest.raises(StepConfigError, match="warmup-rounds"):
+        CompressConfig(warmup_rounds=2)                      # a warm-up without Top-K means nothing
 
 
 def test_without_error_feedback_nothing_is_remembered() -> None:

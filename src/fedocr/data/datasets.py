@@ -234,7 +234,8 @@ class SyntheticLines(LineDataset):
         self.n, self.seed = n, seed
         self.charset = charset or default_charset()
         self.name = self.preset.name + ("-heldout-font" if held_out_fonts else "")
-        faces = installed_faces(held_out=held_out_fonts)
+        wide = self.preset.faces == "wide"
+        faces = installed_faces(held_out=held_out_fonts, wide=wide)
         by_style = {s: [f for f in faces if f.style == s] for s in {f.style for f in faces}}
         weighted = [(by_style[s], w) for s, w in self.preset.styles.items() if by_style.get(s)]
         if held_out_fonts or not weighted:
@@ -242,7 +243,7 @@ class SyntheticLines(LineDataset):
         self._style_faces = [f for f, _ in weighted]
         self._style_weights = np.array([w for _, w in weighted]) / sum(w for _, w in weighted)
         self._coverage = {f: coverage(f, self.charset) for f in faces}
-        self._latin = latin_faces(held_out=held_out_fonts)
+        self._latin = latin_faces(held_out=held_out_fonts, wide=wide)
         cond = self.preset.conditions
         if cond.device:  # lines through a device are drawn differently from the same texts without it
             self.render_version = f"{type(self).render_version}+{cond.device}@{cond.device_rate:g}"

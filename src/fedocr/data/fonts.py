@@ -36,6 +36,19 @@ HELD_OUT_FAMILIES: dict[str, str] = {"LXGW WenKai": "kai"}
 LATIN_FAMILIES: dict[str, str] = {"DejaVu Sans": "sans", "DejaVu Serif": "serif", "DejaVu Sans Mono": "mono",
                                   "Liberation Sans": "sans", "Liberation Serif": "serif", "Liberation Mono": "mono"}
 HELD_OUT_LATIN_FAMILIES: dict[str, str] = {"FreeSans": "sans", "FreeSerif": "serif"}
+# The wide face set (presets with faces="wide", for a base model that reads other documents):
+# the CJK weights of fonts-noto-cjk-extra (Thin to Black) and the office and print faces of
+# fonts-urw-base35, fonts-crosextra-carlito and fonts-noto-core. P052 (Palatino) and Caladea
+# (Cambria) are kept out with FreeFont, to measure unseen Latin typefaces.
+CORE_NOTO_WEIGHTS = frozenset({"Regular", "Bold"})
+WIDE_LATIN_FAMILIES: dict[str, str] = {
+    **LATIN_FAMILIES, "Nimbus Roman": "serif", "Nimbus Sans": "sans", "Nimbus Sans Narrow": "sans",
+    "Nimbus Mono PS": "mono", "C059": "serif", "URW Bookman": "serif", "URW Gothic": "sans", "Carlito": "sans",
+    "Noto Sans": "sans", "Noto Serif": "serif"}
+HELD_OUT_WIDE_LATIN_FAMILIES: dict[str, str] = {**HELD_OUT_LATIN_FAMILIES, "P052": "serif", "Caladea": "serif"}
+# FreeType reads Type 1 (.pfb) too, but fontTools cannot tell their coverage; the OpenType
+# copies of the same faces are installed beside them.
+FONT_SUFFIXES = (".ttf", ".ttc", ".otf")
 FONT_DIR_ENV = "FEDOCR_FONT_DIR"
 MANIFEST = "fonts.json"
 
@@ -83,14 +96,21 @@ def _faces(families: dict[str, str], pattern: str) -> tuple[FontFace, ...]:
     folder = os.environ.get(FONT_DIR_ENV)
     listed = _packed(Path(folder)) if folder else _fc_list(pattern)
     return tuple(FontFace(path, index, family, families[family], style)
-                 for path, index, family, style in listed if family in families)
+                 for path, index, family, style in listed
+                 if family in families and path.lower().endswith(FONT_SUFFIXES))
+
+
+def _is_core(face: FontFace) -> bool:
+    """In the face set the shipped base model was first trained on (before fonts-noto-cjk-extra)."""
+    return not face.family.startswith("Noto ") or face.weight in CORE_NOTO_WEIGHTS
 
 
 @cache
-def installed_faces(held_out: bool = False) -> tuple[FontFace, ...]:
-    """Faces of the training families (or, with held_out=True, of the held-out ones)."""
+def installed_faces(held_out: bool = False, wide: bool = False) -> tuple[FontFace, ...]:
+    """Faces of the training families (or, with held_out=True, of the held-out ones); `wide`
+    adds every installed weight of the Noto CJK families (fonts-noto-cjk-extra)."""
     families = HELD_OUT_FAMILIES if held_out else TRAIN_FAMILIES
-    faces = _faces(families, ":lang=zh")
+    faces = tuple(f for f in _faces(families, ":lang=zh") if wide or _is_core(f))
     if not faces:
         kind = "held-out" if held_out else "training"
         raise FontsMissing(f"no {kind} CJK fonts found ({', '.join(families)}); run scripts/setup.sh")
@@ -98,11 +118,19 @@ def installed_faces(held_out: bool = False) -> tuple[FontFace, ...]:
 
 
 @cache
-def latin_faces(held_out: bool = False) -> tuple[FontFace, ...]:
-    """Upright faces of the Western families for ASCII runs (none installed: an empty tuple)."""
+def latin_faces(held_out: bool = False, wide: bool = False) -> tuple[FontFace, ...]:
+    """Faces of the Western families for ASCII runs (none installed: an empty tuple): upright
+    ones, and with `wide` the wide set's, where the serif families keep their italics (as
+    printed documents use them: emphasis, titles, Latin names)."""
+    if wide:
+        families = HELD_OUT_WIDE_LATIN_FAMILIES if held_out else WIDE_LATIN_FAMILIES
+        return tuple(f for f in _faces(families, ":lang=en") if f.style == "serif" or not _slanted(f))
     families = HELD_OUT_LATIN_FAMILIES if held_out else LATIN_FAMILIES
-    return tuple(f for f in _faces(families, ":lang=en")
-                 if not any(word in f.weight for word in ("Italic", "Oblique", "Kursiv")))
+    return tuple(f for f in _faces(families, ":lang=en") if not _slanted(f))
+
+
+def _slanted(face: FontFace) -> bool:
+    return any(word in face.weight for word in ("Italic", "Oblique", "Kursiv"))
 
 
 def _cache_dir() -> Path:

@@ -40,6 +40,12 @@ class Conditions:
     latin_font: float = 0.5                      # chance that ASCII runs use a Western font
     device: str = ""                             # an organisation's own printer/scanner (data.devices)
     device_rate: float = 0.0                     # share of its lines that went through that device
+    # Scale and drawing as other renderers and real crops have them (off in the domain presets,
+    # so their lines render as they always did):
+    small_text: float = 0.0                      # chance of 9-20 px glyphs (small print, upscaled later)
+    large_text: float = 0.0                      # chance of 45-80 px glyphs (big type, downscaled later)
+    aliased: float = 0.0                         # chance of bi-level glyphs (screen text without smoothing)
+    shaped_runs: bool = False                    # draw each one-face run whole: kerning and ligatures
 
     def __post_init__(self) -> None:
         if self.device and self.device not in DEVICES:
@@ -64,7 +70,7 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
     With `latin`, ASCII characters are drawn with that Western face and the rest with `face`,
     on one baseline, as a browser or word processor draws a mixed Chinese/English line.
     """
-    size = int(rng.integers(cond.font_px[0], cond.font_px[1] + 1))
+    size = _font_size(rng, cond)
     font = _font(face.path, face.index, size)
     spacing = float(rng.uniform(*cond.letter_spacing)) * size if rng.random() < 0.4 else 0.0
     if latin is not None and any(_is_ascii_glyph(c) for c in text):
@@ -72,8 +78,11 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
         fonts = [western if _is_ascii_glyph(c) else font for c in text]
     else:
         fonts = [font] * len(text)
-    advances = [f.getlength(c) for f, c in zip(fonts, text)]
-    width = int(sum(advances) + spacing * max(len(text) - 1, 0)) + 1
+    pieces = list(zip(text, fonts))
+    if cond.shaped_runs and not spacing:  # a run of one face is laid out whole, as a browser does
+        pieces = _runs(pieces)
+    advances = [f.getlength(t) for t, f in pieces]
+    width = int(sum(advances) + spacing * max(len(pieces) - 1, 0)) + 1
     metrics = [f.getmetrics() for f in set(fonts) or {font}]
     ascent, descent = max(m[0] for m in metrics), max(m[1] for m in metrics)
     pad_x = int(rng.integers(2, size // 2 + 3))
@@ -82,18 +91,42 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
     ink = int(rng.integers(*cond.ink)) if cond.ink[1] > cond.ink[0] else cond.ink[0]
     canvas = Image.new("L", (max(width, 1) + 2 * pad_x, ascent + descent + pad_top + pad_bottom), paper)
     draw = ImageDraw.Draw(canvas)
+    if cond.aliased and rng.random() < cond.aliased:
+        draw.fontmode = "1"
     if rng.random() < cond.stamp:
         _draw_stamp(draw, canvas.size, rng, paper)
-    if spacing or any(f is not font for f in fonts):  # per character: spacing, or a Western face
+    if spacing or any(f is not font for f in fonts):  # piece by piece: spacing, or a Western face
         x, baseline = float(pad_x), pad_top + ascent
-        for char, char_font, advance in zip(text, fonts, advances):
-            draw.text((x, baseline), char, font=char_font, fill=ink, anchor="ls")
+        for (piece, piece_font), advance in zip(pieces, advances):
+            draw.text((x, baseline), piece, font=piece_font, fill=ink, anchor="ls")
             x += advance + spacing
     else:
         draw.text((pad_x, pad_top), text, font=font, fill=ink)
     if rng.random() < cond.rules:
         _draw_rules(draw, canvas.size, rng, ink, pad_top, ascent + descent)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def _font_size(rng: np.random.Generator, cond: Conditions) -> int:
+    low, high = cond.font_px
+    if cond.small_text or cond.large_text:  # drawn only when asked: other presets keep their streams
+        pick = rng.random()
+        if pick < cond.small_text:
+            low, high = 9, 20
+        elif pick < cond.small_text + cond.large_text:
+            low, high = 45, 80
+    return int(rng.integers(low, high + 1))
+
+
+def _runs(pieces: list[tuple[str, ImageFont.FreeTypeFont]]) -> list[tuple[str, ImageFont.FreeTypeFont]]:
+    """Consecutive characters of one face joined into one piece."""
+    runs: list[tuple[str, ImageFont.FreeTypeFont]] = []
+    for text, font in pieces:
+        if runs and runs[-1][1] is font:
+            runs[-1] = (runs[-1][0] + text, font)
+        else:
+            runs.append((text, font))
+    return runs
 
 
 def _draw_stamp(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.random.Generator, paper: int) -> None:

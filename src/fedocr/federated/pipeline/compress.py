@@ -5,6 +5,10 @@ Top-K sparsification (Aji & Heafield 2017; Stich et al., "Sparsified SGD with Me
 "global"`) with the largest magnitude. With error feedback (Stich et al. 2018; Karimireddy et
 al., "Error Feedback Fixes SignSGD", ICML 2019) what was left out is remembered in the step's
 state on the node and added to the next round's delta, so nothing is lost, only delayed.
+A warm-up (Lin et al., "Deep Gradient Compression", ICLR 2018) keeps more entries in the first
+rounds, the kept fraction falling geometrically from dense to k: a model far from any optimum
+(a federation from scratch, on CTC's all-blank plateau) moves in every direction at once, and
+delaying most of them costs the rounds it takes to leave the plateau.
 Quantisation sends float tensors as float16, or as int8 with one float32 scale per tensor.
 
 The encoding travels in the tensor names. Top-K sends all float tensors as one flat vector (the
@@ -39,12 +43,14 @@ QUANTIZE = ("none", "fp16", "int8")
 @dataclass(frozen=True)
 class CompressConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"compress.top-k": "top_k", "compress.scope": "scope",
-                                       "compress.error-feedback": "error_feedback", "compress.quantize": "quantize"}
+                                       "compress.error-feedback": "error_feedback", "compress.quantize": "quantize",
+                                       "compress.warmup-rounds": "warmup_rounds"}
 
     top_k: float = 0.0              # `compress.top-k`: fraction of entries kept (0: dense)
     scope: str = "tensor"           # `compress.scope`: k of each tensor, or of all tensors ("global")
     error_feedback: bool = True     # `compress.error-feedback`: carry what Top-K left out to the next round
     quantize: str = "none"          # `compress.quantize`: none, fp16 or int8 (per-tensor scale)
+    warmup_rounds: int = 0          # `compress.warmup-rounds`: rounds of denser Top-K before k is reached
 
     def __post_init__(self) -> None:
         if not 0 <= self.top_k < 1:
@@ -53,6 +59,15 @@ class CompressConfig(StepConfig):
             raise bad("compress.scope", f"{self.scope!r} is not 'tensor' or 'global'")
         if self.quantize not in QUANTIZE:
             raise bad("compress.quantize", f"{self.quantize!r} is not one of {', '.join(QUANTIZE)}")
+        if self.warmup_rounds < 0 or (self.warmup_rounds and not self.top_k):
+            raise bad("compress.warmup-rounds", "must be >= 0, and above 0 only with compress.top-k")
+
+    def fraction(self, round_: int) -> float:
+        """The share of entries kept in round `round_` (1-based): k^(r / (W + 1)) during the
+        warm-up (W = 2, k = 0.1: 46%, 22%, then 10%), k after it."""
+        if round_ > self.warmup_rounds:
+            return self.top_k
+        return self.top_k ** (round_ / (self.warmup_rounds + 1))
 
 
 # -- Top-K --------------------------------------------------------------------------------------
@@ -112,7 +127,8 @@ class TopK:
 
     def describe(self) -> str:
         feedback = "with error feedback" if self.config.error_feedback else "no error feedback"
-        return f"keep {100 * self.config.top_k:g}% of entries per {self.config.scope}, {feedback}"
+        warmup = (f", denser in the first {self.config.warmup_rounds} round(s)" if self.config.warmup_rounds else "")
+        return f"keep {100 * self.config.top_k:g}% of entries per {self.config.scope}, {feedback}{warmup}"
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:
         residual: Mapping[str, np.ndarray] = ctx.state.get("residual", {}) if self.config.error_feedback else {}
@@ -122,14 +138,15 @@ class TopK:
         floats = sorted(k for k, v in update.tensors.items() if is_float(v) and not is_statistic(k))
         acc = {k: update.tensors[k] + residual[k] if k in residual and residual[k].shape == update.tensors[k].shape
                else update.tensors[k] for k in floats}
-        masks = _kept_masks(acc, self.config.top_k, self.config.scope)
+        fraction = self.config.fraction(ctx.round)
+        masks = _kept_masks(acc, fraction, self.config.scope)
         out: Weights = {k: v for k, v in update.tensors.items() if k not in acc}  # buffers and statistics stay dense
         if floats:
             kind, positions = encode_positions(np.concatenate([masks[k].ravel() for k in floats]))
             out[f"{FLAT}{SEP}{kind}"] = positions
             out[f"{FLAT}{SEP}{VALUES}"] = np.concatenate([acc[k][masks[k]] for k in floats])
         info: dict[str, Any] = {"kept": int(sum(m.sum() for m in masks.values())),
-                                "of": int(sum(a.size for a in acc.values()))}
+                                "of": int(sum(a.size for a in acc.values())), "fraction": fraction}
         if self.config.error_feedback:
             ctx.state["residual"] = {k: np.where(masks[k], 0, a).astype(a.dtype) for k, a in acc.items()}
             info["residual_norm"] = float(np.sqrt(sum(float(np.sum(np.square(r, dtype=np.float64)))

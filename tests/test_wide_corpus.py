@@ -1,0 +1,64 @@
+"""The `wide` corpus: real English words, identifiers, more faces and scales, shaped runs, while
+the domain presets keep rendering as they always did."""
+from __future__ import annotations
+
+import random
+import re
+
+import numpy as np
+
+from fedocr.charset import default_charset
+from fedocr.data import SyntheticLines, text_wide
+from fedocr.data.fonts import (CORE_NOTO_WEIGHTS, HELD_OUT_WIDE_LATIN_FAMILIES, WIDE_LATIN_FAMILIES, installed_faces,
+                               latin_faces)
+from fedocr.data.render import Conditions, render_line
+
+
+def test_wide_text_is_real_english_in_every_case_with_codes_and_addresses():
+    rng = random.Random(7)
+    lines = [text_wide.wide_line(rng) for _ in range(600)]
+    charset = default_charset()
+    assert all(charset.normalise(line) == line for line in lines)       # every character encodable, as written
+    words = {w for line in lines for w in re.findall(r"[A-Za-z]{4,}", line)}
+    assert {w for w in words if w.isupper()} and {w for w in words if w.istitle()} and {w for w in words if w.islower()}
+    vocabulary = set(text_wide._english_vocabulary()[0])
+    lowercase = [w for w in words if w.islower()]
+    assert sum(w in vocabulary for w in lowercase) > 0.6 * len(lowercase)  # real words, not letter soup
+    assert any(re.search(r"[\w.-]+@[\w-]+\.[a-z.]+", line) for line in lines)
+    assert any(re.search(r"\d%", line) for line in lines)
+    assert any(re.search(r"[\u4e00-\u9fff][：，]?[A-Za-z]", line) for line in lines)  # mixed Chinese and Latin
+
+
+def test_domain_presets_keep_their_faces_while_wide_adds_weights_and_office_faces():
+    core = installed_faces()
+    assert all(f.weight in CORE_NOTO_WEIGHTS for f in core if f.family.startswith("Noto "))
+    wide = installed_faces(wide=True)
+    assert set(core) <= set(wide)
+    assert {f.family for f in latin_faces(wide=True)} <= set(WIDE_LATIN_FAMILIES)
+    assert not {f.family for f in latin_faces(wide=True)} & set(HELD_OUT_WIDE_LATIN_FAMILIES)
+    assert all(not f.path.endswith(".pfb") for f in latin_faces(wide=True))
+
+
+def test_wide_lines_render_small_large_and_with_the_extra_faces():
+    lines = SyntheticLines("wide", 60, seed=11)
+    heights = [lines[i][0].shape[0] for i in range(len(lines))]
+    assert min(heights) < 26 and max(heights) > 60                    # small print and big type both drawn
+    assert all((lines[i][0] < 160).any() for i in range(10))
+
+
+def test_shaped_runs_lay_out_latin_text_whole_with_kerning():
+    face = installed_faces()[0]
+    western = next(f for f in latin_faces() if f.family == "Liberation Serif" and "Regular" in f.weight)
+    kerned_text = "AVATAR WAVE To Ty 99"
+    cond = Conditions(letter_spacing=(0, 0), blur=0, noise=0, jpeg=0)
+    per_char = render_line(kerned_text, face, np.random.default_rng(1), cond, western)
+    shaped = render_line(kerned_text, face, np.random.default_rng(1), Conditions(
+        letter_spacing=(0, 0), shaped_runs=True), western)
+    assert shaped.shape[1] < per_char.shape[1]                        # kerning pairs pulled together
+
+
+def test_small_text_draws_small_glyphs_and_the_default_draws_none():
+    face = installed_faces()[0]
+    small = [render_line("金额 123", face, np.random.default_rng(s), Conditions(small_text=1.0)).shape[0] for s in range(8)]
+    default = [render_line("金额 123", face, np.random.default_rng(s), Conditions()).shape[0] for s in range(8)]
+    assert max(small) < min(default)
