@@ -41,3 +41,13 @@ def test_ocr_without_a_model_uses_the_shipped_one(tmp_path):
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["text"] == "柯达 Picture CD"
+
+
+@pytest.mark.parametrize("name", ["browser-lines", "browser-lines-wide", "office-lines"])
+def test_external_check_sets_load_and_every_label_is_readable(name):
+    lines = open_dataset(ROOT / "bench" / "data" / name)
+    charset = default_charset()
+    texts = list(lines.texts())
+    assert len(texts) >= 160 and all(t and charset.normalise(t) == t for t in texts)
+    image, _ = lines[0]
+    assert image.ndim == 2 and (image < 128).any()
