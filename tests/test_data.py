@@ -236,3 +236,21 @@ def test_a_renderer_change_changes_the_data_fingerprint(small_charset, monkeypat
     monkeypatch.setattr(SyntheticLines, "render_version", "1")
     before = EncodedLines(SyntheticLines("digits", 8, seed=1, charset=small_charset), small_charset).fingerprint
     assert now != before and now.split(":")[0] == before.split(":")[0]
+
+
+def test_a_loosely_cut_line_is_trimmed_to_the_scale_of_a_tight_one_and_flat_marks_are_not_blown_up():
+    import numpy as np
+
+    from fedocr.data.fonts import installed_faces
+    from fedocr.data.preprocess import preprocess
+    from fedocr.data.render import Conditions, render_line
+
+    cond = Conditions(letter_spacing=(0, 0), font_px=(30, 30))
+    tight = render_line("Initial delay 延迟", installed_faces()[0], np.random.default_rng(0), cond)
+    loose = np.full((tight.shape[0] * 3, tight.shape[1]), 255, np.uint8)
+    loose[tight.shape[0]:2 * tight.shape[0]] = tight                  # a PDF line box or table cell around it
+    assert abs(preprocess(loose).shape[1] - preprocess(tight).shape[1]) <= 0.15 * preprocess(tight).shape[1]
+    dashes = np.full((60, 300), 255, np.uint8)
+    dashes[29:31, 20:280:12] = 0                                      # a dotted rule: two rows of ink
+    ink_rows = (preprocess(dashes) > 0.5).any(axis=1).sum()
+    assert ink_rows <= 8                                              # not a bar across the whole height
