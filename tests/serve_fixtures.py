@@ -55,6 +55,15 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
 
 
+def dot_grid(side: int = 1000, step: int = 10, dot: int = 3) -> np.ndarray:
+    """White square with a black dot x dot square every `step` px: a few KB of PNG that segments
+    into (side / step)^2 "lines" (the hostile upload of issue 17)."""
+    image = np.full((side, side), 255, np.uint8)
+    for offset in range(dot):
+        image[offset::step, :] = np.where((np.arange(side) % step) < dot, 0, image[offset::step, :])
+    return image
+
+
 @dataclass(frozen=True)
 class Page:
     image: np.ndarray                          # uint8 gray

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from fedocr.cli import build_parser, main
 
 FEDOCR = [sys.executable, "-m", "fedocr"]
 
@@ -96,12 +99,26 @@ def test_missing_image_is_exit_3(trained_digits_model, tmp_path):
     one_line_error(fedocr("ocr", "--model", trained_digits_model.path, tmp_path / "nope.png"), 3, "nope.png")
 
 
-def test_not_an_image_is_exit_3_and_prints_no_partial_results(trained_digits_model, tmp_path, synth_set):
-    bad = tmp_path / "notes.png"
+def test_a_bad_image_is_reported_and_the_other_images_still_get_their_results(tmp_path, capsys):
+    from serve_fixtures import dot_grid, random_model
+
+    model = random_model(tmp_path / "m.pt")
+    good, bad, missing, grid = (tmp_path / n for n in ("good.png", "notes.png", "missing.png", "grid.png"))
+    Image.fromarray(np.full((32, 120), 255, np.uint8)).save(good)
     bad.write_text("hello")
-    result = fedocr("ocr", "--model", trained_digits_model.path, "--json", synth_set / "images" / "000000.png", bad)
-    one_line_error(result, 3, "notes.png: not a readable image")
-    assert result.stdout == ""
+    Image.fromarray(dot_grid(1000)).save(grid)   # 10,000 "lines": refused before any is recognised
+    result = fedocr("ocr", "--model", model, "--json", good, bad, missing, grid)
+    assert result.returncode == 3, result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["image"] for o in objects] == [str(good), str(bad), str(missing), str(grid)]
+    assert "text" in objects[0] and "lines" in objects[0] and all("error" in o for o in objects[1:])
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("fedocr: error: ") for line in errors), result.stderr
+    assert "notes.png: not a readable image" in errors[0] and "missing.png" in errors[1]
+    assert "grid.png: more than 500 text lines" in errors[2] and "--max-lines" in errors[2]
+    assert main(["ocr", "--model", str(model), "--layout", "line", str(good), str(missing)]) == 3
+    plain = capsys.readouterr()
+    assert plain.out.startswith(f"{good}\t") and plain.err.count("fedocr: error: ") == 1 and "missing.png" in plain.err
 
 
 @pytest.mark.parametrize("labels, fragment", [("", "no labelled lines"), ("x.png 金额\n", "expected 'image-path<TAB>text'")])
@@ -214,3 +231,97 @@ def test_sigterm_during_training_saves_a_resumable_checkpoint(synth_set, tmp_pat
             proc.wait()
     assert out.is_file(), proc.stderr.read()
     assert load_checkpoint(out).training["step"] > 0
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, list[str]]:
+    """`fedocr ARGS` in this process: its exit code and its stderr lines."""
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["train", "--data", "synth:digits:4", "--out", "{tmp}/m.pt", "--lr", "nan"], 2, "--lr must be a finite"),
+    (["train", "--data", "synth:digits:4", "--out", "{tmp}/m.pt", "--lr", "-1"], 2, "--lr must be a finite"),
+    (["train", "--data", "synth:digits:4", "--out", "{tmp}/m.pt", "--epochs", "inf"], 2, "--epochs"),
+    (["train", "--data", "synth:digits:4", "--out", "/proc/x.pt"], 4, "/proc: output folder is not writable"),
+    (["eval", "--data", "{tmp}/none", "--beam", "-1"], 2, "--beam"),
+    (["ocr", "{tmp}/none.png", "--beam", "-1"], 2, "--beam"),
+    (["ocr", "{tmp}/none.png", "--max-lines", "0"], 2, "--max-lines"),
+    (["fl", "certs", "--out", "{tmp}/certs", "--days", "-1"], 2, "--days must be at least 1"),
+    (["serve", "--model", "{tmp}/none.onnx", "--token", ""], 2, "--token: the token is empty"),
+    (["serve", "--model", "{tmp}/none.onnx", "--token", "a", "--token-file", "{tmp}/t"], 2, "not both"),
+    (["serve", "--model", "{tmp}/none.onnx", "--token-file", "{tmp}/empty"], 2, "the token is empty"),
+    (["serve", "--model", "{tmp}/none.onnx", "--token-file", "{tmp}/none"], 3, "cannot read"),
+    (["serve", "--model", "{tmp}/none.onnx", "--watch", "nan"], 2, "--watch"),
+], ids=["lr-nan", "lr-negative", "epochs-inf", "out-in-proc", "eval-beam", "ocr-beam", "max-lines", "cert-days",
+        "empty-token", "two-tokens", "empty-token-file", "missing-token-file", "watch-nan"])
+def test_options_are_checked_before_any_work(args, code, fragment, tmp_path, capsys):
+    (tmp_path / "empty").write_text("\n")
+    got, err = in_process(capsys, *(a.format(tmp=tmp_path) for a in args))
+    assert got == code and len(err) == 1 and err[0].startswith("fedocr: error: ") and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]   # nothing written
+
+
+def test_an_empty_fedocr_token_is_refused_at_start(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEDOCR_TOKEN", "")
+    code, err = in_process(capsys, "serve", "--model", tmp_path / "none.onnx")
+    assert code == 2 and err == ["fedocr: error: $FEDOCR_TOKEN: the token is empty (that would be an open server; "
+                                 "leave it out to serve without a token)"]
+
+
+def test_serve_on_a_busy_port_fails_with_one_line_before_saying_it_serves(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # No such model either: the port is checked first, before seconds of loading.
+        code, err = in_process(capsys, "serve", "--model", tmp_path / "none.onnx", "--port", port)
+    assert code == 4 and err == [f"fedocr: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_a_token_file_protects_the_server_and_keeps_the_token_out_of_ps(tmp_path):
+    import httpx
+    import psutil
+
+    from serve_fixtures import live_server, random_model
+
+    token = "s3cret-from-a-file"
+    (tmp_path / "token").write_text(token + "\n")
+    with live_server(random_model(tmp_path / "m.pt"), "--token-file", str(tmp_path / "token")) as base:
+        assert httpx.get(base + "/api/model").status_code == 401
+        assert httpx.get(base + "/api/model", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        commands = [" ".join(c.cmdline()) for c in psutil.Process().children(recursive=True)]
+        assert any("--token-file" in c for c in commands) and not any(token in c for c in commands)
+
+
+def test_fedocr_help_loads_no_heavy_module():
+    # `fedocr --help` took 2 s importing torch; sub-commands import what they need when they run.
+    probe = ("import sys; from fedocr.cli import build_parser; build_parser().format_help(); "
+             "print(sorted(m for m in ('torch', 'cv2', 'onnxruntime', 'fastapi', 'flwr') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    usage = fedocr("--help")
+    assert usage.returncode == 0 and all(c in usage.stdout for c in ("synth", "train", "ocr", "serve", "fl"))
+
+
+def _parsers(parser):
+    """Every parser under `parser`, each with its arguments added (lazy ones too)."""
+    import argparse
+
+    parser.format_help()  # a lazy parser adds its arguments now
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _parsers(sub)
+
+
+def test_every_option_has_help_text():
+    import argparse
+
+    missing = [f"{parser.prog} {'/'.join(a.option_strings) or a.dest}" for parser in _parsers(build_parser())
+               for a in parser._actions
+               if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+    assert missing == []

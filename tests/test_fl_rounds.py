@@ -145,3 +145,16 @@ def test_a_simulated_federation_with_fewer_supernodes_than_organisations_is_refu
     report, _ = _run(tmp_path, monkeypatch, rounds=1, node_configs=[{"partition-id": 0}, {"partition-id": 1}])
     assert report["status"] == "stalled" and report["rounds"] == []
     assert "num-supernodes=3" in report["error"] and "school" in report["error"]
+
+
+def test_a_run_in_which_no_round_was_applied_ends_failed_and_publishes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    printed: list[str] = []
+    report, cfg = _run(tmp_path, monkeypatch, rounds=1, printer=printed.append, **{
+        "lines-per-client": 8, "faults": "hospital:nan@1,bank:nan@1,school:nan@1"})
+    assert [r["applied"] for r in report["rounds"]] == [False]
+    assert report["status"] == "failed" and "no round was applied in 1 round(s)" in report["error"]
+    assert "threshold" in report["error"] and any(line.startswith("run failed: no round") for line in printed)
+    assert not (cfg.out_path() / "model.onnx").exists()  # the initial model is not published as the federation's
+    with RunStore(cfg.store_path()) as store:
+        assert store.run(report["run_id"])["status"] == "failed"

@@ -17,7 +17,7 @@ from fedocr.data import SyntheticLines
 from fedocr.serve.app import ServeConfig, create_app
 from fedocr.export import export_onnx
 from fedocr.serve.images import Limits
-from serve_fixtures import SMALL, live_server, png, png_header_only, random_model, render_page
+from serve_fixtures import SMALL, dot_grid, live_server, png, png_header_only, random_model, render_page
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,36 @@ def test_openapi_docs_and_web_page_are_served(client):
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
     assert "http" not in client.get("/static/app.js").text.replace("http.", "")  # nothing fetched from elsewhere
+
+
+def test_docs_show_the_package_version_and_the_limits_in_mib(client):
+    from fedocr import __version__
+
+    info = client.get("/openapi.json").json()["info"]
+    assert info["version"] == __version__
+    assert "10 MiB and 40,000,000 pixels" in info["description"] and "40 MiB per batch" in info["description"]
+    assert "500 text lines" in info["description"]
+
+
+def test_more_lines_than_the_limit_is_a_422_before_any_line_is_recognised(onnx_model, monkeypatch):
+    grid = png(dot_grid(1000))  # 3 KB that segments into 10,000 "lines"
+    with TestClient(create_app(ServeConfig(model=onnx_model))) as c:
+        engine = c.app.state.fedocr.slot.engine
+        recognize = engine.recognize
+        monkeypatch.setattr(engine, "recognize", lambda *_: pytest.fail("recognised a line of the dot grid"))
+        started = time.perf_counter()
+        r = post(c, grid)
+        assert r.status_code == 422 and "more than 500 text lines" in r.json()["detail"], r.text
+        assert time.perf_counter() - started < 5  # segmentation only (was 16-20 s of recognition)
+        monkeypatch.setattr(engine, "recognize", recognize)
+        files = [("images", ("grid.png", grid, "image/png")), ("images", ("line.png", line_png(), "image/png"))]
+        items = c.post("/api/ocr/batch", files=files).json()["results"]
+        assert [i["status"] for i in items] == [422, 200] and "more than 500 text lines" in items[0]["error"]
+    page = png(render_page(3, seed=2, two_columns=False).image)
+    with TestClient(create_app(ServeConfig(model=onnx_model, max_lines=2))) as c:  # the limit is the server's
+        r = post(c, page)
+        assert r.status_code == 422 and "more than 2 text lines" in r.json()["detail"]
+        assert post(c, page, params={"layout": "line"}).status_code == 200
 
 
 @pytest.mark.parametrize("data, status, message", [

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 from fedocr import __version__
 from fedocr.cli import federated, recognizer, serving
-from fedocr.cli.common import EXIT_INPUT, EXIT_OUTPUT, error_exit_code
+from fedocr.cli.common import EXIT_INPUT, EXIT_OUTPUT, LazyParser, report_error
 
 GROUPS = [recognizer, serving, federated]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = LazyParser(
         prog="fedocr", description="Privacy-preserving Chinese + English OCR: train, federate, serve.",
         epilog=f"exit codes: 0 ok, 2 usage, {EXIT_INPUT} bad input, {EXIT_OUTPUT} output not writable, 1 other failure")
     parser.add_argument("--version", action="version", version=f"fedocr {__version__}")
@@ -31,13 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fedocr: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # every failure ends as one line and a documented exit code
-        code = error_exit_code(exc)
+        code = report_error(exc)
         if code is None:
             raise
-        lines = str(exc).strip().splitlines()
-        # DataLoader workers re-raise as "Caught X in DataLoader worker ...": the cause is the last line
-        message = (lines[-1] if lines[0].startswith("Caught ") else lines[0]) if lines else type(exc).__name__
-        print(f"fedocr: error: {message}", file=sys.stderr)
         return code
 
 

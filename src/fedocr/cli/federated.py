@@ -1,4 +1,4 @@
-"""`fedocr fl simulate | runs | show | certs`: thin conveniences over Flower (DESIGN.md: not a second engine)."""
+"""`fedocr fl simulate | runs | show | certs`: thin conveniences over Flower (docs/ARCHITECTURE.md: not a second engine)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedocr.cli.common import EXIT_FAILURE, CliError, print_json
+from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,22 +20,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "OUT/report.json, OUT/round-N.pt and OUT/model.pt. Re-running with the same "
                                       "--out resumes after the last completed round.")
     p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs or three-orgs-mini")
-    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--rounds", type=int, required=True, help="federated rounds (num-rounds)")
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
-    p.add_argument("--local-epochs", type=float)
+    p.add_argument("--local-epochs", type=float, help="epochs each client trains per round")
     p.add_argument("--lr", type=float, help="local learning rate (default: 3e-3 from scratch, 1e-4 from a trained model)")
     p.add_argument("--lr-decay", choices=["cosine", "none"], help="local rate over the rounds (default cosine, to 5%%)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="lines per local optimizer step")
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
     p.add_argument("--min-accepted", type=int, help="participation threshold")
-    p.add_argument("--aggregate", choices=["all", "backbone"])
+    p.add_argument("--aggregate", choices=["all", "backbone"],
+                   help="all: one global model; backbone: each node keeps its own head (FedPer)")
     p.add_argument("--initial-model", help="auto, scratch or an absolute .pt path")
     p.add_argument("--lines", type=int, help="training lines per organisation")
-    p.add_argument("--test-lines", type=int)
-    p.add_argument("--val-lines", type=int)
+    p.add_argument("--test-lines", type=int, help="test lines per organisation for the final table")
+    p.add_argument("--val-lines", type=int, help="the server's validation lines (public preset)")
     p.add_argument("--deadline", type=float, help="round deadline in seconds")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="run seed: data order, sampling, every step's randomness")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
     p.add_argument("--no-baselines", action="store_true", help="skip local-only and centralized baselines")
     p.add_argument("--dry-run", action="store_true", help="print the update pipeline this config builds and stop")
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = fl_sub.add_parser("runs", help="list the runs in the run store")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the runs as one JSON array")
     p.set_defaults(run=run_runs)
 
     p = fl_sub.add_parser("show", help="one run's rounds and clients")
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hosts", default="127.0.0.1,localhost",
                    help="SuperLink names and IPs for the server certificate's SANs, comma-separated")
     p.add_argument("--nodes", default="hospital,bank,school", help="SuperNode key names, comma-separated")
-    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--days", type=int, default=365, help="validity of the certificates in days (default 365)")
     p.add_argument("--check", action="store_true", help="only check an existing folder")
     p.add_argument("--force", action="store_true", help="replace the certificates in a non-empty --out folder")
     p.set_defaults(run=run_certs)
@@ -216,6 +217,8 @@ def run_show(args: argparse.Namespace) -> int:
 def run_certs(args: argparse.Namespace) -> int:
     from fedocr.federated.deploy.certs import CertError, check_bundle, make_bundle
 
+    if args.days < 1:
+        raise CliError(f"--days must be at least 1, got {args.days}", EXIT_USAGE)
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     try:

@@ -5,37 +5,72 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from fedocr.cli.common import (EXIT_USAGE, CliError, OutputError, check_writable_file, default_model, error_exit_code,
+                               error_message, lazy_parser, positive, print_json, report_error)
 
-from fedocr.charset import default_charset
-from fedocr.cli.common import CliError, OutputError, check_writable_file, default_model, print_json
-from fedocr.data import (PRESETS, ConcatLines, DatasetError, EncodedLines, InMemoryLines, LineDataset, SyntheticLines,
-                         UnknownPreset, get_preset, open_dataset, read_image, write_line_set)
-from fedocr.data.devices import DEVICES
-from fedocr.data.presets import with_device
-from fedocr.model import CRNN, ModelConfig, load_checkpoint
-from fedocr.model.checkpoint import provenance
-from fedocr.model.crnn import SIZES
-from fedocr.train import TrainConfig, Trainer, evaluate
+if TYPE_CHECKING:  # torch and the data readers are imported when a command runs, not for `--help`
+    from fedocr.data import LineDataset
+    from fedocr.train import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="render labelled synthetic lines of a preset",
-                       description="Render N labelled lines: OUT/images/*.png and OUT/labels.tsv.")
+    lazy_parser(sub, "synth", _synth_arguments, help="render labelled synthetic lines of a preset",
+                description="Render N labelled lines: OUT/images/*.png and OUT/labels.tsv.")
+    lazy_parser(sub, "train", _train_arguments, help="train a CRNN (centralized or local-only); resumable",
+                description="Train on one or more data sets. If OUT exists with training state, "
+                            "training resumes from it with its own schedule (use --restart to start over); "
+                            "--bf16, --workers, --eval-every and --checkpoint-every apply to the resumed sitting.")
+
+    p = sub.add_parser("eval", help="CER, line accuracy, n and ms/line of a model on data sets")
+    p.add_argument("--model", type=Path, help="checkpoint (.pt); default: the shipped model")
+    p.add_argument("--data", required=True, help="data set(s), comma-separated")
+    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    p.add_argument("--limit", type=int, help="evaluate at most this many lines per data set")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_eval)
+
+    lazy_parser(sub, "ocr", _ocr_arguments, help="recognise text in images",
+                description="Recognise each image in turn. An image that cannot be read (or has more lines "
+                            "than --max-lines) gets a one-line error and the others still get their results; "
+                            "the exit code is then 3.")
+
+
+def _ocr_arguments(p: argparse.ArgumentParser) -> None:
+    from fedocr.serve.segment import SegmentConfig
+
+    max_lines = SegmentConfig().max_lines
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF, ...)")
+    p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); default: the shipped model")
+    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    p.add_argument("--layout", choices=["auto", "line", "page"], default="auto",
+                   help="auto: one line or a page, decided per image (an underline or table rules do not split a "
+                        "line); line: each image is one text line; page: always split into lines")
+    p.add_argument("--max-lines", type=int, default=max_lines,
+                   help=f"refuse an image with more text lines than this, before recognising any (default {max_lines})")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one object per image in input order "
+                                                       "({\"image\", \"error\"} for an image that failed)")
+    p.set_defaults(run=run_ocr)
+
+
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    from fedocr.data import PRESETS
+    from fedocr.data.devices import DEVICES
+
     p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="domain preset")
     p.add_argument("--n", type=int, required=True, help="number of lines")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the texts and images (default 0)")
     p.add_argument("--held-out-fonts", action="store_true", help="render only with the font family kept out of training")
     p.add_argument("--device", choices=sorted(DEVICES),
                    help="pass every line through an organisation's printer or scanner (the federation presets' private look)")
     p.set_defaults(run=run_synth)
 
-    p = sub.add_parser("train", help="train a CRNN (centralized or local-only); resumable",
-                       description="Train on one or more data sets. If OUT exists with training state, "
-                                   "training resumes from it with its own schedule (use --restart to start over); "
-                                   "--bf16, --workers, --eval-every and --checkpoint-every apply to the resumed sitting.")
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from fedocr.model.crnn import SIZES
+
     p.add_argument("--data", required=True, help="data set(s), comma-separated: folders with labels.tsv, LMDB folders, "
                                                   "label files, or synth:PRESET[:N[:SEED]] to render lines on the fly")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (and resume from)")
@@ -43,11 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="model size (default small)")
     p.add_argument("--norm", default="batch", choices=["batch", "group"], help="group for DP-SGD later")
     p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
-    p.add_argument("--epochs", type=float, default=10.0)
+    p.add_argument("--epochs", type=float, default=10.0, help="passes over the data (default 10)")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="lines per optimizer step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order (default 0)")
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where training runs")
@@ -61,23 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing OUT and start over")
     p.set_defaults(run=run_train)
 
-    p = sub.add_parser("eval", help="CER, line accuracy, n and ms/line of a model on data sets")
-    p.add_argument("--model", type=Path, help="checkpoint (.pt); default: the shipped model")
-    p.add_argument("--data", required=True, help="data set(s), comma-separated")
-    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
-    p.add_argument("--limit", type=int, help="evaluate at most this many lines per data set")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run_eval)
 
-    p = sub.add_parser("ocr", help="recognise text in images")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); default: the shipped model")
-    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
-    p.add_argument("--layout", choices=["auto", "line", "page"], default="auto",
-                   help="auto: one line or a page, decided per image (an underline or table rules do not split a "
-                        "line); line: each image is one text line; page: always split into lines")
-    p.add_argument("--json", action="store_true", help="JSON Lines, one object per image in input order")
-    p.set_defaults(run=run_ocr)
+def _check_beam(beam: int) -> None:
+    if beam < 0:
+        raise CliError(f"--beam must be 0 (greedy) or a beam width >= 1, got {beam}", EXIT_USAGE)
 
 
 SYNTH_PREFIX = "synth:"
@@ -85,6 +107,8 @@ SYNTH_PREFIX = "synth:"
 
 def _synthetic(spec: str) -> LineDataset:
     """`synth:PRESET[:N[:SEED]]` -> lines rendered on the fly (N defaults to 10,000)."""
+    from fedocr.data import SyntheticLines, UnknownPreset
+
     parts = spec[len(SYNTH_PREFIX):].split(":")
     try:
         n = int(parts[1]) if len(parts) > 1 else 10_000
@@ -99,6 +123,8 @@ def _synthetic(spec: str) -> LineDataset:
 
 def _datasets(spec: str) -> list[LineDataset]:
     """Comma-separated data sets: paths, or synth:PRESET[:N[:SEED]] for rendered lines."""
+    from fedocr.data import open_dataset
+
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
         raise CliError("no data set given")
@@ -106,6 +132,9 @@ def _datasets(spec: str) -> list[LineDataset]:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    from fedocr.data import DatasetError, SyntheticLines, get_preset, write_line_set
+    from fedocr.data.presets import with_device
+
     if args.n < 1:
         raise CliError("--n must be at least 1", 2)
     preset = with_device(get_preset(args.preset), args.device) if args.device else get_preset(args.preset)
@@ -126,8 +155,39 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The flags as a validated TrainConfig: an impossible setting is a usage error before any work."""
+    from fedocr.train import TrainConfig
+
+    positive(args.lr, "--lr")
+    positive(args.epochs, "--epochs")
+    positive(args.checkpoint_every, "--checkpoint-every")
+    if args.time_budget is not None:
+        positive(args.time_budget, "--time-budget")
+    if args.threads is not None and args.threads < 1:
+        raise CliError("--threads must be at least 1", EXIT_USAGE)
+    try:
+        return TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           seed=args.seed, num_workers=args.workers, bf16=args.bf16,
+                           eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every,
+                           device=args.device, time_budget_s=args.time_budget, warmup_steps=args.warmup)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
 def run_train(args: argparse.Namespace) -> int:
+    config = _train_config(args)   # also on a resume: a bad flag is reported, not ignored
     out = check_writable_file(args.out)
+    import torch
+
+    from fedocr.charset import default_charset
+    from fedocr.data import ConcatLines, DatasetError, EncodedLines, InMemoryLines
+    from fedocr.model import CRNN, ModelConfig, load_checkpoint
+    from fedocr.model.checkpoint import provenance
+    from fedocr.train import Trainer
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {args.device}: this PyTorch build sees no CUDA GPU; use --device cpu", 2)
     charset = default_charset()
     train_set = EncodedLines(ConcatLines(_datasets(args.data)), charset)
     if len(train_set) == 0:
@@ -138,8 +198,6 @@ def run_train(args: argparse.Namespace) -> int:
     val = InMemoryLines(ConcatLines(_datasets(args.val))) if args.val else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError(f"--device {args.device}: this PyTorch build sees no CUDA GPU; use --device cpu", 2)
     if out.is_file() and not args.restart:
         runtime = {"bf16": args.bf16, "num_workers": args.workers, "eval_every": args.eval_every,
                    "checkpoint_every_s": args.checkpoint_every, "device": args.device}
@@ -149,13 +207,6 @@ def run_train(args: argparse.Namespace) -> int:
             raise CliError(str(exc), 2) from None
         print(f"resuming {out} at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
     else:
-        try:
-            config = TrainConfig(epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                 seed=args.seed, num_workers=args.workers, bf16=args.bf16,
-                                 eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every,
-                                 device=args.device, time_budget_s=args.time_budget, warmup_steps=args.warmup)
-        except ValueError as exc:
-            raise CliError(str(exc), 2) from None
         if args.init:
             model = load_checkpoint(args.init, expect_charset=charset).model
         else:
@@ -174,7 +225,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    _check_beam(args.beam)
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1", EXIT_USAGE)
     from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
+    from fedocr.train import evaluate
 
     model_path = args.model or default_model()
     engine = load_engine(model_path)
@@ -191,17 +246,43 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_ocr(args: argparse.Namespace) -> int:
+    """Each image on its own: a bad one is reported (stderr, and in --json as {"image", "error"}) and
+    the rest still get their results; the exit code says that something failed."""
+    _check_beam(args.beam)
+    if args.max_lines < 1:
+        raise CliError("--max-lines must be at least 1", EXIT_USAGE)
+    from dataclasses import replace
+
+    from fedocr.data import read_image
     from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
+    from fedocr.serve.segment import TooManyLines
 
     engine = load_engine(args.model or default_model())
-    images = [read_image(p) for p in args.images]  # fail on a bad file before any output
-    for path, image in zip(args.images, images):
-        page = engine.ocr(image, beam_width=args.beam, layout=args.layout)
+    engine.segment = replace(engine.segment, max_lines=args.max_lines)
+    status = 0
+    for path in args.images:
+        try:
+            page = engine.ocr(read_image(path), beam_width=args.beam, layout=args.layout)
+        except Exception as exc:
+            if isinstance(exc, TooManyLines):  # checked after segmentation, before any line is recognised
+                exc = CliError(f"{path}: {exc}; see --max-lines")
+            elif error_exit_code(exc) is None:
+                raise
+            failed = _image_failed(path, exc, args.json)
+            status = status or failed
+            continue
         if args.json:
             lines = [{"text": line.text, "confidence": line.confidence, "box": list(line.box),
                       "chars": [{"char": c.char, "confidence": c.confidence, "x": [c.x0, c.x1]} for c in line.chars]}
                      for line in page.lines]
             print_json({"image": str(path), "text": page.text, "confidence": page.confidence, "lines": lines})
         else:
-            print(page.text if len(args.images) == 1 else f"{path}\t{page.text}")
-    return 0
+            print(page.text if len(args.images) == 1 else f"{path}\t{page.text}", flush=True)
+    return status
+
+
+def _image_failed(path: Path, exc: BaseException, as_json: bool) -> int:
+    """One image's failure: its line on stderr (and its place in the JSON Lines); the exit code."""
+    if as_json:
+        print_json({"image": str(path), "error": error_message(exc)})
+    return report_error(exc) or 1

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from fedocr.cli.common import CliError, check_writable_file, default_model
+from fedocr.cli.common import (EXIT_INPUT, EXIT_USAGE, CliError, OutputError, check_writable_file, default_model,
+                               lazy_parser, positive)
 
 TOKEN_ENV = "FEDOCR_TOKEN"
 
@@ -17,32 +20,46 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Export MODEL.pt to ONNX (dynamic batch and width) with its charset and "
                                    "provenance in the metadata; fails, writing nothing, when ONNX Runtime "
                                    "does not match PyTorch on rendered sample lines.")
-    p.add_argument("checkpoint", type=Path, metavar="MODEL.pt")
-    p.add_argument("out", type=Path, metavar="MODEL.onnx")
+    p.add_argument("checkpoint", type=Path, metavar="MODEL.pt", help="checkpoint to export")
+    p.add_argument("out", type=Path, metavar="MODEL.onnx", help="ONNX file to write (only after it is verified)")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of MatMul and LSTM")
     p.add_argument("--lines", type=int, default=16, help="rendered lines to verify on (default 16)")
     p.set_defaults(run=run_export)
 
+    lazy_parser(sub, "serve", _serve_arguments, help="REST API + web page on CPU (ONNX Runtime)",
+                description="Serve the OCR API (/api, docs at /docs) and the web page (/). Give a token with "
+                            f"--token-file or ${TOKEN_ENV} rather than --token, which other users see in `ps`.")
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from fedocr.serve.app import ServeConfig
     from fedocr.serve.images import Limits
 
-    limits = Limits()
-    p = sub.add_parser("serve", help="REST API + web page on CPU (ONNX Runtime)",
-                       description="Serve the OCR API (/api, docs at /docs) and the web page (/).")
+    limits, max_lines = Limits(), ServeConfig.max_lines
     p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); "
                                               "default: the shipped model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", help=f"require this bearer token on /api (or set ${TOKEN_ENV})")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000); must be free")
+    p.add_argument("--token", help=f"require this bearer token on /api (visible in `ps`: prefer --token-file or "
+                                   f"${TOKEN_ENV})")
+    p.add_argument("--token-file", type=Path, metavar="PATH",
+                   help="read the bearer token from this file (its first line; keep it owner-only)")
     p.add_argument("--workers", type=int, default=2, help="recognitions running at once (default 2)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per recognition (default: cores, at most 2)")
     p.add_argument("--cache", type=int, default=256, help="results cached by image hash (0: off)")
     p.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
                    help="check the model file this often and hot-swap it when it changes (0: off)")
-    p.add_argument("--max-bytes", type=int, default=limits.max_bytes, help="bytes per image")
-    p.add_argument("--max-pixels", type=int, default=limits.max_pixels, help="pixels per image")
-    p.add_argument("--max-files", type=int, default=limits.max_files, help="images per batch request")
+    p.add_argument("--max-bytes", type=int, default=limits.max_bytes,
+                   help=f"bytes per image (default {limits.max_bytes:,})")
+    p.add_argument("--max-pixels", type=int, default=limits.max_pixels,
+                   help=f"pixels per image (default {limits.max_pixels:,})")
+    p.add_argument("--max-files", type=int, default=limits.max_files,
+                   help=f"images per batch request (default {limits.max_files})")
+    p.add_argument("--max-lines", type=int, default=max_lines,
+                   help=f"text lines per image; more is refused with 422 before recognition (default {max_lines})")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable); none by default")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info; requests are logged without images or file names)")
     p.set_defaults(run=run_serve)
 
 
@@ -65,26 +82,79 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_token(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The bearer token from --token-file, --token or $FEDOCR_TOKEN (None: an open server). A given
+    but empty token is refused: it would silently mean an open server."""
+    if args.token is not None and args.token_file is not None:
+        raise CliError("give --token or --token-file, not both", EXIT_USAGE)
+    if args.token_file is not None:
+        try:
+            text = args.token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--token-file {args.token_file}: cannot read ({getattr(exc, 'strerror', None) or exc})",
+                           EXIT_INPUT) from None
+        token, source = (text.splitlines() or [""])[0].strip(), f"--token-file {args.token_file}"
+    elif args.token is not None:
+        token, source = args.token.strip(), "--token"
+    elif TOKEN_ENV in environ:
+        token, source = environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if not token:
+        raise CliError(f"{source}: the token is empty (that would be an open server; "
+                       f"leave it out to serve without a token)", EXIT_USAGE)
+    return token
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket now, so a busy or forbidden port is reported before "serving on"
+    (and the port cannot be taken while the model loads). Exit 4: the place output goes is not usable."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"--host {host}: {exc.strerror}", EXIT_USAGE) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts need no wait
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OutputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    for name in ("workers", "port", "max_bytes", "max_pixels", "max_files", "max_lines"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1", 2)
+    if args.port > 65535:
+        raise CliError(f"--port must be at most 65535, got {args.port}", EXIT_USAGE)
+    if args.threads is not None and args.threads < 1:
+        raise CliError("--threads must be at least 1", EXIT_USAGE)
+    if args.cache < 0:
+        raise CliError("--cache must be 0 (off) or more", EXIT_USAGE)
+    positive(args.watch, "--watch", zero_ok=True)
+    token = serve_token(args)
+    model = args.model or default_model()
+    sock = listen(args.host, args.port)
     import uvicorn
 
     from fedocr.serve.app import ServeConfig, create_app, limit_malloc_arenas
     from fedocr.serve.hotswap import ModelSlot
     from fedocr.serve.images import Limits
 
-    for name in ("workers", "port", "max_bytes", "max_pixels", "max_files"):
-        if getattr(args, name) < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be at least 1", 2)
     base = Limits()
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
                     max_batch_bytes=max(base.max_batch_bytes, args.max_bytes))
-    config = ServeConfig(model=args.model or default_model(), token=args.token or os.environ.get(TOKEN_ENV) or None,
-                         limits=limits, cache_size=args.cache, workers=args.workers, threads=args.threads,
-                         watch_s=args.watch, cors_origins=tuple(args.cors_origin))
+    config = ServeConfig(model=model, token=token, limits=limits, cache_size=args.cache, workers=args.workers,
+                         threads=args.threads, watch_s=args.watch, cors_origins=tuple(args.cors_origin),
+                         max_lines=args.max_lines)
     limit_malloc_arenas()                            # a long-running server must not creep up in memory
-    slot = ModelSlot(config.model, config.threads)  # load before binding the port: a bad model fails fast
+    slot = ModelSlot(config.model, config.threads)  # load before serving: a bad model fails fast
     info = slot.engine.info
     print(f"serving {info.path} ({info.backend}, {info.quantization}, version {info.version}) "
           f"on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(config, slot), host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, slot), log_level=args.log_level))
+    server.run(sockets=[sock])
     return 0

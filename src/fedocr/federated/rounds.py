@@ -3,7 +3,7 @@ validate, commit or roll back, checkpoint and record. Flower-agnostic except for
 talks through (messages are built and read by `protocol`), so the same loop runs under the
 simulation engine and the deployment engine.
 
-Per round (DESIGN.md, the update pipeline, server side): screen each reply (decode -> check)
+Per round (docs/ARCHITECTURE.md, the update chain, server side): screen each reply (decode -> check)
 -> aggregate the accepted updates (FedAvg, McMahan et al. 2017) -> transform the step (FedAvgM)
 -> apply to w, but only when at least `min-accepted` updates passed (the participation
 threshold) -> validate the candidate on the public set -> the gate commits it or rolls the
@@ -47,6 +47,10 @@ Printer = Callable[[str], None]
 
 class NotEnoughNodes(RuntimeError):
     """Fewer nodes connected than the participation threshold, for longer than allowed."""
+
+
+class NoRoundApplied(RuntimeError):
+    """Every round ended below the threshold or rolled back: the run's model is the one it started from."""
 
 
 MAX_NAME = 64   # a client's self-reported name is shown and stored; keep it short
@@ -253,7 +257,7 @@ class FederatedServer:
         self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
 
     def federated_evaluation(self, grid: Grid, rnd: int) -> list[StepRecord]:
-        """Every connected node scores the committed model on its own held-out lines (DESIGN.md:
+        """Every connected node scores the committed model on its own held-out lines (docs/ARCHITECTURE.md:
         the server has none of them) and answers with scores only; at the last round a node also
         scores its local-only model when the run config asks for it."""
         cfg, state = self.cfg, self.state
@@ -309,6 +313,14 @@ class FederatedServer:
             return
         self.print(f"wrote {model_pt.with_suffix('.onnx')}")
 
+    def _require_an_applied_round(self) -> None:
+        """A run that never changed the model did not train anything: it must not end "finished"
+        (nor run baselines or publish its initial model as the federation's)."""
+        rounds = self.store.rounds(self.state.run_id)  # all of the run's rounds, resumed ones included
+        if not any(r.applied for r in rounds):
+            last = f"; round {rounds[-1].round}: {rounds[-1].note}" if rounds and rounds[-1].note else ""
+            raise NoRoundApplied(f"no round was applied in {len(rounds)} round(s), the model is the initial one{last}")
+
     def run(self, grid: Grid) -> dict:
         cfg, state = self.cfg, self.state
         if self.resumed:
@@ -332,11 +344,15 @@ class FederatedServer:
                 for client in record.clients:
                     if not client.accepted:
                         self.print(f"    {client.client}: {client.reason}")
+            self._require_an_applied_round()
             final = self.final_phase()
             status, error = "finished", None
         except NotEnoughNodes as exc:
             status, error = "stalled", str(exc)
             self.print(f"run stopped after round {state.round}: {exc}")
+        except NoRoundApplied as exc:  # not a crash: recorded as failed, no traceback, nothing published
+            status, error = "failed", str(exc)
+            self.print(f"run failed: {exc}")
         except BaseException as exc:  # recorded, then re-raised: a dead run must not stay "running"
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             self.print(f"run failed after round {state.round}: {error}")

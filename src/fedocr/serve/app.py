@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,11 +28,12 @@ from fastapi_offline import FastAPIOffline
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fedocr import __version__
 from fedocr.serve.cache import ResultCache, content_key
-from fedocr.serve.engine import PageResult
+from fedocr.serve.engine import Engine, PageResult
 from fedocr.serve.hotswap import ModelSlot
-from fedocr.serve.images import BadImage, Limits, configure_pillow, decode_upload
-from fedocr.serve.segment import Layout
+from fedocr.serve.images import MiB, BadImage, Limits, configure_pillow, decode_upload
+from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines
 from fedocr.serve.schemas import BatchItem, BatchResult, Error, Health, ModelDescription, OcrResult, Reloaded
 
 log = logging.getLogger("fedocr.serve")
@@ -50,6 +51,7 @@ class ServeConfig:
     watch_s: float = 0.0                     # poll the model file this often and reload on change; 0: off
     cors_origins: tuple[str, ...] = ()       # none unless asked for
     prefer_onnx: bool = True
+    max_lines: int = SegmentConfig().max_lines   # lines per image; more is refused (422) before recognition
 
 
 @dataclass
@@ -127,7 +129,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "not an image, empty, damaged or truncated"},
     401: {"model": Error, "description": "bearer token required"},
     413: {"model": Error, "description": "too many bytes, pixels or files"},
+    422: {"model": Error, "description": "a wrong or missing field, or more text lines in one image than the limit"},
 }
+
+
+def _capped(engine: Engine, max_lines: int) -> Engine:
+    """The engine with the server's line limit (an engine a reload just built has the default one)."""
+    if engine.segment.max_lines != max_lines:  # the same value from every thread: a benign race
+        engine.segment = replace(engine.segment, max_lines=max_lines)
+    return engine
 
 
 def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto") -> OcrResult:
@@ -139,7 +149,11 @@ def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto") ->
     cached = state.cache.get(key)
     if cached is not None:
         return OcrResult.from_page(cached, (time.perf_counter() - start) * 1000, version, True)
-    page = loaded.engine.ocr(decode_upload(data, state.config.limits, name), layout=layout)
+    engine = _capped(loaded.engine, state.config.max_lines)
+    try:
+        page = engine.ocr(decode_upload(data, state.config.limits, name), layout=layout)
+    except TooManyLines as exc:  # found after segmentation, before any line was recognised
+        raise BadImage(422, f"{name}: {exc}; split the image or ask for a higher --max-lines") from None
     state.cache.put(key, page)
     return OcrResult.from_page(page, (time.perf_counter() - start) * 1000, version, False)
 
@@ -171,7 +185,8 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
                 watcher.cancel()
 
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served by this app, not from a CDN.
-    app = FastAPIOffline(title="fedocr", version="1", lifespan=lifespan, description=API_DESCRIPTION.format(l=limits))
+    app = FastAPIOffline(title="fedocr", version=__version__, lifespan=lifespan,
+                         description=api_description(limits, config.max_lines))
     protected = [Depends(require_token)]
 
     async def run(state: State, fn: Callable[..., Any], *args: Any) -> Any:
@@ -293,13 +308,17 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-API_DESCRIPTION = """\
+
+def api_description(limits: Limits, max_lines: int) -> str:
+    """The text at the top of /docs, with this server's limits."""
+    return f"""\
 Chinese + English OCR on CPU. `POST /api/ocr` with a multipart field `image` answers the
 text of a line or a whole page (form, receipt, invoice, waybill), each line with its box and
 confidence.
 
-Limits: {l.max_bytes} bytes and {l.max_pixels} pixels ({l.max_side} per side) per image;
-{l.max_files} images and {l.max_batch_bytes} bytes per batch request. Uploads are kept in
-memory only and never logged. When the server runs with `--token`, send
+Limits: {limits.max_bytes / MiB:g} MiB and {limits.max_pixels:,} pixels ({limits.max_side:,} per side) per
+image, at most {max_lines:,} text lines per image (more: 422, before any line is recognised);
+{limits.max_files} images and {limits.max_batch_bytes / MiB:g} MiB per batch request. Uploads are kept in
+memory only and never logged. When the server runs with a token, send
 `Authorization: Bearer TOKEN` to every `/api` route except `/api/health`.
 """

@@ -37,6 +37,13 @@ class SegmentConfig:
     column_gap: float = 1.5          # a gap wider than this x row height starts a new segment
     pad_y: float = 0.2               # margins added around a crop, x row height
     pad_x: float = 0.35
+    # More lines than this and the image is refused before any is recognised: a real page has tens,
+    # a 2.8 KB dot grid has thousands (each a recognition, ~2 ms apiece, 16-20 s in all).
+    max_lines: int = 500
+
+
+class TooManyLines(ValueError):
+    """The image splits into more lines than `SegmentConfig.max_lines`."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,8 @@ def split_lines(image: np.ndarray, config: SegmentConfig = SegmentConfig(), layo
             ys = np.flatnonzero(seg.any(axis=1))
             if ys.size == 0 or (seg > 0).sum() < config.min_speck_area * 2:
                 continue
+            if len(crops) == config.max_lines:  # stop here: the rest of the page need not be cut either
+                raise TooManyLines(f"more than {config.max_lines} text lines in one image (the line limit)")
             ty0, ty1 = y0 + int(ys[0]), y0 + int(ys[-1]) + 1
             py, px = int(config.pad_y * height) + 2, int(config.pad_x * height) + 2
             box = (max(0, x0 - px), max(0, ty0 - py), min(w, x1 + px), min(h, ty1 + py))

@@ -1,4 +1,4 @@
-"""report.json (DESIGN.md, "Where results live"), built from the run store: the store is the
+"""report.json (docs/ARCHITECTURE.md, "Where results live"), built from the run store: the store is the
 single source, the report a snapshot of it plus the final evaluation."""
 from __future__ import annotations
 

@@ -205,7 +205,7 @@ class RunStore:
 
 
 def round_to_dict(record: RoundRecord) -> dict[str, Any]:
-    """The report.json shape of a round (DESIGN.md): `clients` use `id` for the client name."""
+    """The report.json shape of a round (docs/ARCHITECTURE.md): `clients` use `id` for the client name."""
     d = asdict(record)
     d["clients"] = [{"id": c.pop("client"), **c} for c in d["clients"]]
     d["steps"] = [{"client": s.client, "step": s.step, **dict(s.info)} for s in record.steps]
