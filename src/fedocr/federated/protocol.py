@@ -1,4 +1,4 @@
-"""The one place that knows Flower's message keys and records (DESIGN.md).
+"""The one place that knows Flower's message keys and records (docs/ARCHITECTURE.md).
 
 Down (train): `global` (ArrayRecord of the travelling weights) + `config` (round, run id,
 vocabulary version, local rate, model shape). Up: `delta` (the update's tensors as the client

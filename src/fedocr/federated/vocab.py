@@ -1,4 +1,4 @@
-"""The federation's one vocabulary (DESIGN.md: fixed by the server with the initial model)."""
+"""The federation's one vocabulary (docs/ARCHITECTURE.md: fixed by the server with the initial model)."""
 from __future__ import annotations
 
 import functools

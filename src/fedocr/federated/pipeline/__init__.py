@@ -1,2 +1,2 @@
-"""The federated update pipeline (DESIGN.md): small steps over named NumPy tensors between "the
+"""The federated update pipeline (docs/ARCHITECTURE.md): small steps over named NumPy tensors between "the
 client finished training" and "the server changed w". NumPy only: no Flower, no torch."""

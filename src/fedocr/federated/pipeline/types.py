@@ -1,6 +1,6 @@
 """The update pipeline's types: an update, what a step did, a step's context, the step protocols.
 
-DESIGN.md ("The update pipeline"): everything between "the client finished training" and "the
+docs/ARCHITECTURE.md ("The update pipeline"): everything between "the client finished training" and "the
 server changed w" is a chain of small steps over named tensors. A client step takes an `Update`
 and returns a new one (clip, noise, compress, protect); on the server a screening step does the
 same for each reply (decode, check, score), an `Aggregator` turns the screened updates into one
