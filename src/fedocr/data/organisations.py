@@ -1,7 +1,8 @@
 """Synthetic organisations for simulation, and each client's private data.
 
-`three-orgs` and `four-orgs` map organisations to the data part's domain presets (`fedocr.data.presets`) and need the full vocabulary, so they are meant to start from the shipped base
-model. On top of its domain, each organisation has its own device (`data.devices`: the
+`three-orgs` and `four-orgs` map organisations to the data part's domain presets
+(`fedocr.data.presets`) and need the full vocabulary, so they are meant to start from the
+shipped base model. On top of its domain, each organisation has its own device (`data.devices`: the
 hospital's dot-matrix slips, the bank's faxes, the school's handwriting, the courier's thermal
 labels) on most of its lines. The public pretraining corpus never shows those, so the base model
 reads them badly, one organisation alone learns only its own, and federation is what teaches
