@@ -13,5 +13,5 @@ provenance = {**ckpt.provenance, "shipped_from": sys.argv[1]}
 save_checkpoint("models/base.pt", ckpt.model, ckpt.charset, provenance, half=True)
 print(f"models/base.pt from {sys.argv[1]} (step {provenance.get('steps')}, {provenance.get('lines_seen')} lines)")
 PY
-# int8 (MatMul + LSTM): the same CER as fp32 on every evaluation set, 1.35x faster (models/README.md)
+# int8 (the MatMuls, activation scales per line; LSTMs fp32): a line reads the same alone or in any batch
 .venv/bin/fedocr export --int8 --lines 64 models/base.pt models/base.onnx

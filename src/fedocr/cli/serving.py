@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "does not match PyTorch on rendered sample lines.")
     p.add_argument("checkpoint", type=Path, metavar="MODEL.pt", help="checkpoint to export")
     p.add_argument("out", type=Path, metavar="MODEL.onnx", help="ONNX file to write (only after it is verified)")
-    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of MatMul and LSTM")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the MatMuls, scales per line (LSTMs stay fp32)")
     p.add_argument("--lines", type=int, default=16, help="rendered lines to verify on (default 16)")
     p.set_defaults(run=run_export)
 

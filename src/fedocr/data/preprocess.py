@@ -74,6 +74,12 @@ def text_rows(gray: np.ndarray) -> tuple[int, int]:
     return top, min(height, int(rows[-1]) + 1 + margin + (extra - extra // 2))
 
 
+def kept_height(image: np.ndarray) -> int:
+    """How many of the image's rows preprocessing keeps (maps the model's columns back to it)."""
+    top, bottom = text_rows(normalise_contrast(to_gray(image)))
+    return bottom - top
+
+
 def trim_margins(gray: np.ndarray) -> np.ndarray:
     top, bottom = text_rows(gray)
     return gray[top:bottom]

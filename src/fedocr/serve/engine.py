@@ -1,9 +1,10 @@
 """The inference engine behind `fedocr ocr` and the server: a model file in, page results out.
 
 An engine pairs a backend (a `LogitsFn`: ONNX Runtime, or PyTorch as the fallback when no ONNX
-file exists) with the model's charset, and adds what serving needs on top of the shared
-`fedocr.model.recognize_lines`: lines of similar width are batched together (so a batch wastes
-little work on padding), and a page is split into lines first (`fedocr.serve.segment`).
+file exists) with the model's charset, and adds what serving needs on top of the shared model
+code: lines of similar width are batched together in runs small enough to stay in the CPU's
+caches, two runs are in flight at once, each line is decoded on its own timesteps (`Batching`),
+and a page is split into lines first (`fedocr.serve.segment`).
 
 ONNX Runtime is set up for small, shared CPUs: a fixed number of intra-op threads (default: all
 cores, at most 2 per engine), one inter-op thread, sequential execution, and no spin-waiting
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,9 +24,9 @@ import numpy as np
 
 from fedocr.charset import Charset
 from fedocr.data import preprocess
-from fedocr.data.preprocess import resized_width
-from fedocr.export import FORMAT, OUTPUT_NAME, file_digest
-from fedocr.model import Decoded, LogitsFn, load_checkpoint, recognize_lines, torch_logits_fn
+from fedocr.data.preprocess import kept_height, resized_width
+from fedocr.export import FORMAT, OUTPUT_NAME, file_digest, onnxruntime_module
+from fedocr.model import Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
 from fedocr.model.crnn import WIDTH_STRIDE
 from fedocr.serve.segment import Layout, SegmentConfig, split_lines
@@ -81,7 +83,7 @@ class LineResult:
 def char_results(decoded: Decoded, crop_width: int, crop_height: int, box: Box) -> tuple[CharResult, ...]:
     """Each character of a decoded line with its x-range in the input image: timestep t covers
     columns [t, t + 1) * WIDTH_STRIDE of the preprocessed line, scaled back to the crop's width
-    and along its box."""
+    and along its box. `crop_height` is the rows preprocessing kept (`kept_height`)."""
     if len(decoded.char_spans) != len(decoded.text):
         return ()
     scale = crop_width / resized_width(crop_height, crop_width) * (box[2] - box[0]) / max(crop_width, 1)
@@ -89,7 +91,10 @@ def char_results(decoded: Decoded, crop_width: int, crop_height: int, box: Box) 
     for char, confidence, (first, last) in zip(decoded.text, decoded.char_confidences, decoded.char_spans):
         x0 = box[0] + int(first * WIDTH_STRIDE * scale)
         x1 = box[0] + int(np.ceil((last + 1) * WIDTH_STRIDE * scale))
-        out.append(CharResult(char, round(confidence, 4), max(box[0], x0), min(box[2], max(x1, x0 + 1))))
+        # A spike on the last timesteps can start past the crop's right edge (widths are padded
+        # up to a multiple of WIDTH_STRIDE): keep every range non-empty and inside the box.
+        x0 = min(max(box[0], x0), box[2] - 1)
+        out.append(CharResult(char, round(confidence, 4), x0, min(box[2], max(x1, x0 + 1))))
     return tuple(out)
 
 
@@ -102,14 +107,27 @@ class PageResult:
     height: int
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How the engine cuts many lines into runs of the network (see `plan_batches`), chosen with
+    bench/batching.py: with batches of similar width and bounded area, and two runs in flight,
+    32 lines cost far less per line than one."""
+
+    batch_size: int = 32               # lines per run at most
+    max_width_ratio: float = 1.25      # widest / narrowest line of a run: the rest is padding
+    max_columns: int | None = 4096     # lines x padded width per run: larger runs outgrow the CPU caches
+    # Runs in flight at once (threads; ONNX Runtime and NumPy release the GIL): the other run's
+    # preprocessing, decoding and the LSTM's sequential steps fill a core that one run leaves idle.
+    workers: int = 2
+
+
 def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
 def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, dict[str, str]]:
     """An ONNX Runtime session as a LogitsFn, plus the file's metadata."""
-    import onnxruntime as ort
-
+    ort = onnxruntime_module()  # with its telemetry off
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
@@ -129,6 +147,28 @@ def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, di
     return run, metadata
 
 
+def plan_batches(widths: Sequence[int], batching: Batching = Batching()) -> list[list[int]]:
+    """Cut lines (by preprocessed width) into batches, as lists of indices into `widths`.
+
+    Lines are taken in order of width; a batch closes when it holds `batch_size` lines, when
+    the next line is more than `max_width_ratio` times as wide as its narrowest (padding), or
+    when its padded area (lines x widest width) would exceed `max_columns` (None: no limit).
+    """
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    b = batching
+    for i in order:
+        if batch and (len(batch) == b.batch_size or widths[i] > b.max_width_ratio * widths[batch[0]]
+                      or (b.max_columns is not None and (len(batch) + 1) * widths[i] > b.max_columns)):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 def resolve_model_path(path: str | Path, prefer_onnx: bool = True) -> Path:
     """The file to serve: `path` itself, or for a .pt the sibling .onnx when one exists."""
     path = Path(path)
@@ -140,32 +180,41 @@ def resolve_model_path(path: str | Path, prefer_onnx: bool = True) -> Path:
 class Engine:
     """A loaded model: recognise lines and whole pages. Thread-safe; load once, share."""
 
-    def __init__(self, logits_fn: LogitsFn, charset: Charset, info: ModelInfo, batch_size: int = 32,
-                 max_width_ratio: float = 1.5, segment: SegmentConfig | None = None) -> None:
+    def __init__(self, logits_fn: LogitsFn, charset: Charset, info: ModelInfo, batching: Batching | None = None,
+                 segment: SegmentConfig | None = None) -> None:
         self.logits_fn, self.charset, self.info = logits_fn, charset, info
-        self.batch_size, self.max_width_ratio = batch_size, max_width_ratio
+        self.batching = batching or Batching()
         self.segment = segment or SegmentConfig()
 
     def recognize(self, crops: Sequence[np.ndarray], beam_width: int = 0) -> list[Decoded]:
         """Line images (any size, gray or colour) -> decoded lines, in input order.
 
-        Lines are sorted by width and cut into batches whose widest line is at most
-        `max_width_ratio` times the narrowest, so padding stays a small part of each batch.
+        Lines run in the batches `plan_batches` cuts, up to `batching.workers` at a time. Each
+        line is decoded over its own timesteps only: decoding a padded batch in one piece made
+        NumPy allocate (and the kernel page in) batch-sized temporaries, which cost more than
+        the network itself at batch 32. A line's result does not depend on its batch (the
+        graph masks padding and an int8 export quantises per line, see `fedocr.export`).
         """
-        lines = [preprocess(c) for c in crops]
-        order = sorted(range(len(lines)), key=lambda i: lines[i].shape[1])
+        workers = min(self.batching.workers, len(crops))
+        if workers <= 1:
+            return self._recognize(crops, beam_width, map)
+        with ThreadPoolExecutor(workers, thread_name_prefix="fedocr-batch") as pool:
+            return self._recognize(crops, beam_width, pool.map)
+
+    def _recognize(self, crops: Sequence[np.ndarray], beam_width: int,
+                   map_fn: Callable[..., Iterable[Any]]) -> list[Decoded]:
+        def run(batch: list[int]) -> list[Decoded]:
+            images, widths = pad_lines([lines[i] for i in batch])
+            logits = self.logits_fn(images, widths)
+            return [decode_logits(logits[row:row + 1, :max(int(w) // WIDTH_STRIDE, 1)], widths[row:row + 1],
+                                  self.charset, beam_width)[0] for row, w in enumerate(widths)]
+
+        lines = list(map_fn(preprocess, crops))
+        batches = plan_batches([line.shape[1] for line in lines], self.batching)
         results: list[Decoded | None] = [None] * len(lines)
-        batch: list[int] = []
-        for i in order + [-1]:
-            if batch and (i < 0 or len(batch) == self.batch_size
-                          or lines[i].shape[1] > self.max_width_ratio * lines[batch[0]].shape[1]):
-                decoded = recognize_lines([lines[j] for j in batch], self.logits_fn, self.charset,
-                                          batch_size=self.batch_size, beam_width=beam_width)
-                for j, d in zip(batch, decoded):
-                    results[j] = d
-                batch = []
-            if i >= 0:
-                batch.append(i)
+        for batch, decoded in zip(batches, map_fn(run, batches)):
+            for i, d in zip(batch, decoded):
+                results[i] = d
         return [r for r in results if r is not None]
 
     def ocr(self, image: np.ndarray, beam_width: int = 0, layout: Layout = "auto") -> PageResult:
@@ -174,7 +223,7 @@ class Engine:
         crops = split_lines(image, self.segment, layout)
         decoded = self.recognize([c.image for c in crops], beam_width) if crops else []
         lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box,
-                                 char_results(d, c.image.shape[1], c.image.shape[0], c.box))
+                                 char_results(d, c.image.shape[1], kept_height(c.image), c.box))
                       for c, d in zip(crops, decoded))
         rows: list[list[str]] = []
         last_row = None
@@ -190,7 +239,7 @@ class Engine:
 
 
 def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool = True,
-                batch_size: int = 32) -> Engine:
+                batching: Batching | None = None) -> Engine:
     """Load a model file: .onnx with ONNX Runtime; .pt with ONNX Runtime when a sibling .onnx
     exists (and prefer_onnx), else with PyTorch."""
     path = resolve_model_path(path, prefer_onnx)
@@ -209,7 +258,7 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
             raise ModelLoadError(f"{path}: damaged fedocr metadata ({exc})") from exc
         info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
                          config, provenance)
-        return Engine(logits_fn, charset, info, batch_size)
+        return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()))
     if threads:
         import torch
 
@@ -217,4 +266,5 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
     ckpt = load_checkpoint(path)
     info = ModelInfo(str(path), "torch", version, len(ckpt.charset), ckpt.charset.version, "fp32",
                      ckpt.config.to_dict(), ckpt.provenance)
-    return Engine(torch_logits_fn(ckpt.model), ckpt.charset, info, batch_size)
+    return Engine(torch_logits_fn(ckpt.model), ckpt.charset, info,
+                  batching or Batching(workers=threads or default_threads()))
