@@ -34,7 +34,8 @@ from fedocr.serve.engine import Engine, PageResult
 from fedocr.serve.hotswap import ModelSlot
 from fedocr.serve.images import MiB, BadImage, Limits, configure_pillow, decode_upload
 from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines
-from fedocr.serve.schemas import BatchItem, BatchResult, Error, Health, ModelDescription, OcrResult, Reloaded
+from fedocr.serve.schemas import (BatchItem, BatchResult, Error, Health, ModelDescription, OcrResult, Reloaded,
+                                  Unprocessable)
 
 log = logging.getLogger("fedocr.serve")
 STATIC = resources.files("fedocr.serve") / "static"
@@ -129,7 +130,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "not an image, empty, damaged or truncated"},
     401: {"model": Error, "description": "bearer token required"},
     413: {"model": Error, "description": "too many bytes, pixels or files"},
-    422: {"model": Error, "description": "a wrong or missing field, or more text lines in one image than the limit"},
+    422: {"model": Unprocessable, "description": "a wrong or missing field, or more text lines in one image than the limit"},
 }
 
 

@@ -92,3 +92,8 @@ class Reloaded(BaseModel):
 
 class Error(BaseModel):
     detail: str
+
+
+class Unprocessable(BaseModel):
+    """422: FastAPI's list of field errors, or one sentence (more text lines than the limit)."""
+    detail: str | list[dict[str, Any]]
