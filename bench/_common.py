@@ -48,3 +48,23 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def simulated_run(cfg: Any, label: str) -> tuple[dict[str, Any], Any]:
+    """One federation on Flower's simulation engine (no baselines): its report and its last round's
+    checkpoint. A run that does not finish stops the benchmark with its reason."""
+    from fedocr.federated.sim.simulate import simulate
+    from fedocr.model import load_checkpoint
+
+    report = simulate(cfg, baselines=False, printer=lambda s: print(f"  [{label}] {s}", flush=True))
+    if report["status"] != "finished":
+        raise SystemExit(f"bench: {label}: run {report['status']}: {report.get('error')}")
+    return report, load_checkpoint(cfg.out_path() / f"round-{report['rounds'][-1]['round']}.pt")
+
+
+def spread(values: list[Any]) -> dict[str, Any]:
+    """Median and range over seeds (None where a run measured nothing), with the values themselves."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return {"median": None, "min": None, "max": None, "values": values}
+    return {"median": statistics.median(known), "min": min(known), "max": max(known), "values": values}

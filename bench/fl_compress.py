@@ -34,13 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, write_result
+from _common import print_table, simulated_run, spread, write_result
 
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.model.shipped import base_checkpoint
-from fedocr.federated.sim.simulate import simulate
-from fedocr.model import load_checkpoint
 
 # The mini federation after 9 dense FedAvg rounds from scratch (this benchmark's dense seed-0 run):
 # past CTC's all-blank plateau, as any federation that starts from a trained model is.
@@ -85,11 +83,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **setting})
     started = time.time()
-    report = simulate(cfg, baselines=False, printer=lambda s: print(f"  [{name} s{seed}] {s}", flush=True))
-    if report["status"] != "finished":
-        raise SystemExit(f"bench: {name} seed {seed}: run {report['status']}: {report.get('error')}")
+    report, last = simulated_run(cfg, f"{name} s{seed}")
     rounds = report["rounds"]
-    last = load_checkpoint(run_dir / f"round-{rounds[-1]['round']}.pt")
     test = test_sets(cfg, last.charset)
     scores = {org: own_and_others_cer(last.model, last.charset, test, org) for org in test}
     up = [c["bytes_up"] for r in rounds for c in r["clients"] if c["accepted"]]
@@ -142,12 +137,6 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
     for name, results in runs.items():
         reach = [rounds_to_reach(r["val_cer"], dense[r["seed"]]["val_cer"][-1]) for r in results]
         epochs = [None if n is None else n * r["local_epochs"] for n, r in zip(reach, results)]
-
-        def spread(values: list[Any]) -> dict[str, Any]:
-            known = [v for v in values if v is not None]
-            if not known:
-                return {"median": None, "min": None, "max": None, "values": values}
-            return {"median": statistics.median(known), "min": min(known), "max": max(known), "values": values}
 
         rows[name] = {"bytes_up_per_client_round": spread([r["bytes_up_per_client_round"] for r in results]),
                       "bytes_up_mean_per_client_round": spread([mean_bytes_up(r) for r in results]),

@@ -4,11 +4,19 @@ SuperLink, so behaviour tests of the federation (it learns, it rolls back) stay 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Context, Message, RecordDict
 
 from fedocr.federated.client_app import handle_evaluate, handle_query, handle_train
+from fedocr.federated.config import FlConfig
+from fedocr.federated.rounds import FederatedServer
+
+# A tiny mini-vocabulary CRNN after 9 FedAvg rounds from scratch (bench/fl_compress.py, dense, seed 0):
+# past CTC's all-blank plateau, which a model from scratch needs ~70 local steps to leave.
+WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
 
 
 class InProcessGrid:
@@ -33,3 +41,17 @@ def task_identity(monkeypatch: Any) -> None:
 
     for field in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, field, 1)
+
+
+def run_in_process(tmp_path: Path, monkeypatch: Any, rounds: int, printer: Any = lambda _: None,
+                   node_configs: list[dict[str, Any]] | None = None, **settings: object) -> tuple[dict, FlConfig]:
+    """A three-orgs-mini federation from the WARM model, 48 lines per node, every node every round."""
+    task_identity(monkeypatch)
+    torch.set_num_threads(2)
+    cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "charset": "mini", "initial-model": str(WARM),
+                                    "num-rounds": rounds, "lines-per-client": 48, "val-lines": 32, "fraction-train": 1.0,
+                                    "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
+                                    **settings})
+    server = FederatedServer(cfg, printer=printer)
+    report = server.run(InProcessGrid(cfg.to_run_config(), 3, node_configs))  # type: ignore[arg-type]
+    return report, cfg

@@ -13,29 +13,15 @@ import torch
 
 from fedocr.federated.config import FlConfig
 from fedocr.federated.node_state import load_node_state
-from fedocr.federated.rounds import FederatedServer
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import RunStore
 from fedocr.model import load_checkpoint
-from fl_inprocess import InProcessGrid, task_identity
-
-
-# A tiny mini-vocabulary CRNN after 9 FedAvg rounds from scratch (bench/fl_compress.py, dense, seed 0):
-# past CTC's all-blank plateau, which a model from scratch needs ~70 local steps to leave.
-WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
+from fl_inprocess import WARM, run_in_process
 
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int, printer: Any = lambda _: None,
          node_configs: list[dict[str, Any]] | None = None, **settings: object) -> tuple[dict, FlConfig]:
-    task_identity(monkeypatch)
-    torch.set_num_threads(2)
-    cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "charset": "mini", "initial-model": str(WARM),
-                                    "num-rounds": rounds, "lines-per-client": 48, "val-lines": 32, "fraction-train": 1.0,
-                                    "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
-                                    **settings})
-    server = FederatedServer(cfg, printer=printer)
-    report = server.run(InProcessGrid(cfg.to_run_config(), 3, node_configs))  # type: ignore[arg-type]
-    return report, cfg
+    return run_in_process(tmp_path, monkeypatch, rounds, printer, node_configs, **settings)
 
 
 def _initial_validation() -> tuple[float, float]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, print_json
+from fedocr.cli.privacy import add_audit_parser, format_audit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "organisation, then train the local-only and centralized baselines and write "
                                       "OUT/report.json, OUT/round-N.pt and OUT/model.pt. Re-running with the same "
                                       "--out resumes after the last completed round.")
-    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs or three-orgs-mini")
+    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches or ten-branches-mini")
     p.add_argument("--rounds", type=int, required=True, help="federated rounds (num-rounds)")
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate", choices=["all", "backbone"],
                    help="all: one global model; backbone: each node keeps its own head (FedPer)")
     p.add_argument("--initial-model", help="auto, scratch or an absolute .pt path")
-    p.add_argument("--lines", type=int, help="training lines per organisation")
+    p.add_argument("--lines", type=int, help="training lines per node (a branch of size k has k times as many)")
     p.add_argument("--test-lines", type=int, help="test lines per organisation for the final table")
     p.add_argument("--val-lines", type=int, help="the server's validation lines (public preset)")
     p.add_argument("--deadline", type=float, help="round deadline in seconds")
@@ -60,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
     p.add_argument("--json", action="store_true", help="print the report (report.json shape)")
     p.set_defaults(run=run_show)
+
+    add_audit_parser(fl_sub)
 
     p = fl_sub.add_parser("certs", help="make (or --check) TLS certificates and SuperNode keys for a deployment")
     p.add_argument("--out", type=Path, required=True, help="folder for ca.crt, server.pem/.key and node keys")
@@ -114,6 +117,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_FAILURE) from exc
     if report.get("final"):
         print(format_final(report["final"]))
+    if report.get("audit"):
+        print(format_audit(report["audit"]))
     print(f"wrote {cfg.out_path() / 'report.json'} (run {report['run_id']})")
     if report["status"] != "finished":
         raise CliError(f"run {report['run_id']} {report['status']}: {report.get('error') or 'see the log above'}",
@@ -154,11 +159,13 @@ def format_final(final: dict[str, Any]) -> str:
 
     lines = [f"{'organisation':<14}" + "".join(f"{'own ' + k:>18}" for k in kinds)
              + "".join(f"{'others ' + k:>21}" for k in kinds)]
-    for org, c in final["clients"].items():
+    for org, c in final.get("clients", {}).items():
         lines.append(f"{org:<14}" + "".join(cell(c.get("own_test_cer"), k, 18) for k in kinds)
                      + "".join(cell(c.get("other_test_cer"), k, 21) for k in kinds))
     if final.get("source"):
         lines.append(f"({final['source']})")
+    if final.get("stopped"):
+        lines.append(f"run {final['stopped']}")
     return "\n".join(lines)
 
 
@@ -209,8 +216,18 @@ def run_show(args: argparse.Namespace) -> int:
             local = f"  local-only CER {e['local_only_cer']:.4f}" if "local_only_cer" in e else ""
             print(f"    {e['client']:<12} held-out CER {e['cer']:.4f}  line accuracy {e['line_accuracy']:.3f}  "
                   f"({e.get('lines', 0):.0f} lines){local}")
+        for sc in (s for s in r.get("steps", []) if s["step"] == "score" and s.get("flagged")):
+            print(f"    {sc['client']:<12} flagged: {sc['verdict']}  norm {sc['norm']:.3g}  clip x{sc['clip']:.2f}  "
+                  f"cosine {sc['cosine']:+.2f}  contribution {sc['contribution']:+.3f}")
+        for dp in (s for s in r.get("steps", []) if "epsilon" in s):
+            who = "all nodes" if dp["client"] == "*" else dp["client"]
+            budget = f" of {dp['target_epsilon']:g}" if "target_epsilon" in dp else ""
+            print(f"    {who:<12} privacy spent: epsilon {dp['epsilon']:.3f}{budget} at delta {dp['delta']:g} "
+                  f"({dp['step']}, noise multiplier {dp['noise_multiplier']:.3g})")
     if report["final"]:
         print(format_final(report["final"]))
+    if report.get("audit"):
+        print(format_audit(report["audit"]))
     return 0
 
 

@@ -137,10 +137,16 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("FEDOCR_CACHE", Path.home() / ".cache" / "fedocr"))
 
 
+_COVERAGE: dict[str, frozenset[str]] = {}   # this process's copy of the disk cache's entries
+
+
 def coverage(face: FontFace, charset: Charset) -> frozenset[str]:
-    """The charset's characters that this face has a glyph for (cached on disk per file)."""
+    """The charset's characters that this face has a glyph for (cached on disk per file, and in
+    memory: every SyntheticLines asks for every face, and a privacy audit builds thousands)."""
     stat = os.stat(face.path)
     key = f"{face.path}|{face.index}|{stat.st_size}|{int(stat.st_mtime)}|{charset.version}"
+    if key in _COVERAGE:
+        return _COVERAGE[key]
     cache_file = _cache_dir() / "font-coverage.json"
     table: dict[str, str] = {}
     if cache_file.is_file():
@@ -161,7 +167,8 @@ def coverage(face: FontFace, charset: Charset) -> frozenset[str]:
             os.replace(tmp, cache_file)
         except OSError:
             pass  # a read-only home only costs the re-scan next time
-    return frozenset(table[key])
+    _COVERAGE[key] = frozenset(table[key])
+    return _COVERAGE[key]
 
 
 def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None = None) -> list[Path]:

@@ -13,8 +13,14 @@ hanzi (hospital 医院日期, bank 银行金额, school 学校中国人民) unde
 keeps the organisations non-IID in what they write and how it looks, which is what makes a model
 trained on one organisation fail on the others.
 
-Data seeds are disjoint per organisation and per split (train / test / validation), so no line
-of a test set is ever trained on.
+A federation is a list of nodes. In the presets above each organisation runs one node under its
+own name; in `ten-branches` (and `ten-branches-mini`) organisations run several branches
+(`bank-2`), each with its organisation's preset and device, its own data and an uneven size
+(a multiple of `lines-per-client`), so that 1-2 malicious nodes of 10 is a realistic question
+and robust rules such as Krum (n >= 2f + 3) have enough nodes to work with.
+
+Data seeds are disjoint per node and per split (train / test / validation), so no line of a
+test set is ever trained on.
 """
 from __future__ import annotations
 
@@ -70,10 +76,25 @@ DEVICE_RATE = 0.75
 
 
 @dataclass(frozen=True)
+class Node:
+    """One simulated node: a branch of an organisation (its preset and device) with its own data."""
+    name: str          # the client's name in reports (the organisation's own when it runs one node)
+    org: str           # whose preset and device its lines have
+    size: int = 1      # its training lines: size x lines-per-client
+
+
+@dataclass(frozen=True)
 class Federation:
     name: str
-    orgs: tuple[str, ...]
-    mini: bool            # uses the 22-character vocabulary and the mini presets
+    nodes: tuple[Node, ...]   # in partition-id order; a node's position also seeds its data
+    mini: bool                # uses the 22-character vocabulary and the mini presets
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(node.name for node in self.nodes)
+
+    def node(self, name: str) -> Node:
+        return self.nodes[self.names.index(name)]
 
     def preset(self, org: str) -> Preset:
         if self.mini:
@@ -84,10 +105,25 @@ class Federation:
         return MINI_PUBLIC if self.mini else PRESETS["public"]
 
 
+def _one_node_each(name: str, orgs: tuple[str, ...], mini: bool) -> Federation:
+    return Federation(name, tuple(Node(org, org) for org in orgs), mini)
+
+
+def _branches(name: str, sizes: dict[str, tuple[int, ...]], mini: bool) -> Federation:
+    """Organisation `org` runs one branch `org-1`, `org-2`, ... per size."""
+    return Federation(name, tuple(Node(f"{org}-{i}", org, size) for org, own in sizes.items()
+                                  for i, size in enumerate(own, 1)), mini)
+
+
 FEDERATIONS: dict[str, Federation] = {
-    "three-orgs": Federation("three-orgs", ("hospital", "bank", "school"), mini=False),
-    "four-orgs": Federation("four-orgs", ("hospital", "bank", "school", "logistics"), mini=False),
-    "three-orgs-mini": Federation("three-orgs-mini", ("hospital", "bank", "school"), mini=True),
+    "three-orgs": _one_node_each("three-orgs", ("hospital", "bank", "school"), mini=False),
+    "four-orgs": _one_node_each("four-orgs", ("hospital", "bank", "school", "logistics"), mini=False),
+    "three-orgs-mini": _one_node_each("three-orgs-mini", ("hospital", "bank", "school"), mini=True),
+    # Uneven on purpose: a head office with three times a small branch's lines.
+    "ten-branches": _branches("ten-branches", {"hospital": (3, 1, 1), "bank": (2, 1, 1), "school": (2, 1),
+                                               "logistics": (2, 1)}, mini=False),
+    "ten-branches-mini": _branches("ten-branches-mini", {"hospital": (3, 1, 1), "bank": (2, 1, 1),
+                                                         "school": (2, 1, 1, 1)}, mini=True),
 }
 
 
@@ -103,28 +139,31 @@ def named_charset(name: str) -> Charset:
     return Charset(list(MINI_ALPHABET)) if name == "mini" else default_charset()
 
 
-def _seed(seed: int, org_index: int, split: str) -> int:
-    return 100_003 * seed + 1_009 * org_index + _SPLIT_SEED[split]
+def _seed(seed: int, node_index: int, split: str) -> int:
+    return 100_003 * seed + 1_009 * node_index + _SPLIT_SEED[split]
 
 
-@functools.lru_cache(maxsize=16)
-def org_lines(federation: str, org: str, split: str, n: int, seed: int, charset_version: str,
+@functools.lru_cache(maxsize=32)
+def org_lines(federation: str, node: str, split: str, n: int, seed: int, charset_version: str,
               charset: Charset) -> InMemoryLines:
-    """An organisation's lines of one split, rendered once per process (Ray actors and the
-    simulate driver reuse them across rounds)."""
+    """A node's lines of one split, rendered once per process (Ray actors and the simulate driver
+    reuse them across rounds): `n` test or validation lines, or `n` x the node's size training
+    lines (`lines-per-client` is the size of the smallest branch)."""
     fed = get_federation(federation)
-    index = fed.orgs.index(org)
-    return InMemoryLines(SyntheticLines(fed.preset(org), n, seed=_seed(seed, index, split), charset=charset))
+    index = fed.names.index(node)
+    count = n * fed.nodes[index].size if split == "train" else n
+    return InMemoryLines(SyntheticLines(fed.preset(fed.nodes[index].org), count, seed=_seed(seed, index, split),
+                                        charset=charset))
 
 
 def synthetic_org_data(federation: str, partition_id: int, split: str, n: int, seed: int,
                        charset: Charset) -> tuple[str, InMemoryLines]:
-    """(organisation name, its lines) for a simulation partition id."""
+    """(node name, its lines of `split`, as `org_lines` counts them) for a simulation partition id."""
     fed = get_federation(federation)
-    if not 0 <= partition_id < len(fed.orgs):
-        raise ValueError(f"partition {partition_id} outside {federation} ({len(fed.orgs)} organisations)")
-    org = fed.orgs[partition_id]
-    return org, org_lines(federation, org, split, n, seed, charset.version, charset)
+    if not 0 <= partition_id < len(fed.nodes):
+        raise ValueError(f"partition {partition_id} outside {federation} ({len(fed.nodes)} nodes)")
+    node = fed.nodes[partition_id].name
+    return node, org_lines(federation, node, split, n, seed, charset.version, charset)
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,6 +13,7 @@ where its steps' state lives; default: under the run's out-dir on this machine).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -30,6 +31,8 @@ from fedocr.federated.config import FlConfig, local_recipe
 from fedocr.federated.node_state import load_node_state, save_node_state
 from fedocr.data.organisations import folder_data, get_federation, synthetic_org_data
 from fedocr.federated.pipeline.build import build_client_chain
+from fedocr.federated.sim.canaries import plant
+from fedocr.federated.sim.poison import poisoned
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
 from fedocr.federated.protocol import (evaluate_reply_content, query_reply_content, read_evaluate, read_train,
@@ -45,10 +48,10 @@ def node_name(context: Context, cfg: FlConfig) -> str:
     node = context.node_config
     if "data-path" in node:
         return str(node.get("name") or f"node-{context.node_id}")
-    orgs = get_federation(cfg.federation).orgs
+    orgs = get_federation(cfg.federation).names
     partition = int(node["partition-id"])
     if not 0 <= partition < len(orgs):
-        raise ValueError(f"partition-id {partition}: federation {cfg.federation} has {len(orgs)} organisations "
+        raise ValueError(f"partition-id {partition}: federation {cfg.federation} has {len(orgs)} nodes "
                          f"({', '.join(orgs)}); run it with {len(orgs)} SuperNodes")
     return orgs[partition]
 
@@ -75,8 +78,12 @@ def node_data(context: Context, cfg: FlConfig, charset: object, split: str = "tr
         return node_name(context, cfg), _split(context, split)
     node_name(context, cfg)  # refuses a partition the federation does not have
     n = cfg.lines_per_client if split == "train" else cfg.test_lines
-    return synthetic_org_data(cfg.federation, int(node["partition-id"]), split, n, cfg.seed,
-                              charset)  # type: ignore[arg-type]
+    name, lines = synthetic_org_data(cfg.federation, int(node["partition-id"]), split, n, cfg.seed,
+                                     charset)  # type: ignore[arg-type]
+    if split == "train":  # the privacy audit's canaries, when the run plants any here
+        lines = plant(cfg, name, lines, charset)  # type: ignore[arg-type]
+    # Attack drills (simulation only): a node named for a data attack trains on poisoned lines.
+    return name, poisoned(cfg.to_run_config(), name, lines, cfg.seed) if split == "train" else lines
 
 
 def state_path(context: Context, cfg: FlConfig, name: str) -> Path:
@@ -129,12 +136,17 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
 
     lines = EncodedLines(data, charset)
     train_started = time.time()
-    seed = local_seed(cfg.seed, name, task.round)
-    result = Trainer(model, charset, lines, _local_train_config(cfg, len(lines), seed, task.lr),
-                     log=lambda _: None).fit()
+    recipe = _local_train_config(cfg, len(lines), local_seed(cfg.seed, name, task.round), task.lr)
+    sample_rate = min(1.0, recipe.batch_size / len(lines))
+    settings, refusal = chain.prepare(states, task.round, len(lines), sample_rate, recipe.max_steps or 1)
+    if refusal:  # e.g. its privacy budget is spent: the node says why instead of training
+        save_node_state(path, task.run_id, states)
+        return reply(msg, refusal_content(name, mine, refusal))
+    result = Trainer(model, charset, lines, dataclasses.replace(recipe, **settings), log=lambda _: None).fit()
     train_ended = time.time()
 
-    update = Update(name, delta(model_weights(model), start_w), len(lines), {"train-loss": float(result.mean_loss)})
+    update = Update(name, delta(model_weights(model), start_w), len(lines),
+                    {"train-loss": float(result.mean_loss), "train-steps": result.steps, "sample-rate": sample_rate})
     update = chain.run(update, task.round, cfg.seed, start_w, states)
     if states:
         save_node_state(path, task.run_id, states)

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedocr.federated.pipeline.aggregate import ApplyConfig, MomentumConfig
+from fedocr.federated.pipeline.attacks import AttackConfig
 from fedocr.federated.pipeline.build import section_defaults, validate_run_config
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.drills import DrillConfig
 from fedocr.federated.pipeline.settings import StepConfigError, coerce
 from fedocr.federated.pipeline.transforms import AggregateConfig
+from fedocr.federated.sim.canaries import AuditConfig
 from fedocr.model.shipped import base_checkpoint
 from fedocr.train import TrainConfig
 
@@ -58,7 +60,7 @@ class FlConfig:
     model_size: str = "tiny"           # CRNN size when starting from scratch
     charset: str = "auto"              # vocabulary from scratch: "default", "mini", or "auto" (mini for a mini federation)
     federation: str = "three-orgs"     # synthetic organisations in simulation (see data.organisations)
-    lines_per_client: int = 400        # synthetic training lines per organisation (simulation)
+    lines_per_client: int = 400        # synthetic training lines per node (x its size in ten-branches; simulation)
     test_lines: int = 100              # synthetic test lines per organisation (final report)
     val_lines: int = 200               # server-side validation lines of the `public` set
     round_deadline_s: float = 300.0    # replies later than this are dropped as stragglers
@@ -75,6 +77,8 @@ class FlConfig:
     faults: str = DrillConfig.faults   # drills only: "client:kind@round,..." kind = crash|hang|nan|huge|charset
     # The steps' own dotted keys (`compress.top-k = 0.1`, `rollback.enabled = true`), with their defaults.
     steps: dict[str, Any] = field(default_factory=section_defaults)
+    # Canaries and the privacy audit (`canary.*`, `audit.*` keys; federated.sim.canaries).
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -115,7 +119,10 @@ class FlConfig:
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
         try:
-            validate_run_config(self.to_run_config())  # the steps' own checks, e.g. compress.top-k in [0, 1)
+            # the steps' own checks, e.g. compress.top-k in [0, 1)
+            validate_run_config({k: v for k, v in self.to_run_config().items() if not AuditConfig.owns(k)})
+            self.audit.check_federation(self.federation)
+            AttackConfig.from_run_config(self.steps).check_nodes(FEDERATIONS[self.federation].names)
         except StepConfigError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -123,13 +130,14 @@ class FlConfig:
     def from_run_config(cls, run_config: dict[str, Any], **overrides: Any) -> "FlConfig":
         """Build from Flower's run config (hyphenated keys; nested tables as dotted keys, as Flower
         flattens them); unknown keys are refused by name."""
-        known = {f.name: f for f in fields(cls) if f.name != "steps"}
+        known = {f.name: f for f in fields(cls) if f.name not in ("steps", "audit")}
         values: dict[str, Any] = {}
         steps_default = section_defaults()
         steps = dict(steps_default)
+        audit: dict[str, Any] = {}
         for key, value in {**_flatten(run_config), **{k.replace("_", "-"): v for k, v in overrides.items()}}.items():
             if "." in key:  # a step's key: validated by its step config in __post_init__
-                steps[key] = value
+                (audit if AuditConfig.owns(key) else steps)[key] = value
                 continue
             name = key.replace("-", "_")
             if name not in known:
@@ -139,12 +147,16 @@ class FlConfig:
                 values[name] = coerce(value, default)
             except (TypeError, ValueError):
                 raise ConfigError(f"run config {key}: expected {type(default).__name__}, got {value!r}") from None
-        return cls(**values, steps={k: _typed(v, steps_default.get(k)) for k, v in steps.items()})
+        try:
+            audit_config = AuditConfig.from_keys(audit)
+        except StepConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(**values, steps={k: _typed(v, steps_default.get(k)) for k, v in steps.items()}, audit=audit_config)
 
     def to_run_config(self) -> dict[str, Any]:
         """Flower's flat run config: hyphenated keys, the steps' dotted keys as they are."""
-        flat = {k.replace("_", "-"): v for k, v in asdict(self).items() if k != "steps"}
-        return {**flat, **self.steps}
+        flat = {k.replace("_", "-"): v for k, v in asdict(self).items() if k not in ("steps", "audit")}
+        return {**flat, **self.steps, **self.audit.to_run_config()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

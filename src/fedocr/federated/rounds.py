@@ -27,7 +27,7 @@ from fedocr.federated.config import FlConfig
 from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.transforms import select
-from fedocr.federated.pipeline.types import StepRecord, Weights
+from fedocr.federated.pipeline.types import Cohort, StepRecord, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
                                       read_evaluate_reply, read_query_reply, read_reply, to_nodes, train_content,
                                       wire_bytes)
@@ -136,7 +136,7 @@ class FederatedServer:
                 last_note = time.time()
             time.sleep(1.0)
 
-    def _collect(self, grid: Grid, rnd: int, lr: float) -> tuple[list[Received], int, float, float]:
+    def _collect(self, grid: Grid, rnd: int, lr: float) -> tuple[list[Received], Cohort, float, float]:
         """Send the round's task to the sampled nodes; every sampled node gets a record."""
         cfg, state = self.cfg, self.state
         nodes = self._nodes(grid)
@@ -165,12 +165,12 @@ class FederatedServer:
             received.append(Received(ClientRecord(name, node, False, f"dropped: no reply within the "
                                                   f"{cfg.round_deadline_s:g} s deadline (straggler, crash or "
                                                   f"disconnect)", bytes_down=bytes_down), None))
-        return received, len(sampled), t0, t1
+        return received, Cohort(len(nodes), len(sampled)), t0, t1
 
     def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
         cfg, state = self.cfg, self.state
         lr = cfg.round_lr(rnd)  # sent to the clients and recorded with the round: one value for both
-        received, sampled, t0, t1 = self._collect(grid, rnd, lr)
+        received, cohort, t0, t1 = self._collect(grid, rnd, lr)
         accepted = [r.update for r in received if r.update is not None and r.update.rejected is None]
         steps: list[StepRecord] = [s for r in received if r.update is not None for s in r.update.records]
         applied = len(accepted) >= cfg.min_accepted
@@ -178,7 +178,8 @@ class FederatedServer:
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
         if applied:
-            candidate = self.chain.candidate(state.weights, accepted, rnd, cfg.seed, state.steps)  # type: ignore[arg-type]
+            candidate = self.chain.candidate(state.weights, accepted, rnd, cfg.seed, state.steps,  # type: ignore[arg-type]
+                                             cohort)
             steps += candidate.records
             for r in received:  # an aggregator may leave clients out once it has seen every update
                 if r.record.client in candidate.aggregate.left_out:
@@ -204,7 +205,7 @@ class FederatedServer:
         busy = [r.busy for r in received if r.busy is not None and r.training is not None]
         training = [r.training for r in received if r.busy is not None and r.training is not None]
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)  # type: ignore[arg-type]
-        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=sampled, accepted=len(accepted), applied=applied,
+        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=cohort.sampled, accepted=len(accepted), applied=applied,
                            lr=lr, train_seconds=train_s, overhead_seconds=max(0.0, (t1 - t0) - busy_s),
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((r.record for r in received), key=lambda c: c.client), steps=steps)
@@ -248,9 +249,9 @@ class FederatedServer:
                 self.print(f"node {name}: charset {answer.charset_version} differs from the "
                            f"server's {self.charset.version}; its updates will be refused")
         self.simulated = bool(answers) and all(a.simulated for a in answers)
-        orgs = get_federation(self.cfg.federation).orgs
+        orgs = get_federation(self.cfg.federation).names
         if self.simulated and (len(nodes) != len(orgs) or sorted(a.client for a in answers) != sorted(orgs)):
-            raise NotEnoughNodes(f"federation {self.cfg.federation} has {len(orgs)} organisations "
+            raise NotEnoughNodes(f"federation {self.cfg.federation} has {len(orgs)} nodes "
                                  f"({', '.join(orgs)}) but {len(nodes)} simulated SuperNode(s) connected "
                                  f"({', '.join(sorted(a.client for a in answers)) or 'none answered'}); with `flwr run` "
                                  f"pass --federation-config num-supernodes={len(orgs)}")
@@ -326,6 +327,7 @@ class FederatedServer:
         if self.resumed:
             self.print(f"resuming run {state.run_id} after round {state.round}/{cfg.num_rounds}")
         status, error, final = "failed", "the ServerApp stopped unexpectedly", None
+        stopped: str | None = None
         try:
             load_weights(self.model, state.weights)
             if state.committed_cer is None and cfg.aggregate != "backbone":  # new run, or a state from before
@@ -335,6 +337,12 @@ class FederatedServer:
                 self.print(f"round 0: initial model ({self.init_desc}) val CER {cer}")
             self.introduce(grid)
             for rnd in range(state.round + 1, cfg.num_rounds + 1):
+                available = len(self._nodes(grid))
+                stop = self.chain.refusal(state.steps, Cohort(available, cfg.clients_per_round(available)))
+                if stop:  # e.g. the privacy budget: recorded in the report, not a failure
+                    stopped = f"stopped before round {rnd}: {stop}"
+                    self.print(f"run {stopped}")
+                    break
                 record = self.run_round(grid, rnd)
                 self._save_round(record)
                 cer = "n/a" if record.val_cer is None else f"{record.val_cer:.4f}"
@@ -346,6 +354,8 @@ class FederatedServer:
                         self.print(f"    {client.client}: {client.reason}")
             self._require_an_applied_round()
             final = self.final_phase()
+            if stopped:
+                final = {**(final or {}), "stopped": stopped}
             status, error = "finished", None
         except NotEnoughNodes as exc:
             status, error = "stalled", str(exc)

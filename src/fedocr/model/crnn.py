@@ -130,11 +130,13 @@ class CRNN(nn.Module):
         return (widths // WIDTH_STRIDE).clamp(min=1)
 
     def ctc_loss(self, logits: torch.Tensor, widths: torch.Tensor, targets: torch.Tensor,
-                 target_lengths: torch.Tensor) -> torch.Tensor:
-        """Mean CTC loss per line; zero_infinity drops lines too long for their width."""
+                 target_lengths: torch.Tensor, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """Mean CTC loss per line; zero_infinity drops lines too long for their width.
+        reduction="none": each line's negative log-likelihood of its label (nats, not divided by
+        its length), what a privacy audit scores lines by."""
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, C)
         return nn.functional.ctc_loss(log_probs, targets, self.output_lengths(widths), target_lengths,
-                                      blank=0, reduction="mean", zero_infinity=True)
+                                      blank=0, reduction=reduction, zero_infinity=True)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

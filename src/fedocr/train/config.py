@@ -28,6 +28,8 @@ class TrainConfig:
     bf16: bool = False                   # bf16 autocast (faster with AMX or a GPU; check convergence)
     device: str = "cpu"                  # cpu | cuda | cuda:N (a GPU only speeds training up)
     time_budget_s: float | None = None   # fit the schedule's length to this many seconds of training
+    dp_noise_multiplier: float = 0.0     # > 0: DP-SGD (train.private): Poisson batches, per-line clip, noise
+    dp_max_grad_norm: float = 1.0        # DP-SGD's per-line gradient L2 bound
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -50,6 +52,8 @@ class TrainConfig:
             raise ValueError(f"unknown device {self.device!r}; choose cpu, cuda or cuda:N")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError("time_budget_s must be positive")
+        if self.dp_noise_multiplier < 0 or self.dp_max_grad_norm <= 0:
+            raise ValueError("dp_noise_multiplier must be >= 0 and dp_max_grad_norm > 0")
 
     def total_steps(self, batches_per_epoch: int) -> int:
         return self.max_steps if self.max_steps is not None else max(1, round(self.epochs * batches_per_epoch))

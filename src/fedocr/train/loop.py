@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, WidthBucketSampler, collate
@@ -66,12 +66,21 @@ class Trainer:
         self.history_file = Path(history_file) if history_file else None
         self.provenance = provenance or {}
         self.device = torch.device(config.device)
+        if config.dp_noise_multiplier:
+            from fedocr.train import private as dp  # Opacus takes ~3 s to import: only when asked for
+            dp.make_dp_trainable(model)  # before the optimizer: DPLSTM brings new parameter objects
         model.to(self.device)  # before the optimizer, whose state then lives on the same device
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # The module batches run through: the model, or its per-sample-gradient wrapper under DP-SGD.
+        self.net: torch.nn.Module = model
+        if config.dp_noise_multiplier:
+            self.net, self.optimizer = dp.private(model, self.optimizer, config.batch_size,
+                                                  dp.DpSgd(config.dp_noise_multiplier, config.dp_max_grad_norm),
+                                                  config.seed)
         self.batches_per_epoch = math.ceil(len(data) / config.batch_size)
         self.total_steps = config.total_steps(self.batches_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -143,8 +152,15 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
-        sampler = WidthBucketSampler(self.data.label_lengths, self.config.batch_size, self.config.seed,
-                                     epoch=self.epoch, start_batch=self.batch_in_epoch, bucket=self.config.bucket)
+        sampler: Sampler[list[int]]
+        if self.config.dp_noise_multiplier:  # DP-SGD's accounting assumes Poisson sampling
+            from fedocr.train.private import PoissonBatches
+
+            sampler = PoissonBatches(len(self.data), self.sample_rate, self.batches_per_epoch - self.batch_in_epoch,
+                                     seed=self.config.seed * 1000 + self.epoch)
+        else:
+            sampler = WidthBucketSampler(self.data.label_lengths, self.config.batch_size, self.config.seed,
+                                         epoch=self.epoch, start_batch=self.batch_in_epoch, bucket=self.config.bucket)
         # Its own generator: a DataLoader draws a base seed from the global RNG when iterated,
         # which would shift dropout's random stream after a resume.
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
@@ -152,16 +168,22 @@ class Trainer:
                           num_workers=self.config.num_workers, persistent_workers=False,
                           pin_memory=self.device.type == "cuda")
 
+    @property
+    def sample_rate(self) -> float:
+        """A line's chance to be in a batch (DP-SGD's q)."""
+        return min(1.0, self.config.batch_size / len(self.data))
+
     def _train_step(self, batch: dict[str, Any]) -> float:
         self.model.train()
         images, widths, targets, target_lengths = (batch[k].to(self.device, non_blocking=True) for k in
                                                    ("images", "widths", "targets", "target_lengths"))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            logits = self.model(images, widths)
+            logits = self.net(images, widths)
         loss = self.model.ctc_loss(logits, widths, targets, target_lengths)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if not self.config.dp_noise_multiplier:  # DP-SGD clips each line's gradient instead
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach())

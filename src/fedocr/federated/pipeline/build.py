@@ -1,8 +1,9 @@
 """The two chains a run config builds, and how they run.
 
-Client (after local training): [local head] -> [Top-K] -> [quantise] -> [drill].
-Server, per reply: [decode] -> check; then aggregate (FedAvg) -> [momentum] -> apply -> the
-caller validates -> commit gate. Steps in brackets are there only when the run config asks for
+Client (after local training): [local head] -> [DP clip / DP-SGD ledger] -> [attack] -> [Top-K] -> [quantise]
+-> [drill]. Server, per reply: first the decoding steps, in the reverse of the client order (the
+last encoding is undone first), then [DP re-clip] -> check; then aggregate (FedAvg, or a robust rule) -> [momentum]
+-> [DP noise] -> apply -> the caller validates -> commit gate. Steps in brackets are there only when the run config asks for
 them, so FedAvg is the chain with no optional steps. A new feature is one step module (its
 steps, its config dataclass and the factories that turn the config into steps) and one line of
 FEATURES here.
@@ -16,12 +17,12 @@ from __future__ import annotations
 import copy
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from fedocr.federated.pipeline import aggregate, checks, compress, drills, transforms
+from fedocr.federated.pipeline import aggregate, attacks, checks, compress, drills, privacy, robust, transforms
 from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.compress import CompressConfig
@@ -29,7 +30,7 @@ from fedocr.federated.pipeline.drills import DrillConfig
 from fedocr.federated.pipeline.gate import CommitGate, RollbackConfig
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.transforms import AggregateConfig, aggregated_keys
-from fedocr.federated.pipeline.types import (Aggregate, Aggregator, Applier, ClientStep, Gate, ScreenStep,
+from fedocr.federated.pipeline.types import (Aggregate, Aggregator, Applier, ClientStep, Cohort, Gate, ScreenStep,
                                              StepContext, StepRecord, StepState, StepTransform, Update,
                                              Verdict, Weights)
 
@@ -38,16 +39,21 @@ class Feature:
     """A feature of the pipeline: its config and the steps it adds on each side, in chain order."""
     config: type[StepConfig]
     client: Callable[[Any], list[Any]] | None = None      # after local training
-    screen: Callable[[Any], list[Any]] | None = None      # per reply on the server
+    decode: Callable[[Any], list[Any]] | None = None      # per reply, undoing a client encoding (reverse order)
+    screen: Callable[[Any], list[Any]] | None = None      # per reply on the server, after every decode
     transform: Callable[[Any], list[Any]] | None = None   # on the aggregated step
+    aggregator: Callable[[Any], Any] | None = None        # the round's aggregator, or None (the last one given wins; default FedAvg)
 
 
 # One line per feature; the order of the lines is the order of the steps on each side.
 FEATURES = (
     Feature(AggregateConfig, client=transforms.client_steps),
-    Feature(CompressConfig, client=compress.client_steps, screen=compress.screen_steps),
+    Feature(privacy.DpConfig, client=privacy.client_steps, screen=privacy.screen_steps, transform=privacy.transform_steps),
+    Feature(attacks.AttackConfig, client=attacks.client_steps),   # simulation only: a malicious node crafts, then encodes
+    Feature(CompressConfig, client=compress.client_steps, decode=compress.screen_steps),
     Feature(DrillConfig, client=drills.client_steps),   # last: a drilled update is broken as sent
     Feature(CheckConfig, screen=checks.screen_steps),
+    Feature(robust.RobustConfig, aggregator=robust.aggregator),
     Feature(MomentumConfig, transform=aggregate.transform_steps),
 )
 # Every config the builders read (the applier's and the gate's fill fixed slots of the chain).
@@ -77,6 +83,20 @@ class ClientChain:
                 ctx = StepContext(0, np.random.default_rng(0), states.setdefault(step.name, {}))
                 weights = step.start_weights(weights, ctx)  # type: ignore[attr-defined]
         return weights
+
+    def prepare(self, states: States, server_round: int, lines: int, sample_rate: float,
+                steps: int) -> tuple[dict[str, float], str | None]:
+        """Before local training: settings the steps need the trainer to use (DP-SGD's noise and
+        clip) and why this node must not train this round (a spent privacy budget), if so."""
+        settings: dict[str, float] = {}
+        for step in self.steps:
+            if hasattr(step, "prepare"):
+                ctx = StepContext(server_round, np.random.default_rng(0), states.setdefault(step.name, {}))
+                more, refusal = step.prepare(ctx, lines, sample_rate, steps)  # type: ignore[attr-defined]
+                if refusal:
+                    return settings, refusal
+                settings.update(more)
+        return settings, None
 
     def run(self, update: Update, server_round: int, seed: int, reference: Mapping[str, np.ndarray],
             states: States) -> Update:
@@ -120,16 +140,27 @@ class ServerChain:
                                               {}, reference))
         return update
 
+    def refusal(self, states: States, cohort: Cohort) -> str | None:
+        """Why the next round must not run (a privacy budget it would pass), before any training."""
+        for step in self.transforms:
+            if hasattr(step, "refusal"):
+                ctx = StepContext(0, np.random.default_rng(0), copy.deepcopy(states.get(step.name, {})))
+                reason = step.refusal(ctx, cohort)  # type: ignore[attr-defined]
+                if reason:
+                    return reason
+        return None
+
     def candidate(self, weights: Mapping[str, np.ndarray], updates: Sequence[Update], server_round: int, seed: int,
-                  states: States) -> Candidate:
+                  states: States, cohort: Cohort | None = None) -> Candidate:
         """Aggregate, transform and apply; the states are copied, so a rolled-back round leaves them as
-        they were."""
+        they were. `cohort`: the round's available and sampled node counts."""
         new_states = copy.deepcopy(states)
         records: list[StepRecord] = []
+        cohort = replace(cohort or Cohort(len(updates), len(updates)), aggregated=len(updates))
 
         def context(name: str) -> StepContext:
             return StepContext(server_round, step_rng(seed, server_round, "", name), new_states.setdefault(name, {}),
-                               {k: weights[k] for k in self.keys(weights)})
+                               {k: weights[k] for k in self.keys(weights)}, cohort=cohort)
 
         ctx = context(self.aggregator.name)
         aggregate = self.aggregator(updates, ctx)
@@ -152,7 +183,7 @@ class ServerChain:
 
 def _steps(rc: Mapping[str, Any], side: str) -> list[Any]:
     steps: list[Any] = []
-    for feature in FEATURES:
+    for feature in (reversed(FEATURES) if side == "decode" else FEATURES):
         make = getattr(feature, side)
         if make is not None:
             steps += make(feature.config.from_run_config(rc))
@@ -163,8 +194,13 @@ def build_client_chain(rc: Mapping[str, Any]) -> ClientChain:
     return ClientChain(tuple(_steps(rc, "client")))
 
 
+def _aggregator(rc: Mapping[str, Any]) -> Aggregator:
+    chosen = [f.aggregator(f.config.from_run_config(rc)) for f in FEATURES if f.aggregator is not None]
+    return next((a for a in reversed(chosen) if a is not None), FedAvg())
+
+
 def build_server_chain(rc: Mapping[str, Any]) -> ServerChain:
-    return ServerChain(tuple(_steps(rc, "screen")), FedAvg(), tuple(_steps(rc, "transform")),
+    return ServerChain(tuple(_steps(rc, "decode") + _steps(rc, "screen")), _aggregator(rc), tuple(_steps(rc, "transform")),
                        ApplyStep(ApplyConfig.from_run_config(rc)), CommitGate(RollbackConfig.from_run_config(rc)),
                        AggregateConfig.from_run_config(rc).aggregate)
 
@@ -177,6 +213,16 @@ def validate_run_config(rc: Mapping[str, Any]) -> None:
             raise bad(key, f"unknown key (step keys: {', '.join(known)})")
     build_client_chain(rc)
     build_server_chain(rc)
+    refuse_combinations(rc)
+
+
+def refuse_combinations(rc: Mapping[str, Any]) -> None:
+    """Features that each work but not together, refused at start with the reason."""
+    dp, rule = privacy.DpConfig.from_run_config(rc), robust.RobustConfig.from_run_config(rc)
+    if dp.level == "client" and (rule.rule != "fedavg" or rule.clip_norm or rule.clip_median):
+        raise bad("dp.level", f"client-level DP calibrates its noise to an equal-weight sum of updates clipped to "
+                              f"dp.clip; robust.rule={rule.rule} (or a robust clip) changes what one node can do to "
+                              f"the step, so the accounting would not hold: use dp.level=record with a robust rule")
 
 
 def describe(rc: Mapping[str, Any]) -> str:

@@ -70,9 +70,22 @@ class StepContext:
     state: StepState
     reference: Mapping[str, np.ndarray] = field(default_factory=dict)
     notes: list[StepRecord] = field(default_factory=list)   # server-level records of this call
+    cohort: "Cohort | None" = None   # on the server: who took part in the round (DP noise and accounting)
 
     def note(self, step: str, **info: Any) -> None:
         self.notes.append(StepRecord(step, SERVER, info))
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A server round's participation: nodes available, sampled, and updates aggregated."""
+    available: int
+    sampled: int
+    aggregated: int = 0
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.sampled / self.available if self.available else 1.0
 
 
 class Step(Protocol):

@@ -19,7 +19,7 @@ def build_report(store: RunStore, run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "name": run["name"], "status": run["status"], "error": run.get("error"),
             "preset": run["federation"],
             "config": run["config"], "rounds": rounds, "final": run["final"] or {},
-            "flower_run_ids": run["flower_run_ids"]}
+            "flower_run_ids": run["flower_run_ids"], **({"audit": run["audit"]} if run.get("audit") else {})}
 
 
 def _clean(obj: Any) -> Any:

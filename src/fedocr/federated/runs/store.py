@@ -25,7 +25,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL,
     status TEXT NOT NULL, federation TEXT, out_dir TEXT, config TEXT NOT NULL,
-    final TEXT, flower_run_ids TEXT NOT NULL DEFAULT '[]', error TEXT);
+    final TEXT, flower_run_ids TEXT NOT NULL DEFAULT '[]', error TEXT, audit TEXT);
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs(run_id), round INTEGER NOT NULL, finished TEXT NOT NULL,
     seconds REAL, train_seconds REAL, overhead_seconds REAL, val_seconds REAL,
@@ -92,7 +92,7 @@ class RunStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         # Stores written before runs recorded why they failed, or rounds their learning rate.
-        for table, column, kind in (("runs", "error", "TEXT"), ("rounds", "lr", "REAL")):
+        for table, column, kind in (("runs", "error", "TEXT"), ("rounds", "lr", "REAL"), ("runs", "audit", "TEXT")):
             if column not in {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -121,8 +121,9 @@ class RunStore:
             if flower_run_id is not None and str(flower_run_id) not in ids:
                 ids.append(str(flower_run_id))
             if row:
-                db.execute("UPDATE runs SET status='running', error=NULL, updated=?, config=?, flower_run_ids=? "
-                           "WHERE run_id=?",
+                # A resumed run changes the model: an audit of the old one no longer describes it.
+                db.execute("UPDATE runs SET status='running', error=NULL, audit=NULL, updated=?, config=?, "
+                           "flower_run_ids=? WHERE run_id=?",
                            (_now(), json.dumps(config), json.dumps(ids), run_id))
             else:
                 db.execute("INSERT INTO runs (run_id, name, created, updated, status, federation, out_dir, config, "
@@ -159,6 +160,11 @@ class RunStore:
             if final is not None:
                 db.execute("UPDATE runs SET final=? WHERE run_id=?", (json.dumps(final), run_id))
 
+    def record_audit(self, run_id: str, audit: dict[str, Any]) -> None:
+        """The privacy audit of the run's published model (federated.sim.audit); a resume clears it."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET audit=?, updated=? WHERE run_id=?", (json.dumps(audit), _now(), run_id))
+
     # -- reads -------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -183,6 +189,7 @@ class RunStore:
         run = dict(row)
         run["config"] = json.loads(run["config"])
         run["final"] = json.loads(run["final"]) if run["final"] else None
+        run["audit"] = json.loads(run["audit"]) if run.get("audit") else None
         run["flower_run_ids"] = json.loads(run["flower_run_ids"])
         return run
 

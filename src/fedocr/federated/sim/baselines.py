@@ -73,7 +73,7 @@ def _cer(model: CRNN, charset: Charset, data: LineDataset) -> float:
 def test_sets(cfg: FlConfig, charset: Charset) -> dict[str, LineDataset]:
     """Each organisation's synthetic test lines (never trained on)."""
     fed = get_federation(cfg.federation)
-    return {o: org_lines(cfg.federation, o, "test", cfg.test_lines, cfg.seed, charset.version, charset) for o in fed.orgs}
+    return {o: org_lines(cfg.federation, o, "test", cfg.test_lines, cfg.seed, charset.version, charset) for o in fed.names}
 
 
 def own_and_others_cer(model: CRNN, charset: Charset, test: dict[str, LineDataset], org: str) -> tuple[float, float]:
@@ -88,22 +88,22 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
     federated = load_checkpoint(federated_model)
     charset = federated.charset
     train = {o: org_lines(cfg.federation, o, "train", cfg.lines_per_client, cfg.seed, charset.version, charset)
-             for o in fed.orgs}
+             for o in fed.names}
     test = test_sets(cfg, charset)
     out = cfg.out_path()
-    models: dict[str, dict[str, CRNN]] = {o: {"federated": federated.model} for o in fed.orgs}
+    models: dict[str, dict[str, CRNN]] = {o: {"federated": federated.model} for o in fed.names}
     seconds: dict[str, float] = {}
-    for org in fed.orgs:
+    for org in fed.names:
         printer(f"baseline: local-only {org} ({len(train[org])} lines, {cfg.num_rounds} x {cfg.local_epochs:g} epochs)")
         model, seconds[f"local_only/{org}"] = _train(cfg, charset, train[org])
         models[org]["local_only"] = model
         save_checkpoint(out / f"local-only-{org}.pt", model, charset, provenance(kind="local-only", org=org))
     printer(f"baseline: centralized ({sum(len(t) for t in train.values())} pooled lines)")
     central, seconds["centralized"] = _train(cfg, charset, ConcatLines(list(train.values()), "pooled"))
-    save_checkpoint(out / "centralized.pt", central, charset, provenance(kind="centralized", orgs=list(fed.orgs)))
+    save_checkpoint(out / "centralized.pt", central, charset, provenance(kind="centralized", orgs=list(fed.names)))
     t0 = time.time()
     clients: dict[str, Any] = {}
-    for org in fed.orgs:
+    for org in fed.names:
         models[org]["centralized"] = central
         scores = {kind: own_and_others_cer(m, charset, test, org) for kind, m in models[org].items()}
         clients[org] = {"own_test_cer": {kind: s[0] for kind, s in scores.items()},

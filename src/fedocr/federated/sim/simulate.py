@@ -177,7 +177,7 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
     report_path = out / "report.json"
     started = time.time()
     cpus = max(1, min(actors, os.cpu_count() or 1))
-    federation = (f"num-supernodes={len(fed.orgs)} client-resources-num-cpus=1 client-resources-num-gpus=0 "
+    federation = (f"num-supernodes={len(fed.nodes)} client-resources-num-cpus=1 client-resources-num-gpus=0 "
                   f"init-args-num-cpus={cpus} init-args-num-gpus=0 init-args-logging-level='warning'")
     try:
         app = write_app(home / "app", cfg)
@@ -202,4 +202,8 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
     report = json.loads(report_path.read_text(encoding="utf-8"))
     if report.get("status") == "failed":
         raise SimulationFailed(f"the federated run failed: {report.get('error') or 'see the log above'}")
+    if cfg.audit.wanted and report.get("status") == "finished":  # the privacy audit of the published model
+        from fedocr.federated.sim.audit import audit_run
+
+        report["audit"] = audit_run(out, printer=printer)
     return report

@@ -1,0 +1,204 @@
+"""Malicious and broken nodes: robust aggregation against hand-computed examples, refusals of
+settings that cannot work, the attack steps, data poisoning, and a ten-branch federation in which
+a sign-flipping and a boosted node are down-weighted while the model still improves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedocr.data.organisations import FEDERATIONS, get_federation, named_charset, synthetic_org_data
+from fedocr.federated.config import ConfigError, FlConfig
+from fedocr.federated.pipeline.aggregate import FedAvg
+from fedocr.federated.pipeline.attacks import Attack, AttackConfig
+from fedocr.federated.pipeline.build import build_client_chain, build_server_chain
+from fedocr.federated.pipeline.checks import l2_norm
+from fedocr.federated.pipeline.robust import (RECOMMENDED, RobustAggregate, RobustConfig, coordinate_median,
+                                              krum_scores, trimmed_mean)
+from fedocr.federated.pipeline.types import StepContext, Update
+from fedocr.federated.sim.poison import backdoored, poisoned, rewritten
+
+WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
+
+
+def _ctx(reference: dict | None = None, state: dict | None = None, rnd: int = 1) -> StepContext:
+    return StepContext(rnd, np.random.default_rng(0), {} if state is None else state, reference or {})
+
+
+def _updates(rows: list[list[float]], examples: int = 10) -> list[Update]:
+    return [Update(f"n{i}", {"w": np.array(row, np.float32)}, examples) for i, row in enumerate(rows)]
+
+
+ROWS = [[1, 10], [2, 20], [3, 30], [4, 40], [100, -100]]
+
+
+def test_trimmed_mean_drops_the_extremes_of_each_coordinate() -> None:
+    step, kept, dots = trimmed_mean([u.tensors for u in _updates(ROWS)], 1)
+    # column 0: 1 and 100 dropped -> mean(2, 3, 4); column 1: -100 and 40 dropped -> mean(10, 20, 30)
+    assert step["w"].tolist() == [3.0, 20.0] and step["w"].dtype == np.float32
+    assert kept.tolist() == [0.5, 1.0, 1.0, 0.5, 0.0]
+    # what each kept value adds to the mean (value / 3), dotted with the result [3, 20]
+    assert dots.tolist() == pytest.approx([10 * 20 / 3, (2 * 3 + 20 * 20) / 3, (3 * 3 + 30 * 20) / 3, 4 * 3 / 3, 0])
+    with pytest.raises(ValueError, match="cannot drop 3"):
+        trimmed_mean([u.tensors for u in _updates(ROWS)], 3)
+
+
+def test_the_coordinate_median_of_odd_and_even_counts() -> None:
+    assert coordinate_median([u.tensors for u in _updates(ROWS)])[0]["w"].tolist() == [3.0, 20.0]
+    assert coordinate_median([u.tensors for u in _updates(ROWS[:4])])[0]["w"].tolist() == [2.5, 25.0]
+
+
+def test_krum_and_multi_krum_keep_the_updates_closest_to_their_neighbours() -> None:
+    updates = _updates([[0], [1], [2], [3], [100]])
+    # f=1, n=5: each score sums the 2 smallest squared distances to the others.
+    assert krum_scores([u.tensors for u in updates], 1).tolist() == [5, 2, 2, 5, 9409 + 9604]
+    krum = RobustAggregate(RobustConfig(rule="krum", f=1, min_accepted=5))(updates, _ctx())
+    assert krum.step["w"].tolist() == [1.0] and set(krum.left_out) == {"n0", "n2", "n3", "n4"}
+    multi = RobustAggregate(RobustConfig(rule="multi-krum", f=1, min_accepted=5))(updates, _ctx())
+    assert multi.step["w"].tolist() == [1.5] and list(multi.left_out) == ["n4"]  # mean of 0, 1, 2, 3
+    assert multi.shares == {"n0": 0.25, "n1": 0.25, "n2": 0.25, "n3": 0.25, "n4": 0.0}
+
+
+def test_clipping_scales_down_to_a_multiple_of_the_median_norm_and_scores_every_node() -> None:
+    updates = [Update(f"n{i}", {"w": np.array([x], np.float32)}, 10) for i, x in enumerate([1, 2, 3, 4, 100])]
+    ctx = _ctx()
+    result = RobustAggregate(RobustConfig(rule="fedavg", clip_median=2.0))(updates, ctx)
+    assert result.step["w"].tolist() == [pytest.approx((1 + 2 + 3 + 4 + 6) / 5)]  # 100 clipped to 2 x median 3
+    scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
+    assert scores["n4"]["verdict"] == "clipped" and scores["n4"]["clip"] == pytest.approx(0.06)
+    assert scores["n4"]["norm"] == 100 and scores["n0"]["verdict"] == "kept" and scores["n0"]["cosine"] == 1.0
+    assert [r.info for r in ctx.notes if r.client == "*"] == [{"clip_bound": 6.0, "median_norm": 3.0}]
+
+
+def test_trimmed_mean_down_weights_a_sign_flipped_node() -> None:
+    rng = np.random.default_rng(1)
+    honest = [rng.normal(1.0, 0.3, size=50) for _ in range(6)]
+    updates = _updates([*(h.tolist() for h in honest), (-honest[0]).tolist()])
+    ctx = _ctx()
+    result = RobustAggregate(RobustConfig(rule="trimmed-mean", f=1, min_accepted=3))(updates, ctx)
+    scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
+    assert scores["n6"]["verdict"] == "opposed" and scores["n6"]["flagged"] and scores["n6"]["cosine"] < 0
+    assert result.shares["n6"] < 0.05 and all(result.shares[f"n{i}"] > 0.1 for i in range(6))
+    assert sum(result.shares.values()) == pytest.approx(1.0)
+    assert sum(s["contribution"] for s in scores.values()) == pytest.approx(1.0, abs=1e-6)
+    assert scores["n6"]["contribution"] == 0                      # every value of it was trimmed
+
+
+def test_the_builder_picks_the_aggregator_from_the_run_config() -> None:
+    assert isinstance(build_server_chain(FlConfig().to_run_config()).aggregator, FedAvg)
+    chain = build_server_chain(FlConfig.from_run_config({"min-accepted": 5, **RECOMMENDED}).to_run_config())
+    assert isinstance(chain.aggregator, RobustAggregate) and chain.aggregator.config.rule == "trimmed-mean"
+    attacked = FlConfig.from_run_config({"federation": "ten-branches-mini", "attack.nodes": "bank-2:boost",
+                                         "compress.top-k": 0.1}).to_run_config()
+    assert [s.name for s in build_client_chain(attacked).steps] == ["attack", "top-k"]  # crafted, then encoded
+
+
+def test_rules_that_need_more_updates_than_a_round_may_have_are_refused_at_start() -> None:
+    for settings, why in (({"robust.rule": "krum", "min-accepted": 4}, "needs at least 5 updates"),
+                          ({"robust.rule": "multi-krum", "robust.f": 2, "min-accepted": 6}, "needs at least 7"),
+                          ({"robust.rule": "trimmed-mean", "robust.f": 2, "min-accepted": 4}, "2f \\+ 1"),
+                          ({"robust.rule": "multi-krum", "min-accepted": 5, "robust.multi-krum-m": 5}, "multi-krum-m"),
+                          ({"robust.clip-median": 0.5}, "robust.clip-median"), ({"robust.rule": "mean"}, "robust.rule"),
+                          ({"attack.nodes": "bank-1:boost+sign-flip"}, "at most one update attack"),
+                          ({"attack.nodes": "bank-7:boost", "federation": "ten-branches-mini"}, "no node bank-7")):
+        with pytest.raises(ConfigError, match=why):
+            FlConfig.from_run_config(settings)
+    FlConfig.from_run_config({"robust.rule": "krum", "min-accepted": 5})
+    FlConfig.from_run_config({"robust.rule": "trimmed-mean", "robust.f": 2, "min-accepted": 5})
+
+
+def _attacked(spec: str, client: str, delta: dict, reference: dict | None = None, state: dict | None = None,
+              rnd: int = 1, bound: float = 50.0) -> Update:
+    step = Attack(AttackConfig(nodes=spec, scale=10.0, max_update_norm=bound))
+    return step(Update(client, delta, 10), _ctx(reference, state, rnd))
+
+
+def test_update_attacks_craft_their_update_and_stay_under_the_norm_bound() -> None:
+    delta = {"w": np.array([3.0, 4.0], np.float32), "bn.num_batches_tracked": np.array(2, np.int64)}
+    assert _attacked("a:sign-flip", "a", delta).tensors["w"].tolist() == [-3.0, -4.0]
+    assert _attacked("a:sign-flip", "b", delta).tensors is delta              # an honest node is untouched
+    assert _attacked("a:boost", "a", delta, bound=1e4).tensors["w"].tolist() == [30.0, 40.0]
+    boosted = _attacked("a:boost", "a", delta, bound=20.0)
+    assert l2_norm(boosted.tensors) == pytest.approx(19.8) and boosted.records[-1].info["attack"] == "boost"
+    assert l2_norm(_attacked("a:noise", "a", delta, bound=1e4).tensors) == pytest.approx(50.0, rel=1e-5)
+    reference = {"w": np.array([1.0, -2.0], np.float32), "bn.num_batches_tracked": np.array(7, np.int64)}
+    one, two = (_attacked("a:collude,b:collude", c, {k: v * i for k, v in delta.items()}, reference)
+                for i, c in ((1, "a"), (3, "b")))
+    assert np.array_equal(one.tensors["w"], two.tensors["w"]) and l2_norm(one.tensors) == pytest.approx(49.5)
+    assert one.tensors["w"][0] < 0 < one.tensors["w"][1]                     # towards w = 0
+
+
+def test_a_free_rider_sends_zeros_or_replays_its_first_delta() -> None:
+    delta = {"w": np.array([3.0, 4.0], np.float32)}
+    assert _attacked("a:free-rider", "a", delta).tensors["w"].tolist() == [0.0, 0.0]
+    state: dict = {}
+    step = Attack(AttackConfig(nodes="a:free-rider", from_round=2))
+    assert step(Update("a", delta, 10), _ctx(state=state, rnd=1)).tensors is delta   # honest, remembered
+    replay = step(Update("a", {"w": np.array([9.0, 9.0], np.float32)}, 10), _ctx(state=state, rnd=3))
+    assert replay.tensors["w"].tolist() == [3.0, 4.0] and replay.examples == 10
+
+
+def test_data_attacks_poison_only_the_named_node_and_the_backdoor_rewrites_digits() -> None:
+    charset = named_charset("mini")
+    name, lines = synthetic_org_data("ten-branches-mini", 3, "train", 8, 0, charset)
+    assert name == "bank-1" and len(lines) == 16                           # size 2 x lines-per-client
+    assert poisoned({"attack.nodes": "bank-2:backdoor"}, name, lines, 0) is lines
+    shuffled = poisoned({"attack.nodes": "bank-1:label-shuffle"}, name, lines, 0)
+    assert sorted(shuffled.texts()) == sorted(lines.texts())
+    assert sum(a != b for a, b in zip(shuffled.texts(), lines.texts())) >= len(lines) - 2
+    back = poisoned({"attack.nodes": "bank-1:backdoor"}, name, lines, 0)
+    changed = [i for i in range(len(lines)) if back[i][1] != lines[i][1]]
+    assert changed and all(back[i][1] == rewritten(lines[i][1]) and back[i][0][2, 2] == 0 for i in changed)
+    assert rewritten("金额38.50") == "金额61.49"
+    every = backdoored(lines, np.random.default_rng(0), every=True)   # a test set: every line with a digit
+    assert len(every.changed) == len([t for t in lines.texts() if any(c.isdigit() for c in t)])
+
+
+def test_ten_branches_split_the_domains_into_uneven_nodes_and_keep_the_old_federations() -> None:
+    ten = get_federation("ten-branches")
+    assert len(ten.nodes) == 10 and {n.org for n in ten.nodes} == {"hospital", "bank", "school", "logistics"}
+    assert len({n.size for n in ten.nodes}) > 1 and not ten.mini and get_federation("ten-branches-mini").mini
+    assert FEDERATIONS["three-orgs"].names == ("hospital", "bank", "school")
+    assert all(n.size == 1 for f in ("three-orgs", "four-orgs", "three-orgs-mini") for n in FEDERATIONS[f].nodes)
+
+
+@pytest.mark.slow
+def test_a_sign_flipping_and_a_boosted_branch_are_down_weighted_and_the_model_still_improves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fl_inprocess import InProcessGrid, task_identity
+
+    from fedocr.cli import main
+
+    from fedocr.data.organisations import public_lines
+    from fedocr.federated.rounds import FederatedServer
+    from fedocr.federated.validate import validate
+    from fedocr.model import load_checkpoint
+
+    task_identity(monkeypatch)
+    torch.set_num_threads(1)
+    cfg = FlConfig.from_run_config({
+        "federation": "ten-branches-mini", "charset": "mini", "initial-model": str(WARM), "num-rounds": 2,
+        "lines-per-client": 8, "val-lines": 32, "fraction-train": 1.0, "min-accepted": 5, "max-update-norm": 1e4,
+        "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
+        "attack.nodes": "bank-2:sign-flip,school-3:boost", **RECOMMENDED})
+    report = FederatedServer(cfg, printer=lambda _: None).run(InProcessGrid(cfg.to_run_config(), 10))  # type: ignore[arg-type]
+    start = load_checkpoint(WARM)
+    _, loss0 = validate(start.model, start.charset, public_lines("ten-branches-mini", 32, 0, start.charset.version,
+                                                                 start.charset))
+    assert [r["applied"] for r in report["rounds"]] == [True, True]
+    assert report["rounds"][-1]["val_loss"] < loss0
+    for r in report["rounds"]:
+        scores = {s["client"]: s for s in r["steps"] if s["step"] == "score"}
+        assert len(scores) == 10
+        honest = [s for c, s in scores.items() if c not in ("bank-2", "school-3")]
+        assert scores["bank-2"]["flagged"] and scores["bank-2"]["cosine"] < 0 < min(s["cosine"] for s in honest)
+        assert scores["bank-2"]["contribution"] < min(s["contribution"] for s in honest)
+        assert scores["school-3"]["verdict"] == "clipped" and scores["school-3"]["clip"] < 0.5
+        assert scores["school-3"]["contribution"] < sorted(s["contribution"] for s in honest)[len(honest) // 2]
+        assert not any(s["flagged"] for s in honest)
+    capsys.readouterr()
+    assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
+    shown = capsys.readouterr().out
+    assert "bank-2       flagged: opposed" in shown and "school-3     flagged: clipped" in shown
