@@ -14,9 +14,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +25,7 @@ import httpx
 import numpy as np
 import psutil
 import torch
+from _common import fedocr_server
 
 from fedocr.charset import default_charset
 from fedocr.data import SyntheticLines, preprocess
@@ -65,29 +63,10 @@ def render_document(seed: int, rows: int = 12) -> np.ndarray:
     return page[: y + 20]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_load(model: Path, images: list[bytes], clients: int, requests: int, warmup: int) -> dict:
     """Start `fedocr serve`, warm it up, measure RSS, run `requests` requests from `clients`
     threads, measure RSS again; stop the server by PID."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fedocr", "serve", "--model", str(model), "--port", str(port),
-                             "--host", "127.0.0.1", "--cache", "0", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not start")
+    with fedocr_server("serve", "--model", str(model), "--cache", "0") as (base, proc):
         server = psutil.Process(proc.pid)
         with httpx.Client(base_url=base, timeout=60) as c:
             for i in range(warmup):
@@ -128,13 +107,6 @@ def http_load(model: Path, images: list[bytes], clients: int, requests: int, war
             trajectory.append(round(server.memory_info().rss / 2**20, 1))
         wall = time.perf_counter() - start
         rss_after = server.memory_info().rss
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
     ms = np.array(latencies) * 1000
     return {"clients": clients, "requests": requests, "failed": len(failures), "failures": failures[:10],
             "requests_per_s": requests / wall,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up fedocr on a fresh Debian machine: system fonts (+ chromium for the web-page test),
-# a .venv with the CPU build of torch and the package itself. Safe to run twice.
+# a .venv with the CPU build of torch and the package itself, and the dashboard's chart library
+# (vendored from npm). Safe to run twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ APT_PACKAGES=(
   fonts-arphic-ukai fonts-arphic-uming fonts-arphic-gkai00mp fonts-arphic-gbsn00lp
   fonts-lxgw-wenkai fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fontconfig
   fonts-noto-cjk-extra fonts-urw-base35 fonts-crosextra-carlito fonts-crosextra-caladea fonts-noto-core
-  chromium
+  chromium nodejs npm
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,6 +21,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The dashboard's charts: uPlot from npm, vendored into the package's static files (committed, so a
+# wheel ships them and nothing is fetched at run time). Pinned; re-fetched only when missing.
+UPLOT_VERSION=1.6.32
+VENDOR=src/fedocr/serve/static/vendor
+if [ ! -f "$VENDOR/uPlot.iife.min.js" ] || [ ! -f "$VENDOR/uPlot.min.css" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "uplot@$UPLOT_VERSION" >/dev/null && tar xzf "uplot-$UPLOT_VERSION.tgz")
+  mkdir -p "$VENDOR"
+  cp "$tmp/package/dist/uPlot.iife.min.js" "$tmp/package/dist/uPlot.min.css" "$VENDOR/"
+  cp "$tmp/package/LICENSE" "$VENDOR/uPlot.LICENSE"
+  rm -rf "$tmp"
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -138,10 +139,18 @@ def free_port() -> int:
 def live_server(model: Path, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 60.0) -> Iterator[str]:
     """`fedocr serve` as a real process on a free loopback port; stopped by PID at exit, even on failure."""
+    with live_command(["serve", "--model", str(model), *args], env, timeout) as base:
+        yield base
+
+
+@contextmanager
+def live_command(command: list[str], env: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[str]:
+    """A serving `fedocr` command (`serve ...`, `fl dashboard ...`) on a free loopback port, once
+    /api/health answers; stopped by PID at exit, even on failure."""
     port = free_port()
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"fedocr-serve-{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "fedocr", "serve", "--model", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "fedocr", *command, "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -149,14 +158,14 @@ def live_server(model: Path, *args: str, env: dict[str, str] | None = None,
         while True:
             if proc.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"fedocr serve exited with {proc.returncode}: {log.read()[-2000:]}")
+                raise RuntimeError(f"fedocr {command[0]} exited with {proc.returncode}: {log.read()[-2000:]}")
             try:
                 if httpx.get(base + "/api/health", timeout=1.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("fedocr serve did not become healthy in time")
+                raise RuntimeError(f"fedocr {command[0]} did not become healthy in time")
             time.sleep(0.2)
         yield base
     finally:
@@ -168,6 +177,26 @@ def live_server(model: Path, *args: str, env: dict[str, str] | None = None,
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@contextmanager
+def chromium_page(locale: str = "en-US") -> Iterator[Any]:
+    """A page in Debian's headless Chromium driven by Playwright (no browser is downloaded);
+    the browser is closed at exit, even on failure."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            context = browser.new_context(accept_downloads=True, locale=locale)
+            yield context.new_page()
+        finally:
+            browser.close()
 
 
 def fixed_lines_small(n: int = 8) -> list[np.ndarray]:

@@ -153,3 +153,25 @@ def test_a_simulation_with_a_fixed_seed_gives_the_same_models(tmp_path: Path) ->
         assert code == 0
         weights.append(load_checkpoint(out / "round-2.pt").model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_federation_config_pins_actors_here_and_leaves_a_ray_cluster_its_own(monkeypatch) -> None:
+    from fedocr.federated.sim.simulate import federation_config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = federation_config(100, actors=2)
+    assert "num-supernodes=100" in local and "init-args-num-cpus=2" in local
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")   # Ray refuses a CPU count when it joins a cluster
+    joined = federation_config(100, actors=2)
+    assert "num-supernodes=100" in joined and "init-args-num-cpus" not in joined
+
+
+def test_many_clients_is_a_long_tail_of_small_nodes_over_the_organisations() -> None:
+    from fedocr.data.organisations import get_federation
+
+    fed = get_federation("many-clients")
+    sizes = [node.size for node in fed.nodes]
+    assert len(fed.nodes) == 100 and len(set(fed.names)) == 100
+    assert {node.org for node in fed.nodes} == {"hospital", "bank", "school", "logistics"}
+    assert max(sizes) >= 10 and sorted(sizes)[50] == 1      # a few large sites, most with the smallest share
+    assert len(get_federation("many-clients-mini-1000").nodes) == 1000

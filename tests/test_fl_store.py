@@ -65,6 +65,9 @@ def test_clients_per_round_is_never_below_the_threshold() -> None:
     cfg = FlConfig(fraction_train=0.4, min_accepted=2)
     assert cfg.clients_per_round(3) == 2 and cfg.clients_per_round(10) == 4 and cfg.clients_per_round(100) == 40
     assert FlConfig(fraction_train=0.1, min_accepted=3).clients_per_round(10) == 3
+    # 0.1 x 100 is 10.000000000000002 in floating point: still 10 clients, not 11
+    assert FlConfig(fraction_train=0.1, min_accepted=2).clients_per_round(100) == 10
+    assert FlConfig(fraction_train=0.3, min_accepted=2).clients_per_round(100) == 30
 
 
 def test_fault_drills_parse() -> None:

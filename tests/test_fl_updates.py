@@ -145,3 +145,12 @@ def test_server_momentum_accumulates_parameter_steps_but_not_statistics(tmp_path
     assert loaded is not None and "velocity" in loaded.steps["fedavgm"]
     velocity = loaded.steps["fedavgm"]["velocity"]
     assert np.allclose(velocity["conv.weight"], 1.9) and velocity["norm.num_batches_tracked"] == 4
+
+
+def test_sampling_returns_exact_64_bit_node_ids() -> None:
+    # Flower's node ids are unsigned 64-bit; a list mixing ids above and below 2**63 once went
+    # through float64 and came back as ids no node has (every message of a 100-node round refused).
+    nodes = [385492177607323647, 10105359061687707649, 5, 2**64 - 1, 2**63 + 1]
+    for seed in range(20):
+        picked = sample_clients(nodes, 2, np.random.default_rng(seed))
+        assert set(picked) <= set(nodes), picked

@@ -14,11 +14,7 @@ import pytest
 from fedocr.data import SyntheticLines
 from fedocr.serve.engine import load_engine
 from fedocr.export import export_onnx
-from serve_fixtures import live_server, png, render_page
-
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run"]
+from serve_fixtures import CHROMIUM, chromium_page, live_server, png, render_page
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (scripts/setup.sh)")]
@@ -35,15 +31,8 @@ def served(trained_digits_model, tmp_path_factory):
 
 @pytest.fixture()
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            context = browser.new_context(accept_downloads=True, locale="en-US")
-            yield context.new_page()
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        yield page
 
 
 def readable_line(engine, charset, tmp_path: Path) -> tuple[Path, str]:

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, print_json
+from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, check_writable_file, print_json
+from fedocr.cli.personal import add_personal_parser
 from fedocr.cli.privacy import add_audit_parser, format_audit
+from fedocr.cli.serving import add_dashboard_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "organisation, then train the local-only and centralized baselines and write "
                                       "OUT/report.json, OUT/round-N.pt and OUT/model.pt. Re-running with the same "
                                       "--out resumes after the last completed round.")
-    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches or ten-branches-mini")
+    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches(-mini), many-clients(-mini)")
     p.add_argument("--rounds", type=int, required=True, help="federated rounds (num-rounds)")
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
@@ -30,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="lines per local optimizer step")
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
     p.add_argument("--min-accepted", type=int, help="participation threshold")
-    p.add_argument("--aggregate", choices=["all", "backbone"],
-                   help="all: one global model; backbone: each node keeps its own head (FedPer)")
+    p.add_argument("--aggregate", choices=["all", "backbone", "fedbn"],
+                   help="all: one global model; backbone: each node keeps its own head (FedPer); "
+                        "fedbn: each node keeps its BatchNorm layers (FedBN)")
     p.add_argument("--initial-model", help="auto, scratch or an absolute .pt path")
     p.add_argument("--lines", type=int, help="training lines per node (a branch of size k has k times as many)")
     p.add_argument("--test-lines", type=int, help="test lines per organisation for the final table")
@@ -63,6 +66,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_show)
 
     add_audit_parser(fl_sub)
+    add_personal_parser(fl_sub)
+    add_dashboard_parser(fl_sub)
+
+    p = fl_sub.add_parser("report", help="write one run's dashboard as a standalone HTML file",
+                          description="Write RUN's dashboard (charts, rounds, rejected clients, privacy, anomalies, "
+                                      "each node's contribution, config and step chain) as one HTML file with "
+                                      "everything inlined: it opens from disk, with no server and no network.")
+    p.add_argument("run_ref", metavar="RUN", help="run id, id prefix or name")
+    p.add_argument("--html", type=Path, required=True, metavar="OUT.html", help="file to write (atomically)")
+    p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
+    p.set_defaults(run=run_report)
 
     p = fl_sub.add_parser("certs", help="make (or --check) TLS certificates and SuperNode keys for a deployment")
     p.add_argument("--out", type=Path, required=True, help="folder for ca.crt, server.pem/.key and node keys")
@@ -151,7 +165,8 @@ def run_steps(args: argparse.Namespace) -> int:
 
 def format_final(final: dict[str, Any]) -> str:
     """The report's per-organisation CER table (a kind a run did not measure shows as -)."""
-    kinds = ("local_only", "federated", "centralized")
+    personalised = any("personalized" in (c.get("own_test_cer") or {}) for c in final.get("clients", {}).values())
+    kinds = ("local_only", "federated", "centralized") + (("personalized",) if personalised else ())
 
     def cell(scores: dict[str, float] | None, kind: str, width: int) -> str:
         value = (scores or {}).get(kind)
@@ -192,6 +207,15 @@ def run_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _contribution_line(c: dict[str, Any]) -> str:
+    """A node's leave-one-out and Shapley values (with the interval) as `fl show` prints them."""
+    def num(v: float | None) -> str:
+        return f"{v:+.4f}" if v is not None else "-"
+    ci = c.get("shapley_ci")
+    interval = f" [{num(ci[0])}, {num(ci[1])}]" if ci and ci[0] != ci[1] else ""   # an exact value has none
+    return f"loo {num(c.get('loo'))}  shapley {num(c.get('shapley'))}{interval}"
+
+
 def run_show(args: argparse.Namespace) -> int:
     from fedocr.federated.runs.report import build_report
 
@@ -214,8 +238,9 @@ def run_show(args: argparse.Namespace) -> int:
             print(f"    {c['id']:<12} examples {c['examples']:>5}  norm {norm:>8}  up {c['bytes_up']:>9} B  {status}")
         for e in (s for s in r.get("steps", []) if s["step"] == "evaluate" and "cer" in s):
             local = f"  local-only CER {e['local_only_cer']:.4f}" if "local_only_cer" in e else ""
+            shared = f"  global model {e['global_cer']:.4f}" if "global_cer" in e else ""   # beside a personal model
             print(f"    {e['client']:<12} held-out CER {e['cer']:.4f}  line accuracy {e['line_accuracy']:.3f}  "
-                  f"({e.get('lines', 0):.0f} lines){local}")
+                  f"({e.get('lines', 0):.0f} lines){shared}{local}")
         for sc in (s for s in r.get("steps", []) if s["step"] == "score" and s.get("flagged")):
             print(f"    {sc['client']:<12} flagged: {sc['verdict']}  norm {sc['norm']:.3g}  clip x{sc['clip']:.2f}  "
                   f"cosine {sc['cosine']:+.2f}  contribution {sc['contribution']:+.3f}")
@@ -224,10 +249,36 @@ def run_show(args: argparse.Namespace) -> int:
             budget = f" of {dp['target_epsilon']:g}" if "target_epsilon" in dp else ""
             print(f"    {who:<12} privacy spent: epsilon {dp['epsilon']:.3f}{budget} at delta {dp['delta']:g} "
                   f"({dp['step']}, noise multiplier {dp['noise_multiplier']:.3g})")
+        for ct in (s for s in r.get("steps", []) if s["step"] == "contribution" and s["client"] == "*"):
+            print(f"    contribution ({ct.get('utility', '-')}, {ct['method']}"
+                  + (f": disabled, {ct['disabled']})" if ct.get("disabled") else
+                     f", coalitions {ct.get('subsets', 'alone')}, Shapley {ct.get('estimator') or '-'}, "
+                     f"{ct['evaluations']} evaluations, {ct['seconds']:.1f} s)"))
+        for ct in (s for s in r.get("steps", []) if s["step"] == "contribution" and s["client"] != "*"):
+            print(f"    {ct['client']:<12} {_contribution_line(ct)}")
     if report["final"]:
         print(format_final(report["final"]))
+    contribution = (report["final"] or {}).get("contribution")
+    if contribution:
+        print(f"contribution over the run ({contribution['utility']} improvement, summed over applied rounds, "
+              f"{contribution['confidence']:.0%} interval):")
+        for client in contribution["ranking"]:
+            print(f"    {client:<12} {_contribution_line(contribution['clients'][client])}")
     if report.get("audit"):
         print(format_audit(report["audit"]))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from fedocr.federated.runs.reader import StoreUnavailable
+    from fedocr.serve.dashboard_report import ReportError, write_report
+
+    out = check_writable_file(args.html)
+    try:
+        write_report(_store_path(args.store), args.run_ref, out)
+    except (ReportError, StoreUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -38,12 +38,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     limits, max_lines = Limits(), ServeConfig.max_lines
     p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); "
                                               "default: the shipped model")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000); must be free")
-    p.add_argument("--token", help=f"require this bearer token on /api (visible in `ps`: prefer --token-file or "
-                                   f"${TOKEN_ENV})")
-    p.add_argument("--token-file", type=Path, metavar="PATH",
-                   help="read the bearer token from this file (its first line; keep it owner-only)")
+    p.add_argument("--runs", type=Path, metavar="RUNS.db",
+                   help="a federation's run store: adds the dashboard (/dashboard, /api/runs), read-only")
+    _listen_arguments(p)
     p.add_argument("--workers", type=int, default=2, help="recognitions running at once (default 2)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per recognition (default: cores, at most 2)")
     p.add_argument("--cache", type=int, default=256, help="results cached by image hash (0: off)")
@@ -61,6 +58,63 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default info; requests are logged without images or file names)")
     p.set_defaults(run=run_serve)
+
+
+def _listen_arguments(p: argparse.ArgumentParser) -> None:
+    """Where to listen and the token: the same for `serve` and `fl dashboard`."""
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000); must be free")
+    p.add_argument("--token", help=f"require this bearer token on /api (visible in `ps`: prefer --token-file or "
+                                   f"${TOKEN_ENV})")
+    p.add_argument("--token-file", type=Path, metavar="PATH",
+                   help="read the bearer token from this file (its first line; keep it owner-only)")
+
+
+def add_dashboard_parser(fl_sub: argparse._SubParsersAction) -> None:
+    """`fedocr fl dashboard`: the dashboard alone, for an operator who serves no OCR."""
+    p = fl_sub.add_parser("dashboard", help="serve the federation dashboard of a run store (no OCR model)",
+                          description="Serve /dashboard and the read-only /api/runs endpoints over a run store, "
+                                      "following running federations live. The OCR routes answer 503: use "
+                                      "`fedocr serve --runs` to serve both.")
+    p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
+    _listen_arguments(p)
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default warning)")
+    p.set_defaults(run=run_dashboard)
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise CliError(f"--port must be between 1 and 65535, got {port}", EXIT_USAGE)
+
+
+def _runs_store(path: Path | None) -> Path | None:
+    """The run store as given; a missing one is a warning (a federation may create it later)."""
+    if path is None:
+        return None
+    path = path.resolve()
+    if not path.is_file():
+        print(f"warning: {path} does not exist yet; the dashboard says so until a federation writes it",
+              file=sys.stderr)
+    return path
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    _check_port(args.port)
+    token = serve_token(args)
+    from fedocr.federated.config import FlConfig
+
+    store = _runs_store(args.store or FlConfig().store_path())
+    sock = listen(args.host, args.port)
+    import uvicorn
+
+    from fedocr.serve.app import ServeConfig, create_app
+
+    print(f"dashboard of {store} on http://{args.host}:{args.port}/dashboard", file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=None, token=token, runs=store)),
+                                           log_level=args.log_level))
+    server.run(sockets=[sock])
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -128,8 +182,7 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in ("workers", "port", "max_bytes", "max_pixels", "max_files", "max_lines"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1", 2)
-    if args.port > 65535:
-        raise CliError(f"--port must be at most 65535, got {args.port}", EXIT_USAGE)
+    _check_port(args.port)
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1", EXIT_USAGE)
     if args.cache < 0:
@@ -149,12 +202,13 @@ def run_serve(args: argparse.Namespace) -> int:
                     max_batch_bytes=max(base.max_batch_bytes, args.max_bytes))
     config = ServeConfig(model=model, token=token, limits=limits, cache_size=args.cache, workers=args.workers,
                          threads=args.threads, watch_s=args.watch, cors_origins=tuple(args.cors_origin),
-                         max_lines=args.max_lines)
+                         max_lines=args.max_lines, runs=_runs_store(args.runs))
     limit_malloc_arenas()                            # a long-running server must not creep up in memory
     slot = ModelSlot(config.model, config.threads)  # load before serving: a bad model fails fast
     info = slot.engine.info
     print(f"serving {info.path} ({info.backend}, {info.quantization}, version {info.version}) "
-          f"on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+          f"on http://{args.host}:{args.port}/" + (" (dashboard: /dashboard)" if config.runs else ""),
+          file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(config, slot), log_level=args.log_level))
     server.run(sockets=[sock])
     return 0

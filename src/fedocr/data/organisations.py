@@ -17,7 +17,10 @@ A federation is a list of nodes. In the presets above each organisation runs one
 own name; in `ten-branches` (and `ten-branches-mini`) organisations run several branches
 (`bank-2`), each with its organisation's preset and device, its own data and an uneven size
 (a multiple of `lines-per-client`), so that 1-2 malicious nodes of 10 is a realistic question
-and robust rules such as Krum (n >= 2f + 3) have enough nodes to work with.
+and robust rules such as Krum (n >= 2f + 3) have enough nodes to work with. `many-clients`
+(and `many-clients-mini`, `-mini-10`, `-mini-1000` for the scale benchmark) is a consortium or a
+device fleet: 100 small nodes over the organisations with a long tail of sizes (a few large
+sites, most with the smallest share), meant to be sampled at 30-50% per round.
 
 Data seeds are disjoint per node and per split (train / test / validation), so no line of a
 test set is ever trained on.
@@ -115,6 +118,18 @@ def _branches(name: str, sizes: dict[str, tuple[int, ...]], mini: bool) -> Feder
                                   for i, size in enumerate(own, 1)), mini)
 
 
+def _long_tail(name: str, orgs: tuple[str, ...], n: int, mini: bool, head: int = 12) -> Federation:
+    """`n` nodes, the k-th largest `head / k` times the smallest (Zipf, at least 1), organisations
+    taking turns so each has large and small nodes: `hospital-7` is the hospital's 7th node."""
+    counts = dict.fromkeys(orgs, 0)
+    nodes = []
+    for rank in range(1, n + 1):
+        org = orgs[(rank - 1) % len(orgs)]
+        counts[org] += 1
+        nodes.append(Node(f"{org}-{counts[org]}", org, max(1, round(head / rank))))
+    return Federation(name, tuple(nodes), mini)
+
+
 FEDERATIONS: dict[str, Federation] = {
     "three-orgs": _one_node_each("three-orgs", ("hospital", "bank", "school"), mini=False),
     "four-orgs": _one_node_each("four-orgs", ("hospital", "bank", "school", "logistics"), mini=False),
@@ -124,6 +139,9 @@ FEDERATIONS: dict[str, Federation] = {
                                                "logistics": (2, 1)}, mini=False),
     "ten-branches-mini": _branches("ten-branches-mini", {"hospital": (3, 1, 1), "bank": (2, 1, 1),
                                                          "school": (2, 1, 1, 1)}, mini=True),
+    "many-clients": _long_tail("many-clients", ("hospital", "bank", "school", "logistics"), 100, mini=False),
+    **{name: _long_tail(name, ("hospital", "bank", "school"), n, mini=True)
+       for name, n in (("many-clients-mini", 100), ("many-clients-mini-10", 10), ("many-clients-mini-1000", 1000))},
 }
 
 
@@ -143,7 +161,8 @@ def _seed(seed: int, node_index: int, split: str) -> int:
     return 100_003 * seed + 1_009 * node_index + _SPLIT_SEED[split]
 
 
-@functools.lru_cache(maxsize=32)
+# Enough for every node a simulation actor serves in a many-clients round, without re-rendering.
+@functools.lru_cache(maxsize=128)
 def org_lines(federation: str, node: str, split: str, n: int, seed: int, charset_version: str,
               charset: Charset) -> InMemoryLines:
     """A node's lines of one split, rendered once per process (Ray actors and the simulate driver

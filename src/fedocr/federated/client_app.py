@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -28,15 +29,15 @@ from flwr.clientapp import ClientApp
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, SubsetLines
 from fedocr.federated.config import FlConfig, local_recipe
-from fedocr.federated.node_state import load_node_state, save_node_state
+from fedocr.federated.node_state import default_state_path, load_node_state, save_node_state
 from fedocr.data.organisations import folder_data, get_federation, synthetic_org_data
-from fedocr.federated.pipeline.build import build_client_chain
+from fedocr.federated.pipeline.build import ClientChain, States, build_client_chain
 from fedocr.federated.sim.canaries import plant
 from fedocr.federated.sim.poison import poisoned
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
-from fedocr.federated.protocol import (evaluate_reply_content, query_reply_content, read_evaluate, read_train,
-                                      refusal_content, reply, reply_content)
+from fedocr.federated.protocol import (TrainInstruction, evaluate_reply_content, query_reply_content, read_evaluate,
+                                      read_train, refusal_content, reply, reply_content)
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
@@ -89,8 +90,7 @@ def node_data(context: Context, cfg: FlConfig, charset: object, split: str = "tr
 def state_path(context: Context, cfg: FlConfig, name: str) -> Path:
     """Where this node keeps its client steps' state (one file per client name)."""
     folder = context.node_config.get("state-dir")
-    root = Path(str(folder)) if folder else cfg.out_path() / "node-state"
-    return root / f"{name}.npz"
+    return Path(str(folder)) / f"{name}.npz" if folder else default_state_path(cfg.out_path(), name)
 
 
 def _threads(context: Context) -> None:
@@ -108,8 +108,9 @@ def local_seed(run_seed: int, client: str, server_round: int) -> int:
     return zlib.crc32(f"{run_seed}/{client}/{server_round}".encode()) & 0x7FFFFFFF
 
 
-def _local_train_config(cfg: FlConfig, n_lines: int, seed: int, lr: float | None) -> TrainConfig:
-    steps = max(1, round(cfg.local_epochs * math.ceil(n_lines / cfg.batch_size)))
+def _local_train_config(cfg: FlConfig, n_lines: int, seed: int, lr: float | None,
+                        epochs: float | None = None) -> TrainConfig:
+    steps = max(1, round((epochs or cfg.local_epochs) * math.ceil(n_lines / cfg.batch_size)))
     # A fresh optimizer each round (standard FedAvg).
     return local_recipe(cfg, steps, seed=seed, lr=lr)
 
@@ -145,6 +146,8 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     result = Trainer(model, charset, lines, dataclasses.replace(recipe, **settings), log=lambda _: None).fit()
     train_ended = time.time()
 
+    if chain.personal():   # Ditto: the node's own model, after the global one, kept on its disk
+        train_personal(cfg, chain, states, task, lines, charset, name)
     update = Update(name, delta(model_weights(model), start_w), len(lines),
                     {"train-loss": float(result.mean_loss), "train-steps": result.steps, "sample-rate": sample_rate})
     update = chain.run(update, task.round, cfg.seed, start_w, states)
@@ -153,6 +156,22 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
                "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid()}
     return reply(msg, reply_content(update, mine, metrics))
+
+
+def train_personal(cfg: FlConfig, chain: ClientChain, states: States, task: TrainInstruction, lines: EncodedLines,
+                   charset: Charset, name: str) -> None:
+    """Ditto's personal step: train the node's personal model on its lines with the proximal term
+    towards this round's global model (pipeline.personal), and keep it in the node's state."""
+    ditto = chain.personal()
+    assert ditto is not None
+    model = CRNN(task.model_config)
+    load_weights(model, chain.personal_start(task.weights, states))
+    anchor = {k: torch.from_numpy(np.array(v)) for k, v in task.weights.items()}
+    recipe = _local_train_config(cfg, len(lines), local_seed(cfg.seed, f"{name}/personal", task.round), task.lr,
+                                 epochs=ditto.config.epochs)
+    Trainer(model, charset, lines, dataclasses.replace(recipe, prox_mu=ditto.config.lam), anchor=anchor,
+            log=lambda _: None).fit()
+    chain.keep_personal(model_weights(model), states)
 
 
 def local_only_model(cfg: FlConfig, context: Context, name: str, run_id: str, charset: Charset) -> CRNN:
@@ -180,9 +199,13 @@ def handle_evaluate(msg: Message, context: Context, overrides: dict[str, Any] | 
     name, held_out = node_data(context, cfg, charset, "test")
     chain = build_client_chain(cfg.to_run_config())
     model = CRNN(task.model_config)
-    load_weights(model, chain.start_weights(task.weights, load_node_state(state_path(context, cfg, name), task.run_id)))
+    states = load_node_state(state_path(context, cfg, name), task.run_id)
+    load_weights(model, chain.personal_weights(task.weights, states))
     report = evaluate(torch_logits_fn(model), charset, held_out)
     metrics = {"cer": report.cer, "line-accuracy": report.line_accuracy, "lines": report.n}
+    if chain.personal():   # Ditto: the global model on the same lines, for the personal model's gain
+        load_weights(model, task.weights)
+        metrics["global-cer"] = evaluate(torch_logits_fn(model), charset, held_out).cer
     if local_baseline:
         local = evaluate(torch_logits_fn(local_only_model(cfg, context, name, task.run_id, charset)), charset, held_out)
         metrics.update({"local-only-cer": local.cer, "local-only-line-accuracy": local.line_accuracy})

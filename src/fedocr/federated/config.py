@@ -31,7 +31,7 @@ RUNS_ROOT_ENV = "FEDOCR_RUNS"
 SCRATCH_LR, FINETUNE_LR = 3e-3, 1e-4  # AdamW rates for local training from scratch / from a trained model
 MIN_LR_RATIO = 0.05                   # where `lr-decay = cosine` ends, as a share of the local rate
 
-Aggregate = Literal["all", "backbone"]
+Aggregate = Literal["all", "backbone", "fedbn"]
 
 
 class ConfigError(StepConfigError):
@@ -55,7 +55,7 @@ class FlConfig:
     batch_size: int = 16
     fraction_train: float = 0.4        # share of connected clients sampled per round (never below min_accepted)
     min_accepted: int = 2              # participation threshold: fewer accepted updates -> round not applied
-    aggregate: Aggregate = AggregateConfig.aggregate  # "backbone": each client keeps its own CTC head (FedPer)
+    aggregate: Aggregate = AggregateConfig.aggregate  # "backbone": each client keeps its CTC head (FedPer); "fedbn": its BatchNorm layers
     initial_model: str = "auto"        # "auto" (models/base.pt for the default vocabulary, else scratch), "scratch" or a .pt path
     model_size: str = "tiny"           # CRNN size when starting from scratch
     charset: str = "auto"              # vocabulary from scratch: "default", "mini", or "auto" (mini for a mini federation)
@@ -167,7 +167,8 @@ class FlConfig:
     # -- derived values ------------------------------------------------------------------
     def clients_per_round(self, available: int) -> int:
         """ceil(fraction x available), never below the participation threshold nor above what is there."""
-        return min(available, max(self.min_accepted, math.ceil(self.fraction_train * available)))
+        # Rounded first: 0.1 x 100 is 10.000000000000002 in floating point, which must sample 10, not 11.
+        return min(available, max(self.min_accepted, math.ceil(round(self.fraction_train * available, 9))))
 
     def initial_model_path(self) -> Path | None:
         """The checkpoint to start from, or None for a fresh model."""

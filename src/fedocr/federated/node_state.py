@@ -18,6 +18,12 @@ SEP = "|"
 RUN_KEY = "__run_id__"
 
 
+def default_state_path(out_dir: Path, client: str) -> Path:
+    """Where a node keeps its state when its operator names no `state-dir`: under the run's out-dir
+    (in simulation that is every node's, which lets the final table read the personal models)."""
+    return out_dir / "node-state" / f"{client}.npz"
+
+
 def load_node_state(path: Path, run_id: str) -> States:
     """The steps' state saved for `run_id` at `path`, or empty state (new run, other run, unreadable)."""
     if not path.is_file():

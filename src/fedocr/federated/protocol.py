@@ -102,7 +102,7 @@ def read_evaluate(content: RecordDict) -> tuple[TrainInstruction, bool]:
     return read_train(content), bool(content["config"].get("local-baseline", False))
 
 
-EVAL_METRICS = ("cer", "line-accuracy", "lines", "local-only-cer", "local-only-line-accuracy")
+EVAL_METRICS = ("cer", "line-accuracy", "lines", "local-only-cer", "local-only-line-accuracy", "global-cer")
 
 
 def evaluate_reply_content(client: str, charset_version: str, metrics: dict[str, float]) -> RecordDict:

@@ -5,6 +5,7 @@ simulation engine and the deployment engine.
 
 Per round (docs/ARCHITECTURE.md, the update chain, server side): screen each reply (decode -> check)
 -> aggregate the accepted updates (FedAvg, McMahan et al. 2017) -> transform the step (FedAvgM)
+(before aggregating, each node's contribution is scored on validation lines when the run asks)
 -> apply to w, but only when at least `min-accepted` updates passed (the participation
 threshold) -> validate the candidate on the public set -> the gate commits it or rolls the
 round back -> save the round's model atomically, export the best -> write the round and every
@@ -26,6 +27,7 @@ from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
 from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
+from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline.types import Cohort, StepRecord, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
@@ -35,7 +37,7 @@ from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
-from fedocr.federated.validate import server_validation, validate
+from fedocr.federated.validate import ValidationProbe, server_validation, validate
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, save_checkpoint
@@ -56,12 +58,21 @@ class NoRoundApplied(RuntimeError):
 MAX_NAME = 64   # a client's self-reported name is shown and stored; keep it short
 
 
+def name_list(names: Sequence[str], shown: int = 12) -> str:
+    """A readable list of node names: a federation of a thousand is summarised, not printed whole."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{len(names)} nodes: {', '.join(names[:shown])}, ... ({len(names) - shown} more)"
+
+
 def sample_clients(node_ids: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
-    """k distinct node ids drawn uniformly (sorted input so a seed gives the same draw)."""
+    """k distinct node ids drawn uniformly (sorted input so a seed gives the same draw). Positions
+    are drawn, not ids: node ids are unsigned 64-bit, and NumPy turns a list mixing ids above and
+    below 2**63 into float64, which rounds them to ids no node has."""
     ordered = sorted(node_ids)
     if k >= len(ordered):
         return ordered
-    return sorted(int(i) for i in rng.choice(ordered, size=k, replace=False))
+    return sorted(ordered[int(i)] for i in rng.choice(len(ordered), size=k, replace=False))
 
 
 def unique_name(name: str, node_id: str, taken: set[str]) -> str:
@@ -119,6 +130,11 @@ class FederatedServer:
         except BaseException as exc:
             self.store.finish_run(self.state.run_id, "failed", error=f"validation set: {type(exc).__name__}: {exc}")
             raise
+        # The contribution scorer evaluates a candidate per subset of nodes: on its own (smaller) slice
+        # of the validation lines, prepared once. None where the server validates nothing.
+        contrib = ContributionConfig.from_run_config(cfg.steps)
+        self.probe = (ValidationProbe(self.model, charset, self.val, contrib.lines)
+                      if contrib.method != "off" and cfg.aggregate != "backbone" else None)
 
     # -- one round -------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
@@ -179,7 +195,7 @@ class FederatedServer:
         val_cer, val_loss = state.committed_cer, state.committed_loss
         if applied:
             candidate = self.chain.candidate(state.weights, accepted, rnd, cfg.seed, state.steps,  # type: ignore[arg-type]
-                                             cohort)
+                                             cohort, self.probe)
             steps += candidate.records
             for r in received:  # an aggregator may leave clients out once it has seen every update
                 if r.record.client in candidate.aggregate.left_out:
@@ -255,7 +271,7 @@ class FederatedServer:
                                  f"({', '.join(orgs)}) but {len(nodes)} simulated SuperNode(s) connected "
                                  f"({', '.join(sorted(a.client for a in answers)) or 'none answered'}); with `flwr run` "
                                  f"pass --federation-config num-supernodes={len(orgs)}")
-        self.print(f"nodes: {', '.join(sorted(self.state.names.values())) or 'none answered'}")
+        self.print(f"nodes: {name_list(sorted(self.state.names.values())) or 'none answered'}")
 
     def federated_evaluation(self, grid: Grid, rnd: int) -> list[StepRecord]:
         """Every connected node scores the committed model on its own held-out lines (docs/ARCHITECTURE.md:
@@ -295,6 +311,11 @@ class FederatedServer:
                                                   if "local_only_cer" in s.info else {})},
                               "own_test_lines": s.info.get("lines")} for s in evals}
         return {"clients": clients, "source": "federated evaluation: each node's held-out lines, last round"}
+
+    def contribution_summary(self) -> dict | None:
+        """Each node's contribution summed over the applied rounds (a rolled-back round changed nothing)."""
+        rounds = self.store.rounds(self.state.run_id)
+        return cumulate(s for r in rounds if r.applied for s in r.steps)
 
     def publish(self) -> None:
         """model.onnx next to the best model.pt, verified against PyTorch (a failed export is a
@@ -354,6 +375,9 @@ class FederatedServer:
                         self.print(f"    {client.client}: {client.reason}")
             self._require_an_applied_round()
             final = self.final_phase()
+            contribution = self.contribution_summary()
+            if contribution:
+                final = {**(final or {}), "contribution": contribution}
             if stopped:
                 final = {**(final or {}), "stopped": stopped}
             status, error = "finished", None

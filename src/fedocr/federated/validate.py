@@ -1,12 +1,17 @@
-"""Server-side validation of a global model: CER with the recognizer's evaluator, plus CTC loss."""
+"""Server-side validation of a global model: CER with the recognizer's evaluator, plus CTC loss; and the
+probe that scores the many candidate models of the contribution scorer."""
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from fedocr.charset import Charset
-from fedocr.data import EncodedLines, LineDataset, collate
-from fedocr.model import CRNN, torch_logits_fn
-from fedocr.train import evaluate
+from fedocr.data import EncodedLines, LineDataset, SubsetLines, collate
+from fedocr.federated.pipeline.types import Weights
+from fedocr.federated.weights import load_weights
+from fedocr.model import CRNN, decode_logits, torch_logits_fn
+from fedocr.train import evaluate, score
 
 
 def validation_loss(model: CRNN, charset: Charset, dataset: LineDataset, batch_size: int = 32) -> float:
@@ -43,3 +48,32 @@ def server_validation(model: CRNN, charset: Charset, dataset: LineDataset,
         return None, None, BACKBONE_NOTE
     cer, loss = validate(model, charset, dataset)
     return cer, loss, None
+
+
+class ValidationProbe:
+    """Scores candidate weights on the first `lines` validation lines, for the contribution scorer:
+    it evaluates many candidates a round (one per subset of nodes), so the lines are preprocessed
+    and batched once, and one forward pass per batch gives both the CTC loss and the greedy CER.
+    It loads weights into its own copy of the model, never the server's."""
+
+    def __init__(self, model: CRNN, charset: Charset, dataset: LineDataset, lines: int = 0,
+                 batch_size: int = 32) -> None:
+        count = min(lines, len(dataset)) if lines else len(dataset)
+        encoded = EncodedLines(SubsetLines(dataset, range(count), f"{dataset.name}[:{count}]"), charset)
+        samples = [encoded[i] for i in range(len(encoded))]
+        self.batches = [collate(samples[i: i + batch_size]) for i in range(0, len(samples), batch_size)]
+        self.model, self.charset = copy.deepcopy(model).eval(), charset
+        self.lines = len(samples)
+
+    def __call__(self, weights: Weights) -> dict[str, float]:
+        load_weights(self.model, weights)
+        total, pairs = 0.0, []
+        with torch.inference_mode():
+            for batch in self.batches:
+                logits = self.model(batch["images"], batch["widths"])
+                loss = self.model.ctc_loss(logits, batch["widths"], batch["targets"], batch["target_lengths"])
+                total += float(loss) * len(batch["texts"])
+                decoded = decode_logits(logits.float().numpy(), batch["widths"].numpy(), self.charset)
+                pairs += [(d.text, self.charset.normalise(t, keep_unknown=True))
+                          for d, t in zip(decoded, batch["texts"])]
+        return {"val_loss": total / max(self.lines, 1), "val_cer": score(pairs).cer}

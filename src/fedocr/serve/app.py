@@ -1,4 +1,6 @@
-"""The FastAPI app: OCR API, model info and hot swap, and the web page, all from one process.
+"""The FastAPI app: OCR API, model info and hot swap, the web page and the federation dashboard,
+all from one process. The model is optional: `fedocr fl dashboard` serves the dashboard alone, and
+the OCR routes then answer 503.
 
 Heavy objects (the model slot, the cache, the worker limiter) are created once in `lifespan`
 and reached through `Depends`. Recognition runs in worker threads (at most `workers` at a time)
@@ -21,7 +23,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -43,7 +45,7 @@ STATIC = resources.files("fedocr.serve") / "static"
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: Path
+    model: Path | None                       # None: no OCR, only the dashboard (`fedocr fl dashboard`)
     token: str | None = None                 # bearer token for /api (health excepted); None: open
     limits: Limits = field(default_factory=Limits)
     cache_size: int = 256                    # results kept, by image hash
@@ -53,12 +55,13 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()       # none unless asked for
     prefer_onnx: bool = True
     max_lines: int = SegmentConfig().max_lines   # lines per image; more is refused (422) before recognition
+    runs: Path | None = None                 # the federation's run store: serves /dashboard and /api/runs
 
 
 @dataclass
 class State:
     config: ServeConfig
-    slot: ModelSlot
+    slot: ModelSlot | None                   # None: a dashboard-only server
     cache: ResultCache[PageResult]
     limiter: anyio.CapacityLimiter
     started: float
@@ -114,6 +117,16 @@ def get_state(request: Request) -> State:
     return request.app.state.fedocr
 
 
+NO_MODEL = "this server serves no OCR model (started as a dashboard only); start `fedocr serve --model ...`"
+
+
+def require_model(state: State) -> ModelSlot:
+    """The model slot, or 503 on a dashboard-only server."""
+    if state.slot is None:
+        raise HTTPException(503, NO_MODEL)
+    return state.slot
+
+
 bearer = HTTPBearer(auto_error=False, description="only when the server was started with --token")
 
 
@@ -130,6 +143,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "not an image, empty, damaged or truncated"},
     401: {"model": Error, "description": "bearer token required"},
     413: {"model": Error, "description": "too many bytes, pixels or files"},
+    503: {"model": Error, "description": "no OCR model on this server (a dashboard-only server)"},
     422: {"model": Unprocessable, "description": "a wrong or missing field, or more text lines in one image than the limit"},
 }
 
@@ -144,7 +158,7 @@ def _capped(engine: Engine, max_lines: int) -> Engine:
 def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto") -> OcrResult:
     """Decode and recognise one upload (runs in a worker thread)."""
     start = time.perf_counter()
-    loaded = state.slot.current          # this request keeps this model even if a reload happens now
+    loaded = require_model(state).current   # this request keeps this model even if a reload happens now
     version = loaded.engine.info.version
     key = content_key(data, version, layout)
     cached = state.cache.get(key)
@@ -175,10 +189,11 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = State(config, slot or ModelSlot(config.model, config.threads, config.prefer_onnx),
+        model = slot or (ModelSlot(config.model, config.threads, config.prefer_onnx) if config.model else None)
+        state = State(config, model,
                       ResultCache(config.cache_size), anyio.CapacityLimiter(config.workers), time.time())
         app.state.fedocr = state
-        watcher = asyncio.create_task(_watch(state)) if config.watch_s > 0 else None
+        watcher = asyncio.create_task(_watch(state)) if config.watch_s > 0 and model is not None else None
         try:
             yield
         finally:
@@ -228,32 +243,40 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     @app.get("/api/health", response_model=Health, summary="Liveness and the served model's version")
     async def health(state: Annotated[State, Depends(get_state)]) -> Health:
-        info = state.slot.engine.info
-        return Health(status="ok", model=info.version, backend=info.backend,
+        info = state.slot.engine.info if state.slot is not None else None
+        return Health(status="ok", model=info.version if info else None, backend=info.backend if info else None,
                       uptime_s=round(time.time() - state.started, 1))
 
     @app.get("/api/model", response_model=ModelDescription, responses=ERRORS, dependencies=protected,
              summary="The served model: version, charset size, provenance (federated run and round)")
     async def model(state: Annotated[State, Depends(get_state)]) -> ModelDescription:
-        loaded = state.slot.current
+        loaded = require_model(state).current
         return ModelDescription.from_info(loaded.engine.info, loaded.loaded_at)
 
     @app.post("/api/model/reload", response_model=Reloaded, dependencies=protected,
               responses={**ERRORS, 409: {"model": Error, "description": "the new file cannot be used; the old model keeps serving"}},
               summary="Load the model file again (hot swap, no restart, in-flight requests unaffected)")
     async def reload(state: Annotated[State, Depends(get_state)]) -> Reloaded:
+        slot = require_model(state)
         try:
-            changed, loaded = await anyio.to_thread.run_sync(state.slot.reload)
+            changed, loaded = await anyio.to_thread.run_sync(slot.reload)
         except Exception as exc:  # any load failure keeps the old model; report it to the operator
-            raise HTTPException(409, f"reload failed, still serving {state.slot.engine.info.version}: "
+            raise HTTPException(409, f"reload failed, still serving {slot.engine.info.version}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if changed:
             state.cache.clear()
         return Reloaded(changed=changed, model=ModelDescription.from_info(loaded.engine.info, loaded.loaded_at))
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def page() -> FileResponse | RedirectResponse:
+        if config.model is None and slot is None:
+            return RedirectResponse("/dashboard")
         return FileResponse(str(STATIC / "index.html"), headers=PAGE_HEADERS)
+
+    if config.runs is not None:
+        from fedocr.serve import dashboard   # imports this module's dependencies, so not at the top
+
+        dashboard.install(app, protected, config.runs)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     if config.cors_origins:
@@ -287,13 +310,14 @@ async def _watch(state: State) -> None:
     """Reload when the model file changes (e.g. a federation published a new global model)."""
     while True:
         await asyncio.sleep(state.config.watch_s)
-        if not state.slot.changed():
+        slot = require_model(state)
+        if not slot.changed():
             continue
         try:
-            changed, loaded = await anyio.to_thread.run_sync(state.slot.reload)
+            changed, loaded = await anyio.to_thread.run_sync(slot.reload)
         except Exception as exc:  # a bad file must not stop the watcher or the old model
             log.warning("model file changed but cannot be loaded (%s); still serving %s",
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__, state.slot.engine.info.version)
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__, slot.engine.info.version)
             await asyncio.sleep(state.config.watch_s)
             continue
         if changed:

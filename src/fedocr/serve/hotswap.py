@@ -46,10 +46,11 @@ class ModelSlot:
     def engine(self) -> Engine:
         return self._current.engine
 
-    def _load(self) -> Loaded:
-        file = resolve_model_path(self.path, self.prefer_onnx)
+    def _load(self, path: Path | None = None) -> Loaded:
+        path = path or self.path
+        file = resolve_model_path(path, self.prefer_onnx)
         signature = _signature(file) if file.is_file() else (0, 0)
-        engine = load_engine(self.path, self.threads, self.prefer_onnx)
+        engine = load_engine(path, self.threads, self.prefer_onnx)
         engine.recognize([np.full((32, 64), 255, np.uint8)])   # fail here, not on a user's request
         return Loaded(engine, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), signature)
 
@@ -66,8 +67,13 @@ class ModelSlot:
 
         Raises the load error (the old model keeps serving) when the file cannot be used.
         """
+        return self.switch(self.path)
+
+    def switch(self, path: str | Path) -> tuple[bool, Loaded]:
+        """Serve another model file from now on (the dashboard's "make this round live"); reloads and
+        the watcher then follow that file. Raises the load error, the old model still serving."""
         with self._lock:
             old = self._current
-            new = self._load()
-            self._current = new
+            new = self._load(Path(path))
+            self.path, self._current = Path(path), new
             return new.engine.info.version != old.engine.info.version, new

@@ -57,8 +57,8 @@ class BatchResult(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
-    model: str
-    backend: str
+    model: str | None = Field(description="version of the served model; null on a dashboard-only server")
+    backend: str | None
     uptime_s: float
 
 

@@ -30,6 +30,7 @@ class TrainConfig:
     time_budget_s: float | None = None   # fit the schedule's length to this many seconds of training
     dp_noise_multiplier: float = 0.0     # > 0: DP-SGD (train.private): Poisson batches, per-line clip, noise
     dp_max_grad_norm: float = 1.0        # DP-SGD's per-line gradient L2 bound
+    prox_mu: float = 0.0                 # > 0: add mu/2 * ||w - anchor||^2 to the loss (Ditto's personal model, FedProx)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -44,6 +45,8 @@ class TrainConfig:
             raise ValueError("log_every must be >= 1; warmup_steps, num_workers and eval_every >= 0")
         if self.grad_clip <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.seed < 0:
             raise ValueError("grad_clip must be > 0, min_lr_ratio in [0, 1] and seed >= 0")
+        if self.prox_mu < 0:
+            raise ValueError("prox_mu must be 0 or more")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         if self.schedule not in ("cosine", "constant"):

@@ -56,7 +56,7 @@ class Trainer:
     def __init__(self, model: CRNN, charset: Charset, data: EncodedLines, config: TrainConfig, *,
                  val: LineDataset | None = None, out: str | Path | None = None,
                  provenance: dict[str, Any] | None = None, log: Logger = _stderr,
-                 history_file: str | Path | None = None) -> None:
+                 history_file: str | Path | None = None, anchor: dict[str, torch.Tensor] | None = None) -> None:
         if len(data) == 0:
             raise ValueError("no usable training lines (all were empty or had unknown characters)")
         if len(charset) != model.config.num_classes:
@@ -66,6 +66,11 @@ class Trainer:
         self.history_file = Path(history_file) if history_file else None
         self.provenance = provenance or {}
         self.device = torch.device(config.device)
+        if config.prox_mu and anchor is None:
+            raise ValueError("prox_mu needs the anchor weights the proximal term pulls towards")
+        # The proximal term's centre, per trainable parameter (by name); a copy, so training cannot move it.
+        self.anchor = ({name: anchor[name].detach().clone().to(self.device) for name, _ in model.named_parameters()}
+                       if config.prox_mu else {})
         if config.dp_noise_multiplier:
             from fedocr.train import private as dp  # Opacus takes ~3 s to import: only when asked for
             dp.make_dp_trainable(model)  # before the optimizer: DPLSTM brings new parameter objects
@@ -181,12 +186,19 @@ class Trainer:
             logits = self.net(images, widths)
         loss = self.model.ctc_loss(logits, widths, targets, target_lengths)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self._proximal()).backward()
         if not self.config.dp_noise_multiplier:  # DP-SGD clips each line's gradient instead
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach())
+
+    def _proximal(self) -> torch.Tensor | float:
+        """mu/2 * ||w - anchor||^2 over the trainable parameters (0 without an anchor)."""
+        if not self.anchor:
+            return 0.0
+        return self.config.prox_mu / 2 * sum(((p - self.anchor[name]) ** 2).sum()
+                                             for name, p in self.model.named_parameters())
 
     def validate(self) -> float | None:
         if self.val is None:

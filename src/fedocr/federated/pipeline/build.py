@@ -2,7 +2,8 @@
 
 Client (after local training): [local head] -> [DP clip / DP-SGD ledger] -> [attack] -> [Top-K] -> [quantise]
 -> [drill]. Server, per reply: first the decoding steps, in the reverse of the client order (the
-last encoding is undone first), then [DP re-clip] -> check; then aggregate (FedAvg, or a robust rule) -> [momentum]
+last encoding is undone first), then [DP re-clip] -> check; then [contribution] over the accepted
+updates (it only records); then aggregate (FedAvg, or a robust rule) -> [momentum]
 -> [DP noise] -> apply -> the caller validates -> commit gate. Steps in brackets are there only when the run config asks for
 them, so FedAvg is the chain with no optional steps. A new feature is one step module (its
 steps, its config dataclass and the factories that turn the config into steps) and one line of
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from fedocr.federated.pipeline import aggregate, attacks, checks, compress, drills, privacy, robust, transforms
+from fedocr.federated.pipeline import (aggregate, attacks, checks, compress, contribution, drills, personal, privacy,
+                                       robust, transforms)
 from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.compress import CompressConfig
@@ -30,8 +32,8 @@ from fedocr.federated.pipeline.drills import DrillConfig
 from fedocr.federated.pipeline.gate import CommitGate, RollbackConfig
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.transforms import AggregateConfig, aggregated_keys
-from fedocr.federated.pipeline.types import (Aggregate, Aggregator, Applier, ClientStep, Cohort, Gate, ScreenStep,
-                                             StepContext, StepRecord, StepState, StepTransform, Update,
+from fedocr.federated.pipeline.types import (Aggregate, Aggregator, Applier, ClientStep, Cohort, Gate, RoundScorer,
+                                             ScreenStep, StepContext, StepRecord, StepState, StepTransform, Update,
                                              Verdict, Weights)
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Feature:
     client: Callable[[Any], list[Any]] | None = None      # after local training
     decode: Callable[[Any], list[Any]] | None = None      # per reply, undoing a client encoding (reverse order)
     screen: Callable[[Any], list[Any]] | None = None      # per reply on the server, after every decode
+    score: Callable[[Any], list[Any]] | None = None       # per round on the server, over all accepted updates
     transform: Callable[[Any], list[Any]] | None = None   # on the aggregated step
     aggregator: Callable[[Any], Any] | None = None        # the round's aggregator, or None (the last one given wins; default FedAvg)
 
@@ -48,11 +51,13 @@ class Feature:
 # One line per feature; the order of the lines is the order of the steps on each side.
 FEATURES = (
     Feature(AggregateConfig, client=transforms.client_steps),
+    Feature(personal.PersonalConfig, client=personal.client_steps),   # keeps the personal model; the update passes as is
     Feature(privacy.DpConfig, client=privacy.client_steps, screen=privacy.screen_steps, transform=privacy.transform_steps),
     Feature(attacks.AttackConfig, client=attacks.client_steps),   # simulation only: a malicious node crafts, then encodes
     Feature(CompressConfig, client=compress.client_steps, decode=compress.screen_steps),
     Feature(DrillConfig, client=drills.client_steps),   # last: a drilled update is broken as sent
     Feature(CheckConfig, screen=checks.screen_steps),
+    Feature(contribution.ContributionConfig, score=contribution.score_steps),
     Feature(robust.RobustConfig, aggregator=robust.aggregator),
     Feature(MomentumConfig, transform=aggregate.transform_steps),
 )
@@ -80,9 +85,32 @@ class ClientChain:
         weights = dict(global_weights)
         for step in self.steps:
             if hasattr(step, "start_weights"):
-                ctx = StepContext(0, np.random.default_rng(0), states.setdefault(step.name, {}))
-                weights = step.start_weights(weights, ctx)  # type: ignore[attr-defined]
+                weights = step.start_weights(weights, self._ctx(step, states))  # type: ignore[attr-defined]
         return weights
+
+    def _ctx(self, step: ClientStep, states: States) -> StepContext:
+        return StepContext(0, np.random.default_rng(0), states.setdefault(step.name, {}))
+
+    def personal(self) -> "personal.DittoPersonal | None":
+        """The step that keeps a personal model to train after the global one (Ditto), if any."""
+        return next((s for s in self.steps if isinstance(s, personal.DittoPersonal)), None)
+
+    def personal_start(self, global_weights: Weights, states: States) -> Weights:
+        """Where this round's personal training starts (Ditto; call only when `personal()` is set)."""
+        ditto = self.personal()
+        assert ditto is not None
+        return ditto.personal_start(global_weights, self._ctx(ditto, states))
+
+    def keep_personal(self, weights: Weights, states: States) -> None:
+        ditto = self.personal()
+        assert ditto is not None
+        ditto.keep(weights, self._ctx(ditto, states))
+
+    def personal_weights(self, global_weights: Weights, states: States) -> Weights:
+        """The model this node evaluates and serves: its own head or BatchNorm layers on the global
+        model, or its personal model (Ditto)."""
+        weights, ditto = self.start_weights(global_weights, states), self.personal()
+        return ditto.personal_weights(weights, self._ctx(ditto, states)) if ditto else weights
 
     def prepare(self, states: States, server_round: int, lines: int, sample_rate: float,
                 steps: int) -> tuple[dict[str, float], str | None]:
@@ -125,6 +153,7 @@ class ServerChain:
     applier: Applier
     gate: Gate
     aggregate: str = "all"
+    scorers: tuple[RoundScorer, ...] = ()
 
     def keys(self, weights: Mapping[str, np.ndarray]) -> list[str]:
         """The tensors that travel up and are averaged."""
@@ -150,10 +179,32 @@ class ServerChain:
                     return reason
         return None
 
+    def proposer(self, weights: Mapping[str, np.ndarray], states: States, server_round: int,
+                 seed: int) -> Callable[[Sequence[Update]], Weights]:
+        """What a subset of the round's updates would make of w on its own: the configured aggregator
+        (FedAvg's example weighting when a robust rule cannot take that few updates), then the applier;
+        no transforms (server noise and momentum are nobody's contribution). Step state is copied, so
+        nothing a trial does is kept."""
+        def propose(subset: Sequence[Update]) -> Weights:
+            if not subset:
+                return dict(weights)
+
+            def ctx(name: str) -> StepContext:
+                return StepContext(server_round, step_rng(seed, server_round, "", name),
+                                   copy.deepcopy(states.get(name, {})), {k: weights[k] for k in self.keys(weights)})
+            try:
+                step = self.aggregator(subset, ctx(self.aggregator.name)).step
+            except ValueError:
+                step = FedAvg()(subset, ctx("fedavg")).step
+            return self.applier(weights, step, ctx(self.applier.name))
+        return propose
+
     def candidate(self, weights: Mapping[str, np.ndarray], updates: Sequence[Update], server_round: int, seed: int,
-                  states: States, cohort: Cohort | None = None) -> Candidate:
-        """Aggregate, transform and apply; the states are copied, so a rolled-back round leaves them as
-        they were. `cohort`: the round's available and sampled node counts."""
+                  states: States, cohort: Cohort | None = None,
+                  evaluate: Callable[[Weights], Mapping[str, float]] | None = None) -> Candidate:
+        """Score, aggregate, transform and apply; the states are copied, so a rolled-back round leaves
+        them as they were. `cohort`: the round's available and sampled node counts; `evaluate`: the
+        server's validation of candidate weights, which the contribution scorer needs."""
         new_states = copy.deepcopy(states)
         records: list[StepRecord] = []
         cohort = replace(cohort or Cohort(len(updates), len(updates)), aggregated=len(updates))
@@ -162,6 +213,11 @@ class ServerChain:
             return StepContext(server_round, step_rng(seed, server_round, "", name), new_states.setdefault(name, {}),
                                {k: weights[k] for k in self.keys(weights)}, cohort=cohort)
 
+        for scorer in self.scorers:
+            ctx = context(scorer.name)
+            ctx.evaluate = evaluate
+            scorer(updates, self.proposer(weights, states, server_round, seed), ctx)
+            records += ctx.notes
         ctx = context(self.aggregator.name)
         aggregate = self.aggregator(updates, ctx)
         records += ctx.notes
@@ -199,10 +255,19 @@ def _aggregator(rc: Mapping[str, Any]) -> Aggregator:
     return next((a for a in reversed(chosen) if a is not None), FedAvg())
 
 
+def _scorers(rc: Mapping[str, Any], screen: Sequence[Any]) -> tuple[RoundScorer, ...]:
+    """The round scorers; one that needs individual updates becomes a recorded refusal when a step
+    hides them (the chains are built, not run, so this costs nothing)."""
+    hider = contribution.hidden_by([*_steps(rc, "client"), *screen])
+    reason = f"{hider} hides each node's update from the server" if hider else None
+    return tuple(replace(s, disabled=reason) if reason and hasattr(s, "disabled") else s for s in _steps(rc, "score"))
+
+
 def build_server_chain(rc: Mapping[str, Any]) -> ServerChain:
-    return ServerChain(tuple(_steps(rc, "decode") + _steps(rc, "screen")), _aggregator(rc), tuple(_steps(rc, "transform")),
+    screen = _steps(rc, "decode") + _steps(rc, "screen")
+    return ServerChain(tuple(screen), _aggregator(rc), tuple(_steps(rc, "transform")),
                        ApplyStep(ApplyConfig.from_run_config(rc)), CommitGate(RollbackConfig.from_run_config(rc)),
-                       AggregateConfig.from_run_config(rc).aggregate)
+                       AggregateConfig.from_run_config(rc).aggregate, _scorers(rc, screen))
 
 
 def validate_run_config(rc: Mapping[str, Any]) -> None:
@@ -218,7 +283,14 @@ def validate_run_config(rc: Mapping[str, Any]) -> None:
 
 def refuse_combinations(rc: Mapping[str, Any]) -> None:
     """Features that each work but not together, refused at start with the reason."""
+    if personal.PersonalConfig.from_run_config(rc).method != "none" and AggregateConfig.from_run_config(rc).aggregate != "all":
+        raise bad("personal.method", "a personal model (Ditto) is a whole model of the node's own; it does not "
+                                     "combine with aggregate=backbone or fedbn, which already keep part of the model local")
     dp, rule = privacy.DpConfig.from_run_config(rc), robust.RobustConfig.from_run_config(rc)
+    contrib = contribution.ContributionConfig.from_run_config(rc)
+    if contrib.method != "off" and contrib.subsets == "in-round" and rule.rule != "fedavg":
+        raise bad("contribution.subsets", f"in-round coalitions stand in zeros for the nodes outside them, and "
+                                          f"robust.rule={rule.rule} would count those zeros as votes: use alone")
     if dp.level == "client" and (rule.rule != "fedavg" or rule.clip_norm or rule.clip_median):
         raise bad("dp.level", f"client-level DP calibrates its noise to an equal-weight sum of updates clipped to "
                               f"dp.clip; robust.rule={rule.rule} (or a robust clip) changes what one node can do to "
@@ -231,7 +303,7 @@ def describe(rc: Mapping[str, Any]) -> str:
     lines = ["client (after local training):"]
     lines += [f"  {i}. {s.name:<11} {s.describe()}" for i, s in enumerate(client.steps, 1)] or ["  (none: the delta as trained)"]
     lines.append("server:")
-    steps: list[Any] = [*server.screen, server.aggregator, *server.transforms, server.applier]
+    steps: list[Any] = [*server.screen, *server.scorers, server.aggregator, *server.transforms, server.applier]
     lines += [f"  {i}. {s.name:<11} {s.describe()}" for i, s in enumerate(steps, 1)]
     lines.append(f"  {len(steps) + 1}. {'validate':<11} CER and CTC loss of the candidate on the server's validation lines")
     lines.append(f"  {len(steps) + 2}. {server.gate.name:<11} {server.gate.describe()}")

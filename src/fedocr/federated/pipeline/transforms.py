@@ -1,9 +1,12 @@
-"""Deltas and subsets of named tensors, and the personal-head step (FedPer).
+"""Deltas and subsets of named tensors, and the steps that keep some tensors on the node.
 
 `aggregate = "backbone"` (FedPer, Arivazhagan et al. 2019, arXiv:1912.00818): the CNN and
-BiLSTM are averaged, each client's CTC head stays on the node. The client step keeps the head
-in its state (on the node's disk), restores it before local training and leaves it out of the
-update; the server aggregates and checks only the travelling keys.
+BiLSTM are averaged, each client's CTC head stays on the node. `aggregate = "fedbn"` (FedBN,
+Li et al. 2021, arXiv:2102.07623): every BatchNorm layer (scale, shift and running statistics)
+stays on the node, so each organisation normalises its own scanners' and printers' features
+while the convolutions and the LSTM are shared. The client step keeps its tensors in its state
+(on the node's disk), restores them before local training and leaves them out of the update; the
+server aggregates and checks only the travelling keys.
 """
 from __future__ import annotations
 
@@ -30,45 +33,73 @@ def delta(local: Mapping[str, np.ndarray], global_: Mapping[str, np.ndarray]) ->
     return {k: np.asarray(np.subtract(local[k], global_[k]), dtype=global_[k].dtype) for k in global_}
 
 
-def aggregated_keys(weights: Mapping[str, np.ndarray], aggregate: str) -> list[str]:
-    """Keys that travel and are averaged: all, or the backbone without the CTC head."""
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def batch_norm_keys(keys: Iterable[str]) -> set[str]:
+    """The tensors of every BatchNorm layer: a layer is one whose `running_mean` is among the keys."""
+    keys = list(keys)
+    layers = {k[: -len(".running_mean")] for k in keys if k.endswith(".running_mean")}
+    return {k for k in keys if k.rpartition(".")[0] in layers}
+
+
+def local_keys(keys: Iterable[str], aggregate: str) -> set[str]:
+    """The tensors that stay on the node: none, the CTC head (FedPer) or the BatchNorm layers (FedBN)."""
+    keys = list(keys)
     if aggregate == "all":
-        return list(weights)
+        return set()
     if aggregate == "backbone":
-        return [k for k in weights if not k.startswith(HEAD_PREFIX)]
+        return {k for k in keys if k.startswith(HEAD_PREFIX)}
+    if aggregate == "fedbn":
+        return batch_norm_keys(keys)
     raise ValueError(f"unknown aggregate {aggregate!r}")
+
+
+def aggregated_keys(weights: Mapping[str, np.ndarray], aggregate: str) -> list[str]:
+    """Keys that travel and are averaged: all but the node's own (`local_keys`)."""
+    kept = local_keys(weights, aggregate)
+    return [k for k in weights if k not in kept]
+
+
+AGGREGATES = ("all", "backbone", "fedbn")
 
 
 @dataclass(frozen=True)
 class AggregateConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"aggregate": "aggregate"}
 
-    aggregate: Literal["all", "backbone"] = "all"   # `aggregate`: what travels and is averaged
+    aggregate: Literal["all", "backbone", "fedbn"] = "all"   # `aggregate`: what travels and is averaged
 
     def __post_init__(self) -> None:
-        if self.aggregate not in ("all", "backbone"):
-            raise bad("aggregate", f"{self.aggregate!r} is not 'all' or 'backbone'")
+        if self.aggregate not in AGGREGATES:
+            raise bad("aggregate", f"{self.aggregate!r} is not one of {', '.join(AGGREGATES)}")
 
 
 @dataclass(frozen=True)
-class LocalHead:
-    """Client step: the CTC head stays on the node (restored before training, never sent)."""
+class LocalTensors:
+    """Client step: some tensors stay on the node (restored before training, never sent)."""
+    aggregate: str          # "backbone" (the CTC head stays) or "fedbn" (the BatchNorm layers stay)
     name: str = "local-head"
 
     def describe(self) -> str:
+        if self.aggregate == "fedbn":
+            return "keep every BatchNorm layer (scale, shift, statistics) on the node; send the rest (FedBN)"
         return f"keep tensors {HEAD_PREFIX}* on the node; send the backbone only (FedPer)"
 
     def start_weights(self, global_weights: Weights, ctx: StepContext) -> Weights:
-        head = ctx.state.get("head")
-        return {**global_weights, **head} if head else dict(global_weights)
+        own = ctx.state.get("head")
+        return {**global_weights, **own} if own else dict(global_weights)
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:
-        # On the client, ctx.reference holds the weights training started from (personal head included).
-        head = {k: v for k, v in update.tensors.items() if k.startswith(HEAD_PREFIX)}
-        ctx.state["head"] = {k: np.asarray(ctx.reference[k] + v, dtype=v.dtype) for k, v in head.items()}
-        kept = {k: v for k, v in update.tensors.items() if k not in head}
-        return update.with_tensors(kept).noted(self.name, kept_local=len(head))
+        # On the client, ctx.reference holds the weights training started from (its own tensors included).
+        own = {k: v for k, v in update.tensors.items() if k in local_keys(update.tensors, self.aggregate)}
+        # The state key stays "head" for both: node-state files written before FedBN keep loading.
+        ctx.state["head"] = {k: np.asarray(ctx.reference[k] + v, dtype=v.dtype) for k, v in own.items()}
+        kept = {k: v for k, v in update.tensors.items() if k not in own}
+        return update.with_tensors(kept).noted(self.name, kept_local=len(own))
 
 
-def client_steps(config: AggregateConfig) -> list[LocalHead]:
-    return [LocalHead()] if config.aggregate == "backbone" else []
+def client_steps(config: AggregateConfig) -> list[LocalTensors]:
+    if config.aggregate == "all":
+        return []
+    return [LocalTensors(config.aggregate, "local-bn" if config.aggregate == "fedbn" else "local-head")]

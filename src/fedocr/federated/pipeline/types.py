@@ -13,7 +13,7 @@ server with its state, a node on its own disk). NumPy only: no Flower, no torch.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -71,6 +71,9 @@ class StepContext:
     reference: Mapping[str, np.ndarray] = field(default_factory=dict)
     notes: list[StepRecord] = field(default_factory=list)   # server-level records of this call
     cohort: "Cohort | None" = None   # on the server: who took part in the round (DP noise and accounting)
+    # On the server: the metrics ("val_loss", "val_cer") of candidate weights on its validation lines.
+    # The evaluation needs torch, so the server injects it; None where it validates nothing.
+    evaluate: "Callable[[Weights], Mapping[str, float]] | None" = None
 
     def note(self, step: str, **info: Any) -> None:
         self.notes.append(StepRecord(step, SERVER, info))
@@ -110,6 +113,13 @@ class ScreenStep(Step, Protocol):
     """A server step over one reply: decode, check, score. A fit update comes back with
     `rejected` set instead of raising."""
     def __call__(self, update: Update, ctx: StepContext) -> Update: ...
+
+
+class RoundScorer(Step, Protocol):
+    """A server step over all of a round's accepted updates that only records (contribution):
+    `propose(subset)` gives the candidate weights a subset of the updates would make."""
+    def __call__(self, updates: Sequence[Update], propose: Callable[[Sequence[Update]], Weights],
+                 ctx: StepContext) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,19 @@ class RunStore:
                 with self._tx() as db:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
+    @classmethod
+    def open_readonly(cls, path: str | Path, timeout: float = 2.0) -> "RunStore":
+        """Open an existing store for reading only (the dashboard, while a federation writes it in
+        WAL mode): nothing is created or migrated, so an older schema stays as it is. Raises
+        sqlite3.OperationalError for a missing file."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        # check_same_thread off: the dashboard's event stream polls from worker threads, one at a time.
+        store.db = sqlite3.connect(f"{store.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                                   check_same_thread=False)
+        store.db.row_factory = sqlite3.Row
+        return store
+
     def close(self) -> None:
         self.db.close()
 

@@ -8,6 +8,7 @@ organisations' lines pooled (what FedAvg would approach if the data could be sha
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,10 @@ from fedocr.charset import Charset
 from fedocr.data import ConcatLines, EncodedLines, LineDataset
 from fedocr.federated.config import FlConfig, local_recipe
 from fedocr.data.organisations import get_federation, org_lines
+from fedocr.federated.node_state import default_state_path, load_node_state
+from fedocr.federated.pipeline.build import build_client_chain
 from fedocr.federated.vocab import initial_model
+from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
 from fedocr.model.checkpoint import provenance
 from fedocr.train import TrainConfig, Trainer, evaluate
@@ -82,6 +86,23 @@ def own_and_others_cer(model: CRNN, charset: Charset, test: dict[str, LineDatase
     return _cer(model, charset, test[org]), _cer(model, charset, others)
 
 
+def personal_models(cfg: FlConfig, global_model: CRNN, run_id: str | None) -> dict[str, CRNN]:
+    """Each simulated node's personalised model (its own head or BatchNorm layers on the global
+    model, or its Ditto model), read from the node state it keeps under the out-dir; empty when
+    the run does not personalise or a node has no state of this run."""
+    chain = build_client_chain(cfg.to_run_config())
+    if cfg.aggregate == "all" and chain.personal() is None or run_id is None:
+        return {}
+    global_weights = model_weights(global_model)
+    models = {}
+    for node in get_federation(cfg.federation).names:
+        states = load_node_state(default_state_path(cfg.out_path(), node), run_id)
+        if states:
+            model = copy.deepcopy(global_model)
+            models[node] = load_weights(model, chain.personal_weights(global_weights, states))
+    return models
+
+
 def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the baselines, evaluate all three kinds of model per organisation, save the baselines."""
     fed = get_federation(cfg.federation)
@@ -92,6 +113,9 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
     test = test_sets(cfg, charset)
     out = cfg.out_path()
     models: dict[str, dict[str, CRNN]] = {o: {"federated": federated.model} for o in fed.names}
+    personal = personal_models(cfg, federated.model, federated.provenance.get("run_id"))
+    for org, model in personal.items():   # FedPer, FedBN or Ditto: what each node itself would serve
+        models[org]["personalized"] = model
     seconds: dict[str, float] = {}
     for org in fed.names:
         printer(f"baseline: local-only {org} ({len(train[org])} lines, {cfg.num_rounds} x {cfg.local_epochs:g} epochs)")
@@ -109,6 +133,6 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
         clients[org] = {"own_test_cer": {kind: s[0] for kind, s in scores.items()},
                         "other_test_cer": {kind: s[1] for kind, s in scores.items()}}
     mean = {kind: float(np.mean([c["own_test_cer"][kind] for c in clients.values()]))
-            for kind in ("local_only", "federated", "centralized")}
+            for kind in ("local_only", "federated", "centralized") + (("personalized",) if personal else ())}
     return {"clients": clients, "mean_own_test_cer": mean, "baseline_train_seconds": seconds,
             "eval_seconds": time.time() - t0, "federated_model": str(federated_model)}

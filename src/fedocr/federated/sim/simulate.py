@@ -159,6 +159,17 @@ def readable(line: str) -> str | None:
     return text
 
 
+def federation_config(nodes: int, actors: int = MAX_ACTORS) -> str:
+    """`flwr run --federation-config`: one virtual SuperNode per node, one CPU per client actor.
+    On this machine Ray starts with `actors` CPUs, so that many clients train at once. With
+    RAY_ADDRESS set (e.g. `RAY_ADDRESS=head:6379`), Ray joins that cluster instead, and the
+    cluster's CPUs decide how many actors run: Ray refuses a CPU count when it joins one."""
+    config = f"num-supernodes={nodes} client-resources-num-cpus=1 client-resources-num-gpus=0 "
+    if not os.environ.get("RAY_ADDRESS"):
+        config += f"init-args-num-cpus={max(1, min(actors, os.cpu_count() or 1))} init-args-num-gpus=0 "
+    return config + "init-args-logging-level='warning'"
+
+
 def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], None] = print,
              actors: int = MAX_ACTORS) -> dict[str, Any]:
     """Run the federation of `cfg.federation` for `cfg.num_rounds` rounds (resuming a run found in
@@ -176,9 +187,7 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
     env = flower_env(home, ray_tmp)
     report_path = out / "report.json"
     started = time.time()
-    cpus = max(1, min(actors, os.cpu_count() or 1))
-    federation = (f"num-supernodes={len(fed.nodes)} client-resources-num-cpus=1 client-resources-num-gpus=0 "
-                  f"init-args-num-cpus={cpus} init-args-num-gpus=0 init-args-logging-level='warning'")
+    federation = federation_config(len(fed.nodes), actors)
     try:
         app = write_app(home / "app", cfg)
         with local_superlink(home, env):

@@ -22,22 +22,10 @@ const TEXT = {
 };
 
 const $ = (id) => document.getElementById(id);
-let lang = (localStorage.getItem("fedocr-lang") || navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
 let last = null;       // {name, result}
 let image = null;      // HTMLImageElement of the last upload
-
-function t(key, ...args) {
-  const v = TEXT[lang][key];
-  return typeof v === "function" ? v(...args) : v;
-}
-
-function applyLanguage() {
-  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
-  document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
-  $("lang").textContent = t("lang");
-  if (last) showResult(last.result);
-  loadModel();
-}
+const i18n = makeI18n(TEXT, () => { if (last) showResult(last.result); loadModel(); });
+const t = i18n.t;
 
 function setStatus(message, isError = false) {
   $("status").textContent = message;
@@ -169,9 +157,9 @@ function setUp() {
   $("copy").addEventListener("click", copyAll);
   $("save-txt").addEventListener("click", () => last && download(`${baseName()}.txt`, last.result.text + "\n", "text/plain;charset=utf-8"));
   $("save-json").addEventListener("click", () => last && download(`${baseName()}.json`, JSON.stringify(last.result, null, 2), "application/json"));
-  $("lang").addEventListener("click", () => { lang = lang === "zh" ? "en" : "zh"; localStorage.setItem("fedocr-lang", lang); applyLanguage(); });
+  $("lang").addEventListener("click", i18n.toggle);
   $("token").addEventListener("change", loadModel);
-  applyLanguage();
+  i18n.apply();
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

@@ -1,0 +1,208 @@
+"""Benchmark: what the federation dashboard costs (issue 16).
+
+A run store with a 1,000-round, 100-client run (per round and client: the client row and the
+check, score and contribution step records a robust run with contribution writes; about 370,000
+rows) is served by `fedocr fl dashboard` on a loopback port. Measured:
+
+- API latency of what the run page asks for at first (the run's detail and its latest round),
+  and of the runs list: median over --repeat requests, and the very first request after the
+  server starts (it totals the 1,000 rounds once; later requests only add new rounds);
+- page load in headless Chromium (Debian's): from navigation to the latest round's client table
+  drawn, median over a few loads (skipped when chromium or Playwright is missing);
+- event latency: from `record_round` returning in the writer to the `round` event reaching a
+  client of /api/runs/{id}/events, median over --events new rounds.
+
+The federation's round time with and without the dashboard open needs real federations; it is
+not measured here (its check stays null).
+
+    .venv/bin/python bench/dashboard.py [--rounds 1000] [--clients 100] [--repeat 7] [--events 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from _common import fedocr_server, print_table, write_result
+
+from fedocr.federated.pipeline.types import StepRecord
+from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
+
+RUN = "bench"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def synthetic_round(n: int, clients: int, rng: random.Random) -> RoundRecord:
+    """A plausible round: 1 in 20 clients dropped, 1 in 15 rejected, the rest scored and valued."""
+    rows, steps = [], []
+    for i in range(clients):
+        name = f"branch-{i:03d}"
+        draw = rng.random()
+        if draw < 0.05:
+            rows.append(ClientRecord(name, str(i), False, "dropped: no reply within the 300 s deadline", bytes_down=2_000_000))
+            continue
+        accepted = draw > 0.12
+        norm = rng.uniform(0.5, 3.0) if accepted else rng.uniform(50, 5000)
+        rows.append(ClientRecord(name, str(i), accepted, None if accepted else f"update L2 norm {norm:.3g} above the bound",
+                                 examples=rng.randint(20, 800), loss=rng.uniform(0.2, 2.0), update_norm=norm,
+                                 bytes_up=2_000_000, bytes_down=2_000_000, train_seconds=rng.uniform(1, 9)))
+        steps.append(StepRecord("check", name, {"norm": norm} if accepted else {"rejected": "norm above the bound"}))
+        if accepted:
+            cosine = rng.uniform(-0.3, 0.9)
+            steps.append(StepRecord("score", name, {"norm": norm, "clip": 1.0, "weight": 1 / clients, "contribution": 0.01,
+                                                    "cosine": cosine, "verdict": "opposed" if cosine < 0 else "kept",
+                                                    "flagged": cosine < 0}))
+            value = rng.gauss(0.0005, 0.001)
+            steps.append(StepRecord("contribution", name, {"loo": value, "shapley": value,
+                                                           "shapley_ci": [value - 0.0004, value + 0.0004], "samples": 50}))
+    cer = 0.05 + 0.6 * 0.995 ** n
+    return RoundRecord(round=n, seconds=30.0, sampled=clients, accepted=sum(r.accepted for r in rows), applied=True,
+                       train_seconds=24.0, overhead_seconds=3.0, val_cer=cer, val_loss=cer * 4, lr=3e-3, clients=rows,
+                       steps=steps)
+
+
+def build_store(path: Path, rounds: int, clients: int) -> float:
+    rng = random.Random(0)
+    start = time.perf_counter()
+    with RunStore(path) as store:
+        store.start_run(RUN, "bench-1000x100", {"num_rounds": rounds, "aggregate": "all", "steps": {}}, "many-clients",
+                        None)
+        for n in range(1, rounds + 1):
+            store.record_round(RUN, synthetic_round(n, clients, rng))
+    return time.perf_counter() - start
+
+
+def first_ms(client: httpx.Client, url: str) -> float:
+    start = time.perf_counter()
+    client.get(url).raise_for_status()
+    return (time.perf_counter() - start) * 1000
+
+
+def median_ms(client: httpx.Client, url: str, repeat: int) -> float:
+    client.get(url).raise_for_status()   # warm: imports, SQLite page cache
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        client.get(url).raise_for_status()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def page_load_ms(base: str, last_round: int, loads: int) -> float | None:
+    """Navigation to the latest round's client table drawn, in Debian's headless Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if not CHROMIUM.exists():
+        return None
+    times = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            for _ in range(loads + 1):   # the first load warms the browser's cache of the static files
+                page.goto("about:blank")
+                start = time.perf_counter()
+                page.goto(f"{base}/dashboard#run={RUN}")
+                page.wait_for_selector(f"#rounds tbody tr[data-round='{last_round}']")
+                page.wait_for_selector("#round-clients tbody tr")
+                times.append(time.perf_counter() - start)
+        finally:
+            browser.close()
+    return statistics.median(times[1:]) * 1000
+
+
+def event_latencies_ms(base: str, store: Path, first: int, count: int, clients: int) -> list[float]:
+    """Write `count` rounds, each once the stream is idle; time record_round's return -> the event."""
+    arrived: dict[int, float] = {}
+    ready = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{base}/api/runs/{RUN}/events", params={"after": first - 1, "max_seconds": 120},
+                          timeout=130) as stream:
+            ready.set()
+            for line in stream.iter_lines():
+                if line.startswith("data:") and '"round"' in line and '"run_id"' not in line:
+                    arrived[json.loads(line[5:])["round"]] = time.perf_counter()
+                    if len(arrived) == count:
+                        return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    ready.wait(30)
+    rng, written = random.Random(1), {}
+    with RunStore(store) as writer:
+        for n in range(first, first + count):
+            time.sleep(1.3)   # land anywhere in the server's 1 s polling period
+            record = synthetic_round(n, clients, rng)
+            writer.record_round(RUN, record)
+            written[n] = time.perf_counter()
+    thread.join(30)
+    return [(arrived[n] - written[n]) * 1000 for n in written if n in arrived]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=7, help="requests per API latency median")
+    parser.add_argument("--loads", type=int, default=3, help="page loads in Chromium")
+    parser.add_argument("--events", type=int, default=5, help="new rounds for the event latency")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fedocr-dashboard-bench-"))
+    store = work / "runs.db"
+    build_s = build_store(store, args.rounds, args.clients)
+    size_mb = sum(p.stat().st_size for p in work.glob("runs.db*")) / 1e6
+    print(f"store: {args.rounds} rounds x {args.clients} clients, {size_mb:.0f} MB, written in {build_s:.0f} s")
+
+    with fedocr_server("fl", "dashboard", "--store", str(store)) as (base, _):
+        with httpx.Client(base_url=base, timeout=120) as client:
+            # The first request right after start: the server totals the run's 1,000 rounds once
+            # (in the background from start-up; later requests only add new rounds).
+            cold = first_ms(client, f"/api/runs/{RUN}")
+            detail_bytes = len(client.get(f"/api/runs/{RUN}").content)
+            api = {"runs_list_ms": median_ms(client, "/api/runs", args.repeat),
+                   "run_detail_ms": median_ms(client, f"/api/runs/{RUN}", args.repeat),
+                   "latest_round_ms": median_ms(client, f"/api/runs/{RUN}/rounds/{args.rounds}", args.repeat)}
+        page_ms = page_load_ms(base, args.rounds, args.loads)
+        events = event_latencies_ms(base, store, args.rounds + 1, args.events, args.clients)
+
+    run_page_ms = api["run_detail_ms"] + api["latest_round_ms"]
+    event_ms = statistics.median(events) if events else None
+    rows = [["first GET /api/runs/{id} after start (cold)", cold], ["GET /api/runs", api["runs_list_ms"]], ["GET /api/runs/{id} (run page data)", api["run_detail_ms"]],
+            ["GET /api/runs/{id}/rounds/{latest}", api["latest_round_ms"]],
+            ["run page API total", run_page_ms],
+            ["page load in Chromium (to the client table)", page_ms if page_ms is not None else "-"],
+            ["event latency (record_round -> client), median", event_ms if event_ms is not None else "-"]]
+    print_table(["measure", "ms"], rows)
+    result = {
+        "store": {"rounds": args.rounds, "clients": args.clients, "megabytes": round(size_mb, 1),
+                  "run_detail_bytes": detail_bytes},
+        "api_ms": {k: round(v, 1) for k, v in api.items()}, "run_page_api_ms": round(run_page_ms, 1),
+        "cold_run_detail_ms": round(cold, 1),
+        "page_load_ms": round(page_ms, 1) if page_ms is not None else None,
+        "event_latency_ms": {"median": round(event_ms, 1) if event_ms is not None else None,
+                             "values": [round(v, 1) for v in events], "poll_interval_ms": 1000},
+        "round_time_with_dashboard": None,
+        "checks": {
+            "run_page_under_1s": run_page_ms < 1000 and (page_ms is None or page_ms < 1000),
+            "event_within_2s": event_ms is not None and event_ms < 2000 and len(events) == args.events,
+            "no_round_slowdown": None,   # needs real federations with and without the dashboard open
+        },
+        "notes": "round_time_with_dashboard / no_round_slowdown: not measured (needs real federations); the "
+                 "dashboard only reads the store through read-only WAL connections.",
+    }
+    print(f"wrote {write_result('dashboard', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

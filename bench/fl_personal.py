@@ -1,0 +1,143 @@
+"""Benchmark: personalisation for very different organisations (issue 15, item 1).
+
+Runs one federation per method and seed on Flower's simulation engine, with the final table
+(`baselines`): each organisation's CER on its own test lines and on the others', for
+
+- global: FedAvg's one model (aggregate = all);
+- fedper: the shared backbone with each node's own CTC head (aggregate = backbone);
+- fedbn: each node's own BatchNorm layers (aggregate = fedbn);
+- ditto: each node's personal model, lambda = --ditto-lambda (personal.method = ditto);
+- local-only: each organisation alone, same recipe and budget (the final table's baseline).
+
+A personalised model is scored as its node would serve it (node state on the node's disk, read
+by the final table). Prints the median and range over seeds and writes
+bench/results/fl_personal.json with a `checks` object. Runs are cached in --out.
+
+    .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
+        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto] [--start base|warm|scratch] [--out DIR]
+
+Targets: the best personalised model <= 0.8x the global model's own-test CER for every
+organisation, with others'-test CER <= 1.1x the global's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import print_table, spread, write_result
+
+from fedocr.federated.config import SCRATCH_LR, FlConfig
+from fedocr.federated.sim.simulate import simulate
+
+WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
+METHODS: dict[str, dict[str, Any]] = {
+    "global": {}, "fedper": {"aggregate": "backbone"}, "fedbn": {"aggregate": "fedbn"},
+    "ditto": {"personal.method": "ditto"},
+}
+PERSONAL = ("fedper", "fedbn", "ditto")
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """{org: {own: {kind: cer}, others: {kind: cer}}} of one federation (cached)."""
+    cached = out / f"{method}-s{seed}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    run_dir = out / f"{method}-s{seed}"
+    start = {"base": {"initial-model": "auto"}, "scratch": {"initial-model": "scratch"},
+             "warm": {"initial-model": str(WARM_MINI), "lr": SCRATCH_LR, "charset": "mini"}}[args.start]
+    settings = {**METHODS[method], **({"personal.lambda": args.ditto_lambda} if method == "ditto" else {})}
+    cfg = FlConfig.from_run_config(
+        {"federation": args.preset, **start, "num-rounds": args.rounds, "lines-per-client": args.lines,
+         "test-lines": args.test_lines, "val-lines": 100, "fraction-train": 1.0, "min-accepted": 2,
+         "round-deadline-s": 1800.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
+         **settings})
+    report = simulate(cfg, printer=lambda s: print(f"  [{method} s{seed}] {s}", flush=True))
+    if report["status"] != "finished":
+        raise SystemExit(f"bench: {method} seed {seed}: run {report['status']}: {report.get('error')}")
+    clients = report["final"]["clients"]
+    model_kind = "personalized" if method in PERSONAL else "federated"
+    result = {org: {"own": {method: c["own_test_cer"][model_kind], "local-only": c["own_test_cer"]["local_only"]},
+                    "others": {method: c["other_test_cer"][model_kind],
+                               "local-only": c["other_test_cer"]["local_only"]}}
+              for org, c in clients.items()}
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def collect(methods: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """{org: {side: {kind: spread over seeds}}} with kind = each method and local-only."""
+    runs = {(m, s): run_one(m, s, args, out) for m in methods for s in seeds}
+    orgs = list(next(iter(runs.values())))
+    kinds = [*methods, "local-only"]
+    table: dict[str, Any] = {}
+    for org in orgs:
+        table[org] = {}
+        for side in ("own", "others"):
+            values = {k: [runs[(m, s)][org][side][k] for s in seeds for m in methods if k in runs[(m, s)][org][side]]
+                      for k in kinds}
+            # local-only is measured in every run of a seed (same recipe): one value per seed
+            values["local-only"] = [runs[(methods[0], s)][org][side]["local-only"] for s in seeds]
+            table[org][side] = {k: spread(v) for k, v in values.items()}
+    return table
+
+
+def checks(table: dict[str, Any]) -> dict[str, Any]:
+    def med(org: str, side: str, kind: str) -> float | None:
+        cell = table[org][side].get(kind)
+        return cell["median"] if cell else None
+
+    present = [k for k in PERSONAL if all(med(o, "own", k) is not None for o in table)]
+    if not present or any(med(o, "own", "global") is None for o in table):
+        return {"best_personal_own_at_most_0_8x_global": None, "its_others_at_most_1_1x_global": None}
+    best = {o: min(present, key=lambda k: med(o, "own", k)) for o in table}   # type: ignore[arg-type, return-value]
+    return {
+        "best_personal_own_at_most_0_8x_global": all(med(o, "own", best[o]) <= 0.8 * med(o, "own", "global")
+                                                     for o in table),  # type: ignore[operator]
+        "its_others_at_most_1_1x_global": all(med(o, "others", best[o]) <= 1.1 * med(o, "others", "global")
+                                              for o in table),  # type: ignore[operator]
+        "best_method_per_org": best,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="four-orgs")
+    parser.add_argument("--start", choices=["base", "warm", "scratch"], default="base",
+                        help="base: the shipped model (full vocabulary); warm: the tiny mini model in tests/data")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lines", type=int, default=400, help="lines-per-client")
+    parser.add_argument("--test-lines", type=int, default=100)
+    parser.add_argument("--ditto-lambda", type=float, default=0.1)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/fl-personal"))
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",")]
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"unknown methods: {unknown}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = (args.out / f"{args.preset}-{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}"
+                      f"-dl{args.ditto_lambda:g}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    table = collect(methods, seeds, args, out)
+    kinds = [*methods, "local-only"]
+    for side in ("own", "others"):
+        print(f"\n{side}-test CER, median [min, max] over seeds {seeds}")
+        print_table(["organisation", *kinds],
+                    [[org, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]" for k in kinds)]
+                     for org, sides in table.items() for c in [sides[side]]])
+    result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
+              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "seeds": seeds,
+              "methods": {m: METHODS[m] for m in methods}, "table": table, "checks": checks(table),
+              "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
+    path = write_result("fl_personal", result)
+    print(json.dumps(result["checks"], indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
