@@ -25,9 +25,9 @@ def round_record(n: int, contribution: bool = True, rolled_back: bool = False) -
                                           "target_epsilon": 8.0})]
     if contribution:
         steps += [StepRecord("contribution", "hospital", {"loo": 0.02, "shapley": 0.03, "shapley_ci": [0.02, 0.04],
-                                                          "samples": 40}),
+                                                          "shapley_se": 0.005, "samples": 40}),
                   StepRecord("contribution", "bank", {"loo": 0.01, "shapley": 0.01, "shapley_ci": [0.0, 0.02],
-                                                      "samples": 40}),
+                                                      "shapley_se": 0.005, "samples": 40}),
                   StepRecord("contribution", "*", {"method": "gtg-shapley"})]
     return RoundRecord(round=n, seconds=10.0, sampled=3, accepted=2, applied=not rolled_back, train_seconds=7.0,
                        overhead_seconds=1.5, val_cer=0.5 / n, val_loss=2.0 / n, lr=3e-3, epsilon=0.5 * n,

@@ -44,8 +44,9 @@ def test_run_page_data_shows_rounds_rejections_privacy_anomalies_and_contributio
     assert list(contribution) == ["hospital", "bank"]            # highest first
     hospital = contribution["hospital"]
     assert hospital["shapley"] == pytest.approx(0.06) and hospital["loo"] == pytest.approx(0.04)
-    # two rounds of half-width 0.01 each: the summed estimate's half-width is 0.01 * sqrt(2)
-    assert hospital["shapley_ci"] == pytest.approx([0.06 - 0.01 * 2 ** 0.5, 0.06 + 0.01 * 2 ** 0.5])
+    # two rounds of standard error 0.005 each: the summed estimate's is 0.005 * sqrt(2), its 95% half-width 1.96x
+    half = 1.959964 * 0.005 * 2 ** 0.5
+    assert hospital["shapley_ci"] == pytest.approx([0.06 - half, 0.06 + half], rel=1e-5)
     assert detail["contribution"]["server"] == {"method": "gtg-shapley"}
 
 
@@ -55,6 +56,13 @@ def test_one_round_lists_every_client_with_its_status_and_the_step_records(store
     assert {c["client"]: c["status"] for c in round_2["clients"]} == {"bank": "accepted", "hospital": "accepted",
                                                                       "school": "rejected"}
     assert {s["step"] for s in round_2["steps"]} >= {"check", "score", "contribution"}
+
+
+def test_a_rolled_back_rounds_contributions_do_not_count(store: Path) -> None:
+    add_round(store, "run1", 3, rolled_back=True)   # its updates never reached the model (as report.json counts)
+    with client_for(store) as client:
+        contribution = {c["client"]: c for c in client.get("/api/runs/run1").json()["contribution"]["clients"]}
+    assert contribution["hospital"]["shapley"] == pytest.approx(0.06) and contribution["hospital"]["rounds"] == 2
 
 
 def test_a_rolled_back_round_and_a_run_without_contribution_say_so(tmp_path: Path) -> None:

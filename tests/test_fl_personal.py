@@ -101,3 +101,16 @@ def test_ditto_trains_a_personal_model_per_node_evaluates_it_and_exports_it(
     assert target.with_suffix(".onnx").stat().st_size > 0
     assert main(["fl", "export-personal", str(out), "--node", "nobody", "--out", str(target)]) == 1
     assert "no state of run" in capsys.readouterr().err
+
+
+def test_the_final_table_scores_every_nodes_personal_model_even_one_never_sampled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one round, two of three nodes sampled: the third has no state and serves the global model
+    report, _ = run_in_process(tmp_path, monkeypatch, rounds=1, **{
+        "aggregate": "backbone", "fraction-train": 0.5, "min-accepted": 2, "baselines": True, "test-lines": 16})
+    trained = {c["id"] for c in report["rounds"][0]["clients"] if c["accepted"]}
+    assert len(trained) == 2
+    clients = report["final"]["clients"]
+    assert set(clients) == {"hospital", "bank", "school"}
+    assert all(0 <= c["own_test_cer"]["personalized"] <= 1 for c in clients.values())
+    assert "personalized" in report["final"]["mean_own_test_cer"]

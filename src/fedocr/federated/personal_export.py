@@ -30,11 +30,19 @@ def _chain_settings(run_dir: Path) -> dict[str, Any]:
     return {**(config.get("steps") or {}), "aggregate": config.get("aggregate", "all")}
 
 
+def last_round(run_dir: Path) -> int:
+    rounds = [int(p.stem.split("-")[1]) for p in run_dir.glob("round-*.pt") if p.stem.split("-")[1].isdigit()]
+    if not rounds:
+        raise PersonalExportError(f"no round-N.pt in {run_dir}: give the out-dir of a federated run")
+    return max(rounds)
+
+
 def export_personal(run_dir: Path, node: str, out: Path, state_dir: Path | None = None,
                     round_: int | None = None, onnx: bool = True) -> dict[str, Any]:
-    """Write OUT (.pt) and, with `onnx`, OUT with .onnx: the global model of `round_` (default:
-    the run's published model.pt) with `node`'s personal state applied. Returns the provenance."""
-    source = run_dir / (f"round-{round_}.pt" if round_ else "model.pt")
+    """Write OUT (.pt) and, with `onnx`, OUT with .onnx: the global model of `round_` (default: the
+    run's last round, the one the node's state goes with: a node keeps only its latest state) with
+    `node`'s personal state applied. Returns the provenance."""
+    source = run_dir / f"round-{round_ if round_ is not None else last_round(run_dir)}.pt"
     if not source.is_file():
         raise PersonalExportError(f"{source} not found")
     chain = build_client_chain(_chain_settings(run_dir))

@@ -37,7 +37,7 @@ from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
-from fedocr.federated.validate import ValidationProbe, server_validation, validate
+from fedocr.federated.validate import ValidationProbe, server_validates, server_validation, validate
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, save_checkpoint
@@ -127,14 +127,14 @@ class FederatedServer:
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
         try:
             self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+            # The contribution scorer evaluates a candidate per subset of nodes: on its own (smaller) slice
+            # of the validation lines, prepared once. None where the server validates nothing.
+            contrib = ContributionConfig.from_run_config(cfg.steps)
+            self.probe = (ValidationProbe(self.model, charset, self.val, contrib.lines)
+                          if contrib.method != "off" and server_validates(cfg.aggregate) else None)
         except BaseException as exc:
             self.store.finish_run(self.state.run_id, "failed", error=f"validation set: {type(exc).__name__}: {exc}")
             raise
-        # The contribution scorer evaluates a candidate per subset of nodes: on its own (smaller) slice
-        # of the validation lines, prepared once. None where the server validates nothing.
-        contrib = ContributionConfig.from_run_config(cfg.steps)
-        self.probe = (ValidationProbe(self.model, charset, self.val, contrib.lines)
-                      if contrib.method != "off" and cfg.aggregate != "backbone" else None)
 
     # -- one round -------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
@@ -351,7 +351,7 @@ class FederatedServer:
         stopped: str | None = None
         try:
             load_weights(self.model, state.weights)
-            if state.committed_cer is None and cfg.aggregate != "backbone":  # new run, or a state from before
+            if state.committed_cer is None and server_validates(cfg.aggregate):  # new run, or a state from before
                 state.committed_cer, state.committed_loss = validate(self.model, self.charset, self.val)
             if state.round == 0:
                 cer = "n/a" if state.committed_cer is None else f"{state.committed_cer:.4f}"

@@ -35,17 +35,23 @@ def validate(model: CRNN, charset: Charset, dataset: LineDataset) -> tuple[float
     return cer, validation_loss(model, charset, dataset)
 
 
-# FedPer keeps each client's CTC head at home: the server's copy is the initial head, never trained,
-# so its CER and loss on the public set would describe a model nobody uses.
-BACKBONE_NOTE = ("val_cer not applicable: aggregate=backbone keeps each client's CTC head local, the server's "
-                 "head never trains")
+# FedPer keeps each client's CTC head at home, FedBN each client's BatchNorm layers: the server's
+# copies are the initial ones, never trained, so the global model's CER and loss on the public set
+# would describe a model nobody uses.
+NOT_VALIDATED = {"backbone": "aggregate=backbone keeps each client's CTC head local, the server's head never trains",
+                 "fedbn": "aggregate=fedbn keeps each client's BatchNorm layers local, the server's never train"}
+
+
+def server_validates(aggregate: str) -> bool:
+    """Whether the server's copy of the model is one anybody uses (not FedPer's or FedBN's)."""
+    return aggregate not in NOT_VALIDATED
 
 
 def server_validation(model: CRNN, charset: Charset, dataset: LineDataset,
                       aggregate: str) -> tuple[float | None, float | None, str | None]:
     """(CER, loss, note) of the global model, or (None, None, why) where it means nothing."""
-    if aggregate == "backbone":
-        return None, None, BACKBONE_NOTE
+    if not server_validates(aggregate):
+        return None, None, f"val_cer not applicable: {NOT_VALIDATED[aggregate]}"
     cer, loss = validate(model, charset, dataset)
     return cer, loss, None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape as html_escape
 from pathlib import Path
 
 from fedocr.federated.runs.reader import RunReader
@@ -44,11 +45,12 @@ def render_report(store: Path, run_ref: str) -> str:
         detail = run_detail(reader, run_id, RunCache())
         last = round_detail(reader, run_id, detail.rounds[-1].round) if detail.rounds else None
     data = {"detail": detail.model_dump(mode="json"), "round": last.model_dump(mode="json") if last else None}
-    # "</" inside the JSON would end the <script> element early.
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # Any "<" inside the JSON could end the <script> element early or open a comment (a node names
+    # itself): as \u003c it is the same JSON string and no HTML at all.
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     html = (STATIC / "dashboard.html").read_text(encoding="utf-8")
     html = html.replace("<title>fedocr · federation dashboard</title>",
-                        f"<title>fedocr · {detail.run.name} ({run_id})</title>")
+                        f"<title>fedocr · {html_escape(detail.run.name)} ({html_escape(run_id)})</title>")
     # Before the (inlined, so no longer deferred) scripts: dashboard.js reads it when it loads.
     html = html.replace('<meta charset="utf-8">', '<meta charset="utf-8">\n<script type="application/json" '
                         f'id="report-data">{payload}</script>', 1)

@@ -30,7 +30,8 @@ What "the aggregate of S" is, `contribution.subsets`:
   evaluate (three organisations: 8 subsets); otherwise GTG-Shapley (Liu et al., "GTG-Shapley:
   Efficient and Accurate Participant Contribution Evaluation in Federated Learning", ACM TIST
   2022, arXiv:2109.02053): Monte-Carlo permutations, *guided* so that each node leads the same
-  number of them (its solo marginal is always sampled), and *truncated* within a permutation once
+  number of them (its solo marginal is always sampled; with fewer permutations than nodes, a
+  random subset of nodes leads), and *truncated* within a permutation once
   the prefix's utility is within `truncation` x |v(N)| of v(N) (the rest of the marginals are
   taken as 0, which saves their evaluations); a round whose aggregate moved nothing
   (v(N) = v(empty)) gives every node 0 without sampling (the paper's between-round truncation).
@@ -66,7 +67,8 @@ SUBSETS = ("in-round", "alone")
 UTILITIES = ("val_loss", "val_cer")
 CONFIDENCE = 0.95
 STEP = "contribution"
-NO_VALIDATION = "the server validates no candidate model in this run (aggregate=backbone keeps each node's head)"
+NO_VALIDATION = ("the server validates no candidate model in this run (aggregate=backbone or fedbn keeps part "
+                 "of each node's model at home)")
 
 Players = frozenset[str]
 Utility = Callable[[Players], float]
@@ -189,8 +191,12 @@ def gtg_shapley(players: Sequence[str], utility: Utility, rng: np.random.Generat
     tolerance = truncation * abs(top - bottom)
     walks: list[Walk] = []
     marginals: list[dict[str, float]] = []
+    # Guided: nodes lead in turn, the rest in random order. With fewer permutations than nodes the
+    # leaders are a random subset (the first `samples` by name would each get their solo marginal
+    # and the others never: a bias towards early names).
+    leaders = [ordered[i] for i in (range(n) if samples >= n else rng.choice(n, size=samples, replace=False))]
     for k in range(samples):
-        lead = ordered[k % n]   # guided: every node leads in turn, the rest in random order
+        lead = leaders[k % len(leaders)]
         rest = [ordered[i] for i in rng.permutation(n) if ordered[i] != lead]
         walks.append(_walk((lead, *rest), utility, top, tolerance))
         marginals.append(replay(walks[-1], utility))

@@ -189,9 +189,12 @@ class RunReader:
         in the primary key's order (round, client), which needs no sort."""
         if not self._has("steps"):
             return []
+        # Contributions count over applied rounds only, as report.json's run totals do: a rolled-back
+        # round's updates never reached the model.
         rows = self._plain("SELECT round, client, step, info FROM steps WHERE run_id=? AND round>? AND round<=? "
-                           "AND (step IN ('score', 'contribution') OR step LIKE 'dp-%') ORDER BY round, client, seq",
-                           run_id, after, upto)
+                           "AND (step = 'score' OR step LIKE 'dp-%' OR (step = 'contribution' AND round IN "
+                           "(SELECT round FROM rounds WHERE run_id=? AND applied=1))) ORDER BY round, client, seq",
+                           run_id, after, upto, run_id)
         try:   # one parse of all the records as one JSON array: several times faster than one per row
             infos = json.loads("[" + ",".join(row["info"] or "null" for row in rows) + "]", parse_constant=_no_constant)
         except ValueError:   # a damaged record: parse one by one, the damaged one reads as empty

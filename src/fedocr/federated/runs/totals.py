@@ -13,7 +13,10 @@ import copy
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
+
+from fedocr.federated.pipeline.contribution import CONFIDENCE
 
 DROPPED = "dropped"          # reasons of clients that never replied start with this word (rounds.py)
 LATEST = 200                 # rejected updates and flagged scores kept, newest first
@@ -102,9 +105,8 @@ class RunTotals:
             c["loo"] = _add(c["loo"], info.get("loo"))
             c["shapley"] = _add(c["shapley"], info.get("shapley"))
             c["samples"] = _max(c["samples"], info.get("samples"))
-            ci = info.get("shapley_ci")
-            if isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
-                c["variance"] += ((ci[1] - ci[0]) / 2) ** 2
+            if isinstance(info.get("shapley_se"), (int, float)):   # as contribution.cumulate sums them
+                c["variance"] += float(info["shapley_se"]) ** 2
                 c["with_ci"] += 1
 
     # -- the shapes the dashboard answers with ------------------------------------------------------
@@ -119,10 +121,11 @@ class RunTotals:
 
     def contributions(self) -> list[dict[str, Any]]:
         """Highest first. A run's Shapley value is the sum of its rounds' values; the rounds' Monte-Carlo
-        errors are independent, so the half-widths of their intervals add in quadrature."""
+        errors are independent, so their variances add (the same interval as report.json's totals)."""
+        z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
         rows = []
         for c in self.contribution.values():
-            half = math.sqrt(c["variance"]) if c["with_ci"] and c["shapley"] is not None else None
+            half = z * math.sqrt(c["variance"]) if c["with_ci"] and c["shapley"] is not None else None
             rows.append({"client": c["client"], "rounds": c["rounds"], "loo": c["loo"], "shapley": c["shapley"],
                          "shapley_ci": [c["shapley"] - half, c["shapley"] + half] if half is not None else None,
                          "samples": c["samples"]})

@@ -88,18 +88,17 @@ def own_and_others_cer(model: CRNN, charset: Charset, test: dict[str, LineDatase
 
 def personal_models(cfg: FlConfig, global_model: CRNN, run_id: str | None) -> dict[str, CRNN]:
     """Each simulated node's personalised model (its own head or BatchNorm layers on the global
-    model, or its Ditto model), read from the node state it keeps under the out-dir; empty when
-    the run does not personalise or a node has no state of this run."""
+    model, or its Ditto model), read from the node state it keeps under the out-dir (the global
+    model for a node that never trained); empty when the run does not personalise."""
     chain = build_client_chain(cfg.to_run_config())
     if cfg.aggregate == "all" and chain.personal() is None or run_id is None:
         return {}
     global_weights = model_weights(global_model)
     models = {}
     for node in get_federation(cfg.federation).names:
+        # A node never sampled has no state: what it would serve is the global model as it stands.
         states = load_node_state(default_state_path(cfg.out_path(), node), run_id)
-        if states:
-            model = copy.deepcopy(global_model)
-            models[node] = load_weights(model, chain.personal_weights(global_weights, states))
+        models[node] = load_weights(copy.deepcopy(global_model), chain.personal_weights(global_weights, states))
     return models
 
 
