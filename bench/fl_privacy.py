@@ -11,8 +11,8 @@ training lines (`canary.org = bank`, each secret `canary.repeats` times). For ea
   the planted canaries, beside never-planted controls (the audit's chance level);
 - the epsilon each node's ledger reached, and seconds per round.
 
-Client level (DP-FedAvg, `dp.level = "client"`) needs many clients and is measured with
-`--client-level` on the `hundred-branches-mini` federation when that preset exists.
+Client level (DP-FedAvg, `dp.level = "client"`) needs many clients: bench/fl_dp_clients.py
+measures it on `many-clients-mini` (100 nodes).
 Secure aggregation and homomorphic encryption are not built yet: their rows stay empty and their
 checks false, saying so.
 
@@ -106,7 +106,7 @@ def checks(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "non_dp_shows_canary_exposure": plain["canary_bits"]["median"] > plain["control_bits"]["max"] + 0.5,
         "secure_aggregation_within_1.5x_round_time": False,   # not built yet
         "he_top10_within_2x_time_3x_bytes": False,            # not built yet
-        "client_level_measured_on_100_clients": False,        # needs the many-clients preset
+        "client_level_measured_on_100_clients": False,        # see bench/fl_dp_clients.py (fl_dp_clients.json)
     }
 
 

@@ -10,7 +10,7 @@ APT_PACKAGES=(
   fonts-arphic-ukai fonts-arphic-uming fonts-arphic-gkai00mp fonts-arphic-gbsn00lp
   fonts-lxgw-wenkai fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fontconfig
   fonts-noto-cjk-extra fonts-urw-base35 fonts-crosextra-carlito fonts-crosextra-caladea fonts-noto-core
-  chromium nodejs npm
+  chromium
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -28,6 +28,9 @@ fi
 UPLOT_VERSION=1.6.32
 VENDOR=src/fedocr/serve/static/vendor
 if [ ! -f "$VENDOR/uPlot.iife.min.js" ] || [ ! -f "$VENDOR/uPlot.min.css" ]; then
+  # npm is needed only here (the files are committed); the machine's own Node.js brings it
+  # (Debian's separate npm package conflicts with NodeSource's nodejs, so it is not installed here).
+  command -v npm >/dev/null || { echo "setup: $VENDOR is missing and npm is not installed: install Node.js (with npm) and run again" >&2; exit 1; }
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "uplot@$UPLOT_VERSION" >/dev/null && tar xzf "uplot-$UPLOT_VERSION.tgz")
   mkdir -p "$VENDOR"
