@@ -3,14 +3,15 @@ process: the ServerApp's round loop and the client's handler run unchanged, with
 SuperLink, so behaviour tests of the federation (it learns, it rolls back) stay fast."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 
-from fedocr.federated.client_app import handle_evaluate, handle_query, handle_train
+from fedocr.federated.client_app import handle_evaluate, handle_query, handle_train, secure_mod
 from fedocr.federated.config import FlConfig
 from fedocr.federated.rounds import FederatedServer
 
@@ -31,8 +32,17 @@ class InProcessGrid:
         return list(self.contexts)
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        handlers = {"train": handle_train, "query": handle_query, "evaluate": handle_evaluate}
-        return [handlers[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+        """Each message through the ClientApp's mod (SecAgg+ rounds) and handler, in turn; each node
+        gets its own copy of the content, as over a wire (Flower's SecAgg+ mod edits what it gets)."""
+        return [self._deliver(m) for m in messages]
+
+    def _deliver(self, message: Message) -> Message:
+        """A handler's exception becomes an error reply, as Flower's engines send it."""
+        handler = {"train": handle_train, "query": handle_query, "evaluate": handle_evaluate}[message.metadata.message_type]
+        try:
+            return secure_mod(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id], handler)
+        except Exception as exc:  # noqa: BLE001 - any client failure is the server's to survive
+            return Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
 
 
 def task_identity(monkeypatch: Any) -> None:

@@ -42,9 +42,9 @@ def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
         assert dep.alive() == [], f"still running after teardown: {dep.alive()}"
 
 
-@pytest.mark.slow
-def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes(deployment: Deployment) -> None:
-    dep, root = deployment, deployment.root
+def start_three_organisations(dep: Deployment) -> None:
+    """The SuperLink, then each organisation's key registered and its SuperNode started."""
+    root = dep.root
     dep.start_superlink()
     dep.write_connection()
     for org in ORGS:
@@ -52,6 +52,12 @@ def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes
         assert result.returncode == 0, result.stdout + result.stderr
     for org in ORGS:
         dep.start_supernode(org, root / "certs" / "nodes" / org, root / "data" / org)
+
+
+@pytest.mark.slow
+def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes(deployment: Deployment) -> None:
+    dep, root = deployment, deployment.root
+    start_three_organisations(dep)
     rogue = dep.start_supernode("rogue", root / "certs" / "nodes" / "rogue", root / "data" / "hospital")
     plain = dep.start_supernode("plain", None, root / "data" / "hospital", tls=False)
 
@@ -86,3 +92,29 @@ def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes
     assert rogue.poll() not in (None, 0) and plain.poll() not in (None, 0)
     assert "Failed to activate SuperNode" in dep.log("supernode-rogue")
     assert "could not establish a connection" in dep.log("supernode-plain")
+
+
+@pytest.mark.slow
+def test_deployment_with_dp_sgd_and_secure_aggregation_survives_a_node_dropping_mid_protocol(
+        deployment: Deployment) -> None:
+    """Record-level DP-SGD on every node, SecAgg+ between them over TLS; in round 2 the school
+    crashes after the key exchange and the other two still make the round (threshold 2 of 3)."""
+    dep, root = deployment, deployment.root
+    start_three_organisations(dep)
+    out = root / "out"
+    run_config = (f'num-rounds=2 federation="three-orgs-mini" charset="mini" initial-model="scratch" val-lines=24 '
+                  f'fraction-train=1.0 min-accepted=2 round-deadline-s=240 faults="school:crash@2" '
+                  f'secure.method="secagg+" secure.max-weight=48.0 dp.level="record" dp.noise-multiplier=1.0 '
+                  f'out-dir="{out}" store="{root / "runs.db"}"')
+    result = dep.flwr("run", str(Path(__file__).resolve().parents[1]), "fedocr", "--run-config", run_config,
+                      "--stream", timeout=480)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    r1, r2 = report["rounds"]
+    assert r1["applied"] and r1["accepted"] == 3
+    assert r2["applied"] and r2["accepted"] == 2
+    assert {c["id"]: c for c in r2["clients"]}["school"]["reason"].startswith("dropped")
+    # The server checked the unmasked mean only, and each node's epsilon came back in the clear.
+    assert {s["client"] for s in r1["steps"] if s["step"] == "check"} == {"secure-sum"}
+    assert {s["client"] for s in r1["steps"] if s["step"] == "dp-sgd" and s.get("epsilon")} == set(ORGS)
+    assert all(c["bytes_up"] > 0 for c in r1["clients"])

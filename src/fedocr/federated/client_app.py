@@ -24,7 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Context, Message
+from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.client.mod import secaggplus_mod
 
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, SubsetLines
@@ -36,8 +39,9 @@ from fedocr.federated.sim.canaries import plant
 from fedocr.federated.sim.poison import poisoned
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
-from fedocr.federated.protocol import (TrainInstruction, evaluate_reply_content, query_reply_content, read_evaluate,
-                                      read_train, refusal_content, reply, reply_content)
+from fedocr.federated.protocol import (TrainInstruction, evaluate_reply_content, is_secagg_message,
+                                      query_reply_content, read_evaluate, read_train, refusal_content, reply,
+                                      reply_content, secure_reply_content)
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
@@ -126,7 +130,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     mine = str(pinned) if pinned else charset.version
     name, data = node_data(context, cfg, charset)
     if mine != task.charset_version:
-        return reply(msg, refusal_content(name, mine, f"charset mismatch: server {task.charset_version}, client {mine}"))
+        return refuse(msg, task, name, mine, f"charset mismatch: server {task.charset_version}, client {mine}")
 
     chain = build_client_chain(cfg.to_run_config())
     path = state_path(context, cfg, name)
@@ -142,7 +146,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     settings, refusal = chain.prepare(states, task.round, len(lines), sample_rate, recipe.max_steps or 1)
     if refusal:  # e.g. its privacy budget is spent: the node says why instead of training
         save_node_state(path, task.run_id, states)
-        return reply(msg, refusal_content(name, mine, refusal))
+        return refuse(msg, task, name, mine, refusal)
     result = Trainer(model, charset, lines, dataclasses.replace(recipe, **settings), log=lambda _: None).fit()
     train_ended = time.time()
 
@@ -155,7 +159,31 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
         save_node_state(path, task.run_id, states)
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
                "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid()}
-    return reply(msg, reply_content(update, mine, metrics))
+    if task.secure_keys is None:
+        return reply(msg, reply_content(update, mine, metrics))
+    missing = [k for k in task.secure_keys if k not in update.tensors]
+    if missing or len(update.tensors) != len(task.secure_keys):
+        raise ValueError(f"secure aggregation: this node's update has other tensors than the server sums "
+                         f"(missing {missing[:3]})")
+    return reply(msg, secure_reply_content(name, mine, [update.tensors[k] for k in task.secure_keys], update.examples,
+                                           metrics, update.records))
+
+
+def refuse(msg: Message, task: TrainInstruction, name: str, charset_version: str, reason: str) -> Message:
+    """A node that will not train this round says why; under secure aggregation it still takes part
+    in the protocol, with zeros weighted by 0 examples, so its neighbours' masks cancel."""
+    if task.secure_keys is None:
+        return reply(msg, refusal_content(name, charset_version, reason))
+    zeros = [np.zeros_like(task.weights[k]) for k in task.secure_keys]
+    return reply(msg, secure_reply_content(name, charset_version, zeros, 0, {}, refused=reason))
+
+
+def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ mod for the messages of secure rounds; every other message passes through
+    (the mod refuses messages that do not carry its protocol's records)."""
+    if msg.metadata.message_type == MessageType.TRAIN and is_secagg_message(msg.content):
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
 def train_personal(cfg: FlConfig, chain: ClientChain, states: States, task: TrainInstruction, lines: EncodedLines,
@@ -224,7 +252,7 @@ def handle_query(msg: Message, context: Context, overrides: dict[str, Any] | Non
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose run config is Flower's plus `overrides` (hyphenated keys). `fedocr fl
     simulate` passes its command-line settings this way; `flwr run .` uses `app` below."""
-    client_app = ClientApp()
+    client_app = ClientApp(mods=[secure_mod])
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -7,6 +7,12 @@ chain left them: possibly sparse or quantised), `metrics` (example count, loss, 
 JSON). Everything the client sends is read defensively: a malformed reply becomes a recorded
 rejection, never an exception. `bytes_up`/`bytes_down` are the serialized size of the content
 as Flower sends it (protobuf), measured before any decoding.
+
+Under secure aggregation (Flower's SecAgg+, a legacy-API protocol) the train task travels as
+Flower's `FitIns` records (the weights as an ordered list, their names in the config) and the
+reply as `FitRes` records: Flower's `secaggplus_mod` masks the reply's parameters and the server's
+workflow reads them; the node's name, vocabulary, metrics and step records ride in the FitRes
+metrics, in the clear.
 """
 from __future__ import annotations
 
@@ -15,7 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import flwr.compat.common.recorddict_compat as compat
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.serde import recorddict_to_proto
 
 from fedocr.federated.pipeline.types import StepRecord, Update, Weights
@@ -74,6 +83,7 @@ class TrainInstruction:
     charset_version: str
     lr: float | None       # the local rate the server resolved for this round
     run_id: str
+    secure_keys: tuple[str, ...] | None = None   # under secure aggregation: the tensors to send, in order
 
 
 def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
@@ -84,10 +94,16 @@ def train_content(weights: Weights, model_config: ModelConfig, server_round: int
 
 
 def read_train(content: RecordDict) -> TrainInstruction:
-    config = content["config"]
-    return TrainInstruction(int(config["server-round"]), from_record(content["global"]), model_config_from(config),
+    if is_secure_train(content):
+        ins = compat.recorddict_to_fitins(content, keep_input=True)
+        config = ConfigRecord(dict(ins.config))  # type: ignore[arg-type]
+        weights = dict(zip(json.loads(str(config["weight-keys"])), parameters_to_ndarrays(ins.parameters)))
+        secure_keys: tuple[str, ...] | None = tuple(json.loads(str(config["tensor-keys"])))
+    else:
+        config, weights, secure_keys = content["config"], from_record(content["global"]), None
+    return TrainInstruction(int(config["server-round"]), weights, model_config_from(config),
                             str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
-                            str(config.get("run-id", "")))
+                            str(config.get("run-id", "")), secure_keys)
 
 
 def evaluate_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, run_id: str,
@@ -124,6 +140,69 @@ def read_evaluate_reply(reply: Message) -> tuple[str, dict[str, float]] | None:
 
 def query_content(charset_version: str) -> RecordDict:
     return RecordDict({"config": ConfigRecord({"charset-version": charset_version})})
+
+
+# -- secure aggregation (Flower's SecAgg+ over legacy FitIns/FitRes records) -----------------------
+def secure_fit_ins(weights: Weights, keys: list[str], model_config: ModelConfig, server_round: int,
+                   charset_version: str, lr: float, run_id: str) -> FitIns:
+    """The train task as SecAgg+ sends it: every tensor down, and the names of those to send up."""
+    config = dict(train_content({}, model_config, server_round, charset_version, lr, run_id)["config"])
+    config.update({"weight-keys": json.dumps(list(weights)), "tensor-keys": json.dumps(keys)})
+    return FitIns(ndarrays_to_parameters([c_order(v) for v in weights.values()]), config)  # type: ignore[arg-type]
+
+
+def is_secure_train(content: RecordDict) -> bool:
+    return "fitins.parameters" in content.array_records
+
+
+def is_secagg_message(content: RecordDict) -> bool:
+    """A message of Flower's SecAgg+ protocol (any of its four stages)."""
+    return RECORD_KEY_CONFIGS in content.config_records
+
+
+def secure_reply_content(client: str, charset_version: str, tensors: list[np.ndarray], examples: int,
+                         metrics: dict[str, float | int], records: tuple[StepRecord, ...] = (),
+                         refused: str | None = None) -> RecordDict:
+    """A FitRes for Flower's mod to mask: the tensors in the server's order, weighted by `examples`."""
+    clear: dict[str, Any] = {**metrics, "client": client, "charset-version": charset_version,
+                             "steps": json.dumps([{"step": r.step, "info": r.info} for r in records], default=float)}
+    if refused:
+        clear["refused"] = refused
+    # Integer buffers (BatchNorm's step counter) go as floats, and scalars as 1-element vectors:
+    # SecAgg+ quantises float entries, and its masks of a 0-d array do not cancel.
+    sent = [c_order(np.atleast_1d(t.astype(np.float32) if np.issubdtype(t.dtype, np.integer) else t)) for t in tensors]
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sent), examples, clear)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def read_secure_reply(node_id: int, fitres: FitRes, node_name: str, charset_version: str) -> Received:
+    """One node's clear part of a secure round: its name, claimed examples, metrics and step
+    records; its update is inside the sum. Read defensively, like `read_reply`."""
+    metrics = dict(fitres.metrics)
+    name = str(metrics.get("client", node_name))
+    rec = ClientRecord(name, str(node_id), False, None, examples=int(fitres.num_examples))
+    received = Received(rec, None)
+    try:
+        _read_training(metrics, received)
+    except MalformedMetrics as exc:
+        rec.reason = f"malformed metrics ({str(exc)[:100]})"
+        received.busy = received.training = None
+    rec.reason = rec.reason or _refusal(metrics, charset_version)
+    records = _step_records(str(metrics.get("steps", "[]")), name)
+    received.update = Update(name, {}, rec.examples, records=records)   # records only: the tensors are in the sum
+    return received
+
+
+def secure_sum(fitres: FitRes, keys: list[str], reference: Weights) -> Weights:
+    """The unmasked weighted mean as named tensors in the reference's dtypes (integer buffers rounded)."""
+    arrays = parameters_to_ndarrays(fitres.parameters)
+    if len(arrays) != len(keys):
+        raise ValueError(f"the secure sum has {len(arrays)} tensors, the model sends {len(keys)}")
+    out: Weights = {}
+    for key, array in zip(keys, arrays):
+        ref = reference[key]
+        out[key] = (np.rint(array) if np.issubdtype(ref.dtype, np.integer) else array).astype(ref.dtype).reshape(ref.shape)
+    return out
 
 
 # -- up -----------------------------------------------------------------------------------------
@@ -184,10 +263,34 @@ def _metric(metrics: object, key: str, default: float | None = None) -> float:
     return float(value)
 
 
+def _read_training(metrics: object, received: Received) -> None:
+    """Training loss and the handler's and training's intervals from a reply's metrics."""
+    rec = received.record
+    rec.loss = None if metrics.get("train-loss") is None else _metric(metrics, "train-loss")  # type: ignore[attr-defined]
+    if "train-started" in metrics:  # type: ignore[operator]
+        received.training = (_metric(metrics, "train-started"), _metric(metrics, "train-ended"))
+        received.busy = (_metric(metrics, "started"), _metric(metrics, "ended"))
+        rec.train_seconds = received.training[1] - received.training[0]
+        rec.client_seconds = received.busy[1] - received.busy[0]
+
+
+def _refusal(info: Any, charset_version: str) -> str | None:
+    """Why a reply carries no usable update by the client's own word: a refusal or another vocabulary."""
+    if "refused" in info:
+        return str(info["refused"])
+    if info.get("charset-version") != charset_version:
+        return f"charset mismatch: server {charset_version}, client {info.get('charset-version')}"
+    return None
+
+
 def _client_records(content: RecordDict, client: str) -> tuple[StepRecord, ...]:
     if "steps" not in content.config_records:
         return ()
-    text = str(content["steps"].get("records", "[]"))[:MAX_STEP_RECORDS]
+    return _step_records(str(content["steps"].get("records", "[]")), client)
+
+
+def _step_records(text: str, client: str) -> tuple[StepRecord, ...]:
+    text = text[:MAX_STEP_RECORDS]
     try:
         items = json.loads(text)
         return tuple(StepRecord(str(i["step"]), client, dict(i["info"])) for i in items)
@@ -213,23 +316,14 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
         if not examples.is_integer():
             raise MalformedMetrics(f"num-examples: {examples!r}")
         rec.examples = int(examples)
-        rec.loss = None if metrics.get("train-loss") is None else _metric(metrics, "train-loss")
-        if "train-started" in metrics:
-            received.training = (_metric(metrics, "train-started"), _metric(metrics, "train-ended"))
-            received.busy = (_metric(metrics, "started"), _metric(metrics, "ended"))
-            rec.train_seconds = received.training[1] - received.training[0]
-            rec.client_seconds = received.busy[1] - received.busy[0]
+        _read_training(metrics, received)
     except MalformedMetrics as exc:
         rec.reason = f"malformed metrics ({str(exc)[:100]})"
         received.busy = received.training = None
         return received
-    if "refused" in info:
-        rec.reason = str(info["refused"])
-    elif info.get("charset-version") != charset_version:
-        rec.reason = f"charset mismatch: server {charset_version}, client {info.get('charset-version')}"
-    elif "delta" not in content.array_records:
-        rec.reason = "reply carries no update"
-    else:
+    rec.reason = _refusal(info, charset_version) or (None if "delta" in content.array_records
+                                                     else "reply carries no update")
+    if rec.reason is None:
         try:
             tensors = from_record(content["delta"])
         except Exception as exc:  # a malformed array must not end the round

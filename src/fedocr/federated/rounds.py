@@ -18,6 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.serverapp import Grid
@@ -29,10 +30,11 @@ from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
-from fedocr.federated.pipeline.types import Cohort, StepRecord, Weights
+from fedocr.federated.pipeline.secure import MIN_NODES
+from fedocr.federated.pipeline.types import Cohort, StepRecord, Update, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
-                                      read_evaluate_reply, read_query_reply, read_reply, to_nodes, train_content,
-                                      wire_bytes)
+                                      read_evaluate_reply, read_query_reply, read_reply, read_secure_reply,
+                                      secure_fit_ins, secure_sum, to_nodes, train_content, wire_bytes)
 from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
@@ -55,6 +57,7 @@ class NoRoundApplied(RuntimeError):
     """Every round ended below the threshold or rolled back: the run's model is the one it started from."""
 
 
+SECURE_SUM = "secure-sum"   # the name the round's unmasked mean is screened and recorded under
 MAX_NAME = 64   # a client's self-reported name is shown and stored; keep it short
 
 
@@ -98,6 +101,20 @@ def screen(received: Received, chain: ServerChain, reference: Weights, server_ro
     rec.accepted, rec.reason = update.rejected is None, update.rejected
     received.update = update
     return received
+
+
+@dataclass
+class Collected:
+    """A round's replies as the server got them: a record per sampled node, the updates to aggregate
+    (under secure aggregation: their one unmasked mean), how many nodes they stand for, the
+    screening steps' records, the cohort and the collection's wall-clock interval."""
+    received: list[Received]
+    updates: list[Update]
+    accepted: int
+    steps: list[StepRecord]
+    cohort: Cohort
+    t0: float
+    t1: float
 
 
 class FederatedServer:
@@ -152,11 +169,13 @@ class FederatedServer:
                 last_note = time.time()
             time.sleep(1.0)
 
-    def _collect(self, grid: Grid, rnd: int, lr: float) -> tuple[list[Received], Cohort, float, float]:
+    def _collect(self, grid: Grid, rnd: int, lr: float) -> Collected:
         """Send the round's task to the sampled nodes; every sampled node gets a record."""
         cfg, state = self.cfg, self.state
         nodes = self._nodes(grid)
         sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
+        if self.chain.collects_sum:
+            return self._collect_sum(grid, rnd, lr, nodes, sampled)
         # All tensors travel down (a new node needs the head too).
         content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id)
         bytes_down = wire_bytes(content)
@@ -175,26 +194,75 @@ class FederatedServer:
                 got.update = got.update.renamed(got.record.client)
             state.names[node] = got.record.client
             received.append(screen(got, self.chain, reference, rnd, cfg.seed))
-        seen = {str(r.metadata.src_node_id) for r in replies}
+        self._dropped(received, sampled, {str(r.metadata.src_node_id) for r in replies}, taken, bytes_down)
+        accepted = [r.update for r in received if r.update is not None and r.update.rejected is None]
+        steps = [s for r in received if r.update is not None for s in r.update.records]
+        return Collected(received, accepted, len(accepted), steps, Cohort(len(nodes), len(sampled)), t0, t1)
+
+    def _dropped(self, received: list[Received], sampled: Sequence[int], seen: set[str], taken: set[str],
+                 bytes_down: int) -> None:
+        """A record for each sampled node that did not answer."""
         for node in (str(n) for n in sampled if str(n) not in seen):
-            name = unique_name(state.names.get(node, f"node-{node}"), node, taken)
+            name = unique_name(self.state.names.get(node, f"node-{node}"), node, taken)
             received.append(Received(ClientRecord(name, node, False, f"dropped: no reply within the "
-                                                  f"{cfg.round_deadline_s:g} s deadline (straggler, crash or "
+                                                  f"{self.cfg.round_deadline_s:g} s deadline (straggler, crash or "
                                                   f"disconnect)", bytes_down=bytes_down), None))
-        return received, Cohort(len(nodes), len(sampled)), t0, t1
+
+    def _collect_sum(self, grid: Grid, rnd: int, lr: float, nodes: list[int], sampled: list[int]) -> Collected:
+        """Secure aggregation: Flower's SecAgg+ gives the weighted mean of the sampled nodes' updates;
+        each node's claimed examples and metrics are read in the clear, its update never."""
+        from fedocr.federated.secagg import secure_round   # Flower's legacy workflow: only for secure runs
+
+        cfg, state, cohort = self.cfg, self.state, Cohort(len(nodes), len(sampled))
+        t0 = time.time()
+        if len(sampled) < MIN_NODES:
+            note = f"secure aggregation needs at least {MIN_NODES} sampled nodes, {len(sampled)} sampled"
+            received = [Received(ClientRecord(state.names.get(str(n), f"node-{n}"), str(n), False, note), None)
+                        for n in sampled]
+            return Collected(received, [], 0, [], cohort, t0, time.time())
+        task = secure_fit_ins(state.weights, self.keys, self.model.config, rnd, self.charset.version, lr, state.run_id)
+        result = secure_round(grid, sampled, task, rnd, self.chain.secure, cfg.round_deadline_s)
+        t1 = time.time()
+        received, taken = [], set()
+        for node_id, fitres in result.results:
+            node = str(node_id)
+            got = read_secure_reply(node_id, fitres, state.names.get(node, f"node-{node}"), self.charset.version)
+            got.record.client = unique_name(got.record.client, node, taken)
+            got.record.bytes_up, got.record.bytes_down = result.bytes_up[node_id], result.bytes_down[node_id]
+            state.names[node] = got.record.client
+            received.append(got)
+        halted = "" if result.completed else (" (SecAgg+ halted: fewer live nodes than its reconstruction threshold; "
+                                              "nothing was unmasked)")
+        self._dropped(received, sampled, {str(n) for n, _ in result.results}, taken, 0)
+        for r in received:
+            if r.record.reason and r.record.reason.startswith("dropped"):
+                r.record.reason += halted
+                r.record.bytes_down = result.bytes_down[int(r.record.node_id)]
+        steps = [s for r in received if r.update is not None for s in r.update.records]
+        summed = [r for r in received if r.record.reason is None and r.record.examples > 0]
+        if not result.completed or not summed:
+            return Collected(received, [], 0, steps, cohort, t0, t1)
+        aggregate = Update(SECURE_SUM, secure_sum(result.results[0][1], self.keys, state.weights),
+                           max(r.record.examples for r in summed))   # the check's bound applies to each claim
+        aggregate = self.chain.screen_update(aggregate, rnd, cfg.seed, select(state.weights, self.keys))
+        steps += aggregate.records
+        for r in summed:
+            r.record.accepted, r.record.reason = aggregate.rejected is None, (
+                f"the secure sum was rejected: {aggregate.rejected}" if aggregate.rejected else None)
+        ok = aggregate.rejected is None
+        return Collected(received, [aggregate] if ok else [], len(summed) if ok else 0, steps, cohort, t0, t1)
 
     def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
         cfg, state = self.cfg, self.state
         lr = cfg.round_lr(rnd)  # sent to the clients and recorded with the round: one value for both
-        received, cohort, t0, t1 = self._collect(grid, rnd, lr)
-        accepted = [r.update for r in received if r.update is not None and r.update.rejected is None]
-        steps: list[StepRecord] = [s for r in received if r.update is not None for s in r.update.records]
-        applied = len(accepted) >= cfg.min_accepted
+        got = self._collect(grid, rnd, lr)
+        received, cohort, t0, t1, steps = got.received, got.cohort, got.t0, got.t1, list(got.steps)
+        applied = got.accepted >= cfg.min_accepted
         note = None
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
         if applied:
-            candidate = self.chain.candidate(state.weights, accepted, rnd, cfg.seed, state.steps,  # type: ignore[arg-type]
+            candidate = self.chain.candidate(state.weights, got.updates, rnd, cfg.seed, state.steps,
                                              cohort, self.probe)
             steps += candidate.records
             for r in received:  # an aggregator may leave clients out once it has seen every update
@@ -213,7 +281,7 @@ class FederatedServer:
                 load_weights(self.model, state.weights)
                 self.print(f"round {rnd}: {note}")
         else:
-            note = f"not applied: {len(accepted)} accepted update(s) < threshold {cfg.min_accepted}"
+            note = f"not applied: {got.accepted} accepted update(s) < threshold {cfg.min_accepted}"
             self.print(f"round {rnd}: {note}")
         val_seconds = time.time() - v0
         if rnd == cfg.num_rounds or (cfg.eval_every and rnd % cfg.eval_every == 0):
@@ -221,7 +289,7 @@ class FederatedServer:
         busy = [r.busy for r in received if r.busy is not None and r.training is not None]
         training = [r.training for r in received if r.busy is not None and r.training is not None]
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)  # type: ignore[arg-type]
-        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=cohort.sampled, accepted=len(accepted), applied=applied,
+        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=cohort.sampled, accepted=got.accepted, applied=applied,
                            lr=lr, train_seconds=train_s, overhead_seconds=max(0.0, (t1 - t0) - busy_s),
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((r.record for r in received), key=lambda c: c.client), steps=steps)

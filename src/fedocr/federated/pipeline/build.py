@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedocr.federated.pipeline import (aggregate, attacks, checks, compress, contribution, drills, personal, privacy,
-                                       robust, transforms)
+                                       robust, secure, transforms)
 from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.compress import CompressConfig
@@ -55,7 +55,8 @@ FEATURES = (
     Feature(privacy.DpConfig, client=privacy.client_steps, screen=privacy.screen_steps, transform=privacy.transform_steps),
     Feature(attacks.AttackConfig, client=attacks.client_steps),   # simulation only: a malicious node crafts, then encodes
     Feature(CompressConfig, client=compress.client_steps, decode=compress.screen_steps),
-    Feature(DrillConfig, client=drills.client_steps),   # last: a drilled update is broken as sent
+    Feature(DrillConfig, client=drills.client_steps),   # a drilled update is broken as sent
+    Feature(secure.SecureConfig, client=secure.client_steps, decode=secure.decode_steps),   # last: the mask
     Feature(CheckConfig, screen=checks.screen_steps),
     Feature(contribution.ContributionConfig, score=contribution.score_steps),
     Feature(robust.RobustConfig, aggregator=robust.aggregator),
@@ -154,6 +155,12 @@ class ServerChain:
     gate: Gate
     aggregate: str = "all"
     scorers: tuple[RoundScorer, ...] = ()
+    secure: secure.SecureConfig = secure.SecureConfig()   # how the round's updates reach the server
+
+    @property
+    def collects_sum(self) -> bool:
+        """The server receives only the sum of the updates (secure aggregation), not each one."""
+        return self.secure.method != "none"
 
     def keys(self, weights: Mapping[str, np.ndarray]) -> list[str]:
         """The tensors that travel up and are averaged."""
@@ -267,7 +274,8 @@ def build_server_chain(rc: Mapping[str, Any]) -> ServerChain:
     screen = _steps(rc, "decode") + _steps(rc, "screen")
     return ServerChain(tuple(screen), _aggregator(rc), tuple(_steps(rc, "transform")),
                        ApplyStep(ApplyConfig.from_run_config(rc)), CommitGate(RollbackConfig.from_run_config(rc)),
-                       AggregateConfig.from_run_config(rc).aggregate, _scorers(rc, screen))
+                       AggregateConfig.from_run_config(rc).aggregate, _scorers(rc, screen),
+                       secure.SecureConfig.from_run_config(rc))
 
 
 def validate_run_config(rc: Mapping[str, Any]) -> None:
@@ -291,10 +299,31 @@ def refuse_combinations(rc: Mapping[str, Any]) -> None:
     if contrib.method != "off" and contrib.subsets == "in-round" and rule.rule != "fedavg":
         raise bad("contribution.subsets", f"in-round coalitions stand in zeros for the nodes outside them, and "
                                           f"robust.rule={rule.rule} would count those zeros as votes: use alone")
+    refuse_with_secure_aggregation(rc)
     if dp.level == "client" and (rule.rule != "fedavg" or rule.clip_norm or rule.clip_median):
         raise bad("dp.level", f"client-level DP calibrates its noise to an equal-weight sum of updates clipped to "
                               f"dp.clip; robust.rule={rule.rule} (or a robust clip) changes what one node can do to "
                               f"the step, so the accounting would not hold: use dp.level=record with a robust rule")
+
+
+def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
+    """What cannot run when the server sees only the sum of the updates (each reason names the key)."""
+    if secure.SecureConfig.from_run_config(rc).method == "none":
+        return
+    rule, packed = robust.RobustConfig.from_run_config(rc), CompressConfig.from_run_config(rc)
+    if rule.rule != "fedavg" or rule.clip_norm or rule.clip_median:
+        raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip) needs each node's update, and under "
+                                 f"secure aggregation the server sees only their sum")
+    if packed.top_k or packed.quantize != "none":
+        raise bad("compress.top-k", "SecAgg+ masks dense vectors and quantises them itself: a sparse or quantised "
+                                    "update cannot be masked (compress.top-k and compress.quantize must be off)")
+    if AggregateConfig.from_run_config(rc).aggregate != "all":
+        raise bad("aggregate", "under secure aggregation every node must send the same tensors, so the masks "
+                               "cancel: aggregate=backbone or fedbn keep different parts local")
+    if privacy.DpConfig.from_run_config(rc).level == "client":
+        raise bad("dp.level", "client-level DP adds its noise on the server after the sum is unmasked, so the "
+                              "server sees the exact sum and secure aggregation protects nothing the noise "
+                              "would; distributed noise is not built: use dp.level=record (DP-SGD on each node)")
 
 
 def describe(rc: Mapping[str, Any]) -> str:
