@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from flwr.app import Context, Error, Message, RecordDict
 
-from fedocr.federated.client_app import handle_evaluate, handle_query, handle_train, secure_mod
+from fedocr.federated.client_app import handle_decrypt, handle_evaluate, handle_query, handle_train, secure_mod
 from fedocr.federated.config import FlConfig
 from fedocr.federated.rounds import FederatedServer
 
@@ -38,7 +38,8 @@ class InProcessGrid:
 
     def _deliver(self, message: Message) -> Message:
         """A handler's exception becomes an error reply, as Flower's engines send it."""
-        handler = {"train": handle_train, "query": handle_query, "evaluate": handle_evaluate}[message.metadata.message_type]
+        handler = {"train": handle_train, "query": handle_query, "evaluate": handle_evaluate,
+                   "query.decrypt": handle_decrypt}[message.metadata.message_type]
         try:
             return secure_mod(copy.deepcopy(message), self.contexts[message.metadata.dst_node_id], handler)
         except Exception as exc:  # noqa: BLE001 - any client failure is the server's to survive

@@ -12,7 +12,9 @@ import pytest
 from flwr.app import Message
 
 from fedocr.federated.pipeline.build import build_server_chain, describe, validate_run_config
+from fedocr.federated.pipeline.he import PUBLIC, load_context, make_keys
 from fedocr.federated.pipeline.settings import StepConfigError
+from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -81,6 +83,10 @@ def test_a_secure_round_needs_three_nodes(tmp_path: Path, monkeypatch: Any) -> N
     ({"secure.shares": 5.0, "secure.threshold": 5.0}, "secure.threshold"),
     ({"secure.shares": 2.0}, "secure.shares"),
     ({"secure.method": "paillier"}, "secure.method"),
+    ({"secure.method": "ckks", "robust.rule": "krum"}, "robust.rule"),
+    ({"secure.method": "ckks", "compress.top-k": 0.1}, "compress.top-k"),
+    ({"secure.method": "none", "he.top-k": 0.1}, "he.top-k"),
+    ({"secure.method": "ckks", "he.poly-degree": 1024}, "he.poly-degree"),
 ])
 def test_what_needs_individual_updates_is_refused_by_name(settings: dict, key: str) -> None:
     with pytest.raises(StepConfigError, match=key.replace(".", r"\.")):
@@ -96,3 +102,61 @@ def test_the_dry_run_lists_the_mask_and_contribution_scores_are_disabled_with_th
     assert server.index("secagg+") < server.index("check")
     scorer = build_server_chain(rc).scorers[0]
     assert "secagg+ hides each node's update" in (scorer.disabled or "")
+
+
+# -- homomorphic encryption (CKKS, TenSEAL) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def ckks_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("he-keys")
+    make_keys(folder)
+    return folder
+
+
+def test_the_he_mean_equals_fedavg_and_the_server_cannot_decrypt(tmp_path: Path, monkeypatch: Any,
+                                                                 ckks_keys: Path) -> None:
+    run_in_process(tmp_path / "plain", monkeypatch, 1)
+    report, cfg = run_in_process(tmp_path / "he", monkeypatch, 1, **{"secure.method": "ckks", "he.keys": str(ckks_keys)})
+    plain, encrypted = _round_1(tmp_path / "plain" / "out"), _round_1(tmp_path / "he" / "out")
+    for key, value in plain.items():
+        np.testing.assert_allclose(encrypted[key], value, atol=1e-6, err_msg=key)
+    assert not load_context(ckks_keys / PUBLIC, need_secret=False).is_private()
+    with pytest.raises(ValueError, match="cannot decrypt"):
+        load_context(ckks_keys / PUBLIC, need_secret=True)
+    r1 = report["rounds"][0]
+    assert r1["applied"] and r1["accepted"] == 3
+    sent = [s for s in r1["steps"] if s["step"] == "ckks"]
+    assert len(sent) == 3 and all(s["ciphertexts"] == -(-s["values"] // 4096) for s in sent)
+    assert {s["client"] for s in r1["steps"] if s["step"] == "check"} == {"secure-sum"}
+
+
+def test_he_top_k_sends_the_shared_index_set_and_one_failing_decryptor_hands_over(
+        tmp_path: Path, monkeypatch: Any, ckks_keys: Path) -> None:
+    import fl_inprocess
+
+    calls: list[int] = []
+    decrypt = fl_inprocess.handle_decrypt
+
+    def first_one_fails(msg: Message, context: Any) -> Message:
+        calls.append(context.node_id)
+        if len(calls) == 1:
+            raise RuntimeError("this node is offline")
+        return decrypt(msg, context)
+
+    monkeypatch.setattr(fl_inprocess, "handle_decrypt", first_one_fails)
+    report, _ = run_in_process(tmp_path, monkeypatch, 2, **{"secure.method": "ckks", "he.keys": str(ckks_keys),
+                                                            "he.top-k": 0.1})
+    plain_bytes = 1_342_000   # the tiny model's dense fp32 update, as measured by the plain run above
+    for r in report["rounds"]:
+        assert r["applied"] and r["accepted"] == 3
+        sent = [s for s in r["steps"] if s["step"] == "ckks"]
+        assert len({s["values"] for s in sent}) == 1   # every node sends the same index set
+        assert all(c["bytes_up"] < 3 * plain_bytes for c in r["clients"])   # the decryptor's answer included
+    assert len(calls) == 3   # round 1: the first asked failed and the next decrypted; round 2: one
+    # The next index set (the largest 10% of the last global step) is checkpointed with the server.
+    index = ServerState.load(tmp_path / "out").steps["ckks-index"]
+    assert int(np.unpackbits(index["packed"], count=index["size"]).sum()) == -(-index["size"] // 10)
+
+
+def test_he_without_a_public_key_refuses_to_start_and_names_the_command(tmp_path: Path, monkeypatch: Any) -> None:
+    with pytest.raises(FileNotFoundError, match="fedocr fl he-keys"):
+        run_in_process(tmp_path, monkeypatch, 1, **{"secure.method": "ckks", "he.keys": str(tmp_path / "none")})

@@ -8,7 +8,7 @@ from typing import Any
 
 from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, check_writable_file, print_json
 from fedocr.cli.personal import add_personal_parser
-from fedocr.cli.privacy import add_audit_parser, format_audit
+from fedocr.cli.privacy import add_audit_parser, add_he_keys_parser, format_audit
 from fedocr.cli.serving import add_dashboard_parser
 
 
@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_show)
 
     add_audit_parser(fl_sub)
+    add_he_keys_parser(fl_sub)
     add_personal_parser(fl_sub)
     add_dashboard_parser(fl_sub)
 
@@ -236,6 +237,11 @@ def run_show(args: argparse.Namespace) -> int:
             status = "accepted" if c["accepted"] else f"rejected: {c['reason']}"
             norm = f"{c['update_norm']:.3g}" if c["update_norm"] is not None else "-"
             print(f"    {c['id']:<12} examples {c['examples']:>5}  norm {norm:>8}  up {c['bytes_up']:>9} B  {status}")
+        summed = [s for s in r.get("steps", []) if s["step"] == "check" and s["client"] == "secure-sum"]
+        if summed:   # secure aggregation or HE: no node's update reached the server, only their mean
+            how = "HE (CKKS)" if any(s["step"] == "ckks" for s in r.get("steps", [])) else "SecAgg+"
+            print(f"    {'secure sum':<12} {how}: the server saw only the mean of the accepted updates, "
+                  f"norm {summed[0].get('norm', float('nan')):.3g}")
         for e in (s for s in r.get("steps", []) if s["step"] == "evaluate" and "cer" in s):
             local = f"  local-only CER {e['local_only_cer']:.4f}" if "local_only_cer" in e else ""
             shared = f"  global model {e['global_cer']:.4f}" if "global_cer" in e else ""   # beside a personal model

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fedocr.cli.common import EXIT_FAILURE, CliError, print_json
+from fedocr.cli.common import EXIT_FAILURE, EXIT_OUTPUT, CliError, print_json
 
 
 def add_audit_parser(fl_sub: argparse._SubParsersAction) -> None:
@@ -56,3 +56,32 @@ def format_audit(audit: dict[str, Any]) -> str:
                              f"max {v['max_bits']:.2f}): planted mean {v['planted_mean']:.2f} "
                              f"{v['planted']}  controls mean {v['controls_mean']:.2f} {v['controls']}")
     return "\n".join(lines)
+
+
+def add_he_keys_parser(fl_sub: argparse._SubParsersAction) -> None:
+    p = fl_sub.add_parser("he-keys", help="make the CKKS key for homomorphically encrypted updates",
+                          description="Write OUT/secret.tenseal (mode 0600: give a copy to every node, as you give "
+                                      "their TLS keys, and name it with --node-config 'he-keys=\"/abs/folder\"') and "
+                                      "OUT/public.tenseal (the server's: it adds ciphertexts and cannot decrypt; run "
+                                      "config he.keys). Every node shares the one secret key: a node colluding with "
+                                      "the server could decrypt the others' updates (README, trust model).")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the two files into")
+    p.add_argument("--poly-degree", type=int, default=8192, choices=(4096, 8192, 16384),
+                   help="CKKS ring dimension, as the run's he.poly-degree (default 8192: 4096 values per ciphertext)")
+    p.add_argument("--force", action="store_true", help="replace a key already there (nodes holding the old one "
+                                                        "can no longer take part)")
+    p.set_defaults(run=run_he_keys)
+
+
+def run_he_keys(args: argparse.Namespace) -> int:
+    from fedocr.federated.pipeline.he import PUBLIC, make_keys
+
+    if (args.out / PUBLIC).exists() and not args.force:
+        raise CliError(f"{args.out / PUBLIC} exists: the nodes may hold its secret key; pass --force to replace it",
+                       EXIT_OUTPUT)
+    try:
+        secret, public = make_keys(args.out, args.poly_degree)
+    except OSError as exc:
+        raise CliError(f"{args.out}: {exc.strerror or exc}", EXIT_OUTPUT) from exc
+    print(f"wrote {secret} (the nodes') and {public} (the server's)")
+    return 0

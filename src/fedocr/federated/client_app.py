@@ -39,9 +39,10 @@ from fedocr.federated.sim.canaries import plant
 from fedocr.federated.sim.poison import poisoned
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
-from fedocr.federated.protocol import (TrainInstruction, evaluate_reply_content, is_secagg_message,
-                                      query_reply_content, read_evaluate, read_train, refusal_content, reply,
-                                      reply_content, secure_reply_content)
+from fedocr.federated.pipeline.he import SECRET, HeConfig, decrypt, load_context
+from fedocr.federated.protocol import (TrainInstruction, decrypted_content, evaluate_reply_content, is_secagg_message,
+                                      query_reply_content, read_decrypt, read_evaluate, read_train, refusal_content,
+                                      reply, reply_content, secure_reply_content)
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
@@ -132,7 +133,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     if mine != task.charset_version:
         return refuse(msg, task, name, mine, f"charset mismatch: server {task.charset_version}, client {mine}")
 
-    chain = build_client_chain(cfg.to_run_config())
+    chain = build_client_chain(chain_config(context, cfg))
     path = state_path(context, cfg, name)
     states = load_node_state(path, task.run_id)
     model = CRNN(task.model_config)
@@ -154,7 +155,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
         train_personal(cfg, chain, states, task, lines, charset, name)
     update = Update(name, delta(model_weights(model), start_w), len(lines),
                     {"train-loss": float(result.mean_loss), "train-steps": result.steps, "sample-rate": sample_rate})
-    update = chain.run(update, task.round, cfg.seed, start_w, states)
+    update = chain.run(update, task.round, cfg.seed, start_w, states, task.hints)
     if states:
         save_node_state(path, task.run_id, states)
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
@@ -167,6 +168,24 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
                          f"(missing {missing[:3]})")
     return reply(msg, secure_reply_content(name, mine, [update.tensors[k] for k in task.secure_keys], update.examples,
                                            metrics, update.records))
+
+
+def chain_config(context: Context, cfg: FlConfig) -> dict[str, Any]:
+    """The run config the client chain is built from, with this node's own key folder for HE
+    (`--node-config 'he-keys="/abs/folder"'`; simulated nodes share the run's)."""
+    rc = cfg.to_run_config()
+    if "he-keys" in context.node_config:
+        rc["he.keys"] = str(context.node_config["he-keys"])
+    return rc
+
+
+def handle_decrypt(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
+    """HE: decrypt the round's summed ciphertexts with this node's secret key. The server sends only
+    the sum of the nodes' ciphertexts, so this node learns the sum, as the server will."""
+    cfg = FlConfig.from_run_config({**dict(context.run_config), **(overrides or {})})
+    config = HeConfig.from_run_config(chain_config(context, cfg))
+    ciphertexts, length = read_decrypt(msg.content)
+    return reply(msg, decrypted_content(decrypt(ciphertexts, load_context(config.folder / SECRET, True), length)))
 
 
 def refuse(msg: Message, task: TrainInstruction, name: str, charset_version: str, reason: str) -> Message:
@@ -225,7 +244,7 @@ def handle_evaluate(msg: Message, context: Context, overrides: dict[str, Any] | 
     task, local_baseline = read_evaluate(msg.content)
     charset = expected_charset(cfg)
     name, held_out = node_data(context, cfg, charset, "test")
-    chain = build_client_chain(cfg.to_run_config())
+    chain = build_client_chain(chain_config(context, cfg))
     model = CRNN(task.model_config)
     states = load_node_state(state_path(context, cfg, name), task.run_id)
     load_weights(model, chain.personal_weights(task.weights, states))
@@ -265,6 +284,10 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
         return handle_query(msg, context, overrides)
+
+    @client_app.query("decrypt")
+    def decrypt_(msg: Message, context: Context) -> Message:
+        return handle_decrypt(msg, context, overrides)
 
     return client_app
 

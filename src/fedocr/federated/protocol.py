@@ -17,7 +17,8 @@ metrics, in the clear.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.serde import recorddict_to_proto
 
+from fedocr.federated.pipeline.he import as_arrays, from_arrays
 from fedocr.federated.pipeline.types import StepRecord, Update, Weights
 from fedocr.federated.runs.store import ClientRecord
 from fedocr.federated.weights import c_order
@@ -84,13 +86,17 @@ class TrainInstruction:
     lr: float | None       # the local rate the server resolved for this round
     run_id: str
     secure_keys: tuple[str, ...] | None = None   # under secure aggregation: the tensors to send, in order
+    hints: Mapping[str, np.ndarray] = field(default_factory=dict)   # for the client steps (HE's index set)
 
 
 def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
-                  run_id: str) -> RecordDict:
+                  run_id: str, hints: Weights | None = None) -> RecordDict:
     config = model_config_record(model_config)
     config.update({"server-round": server_round, "charset-version": charset_version, "lr": lr, "run-id": run_id})
-    return RecordDict({"global": to_record(weights), "config": config})
+    content = RecordDict({"global": to_record(weights), "config": config})
+    if hints:
+        content["hints"] = to_record(hints)
+    return content
 
 
 def read_train(content: RecordDict) -> TrainInstruction:
@@ -101,9 +107,10 @@ def read_train(content: RecordDict) -> TrainInstruction:
         secure_keys: tuple[str, ...] | None = tuple(json.loads(str(config["tensor-keys"])))
     else:
         config, weights, secure_keys = content["config"], from_record(content["global"]), None
+    hints = from_record(content["hints"]) if "hints" in content.array_records else {}
     return TrainInstruction(int(config["server-round"]), weights, model_config_from(config),
                             str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
-                            str(config.get("run-id", "")), secure_keys)
+                            str(config.get("run-id", "")), secure_keys, hints)
 
 
 def evaluate_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, run_id: str,
@@ -203,6 +210,34 @@ def secure_sum(fitres: FitRes, keys: list[str], reference: Weights) -> Weights:
         ref = reference[key]
         out[key] = (np.rint(array) if np.issubdtype(ref.dtype, np.integer) else array).astype(ref.dtype).reshape(ref.shape)
     return out
+
+
+# -- homomorphic encryption: one node decrypts the round's summed ciphertexts ----------------------
+DECRYPT = "query.decrypt"
+
+
+def decrypt_content(ciphertexts: list[bytes], length: int) -> RecordDict:
+    return RecordDict({"he-sum": to_record(as_arrays(ciphertexts)), "config": ConfigRecord({"length": length})})
+
+
+def read_decrypt(content: RecordDict) -> tuple[list[bytes], int]:
+    return from_arrays(from_record(content["he-sum"])), int(content["config"]["length"])
+
+
+def decrypted_content(values: np.ndarray) -> RecordDict:
+    return RecordDict({"sum": ArrayRecord({"values": Array(np.ascontiguousarray(values, dtype=np.float64))})})
+
+
+def read_decrypted(reply: Message, length: int) -> np.ndarray | None:
+    """The decrypted sum from a node's reply, or None for a failed or malformed one."""
+    if reply.has_error() or "sum" not in reply.content.array_records:
+        return None
+    values = reply.content["sum"].get("values")
+    if values is None:
+        return None
+    array = values.numpy()
+    ok = array.dtype == np.float64 and array.shape == (length,) and bool(np.all(np.isfinite(array)))
+    return array if ok else None
 
 
 # -- up -----------------------------------------------------------------------------------------

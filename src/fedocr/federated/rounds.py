@@ -30,6 +30,7 @@ from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
+from fedocr.federated.pipeline import he
 from fedocr.federated.pipeline.secure import MIN_NODES
 from fedocr.federated.pipeline.types import Cohort, StepRecord, Update, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
@@ -136,6 +137,11 @@ class FederatedServer:
         self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
         self.state = state or ServerState.fresh(model_weights(model), charset.version)
         self.keys = self.chain.keys(self.state.weights)
+        # HE: the settings and the server's public-only CKKS context (it cannot decrypt); None otherwise.
+        self.he: tuple[he.HeConfig, object] | None = None
+        if self.chain.secure.method == "ckks":
+            config = he.HeConfig.from_run_config(cfg.to_run_config())
+            self.he = (config, he.load_context(config.folder / he.PUBLIC, need_secret=False))
         self.store = RunStore(cfg.store_path())
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
                              # lr_resolved: the peak local rate; each round records the rate it sent
@@ -174,10 +180,19 @@ class FederatedServer:
         cfg, state = self.cfg, self.state
         nodes = self._nodes(grid)
         sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
-        if self.chain.collects_sum:
-            return self._collect_sum(grid, rnd, lr, nodes, sampled)
+        cohort = Cohort(len(nodes), len(sampled))
+        if self.chain.collects_sum and len(sampled) < MIN_NODES:
+            note = f"secure aggregation needs at least {MIN_NODES} sampled nodes, {len(sampled)} sampled"
+            received = [Received(ClientRecord(state.names.get(str(n), f"node-{n}"), str(n), False, note), None)
+                        for n in sampled]
+            return Collected(received, [], 0, [], cohort, time.time(), time.time())
+        if self.chain.secure.method == "secagg+":
+            return self._collect_secagg(grid, rnd, lr, sampled, cohort)
+        index = he.task_index(self.he[0], state.steps.get("ckks-index", {}), select(state.weights, self.keys),
+                              cfg.seed) if self.he and self.he[0].top_k else None
         # All tensors travel down (a new node needs the head too).
-        content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id)
+        content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id,
+                                {he.INDEX: index} if index is not None else None)
         bytes_down = wire_bytes(content)
         messages = to_nodes(content, sampled, TRAIN, cfg.round_deadline_s + 30, group=str(rnd))
         t0 = time.time()
@@ -193,11 +208,13 @@ class FederatedServer:
             if got.update is not None:
                 got.update = got.update.renamed(got.record.client)
             state.names[node] = got.record.client
-            received.append(screen(got, self.chain, reference, rnd, cfg.seed))
+            received.append(got if self.he else screen(got, self.chain, reference, rnd, cfg.seed))
         self._dropped(received, sampled, {str(r.metadata.src_node_id) for r in replies}, taken, bytes_down)
+        if self.he:
+            return self._he_mean(grid, rnd, received, index, cohort, t0, t1)
         accepted = [r.update for r in received if r.update is not None and r.update.rejected is None]
         steps = [s for r in received if r.update is not None for s in r.update.records]
-        return Collected(received, accepted, len(accepted), steps, Cohort(len(nodes), len(sampled)), t0, t1)
+        return Collected(received, accepted, len(accepted), steps, cohort, t0, t1)
 
     def _dropped(self, received: list[Received], sampled: Sequence[int], seen: set[str], taken: set[str],
                  bytes_down: int) -> None:
@@ -208,19 +225,14 @@ class FederatedServer:
                                                   f"{self.cfg.round_deadline_s:g} s deadline (straggler, crash or "
                                                   f"disconnect)", bytes_down=bytes_down), None))
 
-    def _collect_sum(self, grid: Grid, rnd: int, lr: float, nodes: list[int], sampled: list[int]) -> Collected:
-        """Secure aggregation: Flower's SecAgg+ gives the weighted mean of the sampled nodes' updates;
-        each node's claimed examples and metrics are read in the clear, its update never."""
+    def _collect_secagg(self, grid: Grid, rnd: int, lr: float, sampled: list[int], cohort: Cohort) -> Collected:
+        """Flower's SecAgg+ gives the weighted mean of the sampled nodes' updates; each node's
+        claimed examples and metrics are read in the clear, its update never."""
         from fedocr.federated.secagg import secure_round   # Flower's legacy workflow: only for secure runs
 
-        cfg, state, cohort = self.cfg, self.state, Cohort(len(nodes), len(sampled))
-        t0 = time.time()
-        if len(sampled) < MIN_NODES:
-            note = f"secure aggregation needs at least {MIN_NODES} sampled nodes, {len(sampled)} sampled"
-            received = [Received(ClientRecord(state.names.get(str(n), f"node-{n}"), str(n), False, note), None)
-                        for n in sampled]
-            return Collected(received, [], 0, [], cohort, t0, time.time())
+        cfg, state = self.cfg, self.state
         task = secure_fit_ins(state.weights, self.keys, self.model.config, rnd, self.charset.version, lr, state.run_id)
+        t0 = time.time()
         result = secure_round(grid, sampled, task, rnd, self.chain.secure, cfg.round_deadline_s)
         t1 = time.time()
         received, taken = [], set()
@@ -231,24 +243,60 @@ class FederatedServer:
             got.record.bytes_up, got.record.bytes_down = result.bytes_up[node_id], result.bytes_down[node_id]
             state.names[node] = got.record.client
             received.append(got)
-        halted = "" if result.completed else (" (SecAgg+ halted: fewer live nodes than its reconstruction threshold; "
-                                              "nothing was unmasked)")
         self._dropped(received, sampled, {str(n) for n, _ in result.results}, taken, 0)
         for r in received:
             if r.record.reason and r.record.reason.startswith("dropped"):
-                r.record.reason += halted
                 r.record.bytes_down = result.bytes_down[int(r.record.node_id)]
+        summed = self._summable(received)
+        if not result.completed:
+            return self._sum_collected(rnd, received, summed, None, "SecAgg+ halted: fewer live nodes than its "
+                                       "reconstruction threshold; nothing was unmasked", cohort, t0, t1)
+        mean = secure_sum(result.results[0][1], self.keys, state.weights) if summed else None
+        return self._sum_collected(rnd, received, summed, mean, None, cohort, t0, t1)
+
+    def _he_mean(self, grid: Grid, rnd: int, received: list[Received], index: np.ndarray | None, cohort: Cohort,
+                 t0: float, t1: float) -> Collected:
+        """HE: add the replies' ciphertexts, have one node decrypt the sum, divide by the examples."""
+        from fedocr.federated.he_round import expected_ciphertexts, he_mean, screen_ciphertexts
+
+        assert self.he is not None
+        config, public = self.he
+        reference = select(self.state.weights, self.keys)
+        screen_ciphertexts(received, public, expected_ciphertexts(config, reference))
+        summed = self._summable(received)
+        if not summed:
+            return self._sum_collected(rnd, received, summed, None, None, cohort, t0, t1)
+        result = he_mean(grid, summed, config, public, reference, index, self.cfg.round_deadline_s)
+        for r in summed:
+            if r.record.client == result.decrypted_by:
+                r.record.bytes_down += result.bytes_down
+                r.record.bytes_up += result.bytes_up
+        return self._sum_collected(rnd, received, summed, result.mean, result.why_not, cohort, t0, time.time())
+
+    @staticmethod
+    def _summable(received: list[Received]) -> list[Received]:
+        """The replies inside the round's sum: no refusal, a positive example count."""
+        return [r for r in received if r.record.reason is None and r.record.examples > 0]
+
+    def _sum_collected(self, rnd: int, received: list[Received], summed: list[Received], mean: Weights | None,
+                       why_not: str | None, cohort: Cohort, t0: float, t1: float) -> Collected:
+        """Screen the round's mean (the server's only view of the updates) as one update; the summed
+        nodes are accepted with it, or rejected with its reason."""
         steps = [s for r in received if r.update is not None for s in r.update.records]
-        summed = [r for r in received if r.record.reason is None and r.record.examples > 0]
-        if not result.completed or not summed:
+        for r in received:
+            r.update = None   # a node's records are kept above; its update was never the server's to hold
+        if why_not:
+            for r in received:
+                if r.record.reason is None or r.record.reason.startswith("dropped"):
+                    r.record.reason = f"{r.record.reason + '; ' if r.record.reason else ''}{why_not}"
+        if mean is None or not summed:
             return Collected(received, [], 0, steps, cohort, t0, t1)
-        aggregate = Update(SECURE_SUM, secure_sum(result.results[0][1], self.keys, state.weights),
-                           max(r.record.examples for r in summed))   # the check's bound applies to each claim
-        aggregate = self.chain.screen_update(aggregate, rnd, cfg.seed, select(state.weights, self.keys))
+        aggregate = Update(SECURE_SUM, mean, max(r.record.examples for r in summed))  # the bound is per claim
+        aggregate = self.chain.screen_update(aggregate, rnd, self.cfg.seed, select(self.state.weights, self.keys))
         steps += aggregate.records
         for r in summed:
-            r.record.accepted, r.record.reason = aggregate.rejected is None, (
-                f"the secure sum was rejected: {aggregate.rejected}" if aggregate.rejected else None)
+            r.record.accepted = aggregate.rejected is None
+            r.record.reason = f"the secure sum was rejected: {aggregate.rejected}" if aggregate.rejected else None
         ok = aggregate.rejected is None
         return Collected(received, [aggregate] if ok else [], len(summed) if ok else 0, steps, cohort, t0, t1)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedocr.federated.pipeline import (aggregate, attacks, checks, compress, contribution, drills, personal, privacy,
-                                       robust, secure, transforms)
+                                       he, robust, secure, transforms)
 from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.compress import CompressConfig
@@ -56,7 +56,8 @@ FEATURES = (
     Feature(attacks.AttackConfig, client=attacks.client_steps),   # simulation only: a malicious node crafts, then encodes
     Feature(CompressConfig, client=compress.client_steps, decode=compress.screen_steps),
     Feature(DrillConfig, client=drills.client_steps),   # a drilled update is broken as sent
-    Feature(secure.SecureConfig, client=secure.client_steps, decode=secure.decode_steps),   # last: the mask
+    Feature(secure.SecureConfig, client=secure.client_steps, decode=secure.decode_steps),   # last: the mask ...
+    Feature(he.HeConfig, client=he.client_steps, decode=he.decode_steps, transform=he.transform_steps),  # ... or HE
     Feature(CheckConfig, screen=checks.screen_steps),
     Feature(contribution.ContributionConfig, score=contribution.score_steps),
     Feature(robust.RobustConfig, aggregator=robust.aggregator),
@@ -128,11 +129,12 @@ class ClientChain:
         return settings, None
 
     def run(self, update: Update, server_round: int, seed: int, reference: Mapping[str, np.ndarray],
-            states: States) -> Update:
-        """The update after every client step; `reference`: the weights training started from."""
+            states: States, task: Mapping[str, Any] | None = None) -> Update:
+        """The update after every client step; `reference`: the weights training started from;
+        `task`: what the server's task says to the steps."""
         for step in self.steps:
             ctx = StepContext(server_round, step_rng(seed, server_round, update.client, step.name),
-                              states.setdefault(step.name, {}), reference)
+                              states.setdefault(step.name, {}), reference, task=task or {})
             update = step(update, ctx)
         return update
 
@@ -308,18 +310,22 @@ def refuse_combinations(rc: Mapping[str, Any]) -> None:
 
 def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
     """What cannot run when the server sees only the sum of the updates (each reason names the key)."""
-    if secure.SecureConfig.from_run_config(rc).method == "none":
+    method = secure.SecureConfig.from_run_config(rc).method
+    if he.HeConfig.from_run_config(rc).top_k and method != "ckks":
+        raise bad("he.top-k", "sends a shared index set of encrypted entries: it needs secure.method=ckks")
+    if method == "none":
         return
     rule, packed = robust.RobustConfig.from_run_config(rc), CompressConfig.from_run_config(rc)
     if rule.rule != "fedavg" or rule.clip_norm or rule.clip_median:
         raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip) needs each node's update, and under "
-                                 f"secure aggregation the server sees only their sum")
+                                 f"secure.method={method} the server sees only their sum")
     if packed.top_k or packed.quantize != "none":
-        raise bad("compress.top-k", "SecAgg+ masks dense vectors and quantises them itself: a sparse or quantised "
-                                    "update cannot be masked (compress.top-k and compress.quantize must be off)")
+        raise bad("compress.top-k", f"secure.method={method} masks or encrypts the dense update (SecAgg+ quantises "
+                                    f"it itself): compress.top-k and compress.quantize must be off; with HE, "
+                                    f"he.top-k sends a shared index set instead")
     if AggregateConfig.from_run_config(rc).aggregate != "all":
         raise bad("aggregate", "under secure aggregation every node must send the same tensors, so the masks "
-                               "cancel: aggregate=backbone or fedbn keep different parts local")
+                               "cancel and the ciphertexts add: aggregate=backbone or fedbn keep different parts local")
     if privacy.DpConfig.from_run_config(rc).level == "client":
         raise bad("dp.level", "client-level DP adds its noise on the server after the sum is unmasked, so the "
                               "server sees the exact sum and secure aggregation protects nothing the noise "

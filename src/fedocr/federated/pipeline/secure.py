@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import StepContext, Update
 
-METHODS = ("none", "secagg+")
+METHODS = ("none", "secagg+", "ckks")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class SecureConfig(StepConfig):
                                        "secure.threshold": "threshold", "secure.clip-range": "clip_range",
                                        "secure.max-weight": "max_weight"}
 
-    method: str = "none"        # `secure.method`: none, or secagg+ (Flower's SecAgg+ protocol)
+    method: str = "none"        # `secure.method`: none, secagg+ (Flower's SecAgg+) or ckks (HE, pipeline.he)
     shares: float = 1.0         # `secure.shares`: neighbours each node shares its secrets with (<= 1: share of the sampled)
     threshold: float = 0.5      # `secure.threshold`: shares that rebuild a secret (< 1: share of secure.shares)
     clip_range: float = 8.0     # `secure.clip-range`: each weighted entry is clipped to +-this before quantising
@@ -99,8 +99,8 @@ class SecureSum:
 
 
 def client_steps(config: SecureConfig) -> list[Any]:
-    return [MaskForSecAgg(config)] if config.method != "none" else []
+    return [MaskForSecAgg(config)] if config.method == "secagg+" else []
 
 
 def decode_steps(config: SecureConfig) -> list[Any]:
-    return [SecureSum(config)] if config.method != "none" else []
+    return [SecureSum(config)] if config.method == "secagg+" else []

@@ -74,6 +74,8 @@ class StepContext:
     # On the server: the metrics ("val_loss", "val_cer") of candidate weights on its validation lines.
     # The evaluation needs torch, so the server injects it; None where it validates nothing.
     evaluate: "Callable[[Weights], Mapping[str, float]] | None" = None
+    # On a node: what the server's task says to the client steps (e.g. HE's shared index set).
+    task: Mapping[str, Any] = field(default_factory=dict)
 
     def note(self, step: str, **info: Any) -> None:
         self.notes.append(StepRecord(step, SERVER, info))

@@ -170,6 +170,17 @@ def federation_config(nodes: int, actors: int = MAX_ACTORS) -> str:
     return config + "init-args-logging-level='warning'"
 
 
+def he_keys(cfg: FlConfig, printer: Callable[[str], None]) -> None:
+    """HE in simulation: the operator's part, a CKKS key for the run's nodes, made once (a
+    deployment makes it with `fedocr fl he-keys` and hands it out)."""
+    from fedocr.federated.pipeline.he import PUBLIC, HeConfig, make_keys
+
+    config = HeConfig.from_run_config(cfg.to_run_config())
+    if config.method == "ckks" and not (config.folder / PUBLIC).is_file():
+        make_keys(config.folder, config.poly_degree)
+        printer(f"made a CKKS key for the simulated nodes in {config.folder}")
+
+
 def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], None] = print,
              actors: int = MAX_ACTORS) -> dict[str, Any]:
     """Run the federation of `cfg.federation` for `cfg.num_rounds` rounds (resuming a run found in
@@ -187,6 +198,7 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
     env = flower_env(home, ray_tmp)
     report_path = out / "report.json"
     started = time.time()
+    he_keys(cfg, printer)
     federation = federation_config(len(fed.nodes), actors)
     try:
         app = write_app(home / "app", cfg)
