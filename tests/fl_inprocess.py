@@ -64,5 +64,5 @@ def run_in_process(tmp_path: Path, monkeypatch: Any, rounds: int, printer: Any =
                                     "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
                                     **settings})
     server = FederatedServer(cfg, printer=printer)
-    report = server.run(InProcessGrid(cfg.to_run_config(), 3, node_configs))  # type: ignore[arg-type]
+    report = server.run(InProcessGrid(cfg.to_run_config(), len(node_configs or [0, 1, 2]), node_configs))  # type: ignore[arg-type]
     return report, cfg

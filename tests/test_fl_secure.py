@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from flwr.app import Message
 
+from fedocr.data import SyntheticLines, write_line_set
+from fedocr.data.organisations import MINI_PRESETS, named_charset
 from fedocr.federated.pipeline.build import build_server_chain, describe, validate_run_config
 from fedocr.federated.pipeline.he import PUBLIC, load_context, make_keys
 from fedocr.federated.pipeline.settings import StepConfigError
@@ -64,11 +66,17 @@ def test_a_node_that_drops_mid_protocol_does_not_lose_the_round(tmp_path: Path, 
     assert not clients["bank"]["accepted"] and clients["bank"]["reason"].startswith("dropped")
 
 
-def test_a_secure_round_needs_three_nodes(tmp_path: Path, monkeypatch: Any) -> None:
-    report, _ = run_in_process(tmp_path / "two", monkeypatch, 2, **SECURE,
-                               **{"fraction-train": 0.5, "min-accepted": 1})
-    assert report["status"] == "failed"   # nothing was applied in any round
-    assert not any(r["applied"] for r in report["rounds"])
+def test_a_secure_round_samples_three_nodes_and_refuses_with_two(tmp_path: Path, monkeypatch: Any) -> None:
+    report, _ = run_in_process(tmp_path / "three", monkeypatch, 1, **SECURE, **{"fraction-train": 0.3})
+    assert report["rounds"][0]["sampled"] == 3 and report["rounds"][0]["applied"]   # 0.3 of 3 asks for 1
+    charset = named_charset("mini")
+    two = []
+    for i, org in enumerate(("hospital", "bank")):   # two deployment-style nodes with their own folders
+        lines = SyntheticLines(MINI_PRESETS[org], 20, seed=i, charset=charset)
+        write_line_set(tmp_path / org, (lines[j] for j in range(len(lines))))
+        two.append({"data-path": str(tmp_path / org), "name": org})
+    report, _ = run_in_process(tmp_path / "two", monkeypatch, 1, node_configs=two, **SECURE, **{"min-accepted": 1})
+    assert report["status"] == "failed"   # nothing was applied
     assert all("at least 3 sampled nodes" in c["reason"] for r in report["rounds"] for c in r["clients"])
 
 

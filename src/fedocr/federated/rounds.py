@@ -179,7 +179,10 @@ class FederatedServer:
         """Send the round's task to the sampled nodes; every sampled node gets a record."""
         cfg, state = self.cfg, self.state
         nodes = self._nodes(grid)
-        sampled = sample_clients(nodes, cfg.clients_per_round(len(nodes)), np.random.default_rng([cfg.seed, rnd]))
+        k = cfg.clients_per_round(len(nodes))
+        if self.chain.collects_sum:   # a secure sum of fewer than 3 would give each node the other's update
+            k = max(k, min(MIN_NODES, len(nodes)))
+        sampled = sample_clients(nodes, k, np.random.default_rng([cfg.seed, rnd]))
         cohort = Cohort(len(nodes), len(sampled))
         if self.chain.collects_sum and len(sampled) < MIN_NODES:
             note = f"secure aggregation needs at least {MIN_NODES} sampled nodes, {len(sampled)} sampled"
