@@ -8,7 +8,8 @@ mini model (tests/data), on `three-orgs-mini` (3 nodes, all sampled) and `ten-br
 (10 nodes, 5 sampled). Per run: seconds per round (the collection's wall time, median over
 rounds), bytes up and down per client per round (every exchange counted), the last round's
 validation CER, and the largest difference between the plain and the secure run's round-1 models
-of the same seed (what the quantisation or the encryption changes). Median and [min, max] over seeds.
+of the same seed (what the quantisation or the encryption changes; meaningful where every node is
+sampled: node ids are drawn anew per simulation, so a 5-of-10 draw differs between two runs). Median and [min, max] over seeds.
 
     .venv/bin/python bench/fl_secure.py [--rounds 3] [--seeds 0,1,2] [--federations three-orgs-mini,ten-branches-mini]
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 from _common import print_table, simulated_run, spread, write_result
 
+from fedocr.data.organisations import get_federation
 from fedocr.federated.config import FlConfig
 from fedocr.model import load_checkpoint
 
@@ -44,7 +46,8 @@ def run_one(federation: str, setting: str, seed: int, args: argparse.Namespace, 
         {"federation": federation, "charset": "mini", "initial-model": str(WARM_MINI), "num-rounds": args.rounds,
          "lines-per-client": args.lines, "test-lines": 20, "val-lines": 100, "fraction-train": SAMPLED[federation],
          "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed, "out-dir": str(run_dir),
-         "store": str(run_dir / "runs.db"), "secure.max-weight": float(args.lines), **SETTINGS[setting]})
+         "store": str(run_dir / "runs.db"), "secure.max-weight": float(args.lines * largest_node(federation)),
+         **SETTINGS[setting]})
     report, _ = simulated_run(cfg, label)
     rounds = report["rounds"]
     clients = [c for r in rounds for c in r["clients"] if c["accepted"]]
@@ -54,6 +57,11 @@ def run_one(federation: str, setting: str, seed: int, args: argparse.Namespace, 
             "kb_down_per_client_round": statistics.mean(c["bytes_down"] for c in clients) / 1024,
             "val_cer": rounds[-1]["val_cer"], "accepted": [r["accepted"] for r in rounds],
             "round_1": str(run_dir / "round-1.pt")}
+
+
+def largest_node(federation: str) -> int:
+    """The largest node's share of lines-per-client: SecAgg+'s max-weight (a node's examples weigh at most 1)."""
+    return max(node.size for node in get_federation(federation).nodes)
 
 
 def model_gap(a: str, b: str) -> float:

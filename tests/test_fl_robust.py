@@ -202,3 +202,58 @@ def test_a_sign_flipping_and_a_boosted_branch_are_down_weighted_and_the_model_st
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out
     assert "bank-2       flagged: opposed" in shown and "school-3     flagged: clipped" in shown
+
+
+@pytest.mark.slow
+def test_flagged_branches_are_quarantined_and_the_operator_readmits_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """bank-2 (sign flip) and school-3 (boost) are flagged in round 1 and quarantined (after=1): round 2
+    samples the 8 others; the operator re-admits bank-2 with `fedocr fl readmit` after round 2, so
+    round 3 samples it again, flags it again and quarantines it again; school-3 stays out."""
+    from fl_inprocess import InProcessGrid, task_identity
+
+    from fedocr.cli import main
+    from fedocr.federated.rounds import FederatedServer
+
+    task_identity(monkeypatch)
+    torch.set_num_threads(1)
+    store = tmp_path / "runs.db"
+    cfg = FlConfig.from_run_config({
+        "federation": "ten-branches-mini", "charset": "mini", "initial-model": str(WARM), "num-rounds": 3,
+        "lines-per-client": 8, "val-lines": 32, "fraction-train": 1.0, "min-accepted": 5, "max-update-norm": 1e4,
+        "out-dir": str(tmp_path / "out"), "store": str(store), "baselines": False, "run-name": "q",
+        "attack.nodes": "bank-2:sign-flip,school-3:boost", "quarantine.after": 1, "quarantine.window": 2,
+        **RECOMMENDED})
+    codes: list[int] = []
+
+    def operator(line: str) -> None:   # between rounds 2 and 3, as an operator would from a shell
+        if line.startswith("round 2/3"):
+            codes.append(main(["fl", "readmit", "q", "hospital-1", "--store", str(store)]))   # never quarantined
+            codes.append(main(["fl", "readmit", "q", "bank-2", "--store", str(store)]))
+
+    report = FederatedServer(cfg, printer=operator).run(InProcessGrid(cfg.to_run_config(), 10))  # type: ignore[arg-type]
+    assert codes == [2, 0]
+    r1, r2, r3 = report["rounds"]
+    held_1 = {s["client"] for s in r1["steps"] if s["step"] == "quarantine" and "quarantined" in s}
+    assert held_1 == {"bank-2", "school-3"}
+    assert r2["sampled"] == 8 and {c["id"] for c in r2["clients"]}.isdisjoint(held_1)
+    assert [s["excluded"] for s in r2["steps"] if "excluded" in s] == [["bank-2", "school-3"]]
+    assert [s["client"] for s in r3["steps"] if "readmitted" in s] == ["bank-2"]
+    assert "bank-2" in {c["id"] for c in r3["clients"]} and "school-3" not in {c["id"] for c in r3["clients"]}
+    assert {s["client"] for s in r3["steps"] if "quarantined" in s} == {"bank-2"}   # flagged again, held again
+    assert all(r["applied"] for r in report["rounds"])
+    capsys.readouterr()
+    assert main(["fl", "show", "q", "--store", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "not sampled: bank-2, school-3" in shown and "re-admitted by the operator" in shown
+
+
+def test_quarantine_needs_the_robust_rules_flags_and_sane_limits() -> None:
+    from fedocr.federated.pipeline.build import validate_run_config
+    from fedocr.federated.pipeline.settings import StepConfigError
+
+    for settings, key in [({"quarantine.after": 2}, "quarantine.after"),
+                          ({"quarantine.after": 6, **RECOMMENDED, "min-accepted": 5}, "quarantine.after"),
+                          ({"quarantine.window": 0, **RECOMMENDED, "min-accepted": 5}, "quarantine.window")]:
+        with pytest.raises(StepConfigError, match=key.replace(".", r"\.")):
+            validate_run_config(settings)

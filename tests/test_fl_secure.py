@@ -3,6 +3,7 @@ same mean as plain FedAvg but never one node's update, a node that drops mid-pro
 the round, and what needs individual updates is refused by name."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,20 @@ def test_he_top_k_sends_the_shared_index_set_and_one_failing_decryptor_hands_ove
 def test_he_without_a_public_key_refuses_to_start_and_names_the_command(tmp_path: Path, monkeypatch: Any) -> None:
     with pytest.raises(FileNotFoundError, match="fedocr fl he-keys"):
         run_in_process(tmp_path, monkeypatch, 1, **{"secure.method": "ckks", "he.keys": str(tmp_path / "none")})
+
+
+def test_fl_he_keys_writes_a_private_secret_and_a_public_context_and_never_overwrites_silently(tmp_path: Path) -> None:
+    def he_keys(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedocr", "fl", "he-keys", "--out", str(tmp_path / "k"),
+                               "--poly-degree", "4096", *extra], capture_output=True, text=True, timeout=120)
+
+    made = he_keys()
+    assert made.returncode == 0, made.stderr
+    secret, public = tmp_path / "k" / "secret.tenseal", tmp_path / "k" / PUBLIC
+    assert secret.stat().st_mode & 0o077 == 0          # the nodes' key: readable by its owner only
+    assert load_context(secret, need_secret=True).is_private()
+    assert not load_context(public, need_secret=False).is_private()
+    before = secret.read_bytes()
+    again = he_keys()
+    assert again.returncode == 4 and "--force" in again.stderr and secret.read_bytes() == before
+    assert he_keys("--force").returncode == 0 and secret.read_bytes() != before

@@ -59,6 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the runs as one JSON array")
     p.set_defaults(run=run_runs)
 
+    p = fl_sub.add_parser("readmit", help="take a quarantined node back into a run's sampling",
+                          description="A node the robust rule flagged in quarantine.after of the last "
+                                      "quarantine.window rounds is no longer sampled. This takes it back: the running "
+                                      "server samples it again from its next round, with a clean flag history, and "
+                                      "records that the operator re-admitted it.")
+    p.add_argument("run_ref", metavar="RUN", help="run id, id prefix or name")
+    p.add_argument("node", metavar="NODE", help="the node's name, as `fedocr fl show RUN` lists it")
+    p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
+    p.set_defaults(run=run_readmit)
+
     p = fl_sub.add_parser("show", help="one run's rounds and clients")
     p.add_argument("run_ref", metavar="RUN", help="run id, id prefix or name")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
@@ -217,6 +227,38 @@ def _contribution_line(c: dict[str, Any]) -> str:
     return f"loo {num(c.get('loo'))}  shapley {num(c.get('shapley'))}{interval}"
 
 
+def quarantined(report: dict[str, Any]) -> dict[str, str]:
+    """The nodes a run holds in quarantine now, and why (its last quarantine record for each)."""
+    held: dict[str, str] = {}
+    for r in report["rounds"]:
+        for q in (s for s in r.get("steps", []) if s["step"] == "quarantine" and "excluded" not in s):
+            if "quarantined" in q:
+                held[q["client"]] = q["quarantined"]
+            else:
+                held.pop(q["client"], None)
+    return held
+
+
+def run_readmit(args: argparse.Namespace) -> int:
+    from fedocr.federated.runs.report import build_report
+
+    with _open_store(args.store) as store:
+        run_id = store.find(args.run_ref)
+        if run_id is None:
+            raise CliError(f"no run {args.run_ref!r} in {store.path}")
+        held = quarantined(build_report(store, run_id))
+        if args.node not in held:
+            raise CliError(f"{args.node} is not quarantined in run {run_id}"
+                           + (f" (quarantined: {', '.join(sorted(held))})" if held else " (no node is)"), EXIT_USAGE)
+        if args.node in store.pending_readmissions(run_id):
+            print(f"{args.node}: already re-admitted; the server takes it back at its next round")
+            return 0
+        store.request_readmission(run_id, args.node)
+    print(f"{args.node} re-admitted to run {run_id}: sampled again from the server's next round "
+          f"(it was {held[args.node]})")
+    return 0
+
+
 def run_show(args: argparse.Namespace) -> int:
     from fedocr.federated.runs.report import build_report
 
@@ -250,6 +292,11 @@ def run_show(args: argparse.Namespace) -> int:
         for sc in (s for s in r.get("steps", []) if s["step"] == "score" and s.get("flagged")):
             print(f"    {sc['client']:<12} flagged: {sc['verdict']}  norm {sc['norm']:.3g}  clip x{sc['clip']:.2f}  "
                   f"cosine {sc['cosine']:+.2f}  contribution {sc['contribution']:+.3f}")
+        for q in (s for s in r.get("steps", []) if s["step"] == "quarantine"):
+            if "excluded" in q:
+                print(f"    {'quarantine':<12} not sampled: {', '.join(q['excluded'])}")
+            else:
+                print(f"    {q['client']:<12} {q.get('quarantined') or q.get('readmitted')}")
         for dp in (s for s in r.get("steps", []) if "epsilon" in s):
             who = "all nodes" if dp["client"] == "*" else dp["client"]
             budget = f" of {dp['target_epsilon']:g}" if "target_epsilon" in dp else ""

@@ -31,8 +31,9 @@ from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline import he
+from fedocr.federated.pipeline.quarantine import STEP as QUARANTINE
 from fedocr.federated.pipeline.secure import MIN_NODES
-from fedocr.federated.pipeline.types import Cohort, StepRecord, Update, Weights
+from fedocr.federated.pipeline.types import SERVER, Cohort, StepRecord, Update, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
                                       read_evaluate_reply, read_query_reply, read_reply, read_secure_reply,
                                       secure_fit_ins, secure_sum, to_nodes, train_content, wire_bytes)
@@ -175,10 +176,28 @@ class FederatedServer:
                 last_note = time.time()
             time.sleep(1.0)
 
+    def _samplable(self, nodes: list[int], rnd: int) -> tuple[list[int], list[StepRecord]]:
+        """The connected nodes the round may sample: the operator's re-admissions first, then
+        without the quarantined ones; the records say who came back and who was left out."""
+        state, notes = self.state, []
+        for name in self.store.pending_readmissions(state.run_id):
+            notes += self.chain.readmit(name, state.steps)
+            self.store.readmitted(state.run_id, name, rnd)
+        held = self.chain.held(state.steps)
+        kept = [n for n in nodes if state.names.get(str(n)) not in held]
+        if len(kept) < len(nodes):
+            notes.append(StepRecord(QUARANTINE, SERVER, {"excluded": sorted(set(held) & set(state.names.values()))}))
+        return kept, notes
+
     def _collect(self, grid: Grid, rnd: int, lr: float) -> Collected:
         """Send the round's task to the sampled nodes; every sampled node gets a record."""
+        nodes, notes = self._samplable(self._nodes(grid), rnd)
+        got = self._collect_from(grid, rnd, lr, nodes)
+        got.steps[:0] = notes
+        return got
+
+    def _collect_from(self, grid: Grid, rnd: int, lr: float, nodes: list[int]) -> Collected:
         cfg, state = self.cfg, self.state
-        nodes = self._nodes(grid)
         k = cfg.clients_per_round(len(nodes))
         if self.chain.collects_sum:   # a secure sum of fewer than 3 would give each node the other's update
             k = max(k, min(MIN_NODES, len(nodes)))
@@ -337,6 +356,7 @@ class FederatedServer:
         val_seconds = time.time() - v0
         if rnd == cfg.num_rounds or (cfg.eval_every and rnd % cfg.eval_every == 0):
             steps += self.federated_evaluation(grid, rnd)
+        steps += self.chain.review(steps, rnd, state.steps)   # committed or not: a suspect stays a suspect
         busy = [r.busy for r in received if r.busy is not None and r.training is not None]
         training = [r.training for r in received if r.busy is not None and r.training is not None]
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)  # type: ignore[arg-type]

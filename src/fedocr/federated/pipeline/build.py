@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedocr.federated.pipeline import (aggregate, attacks, checks, compress, contribution, drills, personal, privacy,
-                                       he, robust, secure, transforms)
+                                       he, quarantine, robust, secure, transforms)
 from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.compress import CompressConfig
@@ -46,6 +46,7 @@ class Feature:
     score: Callable[[Any], list[Any]] | None = None       # per round on the server, over all accepted updates
     transform: Callable[[Any], list[Any]] | None = None   # on the aggregated step
     aggregator: Callable[[Any], Any] | None = None        # the round's aggregator, or None (the last one given wins; default FedAvg)
+    review: Callable[[Any], list[Any]] | None = None      # after the round, over all its records (whether it committed or not)
 
 
 # One line per feature; the order of the lines is the order of the steps on each side.
@@ -61,6 +62,7 @@ FEATURES = (
     Feature(CheckConfig, screen=checks.screen_steps),
     Feature(contribution.ContributionConfig, score=contribution.score_steps),
     Feature(robust.RobustConfig, aggregator=robust.aggregator),
+    Feature(quarantine.QuarantineConfig, review=quarantine.review_steps),   # acts on the robust rule's flags
     Feature(MomentumConfig, transform=aggregate.transform_steps),
 )
 # Every config the builders read (the applier's and the gate's fill fixed slots of the chain).
@@ -158,6 +160,7 @@ class ServerChain:
     aggregate: str = "all"
     scorers: tuple[RoundScorer, ...] = ()
     secure: secure.SecureConfig = secure.SecureConfig()   # how the round's updates reach the server
+    reviewers: tuple[quarantine.Quarantine, ...] = ()
 
     @property
     def collects_sum(self) -> bool:
@@ -240,6 +243,19 @@ class ServerChain:
         ctx = context(self.applier.name)
         return Candidate(self.applier(weights, step, ctx), new_states, aggregate, records + ctx.notes)
 
+    def held(self, states: States) -> dict[str, str]:
+        """The nodes the server must not sample (quarantined), and why."""
+        return {node: why for r in self.reviewers for node, why in r.held(states.get(r.name, {})).items()}
+
+    def review(self, records: Sequence[StepRecord], server_round: int, states: States) -> list[StepRecord]:
+        """After the round (committed or not): the reviewers read its records and update their state."""
+        return [rec for r in self.reviewers for rec in r.review(records, server_round, states.setdefault(r.name, {}))]
+
+    def readmit(self, node: str, states: States) -> list[StepRecord]:
+        """The operator takes `node` back: every reviewer that holds it lets it go."""
+        records = (r.readmit(node, states.setdefault(r.name, {})) for r in self.reviewers)
+        return [rec for rec in records if rec is not None]
+
     def decide(self, candidate_cer: float | None, committed_cer: float | None, server_round: int,
                seed: int) -> tuple[Verdict, list[StepRecord]]:
         ctx = StepContext(server_round, step_rng(seed, server_round, "", self.gate.name), {})
@@ -277,7 +293,7 @@ def build_server_chain(rc: Mapping[str, Any]) -> ServerChain:
     return ServerChain(tuple(screen), _aggregator(rc), tuple(_steps(rc, "transform")),
                        ApplyStep(ApplyConfig.from_run_config(rc)), CommitGate(RollbackConfig.from_run_config(rc)),
                        AggregateConfig.from_run_config(rc).aggregate, _scorers(rc, screen),
-                       secure.SecureConfig.from_run_config(rc))
+                       secure.SecureConfig.from_run_config(rc), tuple(_steps(rc, "review")))
 
 
 def validate_run_config(rc: Mapping[str, Any]) -> None:
@@ -302,6 +318,9 @@ def refuse_combinations(rc: Mapping[str, Any]) -> None:
         raise bad("contribution.subsets", f"in-round coalitions stand in zeros for the nodes outside them, and "
                                           f"robust.rule={rule.rule} would count those zeros as votes: use alone")
     refuse_with_secure_aggregation(rc)
+    if quarantine.QuarantineConfig.from_run_config(rc).after and not rule.active:
+        raise bad("quarantine.after", "quarantine acts on the robust rule's flags (left out, clipped, opposed): set "
+                                      "robust.rule or robust.clip-median, e.g. the recommended trimmed mean")
     if dp.level == "client" and (rule.rule != "fedavg" or rule.clip_norm or rule.clip_median):
         raise bad("dp.level", f"client-level DP calibrates its noise to an equal-weight sum of updates clipped to "
                               f"dp.clip; robust.rule={rule.rule} (or a robust clip) changes what one node can do to "
@@ -319,6 +338,9 @@ def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
     if rule.rule != "fedavg" or rule.clip_norm or rule.clip_median:
         raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip) needs each node's update, and under "
                                  f"secure.method={method} the server sees only their sum")
+    if quarantine.QuarantineConfig.from_run_config(rc).after:
+        raise bad("quarantine.after", f"quarantine acts on per-node flags, and under secure.method={method} the "
+                                      f"server sees only the sum of the updates")
     if packed.top_k or packed.quantize != "none":
         raise bad("compress.top-k", f"secure.method={method} masks or encrypts the dense update (SecAgg+ quantises "
                                     f"it itself): compress.top-k and compress.quantize must be off; with HE, "
@@ -342,4 +364,5 @@ def describe(rc: Mapping[str, Any]) -> str:
     lines += [f"  {i}. {s.name:<11} {s.describe()}" for i, s in enumerate(steps, 1)]
     lines.append(f"  {len(steps) + 1}. {'validate':<11} CER and CTC loss of the candidate on the server's validation lines")
     lines.append(f"  {len(steps) + 2}. {server.gate.name:<11} {server.gate.describe()}")
+    lines += [f"  {len(steps) + 3 + i}. {r.name:<11} {r.describe()}" for i, r in enumerate(server.reviewers)]
     return "\n".join(lines)

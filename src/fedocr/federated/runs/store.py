@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS clients (
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, client TEXT NOT NULL, seq INTEGER NOT NULL,
     step TEXT NOT NULL, info TEXT NOT NULL, PRIMARY KEY (run_id, round, client, seq));
+CREATE TABLE IF NOT EXISTS readmissions (
+    run_id TEXT NOT NULL, client TEXT NOT NULL, requested TEXT NOT NULL, done_round INTEGER,
+    PRIMARY KEY (run_id, client, requested));
 """
 
 
@@ -177,6 +180,22 @@ class RunStore:
         """The privacy audit of the run's published model (federated.sim.audit); a resume clears it."""
         with self._tx() as db:
             db.execute("UPDATE runs SET audit=?, updated=? WHERE run_id=?", (json.dumps(audit), _now(), run_id))
+
+    def request_readmission(self, run_id: str, client: str) -> None:
+        """The operator takes a quarantined node back; the running server acts on it next round."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO readmissions (run_id, client, requested) VALUES (?,?,?)",
+                       (run_id, client, _now()))
+
+    def pending_readmissions(self, run_id: str) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT client FROM readmissions WHERE run_id=? AND done_round IS NULL "
+                               "ORDER BY client", (run_id,)).fetchall()
+        return [str(r["client"]) for r in rows]
+
+    def readmitted(self, run_id: str, client: str, server_round: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE readmissions SET done_round=? WHERE run_id=? AND client=? AND done_round IS NULL",
+                       (server_round, run_id, client))
 
     # -- reads -------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
