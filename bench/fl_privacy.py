@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, simulated_run, spread, write_result
+from _common import RESULTS, print_table, simulated_run, spread, write_result
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.federated.sim.audit import audit_run
@@ -104,10 +104,29 @@ def checks(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "record_eps3_no_canary_exposure_above_chance":
             at3["canary_bits"]["median"] <= at3["control_bits"]["max"] + 0.5,
         "non_dp_shows_canary_exposure": plain["canary_bits"]["median"] > plain["control_bits"]["max"] + 0.5,
-        "secure_aggregation_within_1.5x_round_time": False,   # not built yet
-        "he_top10_within_2x_time_3x_bytes": False,            # not built yet
-        "client_level_measured_on_100_clients": False,        # see bench/fl_dp_clients.py (fl_dp_clients.json)
+        **measured_elsewhere(),
     }
+
+
+def measured_elsewhere() -> dict[str, bool | None]:
+    """The issue's other privacy targets, as their own benchmarks last measured them (None: not run):
+    secure aggregation and HE in fl_secure.json, client-level DP on 100 clients in fl_dp_clients.json."""
+    def load(name: str) -> dict[str, Any] | None:
+        path = RESULTS / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    secure, clients = load("fl_secure"), load("fl_dp_clients")
+    checks = (secure or {}).get("checks", {})
+
+    def every(suffix: str) -> bool | None:
+        found = [v for k, v in checks.items() if k.endswith(suffix)]
+        return all(found) if found else None
+    return {"secure_aggregation_within_1.5x_round_time": every("secagg_within_1_5x_plain_round_time"),
+            "he_top10_within_2x_time_3x_bytes": (None if every("he_top10_within_2x_plain_round_time") is None else
+                                                 bool(every("he_top10_within_2x_plain_round_time")
+                                                      and every("he_top10_within_3x_plain_bytes"))),
+            "client_level_measured_on_100_clients": None if clients is None else
+            str(clients.get("federation", "")).startswith("many-clients")}
 
 
 def table(rows: dict[str, dict[str, Any]]) -> None:
@@ -134,7 +153,17 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epsilons", default="inf,8,3,1")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fedocr-bench-privacy"))
+    parser.add_argument("--recheck", action="store_true", help="recompute the checks of the JSON already written "
+                                                               "(e.g. after fl_secure.py ran), running nothing")
     args = parser.parse_args()
+    if args.recheck:
+        name = "fl_privacy" if args.federation == "three-orgs-mini" else "fl_privacy_base"
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        result.pop("machine", None)
+        result["checks"] = checks(result["rows"])
+        print(f"wrote {write_result(name, result)}")
+        print(json.dumps(result["checks"], indent=1))
+        return 0
     out = args.out / args.federation
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]

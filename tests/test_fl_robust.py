@@ -257,3 +257,24 @@ def test_quarantine_needs_the_robust_rules_flags_and_sane_limits() -> None:
                           ({"quarantine.window": 0, **RECOMMENDED, "min-accepted": 5}, "quarantine.window")]:
         with pytest.raises(StepConfigError, match=key.replace(".", r"\.")):
             validate_run_config(settings)
+
+
+def test_quarantine_counts_flags_only_within_its_window_and_readmission_clears_them() -> None:
+    from fedocr.federated.pipeline.quarantine import Quarantine, QuarantineConfig
+    from fedocr.federated.pipeline.types import StepRecord
+
+    step, state = Quarantine(QuarantineConfig(after=2, window=3)), {}
+
+    def flag(node: str, verdict: str = "opposed") -> StepRecord:
+        return StepRecord("score", node, {"flagged": True, "verdict": verdict})
+
+    assert step.review([flag("a"), StepRecord("score", "b", {"flagged": False})], 1, state) == []
+    assert step.review([], 2, state) == [] and step.review([], 3, state) == []
+    assert step.review([flag("a", "clipped")], 4, state) == []    # round 1's flag fell out of the window
+    [held] = step.review([flag("a", "left out")], 5, state)       # rounds 4 and 5: 2 of the last 3
+    assert held.client == "a" and "round 4: clipped, round 5: left out" in held.info["quarantined"]
+    assert step.held(state) == {"a": held.info["quarantined"]}
+    assert step.review([flag("a")], 6, state) == []               # already held: nothing new
+    assert step.readmit("b", state) is None                        # not held: nothing to do
+    assert step.readmit("a", state).info == {"readmitted": "re-admitted by the operator"}
+    assert step.held(state) == {} and step.review([flag("a")], 7, state) == []   # a clean history
