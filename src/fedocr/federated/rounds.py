@@ -210,7 +210,8 @@ class FederatedServer:
             return Collected(received, [], 0, [], cohort, time.time(), time.time())
         if self.chain.secure.method == "secagg+":
             return self._collect_secagg(grid, rnd, lr, sampled, cohort)
-        index = he.task_index(self.he[0], state.steps.get("ckks-index", {}), select(state.weights, self.keys),
+        reference = select(state.weights, self.keys)
+        index = he.task_index(self.he[0], state.steps.get(he.INDEX_STEP, {}), reference,
                               cfg.seed) if self.he and self.he[0].top_k else None
         # All tensors travel down (a new node needs the head too).
         content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id,
@@ -220,7 +221,6 @@ class FederatedServer:
         t0 = time.time()
         replies = list(grid.send_and_receive(messages, timeout=cfg.round_deadline_s))
         t1 = time.time()
-        reference = select(state.weights, self.keys)
         received: list[Received] = []
         taken: set[str] = set()
         for reply in replies:
@@ -233,7 +233,7 @@ class FederatedServer:
             received.append(got if self.he else screen(got, self.chain, reference, rnd, cfg.seed))
         self._dropped(received, sampled, {str(r.metadata.src_node_id) for r in replies}, taken, bytes_down)
         if self.he:
-            return self._he_mean(grid, rnd, received, index, cohort, t0, t1)
+            return self._he_mean(grid, rnd, received, reference, index, cohort, t0, t1)
         accepted = [r.update for r in received if r.update is not None and r.update.rejected is None]
         steps = [s for r in received if r.update is not None for s in r.update.records]
         return Collected(received, accepted, len(accepted), steps, cohort, t0, t1)
@@ -276,14 +276,13 @@ class FederatedServer:
         mean = secure_sum(result.results[0][1], self.keys, state.weights) if summed else None
         return self._sum_collected(rnd, received, summed, mean, None, cohort, t0, t1)
 
-    def _he_mean(self, grid: Grid, rnd: int, received: list[Received], index: np.ndarray | None, cohort: Cohort,
-                 t0: float, t1: float) -> Collected:
+    def _he_mean(self, grid: Grid, rnd: int, received: list[Received], reference: Weights,
+                 index: np.ndarray | None, cohort: Cohort, t0: float, t1: float) -> Collected:
         """HE: add the replies' ciphertexts, have one node decrypt the sum, divide by the examples."""
         from fedocr.federated.he_round import expected_ciphertexts, he_mean, screen_ciphertexts
 
         assert self.he is not None
         config, public = self.he
-        reference = select(self.state.weights, self.keys)
         screen_ciphertexts(received, public, expected_ciphertexts(config, reference))
         summed = self._summable(received)
         if not summed:

@@ -36,6 +36,7 @@ from fedocr.federated.pipeline.types import StepContext, Update, Weights
 SECRET, PUBLIC = "secret.tenseal", "public.tenseal"
 CIPHER = "he.ct."        # tensor-name prefix of one ciphertext (uint8 bytes)
 INDEX = "he-index"       # the task hint: packed bits of the index set (Top-K), in float-entry order
+INDEX_STEP = "ckks-index"   # the server transform that keeps the next index set in its state
 COEFF_BITS = {4096: [40, 20, 40], 8192: [60, 40, 60], 16384: [60, 40, 40, 60]}
 SCALE_BITS = {4096: 20, 8192: 40, 16384: 40}
 
@@ -213,7 +214,7 @@ class NextIndexSet:
     """Server transform (with he.top-k): the largest entries of this round's global step become the
     index set every node sends next round (kept, packed, in the step's state)."""
     config: HeConfig
-    name: str = "ckks-index"
+    name: str = INDEX_STEP
 
     def describe(self) -> str:
         return f"the next round's shared index set: the largest {self.config.top_k:.0%} entries of this step"
