@@ -15,7 +15,10 @@ Attacks (`attack.nodes`): sign flip, boost (x `attack.scale`, just under the nor
 noise, free rider, two colluders, label shuffling, backdoor + boost (model replacement). The
 malicious nodes are bank-2 (1 of 10) and bank-2 + school-2 (2 of 10). Defences (`robust.*`, f = the
 number of malicious nodes, min-accepted = 2f + 3 so that every rule can run): FedAvg, clip to 2x the
-median norm, coordinate median, trimmed mean, Multi-Krum, and the default (robust.RECOMMENDED).
+median norm, coordinate median, trimmed mean, Multi-Krum, FLTrust (`trust`, the server's update on
+its 64 root lines) and the default (robust.RECOMMENDED). Every row but `default+bound` turns the
+adaptive norm bound of the server's check off (`max-norm-ratio = 0`) to measure the rules alone;
+`default+bound` is the recommended rule with every screen a run has by default.
 Runs are cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_robust.py [--rounds 12] [--lines 16] [--start scratch|warm]
@@ -49,7 +52,10 @@ ATTACKS = {"clean": "", "sign-flip": "sign-flip", "boost": "boost", "noise": "no
 DEFENCES: dict[str, dict[str, Any]] = {
     "fedavg": {}, "clip": {"robust.clip-median": 2.0}, "median": {"robust.rule": "median"},
     "trimmed mean": {"robust.rule": "trimmed-mean"}, "multi-krum": {"robust.rule": "multi-krum"},
+    "trust": {"robust.rule": "trust"},
     "default": {k: v for k, v in RECOMMENDED.items() if k != "robust.f"},
+    # the recommended rule behind every screen a run has by default (the adaptive norm bound too)
+    "default+bound": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "max-norm-ratio": 10.0},
 }
 
 
@@ -69,7 +75,9 @@ def run_one(attack: str, defence: str, malicious: int, args: argparse.Namespace,
          **({"lr": SCRATCH_LR} if warm else {}),  # the warm model is 9 rounds into a from-scratch run
          "num-rounds": args.rounds, "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2 * malicious + 3, "round-deadline-s": 600.0, "seed": args.seed,
-         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), "robust.f": malicious, **DEFENCES[defence],
+         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), "robust.f": malicious,
+         "max-norm-ratio": 0.0,   # the rules alone: the adaptive norm bound would reject crafted updates first
+         **DEFENCES[defence],
          "attack.nodes": ",".join(f"{node}:{ATTACKS[attack]}" for node in bad)})
     started = time.time()
     report, last = simulated_run(cfg, name)

@@ -236,9 +236,10 @@ def test_a_free_rider_ranks_last_in_a_real_federation(tmp_path: Path, monkeypatc
 
     from fedocr.cli import main
 
+    # replay-window 0: the replay check would reject the replayed delta outright; the scorer must find it here
     report, _ = run_in_process(tmp_path, monkeypatch, 2, **{"attack.nodes": "bank:free-rider",
                                                             "contribution.method": "both",
-                                                            "contribution.lines": 32})
+                                                            "contribution.lines": 32, "replay-window": 0})
     for r in report["rounds"]:
         rows = {s["client"]: s for s in r["steps"] if s["step"] == "contribution"}
         assert set(rows) == {"hospital", "bank", "school", "*"} and rows["*"]["evaluations"] == 8

@@ -14,9 +14,9 @@ from fedocr.federated.config import ConfigError, FlConfig
 from fedocr.federated.pipeline.aggregate import FedAvg
 from fedocr.federated.pipeline.attacks import Attack, AttackConfig
 from fedocr.federated.pipeline.build import build_client_chain, build_server_chain
-from fedocr.federated.pipeline.checks import l2_norm
+from fedocr.federated.pipeline.checks import AdaptiveNormBound, CheckConfig, capped_examples, l2_norm
 from fedocr.federated.pipeline.robust import (RECOMMENDED, RobustAggregate, RobustConfig, coordinate_median,
-                                              krum_scores, trimmed_mean)
+                                              krum_scores, trimmed_mean, trust_weighted)
 from fedocr.federated.pipeline.types import StepContext, Update
 from fedocr.federated.sim.poison import backdoored, poisoned, rewritten
 
@@ -59,6 +59,27 @@ def test_krum_and_multi_krum_keep_the_updates_closest_to_their_neighbours() -> N
     multi = RobustAggregate(RobustConfig(rule="multi-krum", f=1, min_accepted=5))(updates, _ctx())
     assert multi.step["w"].tolist() == [1.5] and list(multi.left_out) == ["n4"]  # mean of 0, 1, 2, 3
     assert multi.shares == {"n0": 0.25, "n1": 0.25, "n2": 0.25, "n3": 0.25, "n4": 0.0}
+
+
+def test_fltrust_weighs_by_cosine_to_the_servers_update_and_rescales_to_its_norm() -> None:
+    root = {"w": np.array([3.0, 4.0], np.float32)}                    # the server's update, norm 5
+    updates = _updates([[6, 8], [0, 1], [-3, -4], [4, -3]])
+    # trust = max(0, cos): 1, 0.8, 0 (opposed), 0 (orthogonal); n0 and n1 rescaled to norm 5: [3, 4] and [0, 5]
+    step, weights = trust_weighted([u.tensors for u in updates], root)
+    assert weights.tolist() == pytest.approx([1 / 1.8, 0.8 / 1.8, 0, 0])
+    assert step["w"].tolist() == pytest.approx([3 / 1.8, (4 + 0.8 * 5) / 1.8])
+    ctx = _ctx()
+    ctx.server_update = lambda: root
+    result = RobustAggregate(RobustConfig(rule="trust"))(updates, ctx)
+    assert result.step["w"].tolist() == pytest.approx(step["w"].tolist())
+    assert sorted(result.left_out) == ["n2", "n3"] and "cosine -1" in result.left_out["n2"]
+    scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
+    assert scores["n2"]["flagged"] and not scores["n0"]["flagged"]
+    assert sum(s["contribution"] for s in scores.values()) == pytest.approx(1.0)
+    nobody, _ = trust_weighted([u.tensors for u in updates[2:]], root)   # nobody trusted: the model stays
+    assert nobody["w"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="root lines"):
+        RobustAggregate(RobustConfig(rule="trust"))(updates, _ctx())
 
 
 def test_clipping_scales_down_to_a_multiple_of_the_median_norm_and_scores_every_node() -> None:
@@ -140,6 +161,36 @@ def test_a_free_rider_sends_zeros_or_replays_its_first_delta() -> None:
     assert replay.tensors["w"].tolist() == [3.0, 4.0] and replay.examples == 10
 
 
+def test_a_claim_far_above_the_rounds_median_counts_only_as_a_multiple_of_it() -> None:
+    assert capped_examples([100, 120, 10**6], 10) == [100, 120, 1200] and capped_examples([5, 10**6], 0) == [5, 10**6]
+    updates = [Update("a", {"w": np.array([1.0], np.float32)}, 100), Update("b", {"w": np.array([2.0], np.float32)}, 120),
+               Update("liar", {"w": np.array([50.0], np.float32)}, 10**6)]
+    ctx = _ctx()
+    result = FedAvg(examples_ratio=10)(updates, ctx)
+    assert result.step["w"][0] == pytest.approx((100 * 1 + 120 * 2 + 1200 * 50) / 1420)   # not ~50
+    assert [r.info for r in ctx.notes] == [{"claimed_examples": 10**6, "counted_examples": 1200}]
+    assert "capped at 10x the median" in build_server_chain(FlConfig().to_run_config()).aggregator.describe()
+    with pytest.raises(ConfigError, match="max-examples-ratio"):
+        FlConfig.from_run_config({"max-examples-ratio": 0.5})
+
+
+def test_the_adaptive_norm_bound_follows_recent_honest_norms_and_rejects_a_boosted_update() -> None:
+    step, state = AdaptiveNormBound(CheckConfig()), {}   # 10x the median of the last rounds' norms
+
+    def sent(norm: float, rnd: int) -> Update:
+        return step(Update("n", {"w": np.array([norm, 0.0], np.float32)}, 10), _ctx(state=state, rnd=rnd))
+
+    assert all(sent(x, 1).rejected is None for x in (1.0, 2.0, 500.0))   # no history yet: nothing to compare
+    assert sent(15.0, 2).rejected is None                # median of round 1's norms 2 -> bound 20 (not this round's)
+    assert sent(500.0, 2).rejected is not None and "above 10 x the median of recent norms (20)" in sent(21.0, 2).rejected
+    assert sent(80.0, 3).rejected is None                # rounds 1-2 passed 1, 2, 500, 15: median 8.5 -> bound 85
+    assert sent(0.1, 9).rejected is None and sent(500.0, 9).rejected is None   # rounds 1-2 fell out of the window
+    with pytest.raises(ConfigError, match="max-norm-ratio"):
+        FlConfig.from_run_config({"max-norm-ratio": 1.5})
+    names = [s.name for s in build_server_chain(FlConfig().to_run_config()).screen]
+    assert names == ["check", "norm-bound", "replay"]
+
+
 def test_data_attacks_poison_only_the_named_node_and_the_backdoor_rewrites_digits() -> None:
     charset = named_charset("mini")
     name, lines = synthetic_org_data("ten-branches-mini", 3, "train", 8, 0, charset)
@@ -202,6 +253,31 @@ def test_a_sign_flipping_and_a_boosted_branch_are_down_weighted_and_the_model_st
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out
     assert "bank-2       flagged: opposed" in shown and "school-3     flagged: clipped" in shown
+
+
+def test_fltrust_gives_a_sign_flipping_branch_no_trust_on_the_servers_root_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fl_inprocess import InProcessGrid, task_identity
+
+    from fedocr.federated.rounds import FederatedServer
+
+    task_identity(monkeypatch)
+    torch.set_num_threads(1)
+    cfg = FlConfig.from_run_config({
+        "federation": "ten-branches-mini", "charset": "mini", "initial-model": str(WARM), "num-rounds": 1,
+        "lines-per-client": 8, "val-lines": 32, "fraction-train": 1.0, "min-accepted": 3,
+        "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
+        "attack.nodes": "bank-2:sign-flip,school-3:boost", "robust.rule": "trust", "robust.root-lines": 32})
+    server = FederatedServer(cfg, printer=lambda _: None)
+    report = server.run(InProcessGrid(cfg.to_run_config(), 10))  # type: ignore[arg-type]
+    rnd = report["rounds"][0]
+    scores = {s["client"]: s for s in rnd["steps"] if s["step"] == "score"}
+    assert rnd["applied"] and scores["bank-2"]["verdict"] == "left out" and scores["bank-2"]["weight"] == 0
+    honest = [s for c, s in scores.items() if c not in ("bank-2", "school-3")]
+    # the boosted branch is rescaled to the server's norm: it weighs no more than an honest one
+    assert scores["school-3"]["weight"] <= max(s["weight"] for s in honest)
+    assert sum(s["weight"] > 0 for s in honest) >= 6
+    assert [s for s in rnd["steps"] if s["step"] == "robust" and s["client"] == "*"][0]["root_norm"] > 0
 
 
 @pytest.mark.slow

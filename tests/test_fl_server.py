@@ -54,6 +54,31 @@ def test_a_client_claiming_too_many_examples_is_rejected_and_recorded() -> None:
     assert FlConfig.from_run_config({"max-examples": 5}).max_examples == 5
 
 
+def test_a_reply_must_answer_this_rounds_task_and_a_replayed_update_is_rejected() -> None:
+    chain = build_server_chain(FlConfig(replay_window=2).to_run_config())
+    task = (3, "abc123")
+    ok = _reply(7, {"num-examples": 8})
+    ok.content["info"].update({"answers-round": 3, "answers-model": "abc123"})
+    assert read_reply(ok, "node", "v1", 10, task).record.reason is None
+    for answered, why in (((2, "abc123"), "answers round 2"), ((3, "0ld"), "(model 0ld)"),
+                          ((None, None), "does not name the round")):
+        late = _reply(7, {"num-examples": 8})
+        if answered[0] is not None:
+            late.content["info"].update({"answers-round": answered[0], "answers-model": answered[1]})
+        got = read_reply(late, "node", "v1", 10, task)
+        assert got.update is None and "stale reply" in got.record.reason and why in got.record.reason
+    # the same tensors again from the same node within the window: a replay; from another node: fine
+    states: dict = {}
+    def screened(client: str, rnd: int) -> Any:
+        return screen(read_reply(_reply(7, {"num-examples": 8}, client=client), "node", "v1", 10), chain,
+                      REFERENCE, rnd, 0, states)
+    assert screened("bank", 1).record.accepted and screened("school", 1).record.accepted
+    again = screened("bank", 2)
+    assert not again.record.accepted and again.record.reason == "replayed update: identical to the one it sent in round 1"
+    assert screened("bank", 4).record.accepted          # round 1 fell out of the 2-round window
+    assert "replay" not in [s.name for s in build_server_chain(FlConfig(replay_window=0).to_run_config()).screen]
+
+
 def test_two_nodes_with_one_name_get_distinct_store_rows(tmp_path: Path) -> None:
     taken: set[str] = set()
     names = [unique_name("bank", "7", taken), unique_name("bank", "9", taken), unique_name("bank#9", "3", taken)]

@@ -47,13 +47,13 @@ def test_auto_start_and_local_rate_follow_the_starting_point(monkeypatch, tmp_pa
 
 
 def test_clients_train_at_the_rate_the_server_resolved() -> None:
-    from fedocr.federated.client_app import _local_train_config
+    from fedocr.federated.config import local_train_config
     from fedocr.federated.config import FINETUNE_LR
 
     on_server_only = FlConfig(initial_model="/nowhere/server-only.pt")  # exists on the server alone
     assert on_server_only.local_lr() == FINETUNE_LR                     # no error on the client
-    assert _local_train_config(on_server_only, 64, 1, lr=5e-5).lr == 5e-5
-    assert _local_train_config(on_server_only, 64, 1, lr=None).lr == FINETUNE_LR
+    assert local_train_config(on_server_only, 64, 1, lr=5e-5).lr == 5e-5
+    assert local_train_config(on_server_only, 64, 1, lr=None).lr == FINETUNE_LR
 
 
 def test_cosine_lr_decay_lowers_the_local_rate_over_rounds_and_the_baselines_follow() -> None:

@@ -39,7 +39,7 @@ from fedocr.data.render import Conditions
 
 MINI_ALPHABET = "0123456789中国人民银行金额日期医院学校"
 
-_SPLIT_SEED = {"train": 1, "test": 2, "val": 3}
+_SPLIT_SEED = {"train": 1, "test": 2, "val": 3, "root": 4}
 
 
 def _mini_line(hanzi: str, rng: random.Random) -> str:
@@ -186,10 +186,12 @@ def synthetic_org_data(federation: str, partition_id: int, split: str, n: int, s
 
 
 @functools.lru_cache(maxsize=4)
-def public_lines(federation: str, n: int, seed: int, charset_version: str, charset: Charset) -> InMemoryLines:
-    """The server's validation set: the federation's `public` mix."""
+def public_lines(federation: str, n: int, seed: int, charset_version: str, charset: Charset,
+                 split: str = "val") -> InMemoryLines:
+    """The server's own lines of the federation's `public` mix: its validation set ("val"), or
+    the root set it trains on for FLTrust ("root"), drawn apart from each other."""
     preset = get_federation(federation).public_preset()
-    return InMemoryLines(SyntheticLines(preset, n, seed=_seed(seed, 99, "val"), charset=charset))
+    return InMemoryLines(SyntheticLines(preset, n, seed=_seed(seed, 99, split), charset=charset))
 
 
 def folder_data(path: str | Path) -> LineDataset:

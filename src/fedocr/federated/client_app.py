@@ -14,10 +14,8 @@ where its steps' state lives; default: under the run's out-dir on this machine).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from flwr.client.mod import secaggplus_mod
 
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, SubsetLines
-from fedocr.federated.config import FlConfig, local_recipe
+from fedocr.federated.config import FlConfig, local_seed, local_train_config
 from fedocr.federated.node_state import default_state_path, load_node_state, save_node_state
 from fedocr.data.organisations import folder_data, get_federation, synthetic_org_data
 from fedocr.federated.pipeline.build import ClientChain, States, build_client_chain
@@ -107,19 +105,6 @@ def _threads(context: Context) -> None:
         torch.set_num_threads(threads)
 
 
-def local_seed(run_seed: int, client: str, server_round: int) -> int:
-    """Local training's seed (data order, augmentation, dropout) from (run seed, node, round): each
-    node draws its own stream, and a re-run with the same seed draws the same."""
-    return zlib.crc32(f"{run_seed}/{client}/{server_round}".encode()) & 0x7FFFFFFF
-
-
-def _local_train_config(cfg: FlConfig, n_lines: int, seed: int, lr: float | None,
-                        epochs: float | None = None) -> TrainConfig:
-    steps = max(1, round((epochs or cfg.local_epochs) * math.ceil(n_lines / cfg.batch_size)))
-    # A fresh optimizer each round (standard FedAvg).
-    return local_recipe(cfg, steps, seed=seed, lr=lr)
-
-
 def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | None = None) -> Message:
     """One round of local training on this node's data; the reply carries the update or a refusal."""
     started = time.time()
@@ -142,7 +127,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
 
     lines = EncodedLines(data, charset)
     train_started = time.time()
-    recipe = _local_train_config(cfg, len(lines), local_seed(cfg.seed, name, task.round), task.lr)
+    recipe = local_train_config(cfg, len(lines), local_seed(cfg.seed, name, task.round), task.lr)
     sample_rate = min(1.0, recipe.batch_size / len(lines))
     settings, refusal = chain.prepare(states, task.round, len(lines), sample_rate, recipe.max_steps or 1)
     if refusal:  # e.g. its privacy budget is spent: the node says why instead of training
@@ -161,7 +146,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
                "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid()}
     if task.secure_keys is None:
-        return reply(msg, reply_content(update, mine, metrics))
+        return reply(msg, reply_content(update, mine, metrics, task))
     missing = [k for k in task.secure_keys if k not in update.tensors]
     if missing or len(update.tensors) != len(task.secure_keys):
         raise ValueError(f"secure aggregation: this node's update has other tensors than the server sums "
@@ -214,7 +199,7 @@ def train_personal(cfg: FlConfig, chain: ClientChain, states: States, task: Trai
     model = CRNN(task.model_config)
     load_weights(model, chain.personal_start(task.weights, states))
     anchor = {k: torch.from_numpy(np.array(v)) for k, v in task.weights.items()}
-    recipe = _local_train_config(cfg, len(lines), local_seed(cfg.seed, f"{name}/personal", task.round), task.lr,
+    recipe = local_train_config(cfg, len(lines), local_seed(cfg.seed, f"{name}/personal", task.round), task.lr,
                                  epochs=ditto.config.epochs)
     Trainer(model, charset, lines, dataclasses.replace(recipe, prox_mu=ditto.config.lam), anchor=anchor,
             log=lambda _: None).fit()

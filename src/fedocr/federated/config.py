@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,9 @@ class FlConfig:
     wait_for_nodes_s: float = 120.0    # how long a round waits for enough connected nodes
     max_update_norm: float = CheckConfig.max_update_norm   # L2 bound on an update's float tensors
     max_examples: int = CheckConfig.max_examples           # bound on the example count a client claims
+    max_examples_ratio: float = CheckConfig.max_examples_ratio   # a claim weighs at most this x the round's median
+    replay_window: int = CheckConfig.replay_window         # rounds of update digests kept to catch a replay
+    max_norm_ratio: float = CheckConfig.max_norm_ratio     # reject above this x the median recent update norm
     seed: int = 0                      # client sampling, local shuffling, synthetic data
     out_dir: str = "fl-run"            # models, state and report.json (relative: under $FEDOCR_RUNS)
     store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
@@ -265,3 +269,17 @@ def local_recipe(cfg: FlConfig, steps: int, seed: int, lr: float | None = None, 
                        schedule="cosine" if decay else "constant", min_lr_ratio=MIN_LR_RATIO,
                        optimizer=cfg.client_optimizer,  # type: ignore[arg-type]
                        warmup_steps=max(1, min(20, steps // 5)), seed=seed, log_every=10**9)
+
+
+def local_seed(run_seed: int, client: str, server_round: int) -> int:
+    """Local training's seed (data order, augmentation, dropout) from (run seed, node, round): each
+    node draws its own stream, and a re-run with the same seed draws the same."""
+    return zlib.crc32(f"{run_seed}/{client}/{server_round}".encode()) & 0x7FFFFFFF
+
+
+def local_train_config(cfg: FlConfig, n_lines: int, seed: int, lr: float | None,
+                       epochs: float | None = None) -> TrainConfig:
+    """One round of local training on `n_lines` lines: `local-epochs` passes, a fresh optimizer
+    each round (standard FedAvg)."""
+    steps = max(1, round((epochs or cfg.local_epochs) * math.ceil(n_lines / cfg.batch_size)))
+    return local_recipe(cfg, steps, seed=seed, lr=lr)

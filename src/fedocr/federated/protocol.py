@@ -28,6 +28,7 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.serde import recorddict_to_proto
 
+from fedocr.federated.pipeline.checks import tensor_digest
 from fedocr.federated.pipeline.he import as_arrays, from_arrays
 from fedocr.federated.pipeline.types import StepRecord, Update, Weights
 from fedocr.federated.runs.store import ClientRecord
@@ -87,12 +88,14 @@ class TrainInstruction:
     run_id: str
     secure_keys: tuple[str, ...] | None = None   # under secure aggregation: the tensors to send, in order
     hints: Mapping[str, np.ndarray] = field(default_factory=dict)   # for the client steps (HE's index set)
+    digest: str = ""       # the global model's digest: the reply names the round and model it answers
 
 
 def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
                   run_id: str, hints: Weights | None = None) -> RecordDict:
     config = model_config_record(model_config)
-    config.update({"server-round": server_round, "charset-version": charset_version, "lr": lr, "run-id": run_id})
+    config.update({"server-round": server_round, "charset-version": charset_version, "lr": lr, "run-id": run_id,
+                   "global-digest": tensor_digest(weights)})
     content = RecordDict({"global": to_record(weights), "config": config})
     if hints:
         content["hints"] = to_record(hints)
@@ -110,7 +113,7 @@ def read_train(content: RecordDict) -> TrainInstruction:
     hints = from_record(content["hints"]) if "hints" in content.array_records else {}
     return TrainInstruction(int(config["server-round"]), weights, model_config_from(config),
                             str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
-                            str(config.get("run-id", "")), secure_keys, hints)
+                            str(config.get("run-id", "")), secure_keys, hints, str(config.get("global-digest", "")))
 
 
 def evaluate_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, run_id: str,
@@ -251,8 +254,12 @@ def refusal_content(client: str, charset_version: str, reason: str) -> RecordDic
     return RecordDict({"info": info, "metrics": MetricRecord({"num-examples": 0})})
 
 
-def reply_content(update: Update, charset_version: str, metrics: dict[str, float | int]) -> RecordDict:
+def reply_content(update: Update, charset_version: str, metrics: dict[str, float | int],
+                  answers: TrainInstruction | None = None) -> RecordDict:
+    """An update, naming the task (round and model digest) it `answers`."""
     info = info_record(update.client, update.meta.get("charset-version", charset_version))
+    if answers is not None:
+        info.update({"answers-round": answers.round, "answers-model": answers.digest})
     steps = json.dumps([{"step": r.step, "info": r.info} for r in update.records], default=float)
     return RecordDict({"delta": to_record(update.tensors),
                        "metrics": MetricRecord({"num-examples": update.examples, **metrics}), "info": info,
@@ -333,8 +340,22 @@ def _step_records(text: str, client: str) -> tuple[StepRecord, ...]:
         return (StepRecord("protocol", client, {"note": "unreadable step records"}),)
 
 
-def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down: int) -> Received:
-    """Turn one reply into an update to screen, or a recorded rejection (never an exception)."""
+def stale(info: Any, task: tuple[int, str]) -> str | None:
+    """Why a reply does not answer this round's task (round, model digest), or None when it does:
+    a delayed or replayed reply must not be averaged into a model it was not trained from."""
+    answered = (info.get("answers-round"), info.get("answers-model"))
+    if answered == task:
+        return None
+    if answered == (None, None):
+        return "stale reply: it does not name the round and model it answers"
+    return (f"stale reply: answers round {answered[0]} (model {str(answered[1])[:8]}), this is round {task[0]} "
+            f"(model {task[1][:8]})")
+
+
+def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down: int,
+               task: tuple[int, str] | None = None) -> Received:
+    """Turn one reply into an update to screen, or a recorded rejection (never an exception).
+    `task`: the (round, model digest) the reply must answer."""
     node_id = str(reply.metadata.src_node_id)
     if reply.has_error():
         reason = (reply.error.reason or f"error code {reply.error.code}").strip().splitlines()
@@ -358,6 +379,8 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
         return received
     rec.reason = _refusal(info, charset_version) or (None if "delta" in content.array_records
                                                      else "reply carries no update")
+    if rec.reason is None and task is not None:
+        rec.reason = stale(info, task)
     if rec.reason is None:
         try:
             tensors = from_record(content["delta"])

@@ -32,12 +32,14 @@ from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline import he
 from fedocr.federated.pipeline.quarantine import STEP as QUARANTINE
+from fedocr.federated.pipeline.robust import RobustConfig
 from fedocr.federated.pipeline.secure import MIN_NODES
 from fedocr.federated.pipeline.types import SERVER, Cohort, StepRecord, Update, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
                                       read_evaluate_reply, read_query_reply, read_reply, read_secure_reply,
                                       secure_fit_ins, secure_sum, to_nodes, train_content, wire_bytes)
 from fedocr.federated.runs.report import build_report, write_json
+from fedocr.federated.root_update import RootTrainer
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
@@ -92,12 +94,13 @@ def unique_name(name: str, node_id: str, taken: set[str]) -> str:
     return candidate
 
 
-def screen(received: Received, chain: ServerChain, reference: Weights, server_round: int, seed: int) -> Received:
+def screen(received: Received, chain: ServerChain, reference: Weights, server_round: int, seed: int,
+           states: dict | None = None) -> Received:
     """Run the chain's screening steps on one reply; the record says accepted, or why not."""
     update, rec = received.update, received.record
     if update is None:
         return received
-    update = chain.screen_update(update, server_round, seed, reference)
+    update = chain.screen_update(update, server_round, seed, reference, states)
     norms = [r.info["norm"] for r in update.records if r.step == "check" and "norm" in r.info]
     rec.update_norm = norms[-1] if norms else None
     rec.accepted, rec.reason = update.rejected is None, update.rejected
@@ -156,6 +159,10 @@ class FederatedServer:
             contrib = ContributionConfig.from_run_config(cfg.steps)
             self.probe = (ValidationProbe(self.model, charset, self.val, contrib.lines)
                           if contrib.method != "off" and server_validates(cfg.aggregate) else None)
+            robust = RobustConfig.from_run_config(cfg.to_run_config())
+            self.root = (RootTrainer(cfg, self.model, charset, public_lines(cfg.federation, robust.root_lines, cfg.seed,
+                                                                            charset.version, charset, split="root"))
+                         if robust.rule == "trust" else None)
         except BaseException as exc:
             self.store.finish_run(self.state.run_id, "failed", error=f"validation set: {type(exc).__name__}: {exc}")
             raise
@@ -225,12 +232,13 @@ class FederatedServer:
         taken: set[str] = set()
         for reply in replies:
             node = str(reply.metadata.src_node_id)
-            got = read_reply(reply, state.names.get(node, f"node-{node}"), self.charset.version, bytes_down)
+            got = read_reply(reply, state.names.get(node, f"node-{node}"), self.charset.version, bytes_down,
+                             (rnd, str(content["config"]["global-digest"])))
             got.record.client = unique_name(got.record.client, node, taken)
             if got.update is not None:
                 got.update = got.update.renamed(got.record.client)
             state.names[node] = got.record.client
-            received.append(got if self.he else screen(got, self.chain, reference, rnd, cfg.seed))
+            received.append(got if self.he else screen(got, self.chain, reference, rnd, cfg.seed, state.steps))
         self._dropped(received, sampled, {str(r.metadata.src_node_id) for r in replies}, taken, bytes_down)
         if self.he:
             return self._he_mean(grid, rnd, received, reference, index, cohort, t0, t1)
@@ -331,8 +339,9 @@ class FederatedServer:
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
         if applied:
-            candidate = self.chain.candidate(state.weights, got.updates, rnd, cfg.seed, state.steps,
-                                             cohort, self.probe)
+            root = self.root
+            candidate = self.chain.candidate(state.weights, got.updates, rnd, cfg.seed, state.steps, cohort, self.probe,
+                                             (lambda: root.update(state.weights, self.keys, lr, rnd)) if root else None)
             steps += candidate.records
             for r in received:  # an aggregator may leave clients out once it has seen every update
                 if r.record.client in candidate.aggregate.left_out:

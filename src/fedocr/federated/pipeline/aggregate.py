@@ -19,9 +19,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedocr.federated.pipeline.checks import is_float, is_statistic
+from fedocr.federated.pipeline.checks import capped_examples, is_float, is_statistic
 from fedocr.federated.pipeline.settings import StepConfig, bad
-from fedocr.federated.pipeline.types import Aggregate, StepContext, Update, Weights
+from fedocr.federated.pipeline.types import Aggregate, StepContext, StepRecord, Update, Weights
 
 
 def weighted_average(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> Weights:
@@ -74,19 +74,31 @@ def server_momentum(velocity: Mapping[str, np.ndarray] | None, update: Mapping[s
     return out
 
 
+def example_weights(updates: Sequence[Update], ratio: float, ctx: StepContext, step: str) -> list[int]:
+    """The counts FedAvg weighs `updates` by: each claim capped at `ratio` x the round's median
+    claim (checks.capped_examples); a node whose claim was capped gets a record saying so."""
+    counts = capped_examples([u.examples for u in updates], ratio)
+    for u, n in zip(updates, counts):
+        if n < u.examples:
+            ctx.notes.append(StepRecord(step, u.client, {"claimed_examples": u.examples, "counted_examples": n}))
+    return counts
+
+
 @dataclass(frozen=True)
 class FedAvg:
     """The example-weighted mean of the accepted deltas, summed in client-name order."""
+    examples_ratio: float = 0.0   # checks' `max-examples-ratio`: a claim counts for at most this x the median
     name: str = "fedavg"
 
     def describe(self) -> str:
-        return "example-weighted mean of the deltas (FedAvg)"
+        cap = f", each claim capped at {self.examples_ratio:g}x the median" if self.examples_ratio else ""
+        return f"example-weighted mean of the deltas (FedAvg){cap}"
 
     def __call__(self, updates: Sequence[Update], ctx: StepContext) -> Aggregate:
         ordered = sorted(updates, key=lambda u: u.client)
-        total = sum(u.examples for u in ordered)
-        step = weighted_average([(u.tensors, u.examples) for u in ordered])
-        return Aggregate(step, {u.client: u.examples / total for u in ordered})
+        counts = example_weights(ordered, self.examples_ratio, ctx, self.name)
+        step = weighted_average(list(zip((u.tensors for u in ordered), counts)))
+        return Aggregate(step, {u.client: n / sum(counts) for u, n in zip(ordered, counts)})
 
 
 @dataclass(frozen=True)

@@ -172,13 +172,15 @@ class ServerChain:
         return aggregated_keys(weights, self.aggregate)
 
     def screen_update(self, update: Update, server_round: int, seed: int,
-                      reference: Mapping[str, np.ndarray]) -> Update:
-        """Decode, check (and later score) one reply; a rejected update stops at its first failed step."""
+                      reference: Mapping[str, np.ndarray], states: States | None = None) -> Update:
+        """Decode, check (and later score) one reply; a rejected update stops at its first failed step.
+        `states`: the server's step states (the replay check remembers what each node sent)."""
         for step in self.screen:
             if update.rejected:
                 break
+            state = {} if states is None else states.setdefault(step.name, {})
             update = step(update, StepContext(server_round, step_rng(seed, server_round, update.client, step.name),
-                                              {}, reference))
+                                              state, reference))
         return update
 
     def refusal(self, states: States, cohort: Cohort) -> str | None:
@@ -213,10 +215,12 @@ class ServerChain:
 
     def candidate(self, weights: Mapping[str, np.ndarray], updates: Sequence[Update], server_round: int, seed: int,
                   states: States, cohort: Cohort | None = None,
-                  evaluate: Callable[[Weights], Mapping[str, float]] | None = None) -> Candidate:
+                  evaluate: Callable[[Weights], Mapping[str, float]] | None = None,
+                  server_update: Callable[[], Weights] | None = None) -> Candidate:
         """Score, aggregate, transform and apply; the states are copied, so a rolled-back round leaves
         them as they were. `cohort`: the round's available and sampled node counts; `evaluate`: the
-        server's validation of candidate weights, which the contribution scorer needs."""
+        server's validation of candidate weights, which the contribution scorer needs;
+        `server_update`: the server's own update on its root lines, which FLTrust needs."""
         new_states = copy.deepcopy(states)
         records: list[StepRecord] = []
         cohort = replace(cohort or Cohort(len(updates), len(updates)), aggregated=len(updates))
@@ -231,6 +235,7 @@ class ServerChain:
             scorer(updates, self.proposer(weights, states, server_round, seed), ctx)
             records += ctx.notes
         ctx = context(self.aggregator.name)
+        ctx.server_update = server_update
         aggregate = self.aggregator(updates, ctx)
         records += ctx.notes
         records += [StepRecord(self.aggregator.name, client, {"share": share}) for client, share in aggregate.shares.items()]
@@ -277,7 +282,7 @@ def build_client_chain(rc: Mapping[str, Any]) -> ClientChain:
 
 def _aggregator(rc: Mapping[str, Any]) -> Aggregator:
     chosen = [f.aggregator(f.config.from_run_config(rc)) for f in FEATURES if f.aggregator is not None]
-    return next((a for a in reversed(chosen) if a is not None), FedAvg())
+    return next((a for a in reversed(chosen) if a is not None), FedAvg(CheckConfig.from_run_config(rc).max_examples_ratio))
 
 
 def _scorers(rc: Mapping[str, Any], screen: Sequence[Any]) -> tuple[RoundScorer, ...]:

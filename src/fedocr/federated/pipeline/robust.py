@@ -14,6 +14,14 @@ absolute norm bound; these rules work inside it, on the updates that passed:
 - **krum** / **multi-krum**: score each update by the summed squared distances to its n - f - 2
   nearest others and keep the best one (Krum) or the best m (Multi-Krum, averaged), Blanchard
   et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
+- **trust**: FLTrust (Cao et al., "FLTrust: Byzantine-robust Federated Learning via Trust
+  Bootstrapping", NDSS 2021, arXiv:2012.13995). The server trains the global model on its own
+  small, clean root set (`robust.root-lines` of its public lines, as a client would train) and
+  uses that update g0 as the direction to trust: each update gets the trust score
+  max(0, cos(g_i, g0)), is rescaled to g0's norm (so a boosted update weighs no more than a
+  small one), and the step is the trust-weighted mean. An update pointing away from g0 gets no
+  weight at all; it needs no bound on the number of malicious nodes, but it is only as good as
+  the root set is representative (an organisation unlike the public lines earns less trust).
 
 Robust rules count each node once: the example count a node claims is unverifiable, and an
 example-weighted rule lets one node that lies about it dominate (`fedavg` after clipping keeps
@@ -44,12 +52,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedocr.federated.pipeline.aggregate import weighted_average
-from fedocr.federated.pipeline.checks import is_float, l2_norm
+from fedocr.federated.pipeline.aggregate import example_weights, weighted_average
+from fedocr.federated.pipeline.checks import is_float, is_statistic, l2_norm
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import Aggregate, StepContext, StepRecord, Update, Weights
 
-RULES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
+RULES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "trust")
 RECOMMENDED = {"robust.rule": "trimmed-mean", "robust.f": 2, "robust.clip-median": 2.0}
 DOWN_WEIGHTED = 0.5   # a contribution below half of a fair 1/n share of the step is "down-weighted"
 SUSPECT = ("left out", "clipped", "opposed")   # the verdicts that flag a node
@@ -128,24 +136,50 @@ def cosine(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
     return float(x @ y / denom) if denom > 0 else 0.0
 
 
+def trust_scores(tensors: Sequence[Mapping[str, np.ndarray]], root: Mapping[str, np.ndarray]) -> np.ndarray:
+    """FLTrust's trust score of each update: max(0, cosine to the server's root update)."""
+    return np.array([max(0.0, cosine(t, root)) for t in tensors])
+
+
+def trust_weighted(tensors: Sequence[Mapping[str, np.ndarray]], root: Mapping[str, np.ndarray]) -> tuple[Weights, np.ndarray]:
+    """FLTrust (Cao et al. 2021, eq. 4): sum_i TS_i * (|g0| / |g_i|) g_i / sum_i TS_i, and the
+    normalised weights TS_i / sum TS. No update trusted: a zero step (the model stays where it is).
+    BatchNorm's running statistics are averaged with the same weights but not rescaled: a scaled
+    variance step could turn a variance negative."""
+    scores = trust_scores(tensors, root)
+    if scores.sum() <= 0:
+        return {k: np.zeros_like(v) for k, v in root.items()}, scores
+    weights = scores / scores.sum()
+    target = l2_norm(root)
+    rescaled = [{k: v if is_statistic(k) else scaled({k: v}, target / l2_norm(t))[k] for k, v in t.items()}
+                for t, w in zip(tensors, weights) if w > 0]
+    step = weighted_average([(t, float(w)) for t, w in zip(rescaled, weights[weights > 0])])
+    return step, weights
+
+
 @dataclass(frozen=True)
 class RobustConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"robust.rule": "rule", "robust.f": "f", "robust.multi-krum-m": "m",
                                       "robust.clip-norm": "clip_norm", "robust.clip-median": "clip_median",
-                                      "min-accepted": "min_accepted"}
+                                      "robust.root-lines": "root_lines", "min-accepted": "min_accepted",
+                                      "max-examples-ratio": "examples_ratio"}
 
-    rule: str = "fedavg"       # `robust.rule`: fedavg, median, trimmed-mean, krum or multi-krum
+    rule: str = "fedavg"       # `robust.rule`: fedavg, median, trimmed-mean, krum, multi-krum or trust
     f: int = 1                 # `robust.f`: malicious updates per round to tolerate (Krum's f, values trimmed per side)
     m: int = 0                 # `robust.multi-krum-m`: updates Multi-Krum averages (0: n - f)
     clip_norm: float = 0.0     # `robust.clip-norm`: scale updates down to this L2 norm (0: off)
     clip_median: float = 0.0   # `robust.clip-median`: ... or to this multiple of the round's median norm (0: off)
+    root_lines: int = 64       # `robust.root-lines`: the server's clean root set for `trust` (its public lines)
     min_accepted: int = 2      # `min-accepted`: a round is applied with as few updates as this
+    examples_ratio: float = 0.0   # `max-examples-ratio` (checks): the fedavg rule caps claims at this x the median
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise bad("robust.rule", f"{self.rule!r} is not one of {', '.join(RULES)}")
         if self.f < 0 or self.m < 0:
             raise bad("robust.f" if self.f < 0 else "robust.multi-krum-m", "must be 0 or more")
+        if self.root_lines < 1:
+            raise bad("robust.root-lines", "must be at least 1 (the server's root set for robust.rule=trust)")
         if self.clip_norm < 0 or self.clip_median < 0:
             raise bad("robust.clip-norm" if self.clip_norm < 0 else "robust.clip-median", "must be 0 (off) or positive")
         if 0 < self.clip_median < 1:
@@ -178,7 +212,9 @@ class RobustAggregate:
         rule = {"fedavg": "example-weighted mean (FedAvg)", "median": "coordinate-wise median (Yin et al. 2018)",
                 "trimmed-mean": f"trimmed mean dropping {c.f} per side (Yin et al. 2018)",
                 "krum": f"Krum with f={c.f} (Blanchard et al. 2017)",
-                "multi-krum": f"Multi-Krum with f={c.f}, m={c.m or 'n - f'} (Blanchard et al. 2017)"}[c.rule]
+                "multi-krum": f"Multi-Krum with f={c.f}, m={c.m or 'n - f'} (Blanchard et al. 2017)",
+                "trust": f"FLTrust: trust = max(0, cosine to the server's update on {c.root_lines} root lines), "
+                         f"rescaled to its norm (Cao et al. 2021)"}[c.rule]
         return head + rule + "; score each node"
 
     def _bound(self, norms: np.ndarray) -> float:
@@ -187,7 +223,7 @@ class RobustAggregate:
             bounds.append(self.config.clip_median * float(np.median(norms)))
         return min(bounds) if bounds else float("inf")
 
-    def _rule(self, updates: Sequence[Update]) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
+    def _rule(self, updates: Sequence[Update], ctx: StepContext) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
         """The step, each update's weight in it, the dot product of its contribution with the step,
         and the updates left out (with why)."""
         c, n, tensors = self.config, len(updates), [u.tensors for u in updates]
@@ -198,8 +234,10 @@ class RobustAggregate:
             step, kept, dots = trimmed_mean(tensors, trim)
             return step, kept / (n - 2 * trim), dots, {}
         left: dict[str, str] = {}
+        if c.rule == "trust":
+            return self._trust(updates, ctx)
         if c.rule == "fedavg":
-            counts = [u.examples for u in updates]
+            counts = example_weights(updates, c.examples_ratio, ctx, self.name)
         else:
             scores = krum_scores(tensors, c.f)
             keep = 1 if c.rule == "krum" else (c.m or n - c.f)
@@ -213,12 +251,26 @@ class RobustAggregate:
         flat = _flat(step)
         return step, weights, np.array([w * (_flat(t) @ flat) for t, w in zip(tensors, weights)]), left
 
+    def _trust(self, updates: Sequence[Update], ctx: StepContext) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
+        """FLTrust against the server's own update on its root lines (see `trust_weighted`)."""
+        if ctx.server_update is None:
+            raise ValueError("robust.rule=trust needs the server's update on its root lines, and this server has none")
+        root = ctx.server_update()
+        tensors = [u.tensors for u in updates]
+        step, weights = trust_weighted(tensors, root)
+        root_norm, flat = l2_norm(root), _flat(step)
+        dots = np.array([w * root_norm / max(l2_norm(t), 1e-30) * (_flat(t) @ flat) for t, w in zip(tensors, weights)])
+        left = {u.client: f"left out by trust: cosine {cosine(u.tensors, root):.3g} to the server's root update "
+                          f"(trust 0)" for u, w in zip(updates, weights) if w == 0}
+        ctx.note(self.name, root_norm=root_norm)
+        return step, weights, dots, left
+
     def __call__(self, updates: Sequence[Update], ctx: StepContext) -> Aggregate:
         ordered = sorted(updates, key=lambda u: u.client)  # order-independent, as FedAvg
         norms = np.array([l2_norm(u.tensors) for u in ordered])
         bound = self._bound(norms)
         clipped = [clip(u.tensors, bound) for u in ordered]
-        step, weights, dots, left = self._rule([u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)])
+        step, weights, dots, left = self._rule([u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)], ctx)
         # A node's contribution: the share of the step that its (kept part of its) update makes up,
         # projected on the step; the contributions sum to 1, and a node pulling against the rest is negative.
         contributions = dots / max(float(_flat(step) @ _flat(step)), 1e-30)

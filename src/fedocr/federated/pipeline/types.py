@@ -74,6 +74,9 @@ class StepContext:
     # On the server: the metrics ("val_loss", "val_cer") of candidate weights on its validation lines.
     # The evaluation needs torch, so the server injects it; None where it validates nothing.
     evaluate: "Callable[[Weights], Mapping[str, float]] | None" = None
+    # On the server: its own update this round, trained on its root lines (FLTrust's reference
+    # direction); injected like `evaluate`, None where the server trains nothing.
+    server_update: "Callable[[], Weights] | None" = None
     # On a node: what the server's task says to the client steps (e.g. HE's shared index set).
     task: Mapping[str, Any] = field(default_factory=dict)
 
