@@ -179,3 +179,21 @@ def test_client_level_dp_adds_server_noise_and_the_run_stops_before_passing_its_
     assert "stopped before round 3: privacy budget spent" in report["final"]["stopped"]
     noise = [s for s in report["rounds"][0]["steps"] if s["step"] == "dp-noise"][0]
     assert noise["noise_std"] == pytest.approx(5.0 * 0.5 / 3)
+
+
+def test_dp_noise_is_drawn_from_the_os_not_from_the_run_seed() -> None:
+    """A seeded noise stream could be regenerated from the recorded seed and subtracted again."""
+    from fedocr.federated.pipeline.privacy import DistributedNoise
+    from fedocr.train.private import PoissonBatches
+
+    def ctx() -> StepContext:   # the very same context (round, seed-derived rng) twice
+        return StepContext(1, np.random.default_rng(0), {}, {}, cohort=Cohort(10, 5, 5), task={"sampled": 5})
+
+    server = GaussianNoise(DpConfig(level="client", noise_multiplier=1.0))
+    step = {"w": np.zeros(8, np.float32)}
+    assert not np.array_equal(server(step, ctx())["w"], server(step, ctx())["w"])
+    node = DistributedNoise(DpConfig(level="client", noise_multiplier=1.0, secure_method="secagg+"))
+    update = Update("a", {"w": np.zeros(8, np.float32)}, 40)
+    one, two = node(update, ctx()), node(update, ctx())
+    assert not np.array_equal(one.tensors["w"], two.tensors["w"]) and one.examples == 1
+    assert list(PoissonBatches(1000, 0.05, 3)) != list(PoissonBatches(1000, 0.05, 3))

@@ -67,6 +67,27 @@ def test_a_node_that_drops_mid_protocol_does_not_lose_the_round(tmp_path: Path, 
     assert not clients["bank"]["accepted"] and clients["bank"]["reason"].startswith("dropped")
 
 
+DISTRIBUTED_DP = {**SECURE, "dp.level": "client", "dp.noise-multiplier": 1.0, "dp.clip": 0.5}
+
+
+def test_client_level_dp_under_secure_aggregation_is_noised_by_the_nodes_and_a_dropout_is_accounted(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    report, _ = run_in_process(tmp_path / "all", monkeypatch, 1, **DISTRIBUTED_DP)
+    r1 = report["rounds"][0]
+    nodes = [s for s in r1["steps"] if s["step"] == "dp-node-noise"]
+    assert r1["applied"] and len(nodes) == 3
+    assert all(s["sampled"] == 3 and s["noise_std"] == pytest.approx(0.5 / np.sqrt(3)) for s in nodes)
+    server = next(s for s in r1["steps"] if s["step"] == "dp-noise")
+    assert server["distributed"] and server["noise_multiplier"] == pytest.approx(1.0) and server["epsilon"] > 0
+    assert "noise_std" not in server                                    # the server added nothing
+    # The bank crashes mid-protocol: two nodes' noise is in the sum, z_eff = sqrt(2/3), more epsilon spent.
+    dropped, _ = run_in_process(tmp_path / "drop", monkeypatch, 1, **DISTRIBUTED_DP, faults="bank:crash@1",
+                                **{"min-accepted": 2})
+    d1 = next(s for s in dropped["rounds"][0]["steps"] if s["step"] == "dp-noise")
+    assert d1["aggregated"] == 2 and d1["noise_multiplier"] == pytest.approx(np.sqrt(2 / 3))
+    assert d1["epsilon"] > server["epsilon"]
+
+
 def test_a_secure_round_samples_three_nodes_and_refuses_with_two(tmp_path: Path, monkeypatch: Any) -> None:
     report, _ = run_in_process(tmp_path / "three", monkeypatch, 1, **SECURE, **{"fraction-train": 0.3})
     assert report["rounds"][0]["sampled"] == 3 and report["rounds"][0]["applied"]   # 0.3 of 3 asks for 1
@@ -87,7 +108,7 @@ def test_a_secure_round_samples_three_nodes_and_refuses_with_two(tmp_path: Path,
     ({"compress.top-k": 0.1}, "compress.top-k"),
     ({"compress.quantize": "int8"}, "compress.top-k"),
     ({"aggregate": "fedbn"}, "aggregate"),
-    ({"dp.level": "client", "dp.noise-multiplier": 1.0}, "dp.level"),
+    ({"dp.level": "client", "dp.target-epsilon": 3.0}, "dp.noise-multiplier"),   # nodes must not calibrate
     ({"secure.threshold": 1.0}, "secure.threshold"),
     ({"secure.shares": 5.0, "secure.threshold": 5.0}, "secure.threshold"),
     ({"secure.shares": 2.0}, "secure.shares"),

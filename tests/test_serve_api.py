@@ -311,6 +311,47 @@ def test_failed_reload_keeps_the_old_model_serving(tmp_path):
         assert c.get("/api/health").json()["model"] == version
 
 
+def test_a_swap_to_another_vocabulary_or_a_model_that_cannot_read_is_refused_unless_forced(tmp_path):
+    from fedocr.charset import default_charset
+    from fedocr.model import CRNN, ModelConfig, save_checkpoint
+    from fedocr.model.shipped import base_checkpoint
+
+    model = tmp_path / "live.pt"
+    shutil.copy(base_checkpoint(), model)                    # the shipped model reads the built-in line
+    with TestClient(create_app(ServeConfig(model=model))) as c:
+        health = c.get("/api/health").json()
+        served, good_cer = health["model"], health["builtin_line_cer"]
+        assert health["charset_version"] == default_charset().version and good_cer < 0.25
+        save_checkpoint(model, CRNN(ModelConfig(len(default_charset()), "tiny")), default_charset(), {"kind": "test"})
+        r = c.post("/api/model/reload")                      # same vocabulary, reads nothing
+        assert r.status_code == 409 and "built-in line" in r.json()["detail"] and served in r.json()["detail"]
+        assert c.get("/api/health").json()["model"] == served
+        random_model(model, seed=3)                          # another vocabulary
+        r = c.post("/api/model/reload")
+        assert r.status_code == 409 and "vocabulary" in r.json()["detail"]
+        assert post(c, line_png()).json()["model"] == served
+        forced = c.post("/api/model/reload", params={"force": "true"})
+        assert forced.status_code == 200 and c.get("/api/health").json()["charset_version"] == SMALL.version
+
+
+def test_an_onnx_file_whose_charset_does_not_match_its_graph_is_refused(onnx_model, tmp_path):
+    import json
+
+    import onnx
+
+    from fedocr.charset import Charset
+    from fedocr.serve.engine import ModelLoadError, load_engine
+
+    proto = onnx.load(str(onnx_model))
+    for prop in proto.metadata_props:
+        if prop.key == "charset":
+            prop.value = json.dumps(Charset(list("0123")).to_dict())
+    bad = tmp_path / "mislabelled.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ModelLoadError, match=f"outputs {len(SMALL)} classes but its charset has 5"):
+        load_engine(bad)
+
+
 def _lines():
     from serve_fixtures import fixed_lines_small
 

@@ -140,7 +140,7 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
         train_personal(cfg, chain, states, task, lines, charset, name)
     update = Update(name, delta(model_weights(model), start_w), len(lines),
                     {"train-loss": float(result.mean_loss), "train-steps": result.steps, "sample-rate": sample_rate})
-    update = chain.run(update, task.round, cfg.seed, start_w, states, task.hints)
+    update = chain.run(update, task.round, cfg.seed, start_w, states, task.step_task())
     if states:
         save_node_state(path, task.run_id, states)
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,

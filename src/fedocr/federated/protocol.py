@@ -89,13 +89,18 @@ class TrainInstruction:
     secure_keys: tuple[str, ...] | None = None   # under secure aggregation: the tensors to send, in order
     hints: Mapping[str, np.ndarray] = field(default_factory=dict)   # for the client steps (HE's index set)
     digest: str = ""       # the global model's digest: the reply names the round and model it answers
+    sampled: int = 0       # nodes sampled this round (distributed DP noise divides by it)
+
+    def step_task(self) -> dict[str, Any]:
+        """What the task says to the client steps: its hints and the round's sample size."""
+        return {**self.hints, "sampled": self.sampled}
 
 
 def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
-                  run_id: str, hints: Weights | None = None) -> RecordDict:
+                  run_id: str, hints: Weights | None = None, sampled: int = 0) -> RecordDict:
     config = model_config_record(model_config)
     config.update({"server-round": server_round, "charset-version": charset_version, "lr": lr, "run-id": run_id,
-                   "global-digest": tensor_digest(weights)})
+                   "global-digest": tensor_digest(weights), "sampled": sampled})
     content = RecordDict({"global": to_record(weights), "config": config})
     if hints:
         content["hints"] = to_record(hints)
@@ -113,7 +118,8 @@ def read_train(content: RecordDict) -> TrainInstruction:
     hints = from_record(content["hints"]) if "hints" in content.array_records else {}
     return TrainInstruction(int(config["server-round"]), weights, model_config_from(config),
                             str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
-                            str(config.get("run-id", "")), secure_keys, hints, str(config.get("global-digest", "")))
+                            str(config.get("run-id", "")), secure_keys, hints, str(config.get("global-digest", "")),
+                            int(config.get("sampled", 0)))
 
 
 def evaluate_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, run_id: str,
@@ -154,9 +160,9 @@ def query_content(charset_version: str) -> RecordDict:
 
 # -- secure aggregation (Flower's SecAgg+ over legacy FitIns/FitRes records) -----------------------
 def secure_fit_ins(weights: Weights, keys: list[str], model_config: ModelConfig, server_round: int,
-                   charset_version: str, lr: float, run_id: str) -> FitIns:
+                   charset_version: str, lr: float, run_id: str, sampled: int) -> FitIns:
     """The train task as SecAgg+ sends it: every tensor down, and the names of those to send up."""
-    config = dict(train_content({}, model_config, server_round, charset_version, lr, run_id)["config"])
+    config = dict(train_content({}, model_config, server_round, charset_version, lr, run_id, sampled=sampled)["config"])
     config.update({"weight-keys": json.dumps(list(weights)), "tensor-keys": json.dumps(keys)})
     return FitIns(ndarrays_to_parameters([c_order(v) for v in weights.values()]), config)  # type: ignore[arg-type]
 

@@ -18,7 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.serverapp import Grid
@@ -222,7 +222,7 @@ class FederatedServer:
                               cfg.seed) if self.he and self.he[0].top_k else None
         # All tensors travel down (a new node needs the head too).
         content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id,
-                                {he.INDEX: index} if index is not None else None)
+                                {he.INDEX: index} if index is not None else None, len(sampled))
         bytes_down = wire_bytes(content)
         messages = to_nodes(content, sampled, TRAIN, cfg.round_deadline_s + 30, group=str(rnd))
         t0 = time.time()
@@ -261,7 +261,8 @@ class FederatedServer:
         from fedocr.federated.secagg import secure_round   # Flower's legacy workflow: only for secure runs
 
         cfg, state = self.cfg, self.state
-        task = secure_fit_ins(state.weights, self.keys, self.model.config, rnd, self.charset.version, lr, state.run_id)
+        task = secure_fit_ins(state.weights, self.keys, self.model.config, rnd, self.charset.version, lr, state.run_id,
+                              len(sampled))
         t0 = time.time()
         result = secure_round(grid, sampled, task, rnd, self.chain.secure, cfg.round_deadline_s)
         t1 = time.time()
@@ -321,13 +322,16 @@ class FederatedServer:
         if mean is None or not summed:
             return Collected(received, [], 0, steps, cohort, t0, t1)
         aggregate = Update(SECURE_SUM, mean, max(r.record.examples for r in summed))  # the bound is per claim
-        aggregate = self.chain.screen_update(aggregate, rnd, self.cfg.seed, select(self.state.weights, self.keys))
+        aggregate = self.chain.screen_update(aggregate, rnd, self.cfg.seed, select(self.state.weights, self.keys),
+                                             self.state.steps)
         steps += aggregate.records
         for r in summed:
             r.record.accepted = aggregate.rejected is None
             r.record.reason = f"the secure sum was rejected: {aggregate.rejected}" if aggregate.rejected else None
         ok = aggregate.rejected is None
-        return Collected(received, [aggregate] if ok else [], len(summed) if ok else 0, steps, cohort, t0, t1)
+        # the one mean stands for the summed nodes (distributed DP noise is accounted by their number)
+        return Collected(received, [aggregate] if ok else [], len(summed) if ok else 0, steps,
+                         replace(cohort, aggregated=len(summed)), t0, t1)
 
     def run_round(self, grid: Grid, rnd: int) -> RoundRecord:
         cfg, state = self.cfg, self.state

@@ -243,8 +243,11 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     @app.get("/api/health", response_model=Health, summary="Liveness and the served model's version")
     async def health(state: Annotated[State, Depends(get_state)]) -> Health:
-        info = state.slot.engine.info if state.slot is not None else None
+        loaded = state.slot.current if state.slot is not None else None
+        info = loaded.engine.info if loaded else None
         return Health(status="ok", model=info.version if info else None, backend=info.backend if info else None,
+                      charset_version=info.charset_version if info else None,
+                      builtin_line_cer=round(loaded.smoke.cer, 4) if loaded else None,
                       uptime_s=round(time.time() - state.started, 1))
 
     @app.get("/api/model", response_model=ModelDescription, responses=ERRORS, dependencies=protected,
@@ -256,10 +259,12 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
     @app.post("/api/model/reload", response_model=Reloaded, dependencies=protected,
               responses={**ERRORS, 409: {"model": Error, "description": "the new file cannot be used; the old model keeps serving"}},
               summary="Load the model file again (hot swap, no restart, in-flight requests unaffected)")
-    async def reload(state: Annotated[State, Depends(get_state)]) -> Reloaded:
+    async def reload(state: Annotated[State, Depends(get_state)],
+                     force: Annotated[bool, Query(description="serve the file even if its vocabulary differs or it "
+                                                              "reads the built-in line worse")] = False) -> Reloaded:
         slot = require_model(state)
         try:
-            changed, loaded = await anyio.to_thread.run_sync(slot.reload)
+            changed, loaded = await anyio.to_thread.run_sync(slot.reload, force)
         except Exception as exc:  # any load failure keeps the old model; report it to the operator
             raise HTTPException(409, f"reload failed, still serving {slot.engine.info.version}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

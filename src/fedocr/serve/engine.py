@@ -125,8 +125,12 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+GRAPH_CLASSES = "graph-classes"   # added to the metadata read back: the class count the graph outputs
+
+
 def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, dict[str, str]]:
-    """An ONNX Runtime session as a LogitsFn, plus the file's metadata."""
+    """An ONNX Runtime session as a LogitsFn, plus the file's metadata (and GRAPH_CLASSES when the
+    graph states its output size)."""
     ort = onnxruntime_module()  # with its telemetry off
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
@@ -140,6 +144,9 @@ def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, di
     except Exception as exc:  # ORT raises its own exception types for unreadable graphs
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
     metadata = dict(session.get_modelmeta().custom_metadata_map)
+    classes = next((o.shape[-1] for o in session.get_outputs() if o.name == OUTPUT_NAME), None)
+    if isinstance(classes, int):   # a symbolic size says nothing; a number must match the charset
+        metadata[GRAPH_CLASSES] = str(classes)
 
     def run(images: np.ndarray, widths: np.ndarray) -> np.ndarray:
         return session.run([OUTPUT_NAME], {"images": images, "widths": widths})[0]
@@ -256,6 +263,9 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
             provenance = json.loads(meta.get("provenance", "{}"))
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{path}: damaged fedocr metadata ({exc})") from exc
+        if GRAPH_CLASSES in meta and int(meta[GRAPH_CLASSES]) != len(charset):
+            raise ModelLoadError(f"{path}: the graph outputs {meta[GRAPH_CLASSES]} classes but its charset has "
+                                 f"{len(charset)} (blank included): mismatched metadata")
         info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
                          config, provenance)
         return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()))

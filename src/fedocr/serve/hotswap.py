@@ -5,6 +5,14 @@ builds the new engine completely (and runs it once) before swapping the referenc
 request ever sees a half-loaded model and a bad file leaves the old model serving. The model
 path can also be watched, so the newest accepted global model of a federation (written
 atomically by the run) goes live by itself.
+
+A file that loads is not yet a model to serve. Before a swap the new model reads a built-in
+line (a rendered line of digits, the same for both models), and the swap is refused when:
+- its vocabulary (charset version) differs from the served one: every answer would change
+  meaning, and a model of another vocabulary reads nothing (`force` switches on purpose);
+- it reads the built-in line worse than the served model by more than SMOKE_SLACK of CER: a
+  broken or mislabelled file (a relative test, so a model still in training replaces another).
+The watcher never forces: it logs the refusal and keeps serving.
 """
 from __future__ import annotations
 
@@ -15,7 +23,32 @@ from pathlib import Path
 
 import numpy as np
 
+from fedocr.data import SyntheticLines
 from fedocr.serve.engine import Engine, load_engine, resolve_model_path
+from fedocr.train.metrics import score
+
+
+SMOKE_SEED = 20_261_203   # the built-in line: line 0 of the `digits` preset with this seed
+SMOKE_SLACK = 0.25        # CER a new model may lose on it against the served one
+
+
+class SwapRefused(RuntimeError):
+    """A model file that loads but must not replace the served one (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class SmokeTest:
+    """What a model read on the built-in line."""
+    text: str
+    read: str
+    cer: float
+
+
+def smoke_test(engine: Engine) -> SmokeTest:
+    """Read the built-in line; raises if the model cannot (a graph that fails on real input)."""
+    image, text = SyntheticLines("digits", 1, seed=SMOKE_SEED, charset=engine.charset)[0]
+    read = engine.recognize([image])[0].text
+    return SmokeTest(text, read, score([(read, engine.charset.normalise(text, keep_unknown=True))]).cer)
 
 
 @dataclass(frozen=True)
@@ -23,6 +56,7 @@ class Loaded:
     engine: Engine
     loaded_at: str
     signature: tuple[int, int]          # (mtime_ns, size) of the file it came from
+    smoke: SmokeTest
 
 
 def _signature(path: Path) -> tuple[int, int]:
@@ -52,7 +86,8 @@ class ModelSlot:
         signature = _signature(file) if file.is_file() else (0, 0)
         engine = load_engine(path, self.threads, self.prefer_onnx)
         engine.recognize([np.full((32, 64), 255, np.uint8)])   # fail here, not on a user's request
-        return Loaded(engine, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), signature)
+        return Loaded(engine, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), signature,
+                      smoke_test(engine))
 
     def changed(self) -> bool:
         """Whether the model file differs from the one loaded (or a sibling .onnx appeared)."""
@@ -62,18 +97,35 @@ class ModelSlot:
         except OSError:
             return False                     # the file is being replaced; look again later
 
-    def reload(self) -> tuple[bool, Loaded]:
+    def reload(self, force: bool = False) -> tuple[bool, Loaded]:
         """Load the model file again; returns (whether the version changed, what is now served).
 
-        Raises the load error (the old model keeps serving) when the file cannot be used.
+        Raises the load error or SwapRefused (the old model keeps serving) when the file cannot be
+        used; `force` accepts another vocabulary or a worse reading of the built-in line.
         """
-        return self.switch(self.path)
+        return self.switch(self.path, force)
 
-    def switch(self, path: str | Path) -> tuple[bool, Loaded]:
+    def switch(self, path: str | Path, force: bool = False) -> tuple[bool, Loaded]:
         """Serve another model file from now on (the dashboard's "make this round live"); reloads and
-        the watcher then follow that file. Raises the load error, the old model still serving."""
+        the watcher then follow that file. Raises the load error or SwapRefused, the old model still
+        serving."""
         with self._lock:
             old = self._current
             new = self._load(Path(path))
+            if not force:
+                refuse_swap(old, new)
             self.path, self._current = Path(path), new
             return new.engine.info.version != old.engine.info.version, new
+
+
+def refuse_swap(old: Loaded, new: Loaded) -> None:
+    """Raise SwapRefused when `new` must not replace `old` without `force` (see the module's doc)."""
+    was, now = old.engine.info, new.engine.info
+    if now.charset_version != was.charset_version:
+        raise SwapRefused(f"{Path(now.path).name} uses vocabulary {now.charset_version} ({now.charset_size} classes), "
+                          f"the served model {was.charset_version} ({was.charset_size}): every answer would change "
+                          f"meaning; reload with force to switch vocabularies")
+    if new.smoke.cer > old.smoke.cer + SMOKE_SLACK:
+        raise SwapRefused(f"{Path(now.path).name} reads the built-in line {new.smoke.text!r} as {new.smoke.read!r} "
+                          f"(CER {new.smoke.cer:.2f}), the served model with CER {old.smoke.cer:.2f}: a broken or "
+                          f"mislabelled model; reload with force to serve it anyway")

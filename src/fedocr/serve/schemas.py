@@ -59,6 +59,9 @@ class Health(BaseModel):
     status: Literal["ok"]
     model: str | None = Field(description="version of the served model; null on a dashboard-only server")
     backend: str | None
+    charset_version: str | None = Field(None, description="the served model's vocabulary")
+    builtin_line_cer: float | None = Field(None, description="CER of the served model on the built-in line it read "
+                                                             "before going live (recognition works end to end)")
     uptime_s: float
 
 

@@ -84,8 +84,7 @@ class Trainer:
         self.net: torch.nn.Module = model
         if config.dp_noise_multiplier:
             self.net, self.optimizer = dp.private(model, self.optimizer, config.batch_size,
-                                                  dp.DpSgd(config.dp_noise_multiplier, config.dp_max_grad_norm),
-                                                  config.seed)
+                                                  dp.DpSgd(config.dp_noise_multiplier, config.dp_max_grad_norm))
         self.batches_per_epoch = math.ceil(len(data) / config.batch_size)
         self.total_steps = config.total_steps(self.batches_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -161,8 +160,7 @@ class Trainer:
         if self.config.dp_noise_multiplier:  # DP-SGD's accounting assumes Poisson sampling
             from fedocr.train.private import PoissonBatches
 
-            sampler = PoissonBatches(len(self.data), self.sample_rate, self.batches_per_epoch - self.batch_in_epoch,
-                                     seed=self.config.seed * 1000 + self.epoch)
+            sampler = PoissonBatches(len(self.data), self.sample_rate, self.batches_per_epoch - self.batch_in_epoch)
         else:
             sampler = WidthBucketSampler(self.data.label_lengths, self.config.batch_size, self.config.seed,
                                          epoch=self.epoch, start_batch=self.batch_in_epoch, bucket=self.config.bucket)

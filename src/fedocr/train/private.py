@@ -17,9 +17,17 @@ The CRNN is made DP-trainable in place without losing what it knows:
 
 An empty Poisson draw (probability (1 - q)^lines ~ e^-batch) is drawn again; batches of fewer
 than 8 lines are refused so that this conditioning stays negligible (< e^-8).
+
+The noise and the Poisson draws come from the OS's entropy (`secret_generator`), never from the
+training seed: a seed is recorded with the run and known to the server, and a noise stream that
+anyone can regenerate can be subtracted again (with plain SGD, exactly), while subsampling only
+amplifies privacy when nobody knows which lines were drawn. DP-SGD runs are therefore not
+bit-reproducible. (torch's generator is a Mersenne Twister seeded with 63 secret bits, not a
+CSPRNG: Opacus's `secure_mode` needs torchcsprng, which has no wheel for this torch.)
 """
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,8 +94,13 @@ def make_dp_trainable(model: nn.Module) -> nn.Module:
     return model
 
 
-def private(model: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int, dp: DpSgd,
-            seed: int) -> tuple[GradSampleModule, DPOptimizer]:
+def secret_generator() -> torch.Generator:
+    """A generator seeded from the OS's entropy: its draws cannot be regenerated from the run."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def private(model: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
+            dp: DpSgd) -> tuple[GradSampleModule, DPOptimizer]:
     """The module to run forward through (per-sample gradients) and the optimizer that clips and
     adds noise. `model` must already be DP-trainable; its parameters are shared, not copied."""
     if batch_size < MIN_DP_BATCH:
@@ -96,18 +109,18 @@ def private(model: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
     # per backward hook; it means nothing to a user and changes no gradient.
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    generator = torch.Generator().manual_seed(seed)
     dp_optimizer = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                               expected_batch_size=batch_size, loss_reduction="mean", generator=generator)
+                               expected_batch_size=batch_size, loss_reduction="mean", generator=secret_generator())
     return net, dp_optimizer
 
 
 class PoissonBatches(Sampler[list[int]]):
-    """`draws` batches, each line in each with probability q (empty draws drawn again)."""
+    """`draws` batches, each line in each with probability q (empty draws drawn again), drawn with
+    a secret generator (see the module's doc)."""
 
-    def __init__(self, n: int, q: float, draws: int, seed: int) -> None:
+    def __init__(self, n: int, q: float, draws: int) -> None:
         self.n, self.q, self.draws = n, q, draws
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = secret_generator()
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.draws):

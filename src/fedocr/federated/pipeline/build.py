@@ -223,7 +223,9 @@ class ServerChain:
         `server_update`: the server's own update on its root lines, which FLTrust needs."""
         new_states = copy.deepcopy(states)
         records: list[StepRecord] = []
-        cohort = replace(cohort or Cohort(len(updates), len(updates)), aggregated=len(updates))
+        # a secure round's one mean says how many nodes it sums; otherwise each update is one node
+        cohort = replace(cohort or Cohort(len(updates), len(updates)),
+                         aggregated=(cohort.aggregated if cohort and cohort.aggregated else len(updates)))
 
         def context(name: str) -> StepContext:
             return StepContext(server_round, step_rng(seed, server_round, "", name), new_states.setdefault(name, {}),
@@ -353,10 +355,7 @@ def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
     if AggregateConfig.from_run_config(rc).aggregate != "all":
         raise bad("aggregate", "under secure aggregation every node must send the same tensors, so the masks "
                                "cancel and the ciphertexts add: aggregate=backbone or fedbn keep different parts local")
-    if privacy.DpConfig.from_run_config(rc).level == "client":
-        raise bad("dp.level", "client-level DP adds its noise on the server after the sum is unmasked, so the "
-                              "server sees the exact sum and secure aggregation protects nothing the noise "
-                              "would; distributed noise is not built: use dp.level=record (DP-SGD on each node)")
+
 
 
 def describe(rc: Mapping[str, Any]) -> str:

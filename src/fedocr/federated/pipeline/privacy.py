@@ -20,6 +20,19 @@ Two guarantees, chosen by `dp.level`:
   sample: that accounting is the standard approximation of it). It needs many clients: with
   three, every round is a full-participation Gaussian mechanism (see ../shared/notes).
 
+  Under secure aggregation (`secure.method` secagg+ or ckks) the server sees only the sum, so it
+  cannot add the noise to a sum it never saw in the clear: the noise is **distributed** (as in
+  Kairouz et al., "The Distributed Discrete Gaussian Mechanism", ICML 2021, arXiv:2102.06387, with
+  continuous Gaussians). Each sampled node clips its update, weighs itself 1, and adds
+  N(0, (z x clip)^2 / sampled) before masking or encrypting; the m nodes that make it into the sum
+  add N(0, (z x clip)^2 x m / sampled) together, which the server's ledger accounts as noise
+  multiplier z x sqrt(m / sampled): a node that drops out costs privacy, recorded, never hidden.
+  The noise multiplier must be fixed in the run config (a node must not take it from the server),
+  and the nodes trust the server's count of the sampled nodes.
+
+Noise comes from the OS's entropy, never from the run seed (recorded with the run, so a seeded
+noise stream could be regenerated and subtracted): DP runs are not bit-reproducible.
+
 Epsilon is computed with dp-accounting's RDP accountant at `dp.delta`. A ledger is a list of
 (q, noise multiplier, steps) entries in the step's state, so it is checkpointed with the server
 state or kept on the node's disk, and a restart continues the count. With `dp.noise-multiplier
@@ -27,6 +40,7 @@ state or kept on the node's disk, and a restart continues the count. With `dp.no
 """
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
@@ -39,6 +53,7 @@ from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import Cohort, StepContext, Update, Weights
 
 Level = Literal["none", "record", "client"]
+SAMPLED = "sampled"   # the task's count of nodes sampled this round (distributed noise divides by it)
 Ledger = list[list[float]]   # [[sampling rate, noise multiplier, steps], ...]
 RDP_ORDERS = [*range(2, 65), 128, 256, 512]   # integer orders: closed form, no convergence warnings
 
@@ -66,6 +81,11 @@ def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -
         dp_accounting.LowerEndpointAndGuess(0.05, 1.0), tol=1e-3))
 
 
+def secret_rng() -> np.random.Generator:
+    """A generator seeded from the OS's entropy: DP noise nobody can regenerate from the run."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
 def clip_to(tensors: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, float]:
     """The float tensors scaled so their joint L2 norm is at most `bound` (integer buffers
     unchanged), and the norm before clipping."""
@@ -78,7 +98,7 @@ def clip_to(tensors: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, f
 class DpConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"dp.level": "level", "dp.noise-multiplier": "noise_multiplier",
                                       "dp.clip": "clip", "dp.delta": "delta", "dp.target-epsilon": "target_epsilon",
-                                      "num-rounds": "rounds"}
+                                      "num-rounds": "rounds", "secure.method": "secure_method"}
 
     level: Level = "none"          # `dp.level`: "none", "record" (DP-SGD per line) or "client" (DP-FedAvg per node)
     noise_multiplier: float = 0.0  # `dp.noise-multiplier`: noise std / clip; 0: calibrated to dp.target-epsilon
@@ -86,6 +106,7 @@ class DpConfig(StepConfig):
     delta: float = 1e-5            # `dp.delta`: the delta of the (epsilon, delta) guarantee
     target_epsilon: float = 0.0    # `dp.target-epsilon`: the budget; 0: none (then a noise multiplier is needed)
     rounds: int = 3                # `num-rounds`: the planned rounds a calibrated noise spreads the budget over
+    secure_method: str = "none"    # `secure.method`: under secure aggregation, client-level noise is distributed
 
     def __post_init__(self) -> None:
         if self.level not in ("none", "record", "client"):
@@ -101,6 +122,14 @@ class DpConfig(StepConfig):
             raise bad("dp.clip", "must be > 0")
         if not 0 < self.delta < 1:
             raise bad("dp.delta", "must be in (0, 1)")
+        if self.distributed and not self.noise_multiplier:
+            raise bad("dp.noise-multiplier", "under secure aggregation each node adds its share of the noise, so the "
+                                             "noise multiplier must be fixed in the run config, not calibrated")
+
+    @property
+    def distributed(self) -> bool:
+        """Client-level noise added by the nodes (the server sees only the sum)."""
+        return self.level == "client" and self.secure_method != "none"
 
     def check_population(self, n: int, what: str) -> None:
         """delta must be well below 1/n, or the guarantee allows publishing a record outright."""
@@ -184,6 +213,29 @@ class ClipUpdate:
 
 
 @dataclass(frozen=True)
+class DistributedNoise:
+    """Client step (client level, under secure aggregation): weigh this node 1 and add its share
+    of the round's noise, N(0, (z x clip)^2 / sampled), drawn from the OS's entropy."""
+    config: DpConfig
+    name: str = "dp-node-noise"
+
+    def describe(self) -> str:
+        return (f"add N(0, ({self.config.noise_multiplier:g} x {self.config.clip:g})^2 / sampled) before the "
+                f"secure sum (distributed DP-FedAvg); weigh this node 1")
+
+    def __call__(self, update: Update, ctx: StepContext) -> Update:
+        sampled = int(ctx.task.get(SAMPLED, 0))
+        if sampled < 1:
+            raise ValueError("distributed DP needs the number of nodes sampled this round in the task")
+        std = self.config.noise_multiplier * self.config.clip / np.sqrt(sampled)
+        rng = secret_rng()
+        noisy = {k: (v + rng.normal(0.0, std, v.shape)).astype(v.dtype) if is_float(v) else v
+                 for k, v in update.tensors.items()}
+        return replace(update.with_tensors(noisy), examples=1).noted(self.name, noise_std=std, sampled=sampled,
+                                                                    claimed_examples=update.examples)
+
+
+@dataclass(frozen=True)
 class EqualClip(ClipUpdate):
     """Server screening step (client level): clip again (a client may skip its own clipping) and
     weigh every node equally, so one node moves the sum by at most `dp.clip`."""
@@ -205,6 +257,9 @@ class GaussianNoise:
     name: str = "dp-noise"
 
     def describe(self) -> str:
+        if self.config.distributed:
+            return (f"sum / sampled; the nodes' noise accounted as z x sqrt(summed / sampled), "
+                    f"{self.config.ledger_terms()}")
         return f"Gaussian noise std z * {self.config.clip:g} / sampled, {self.config.ledger_terms()}"
 
     def noise(self, ctx: StepContext, q: float) -> float:
@@ -224,23 +279,31 @@ class GaussianNoise:
         if cohort is None or cohort.sampled < 1:
             raise ValueError("dp-noise needs the round's cohort (sampled and aggregated counts)")
         q, z = cohort.sampling_rate, self.noise(ctx, cohort.sampling_rate)
-        std = z * self.config.clip / cohort.sampled
         share = cohort.aggregated / cohort.sampled   # mean over the aggregated -> sum / sampled
-        noisy = {k: (v * share + ctx.rng.normal(0.0, std, v.shape)).astype(v.dtype) if is_float(v) else v
-                 for k, v in step.items()}
+        if self.config.distributed:   # the nodes added it: the m summed shares make z x sqrt(m / sampled)
+            z = z * float(np.sqrt(share))
+            std, rng = 0.0, None
+        else:
+            std, rng = z * self.config.clip / cohort.sampled, secret_rng()
+        noisy = {k: (v * share + (rng.normal(0.0, std, v.shape) if rng else 0.0)).astype(v.dtype) if is_float(v)
+                 else v for k, v in step.items()}
         ledger: Ledger = [*ctx.state.get("ledger", []), [q, z, 1]]
         ctx.state["ledger"] = ledger
-        ctx.note(self.name, sample_rate=q, noise_multiplier=z, noise_std=std, sampled=cohort.sampled,
-                 aggregated=cohort.aggregated, **self.config.budget_note(epsilon(ledger, self.config.delta)))
+        ctx.note(self.name, sample_rate=q, noise_multiplier=z, sampled=cohort.sampled, aggregated=cohort.aggregated,
+                 **({"distributed": True} if self.config.distributed else {"noise_std": std}),
+                 **self.config.budget_note(epsilon(ledger, self.config.delta)))
         return noisy
 
 
 def client_steps(config: DpConfig) -> list[Any]:
+    if config.distributed:
+        return [ClipUpdate(config), DistributedNoise(config)]
     return {"none": [], "record": [RecordLedger(config)], "client": [ClipUpdate(config)]}[config.level]
 
 
 def screen_steps(config: DpConfig) -> list[Any]:
-    return [EqualClip(config)] if config.level == "client" else []
+    # under secure aggregation the server sees the mean only: the nodes clip and weigh themselves
+    return [EqualClip(config)] if config.level == "client" and not config.distributed else []
 
 
 def transform_steps(config: DpConfig) -> list[GaussianNoise]:
