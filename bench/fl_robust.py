@@ -22,7 +22,7 @@ adaptive norm bound of the server's check off (`max-norm-ratio = 0`) to measure 
 Runs are cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_robust.py [--rounds 12] [--lines 16] [--start scratch|warm]
-        [--malicious 1,2] [--attacks clean,boost,...] [--defences fedavg,default,...] [--out DIR]
+        [--malicious 1,2] [--attacks clean,boost,...] [--defences fedavg,default,...] [--out DIR] [--cached-only]
 """
 from __future__ import annotations
 
@@ -59,12 +59,17 @@ DEFENCES: dict[str, dict[str, Any]] = {
 }
 
 
+def run_name(attack: str, defence: str, malicious: int) -> str:
+    """The run's folder and cache name. The clean FedAvg run does not depend on the number of
+    malicious nodes: one run serves both."""
+    name = f"{attack}-{defence}" + ("" if (attack, defence) == ("clean", "fedavg") else f"-m{malicious}")
+    return name.replace(" ", "_")
+
+
 def run_one(attack: str, defence: str, malicious: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One federation (cached as out/ATTACK-DEFENCE-mN.json); a clean run has no malicious node."""
     bad = MALICIOUS[malicious] if ATTACKS[attack] else []
-    # The clean FedAvg run does not depend on the number of malicious nodes: one run serves both.
-    name = f"{attack}-{defence}" + ("" if (attack, defence) == ("clean", "fedavg") else f"-m{malicious}")
-    name = name.replace(" ", "_")
+    name = run_name(attack, defence, malicious)
     cached = out / f"{name}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -155,6 +160,8 @@ def main() -> int:
     parser.add_argument("--defences", default=",".join(DEFENCES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-robust"), help="run folders and the run cache")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="run nothing: tabulate the runs of the grid already in the cache")
     args = parser.parse_args()
     counts = [int(m) for m in args.malicious.split(",")]
     attacks = [a.strip() for a in args.attacks.split(",")]
@@ -166,7 +173,11 @@ def main() -> int:
     out = (args.out / f"{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}-s{args.seed}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = [("clean", "fedavg")] + [(a, d) for a in attacks for d in defences if (a, d) != ("clean", "fedavg")]
-    rows = [{**run_one(attack, defence, m, args, out), "m": m} for m in counts for attack, defence in plan]
+    if args.cached_only:
+        plan_m = [(a, d, m) for m in counts for a, d in plan if (out / f"{run_name(a, d, m)}.json").is_file()]
+    else:
+        plan_m = [(a, d, m) for m in counts for a, d in plan]
+    rows = [{**run_one(attack, defence, m, args, out), "m": m} for attack, defence, m in plan_m]
     table(rows)
     result = {"federation": FEDERATION, "start": args.start, "rounds": args.rounds, "lines": args.lines,
               "test_lines": args.test_lines, "seed": args.seed, "defences": {d: DEFENCES[d] for d in defences},

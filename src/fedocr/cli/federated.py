@@ -8,7 +8,7 @@ from typing import Any
 
 from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, check_writable_file, print_json
 from fedocr.cli.personal import add_personal_parser
-from fedocr.cli.privacy import add_audit_parser, add_he_keys_parser, format_audit
+from fedocr.cli.privacy import add_audit_parser, add_he_keys_parser, add_signing_key_parser, format_audit
 from fedocr.cli.serving import add_dashboard_parser
 
 
@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add_audit_parser(fl_sub)
     add_he_keys_parser(fl_sub)
+    add_signing_key_parser(fl_sub)
     add_personal_parser(fl_sub)
     add_dashboard_parser(fl_sub)
 

@@ -85,3 +85,27 @@ def run_he_keys(args: argparse.Namespace) -> int:
         raise CliError(f"{args.out}: {exc.strerror or exc}", EXIT_OUTPUT) from exc
     print(f"wrote {secret} (the nodes') and {public} (the server's)")
     return 0
+
+
+def add_signing_key_parser(fl_sub: argparse._SubParsersAction) -> None:
+    p = fl_sub.add_parser("signing-key", help="make the Ed25519 key the federation signs its published models with",
+                          description="Write OUT/signing.key (mode 0600: the federation server's; name it with the run "
+                                      "config sign-key) and OUT/signing.pub (give it to every OCR server: "
+                                      "`fedocr serve --trust OUT/signing.pub` serves only files it signed).")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the two files into")
+    p.add_argument("--force", action="store_true", help="replace a key pair already there (servers trusting the old "
+                                                        "public key will refuse the new models)")
+    p.set_defaults(run=run_signing_key)
+
+
+def run_signing_key(args: argparse.Namespace) -> int:
+    from fedocr.model.signature import make_signing_key
+
+    try:
+        private, public = make_signing_key(args.out, args.force)
+    except FileExistsError as exc:
+        raise CliError(str(exc), EXIT_OUTPUT) from exc
+    except OSError as exc:
+        raise CliError(f"{args.out}: {exc.strerror or exc}", EXIT_OUTPUT) from exc
+    print(f"wrote {private} (the federation server's, keep it private) and {public} (for every OCR server)")
+    return 0

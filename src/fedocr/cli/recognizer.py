@@ -43,6 +43,8 @@ def _ocr_arguments(p: argparse.ArgumentParser) -> None:
     max_lines = SegmentConfig().max_lines
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF, ...)")
     p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); default: the shipped model")
+    p.add_argument("--trust", type=Path, metavar="KEY.pub",
+                   help="use the model only if it is signed by this Ed25519 public key (`fedocr fl signing-key`)")
     p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     p.add_argument("--layout", choices=["auto", "line", "page"], default="auto",
                    help="auto: one line or a page, decided per image (an underline or table rules do not split a "
@@ -257,7 +259,7 @@ def run_ocr(args: argparse.Namespace) -> int:
     from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
     from fedocr.serve.segment import TooManyLines
 
-    engine = load_engine(args.model or default_model())
+    engine = load_engine(args.model or default_model(), trust=args.trust)
     engine.segment = replace(engine.segment, max_lines=args.max_lines)
     status = 0
     for path in args.images:

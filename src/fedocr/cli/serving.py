@@ -38,6 +38,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     limits, max_lines = Limits(), ServeConfig.max_lines
     p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); "
                                               "default: the shipped model")
+    p.add_argument("--trust", type=Path, metavar="KEY.pub",
+                   help="serve only model files signed by this Ed25519 public key (`fedocr fl signing-key`): at start, "
+                        "on reload and with --watch")
     p.add_argument("--runs", type=Path, metavar="RUNS.db",
                    help="a federation's run store: adds the dashboard (/dashboard, /api/runs), read-only")
     _listen_arguments(p)
@@ -202,9 +205,9 @@ def run_serve(args: argparse.Namespace) -> int:
                     max_batch_bytes=max(base.max_batch_bytes, args.max_bytes))
     config = ServeConfig(model=model, token=token, limits=limits, cache_size=args.cache, workers=args.workers,
                          threads=args.threads, watch_s=args.watch, cors_origins=tuple(args.cors_origin),
-                         max_lines=args.max_lines, runs=_runs_store(args.runs))
+                         max_lines=args.max_lines, runs=_runs_store(args.runs), trust=args.trust)
     limit_malloc_arenas()                            # a long-running server must not creep up in memory
-    slot = ModelSlot(config.model, config.threads)  # load before serving: a bad model fails fast
+    slot = ModelSlot(config.model, config.threads, trust=args.trust)  # load before serving: a bad model fails fast
     info = slot.engine.info
     print(f"serving {info.path} ({info.backend}, {info.quantization}, version {info.version}) "
           f"on http://{args.host}:{args.port}/" + (" (dashboard: /dashboard)" if config.runs else ""),

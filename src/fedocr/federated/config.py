@@ -74,6 +74,7 @@ class FlConfig:
     seed: int = 0                      # client sampling, local shuffling, synthetic data
     out_dir: str = "fl-run"            # models, state and report.json (relative: under $FEDOCR_RUNS)
     store: str = "runs.db"             # SQLite run store (relative: under $FEDOCR_RUNS)
+    sign_key: str = ""                 # Ed25519 private key (`fedocr fl signing-key`): sign every model it writes
     run_name: str = ""                 # label shown by `fedocr fl runs` (default: the out-dir name)
     baselines: bool = True             # after the last round: train local-only and centralized baselines (simulation)
     eval_every: int = 0                # federated evaluation on each node's held-out lines every k rounds (0: last round only)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,7 @@ from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, save_checkpoint
 from fedocr.model.checkpoint import provenance
+from fedocr.model.signature import check_signing_key, sign_file
 
 log = logging.getLogger("fedocr.federated")
 Printer = Callable[[str], None]
@@ -146,6 +148,8 @@ class FederatedServer:
         if self.chain.secure.method == "ckks":
             config = he.HeConfig.from_run_config(cfg.to_run_config())
             self.he = (config, he.load_context(config.folder / he.PUBLIC, need_secret=False))
+        if cfg.sign_key:   # an unusable key must stop the run before it trains, not after
+            check_signing_key(Path(cfg.sign_key))
         self.store = RunStore(cfg.store_path())
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
                              # lr_resolved: the peak local rate; each round records the rate it sent
@@ -377,19 +381,28 @@ class FederatedServer:
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((r.record for r in received), key=lambda c: c.client), steps=steps)
 
+    def _write_model(self, path: Path, prov: dict) -> None:
+        """A checkpoint of the current model, signed when the run has a signing key."""
+        save_checkpoint(path, self.model, self.charset, prov)
+        self._sign(path)
+
+    def _sign(self, path: Path) -> None:
+        if self.cfg.sign_key:
+            sign_file(path, Path(self.cfg.sign_key))
+
     def _save_round(self, record: RoundRecord) -> None:
         """Round model, best model, store row, then the state: in that order, so a kill at any
         point leaves either the previous round's state or this round's, never a mix."""
         rnd, state = record.round, self.state
         prov = provenance(kind="federated", run_id=state.run_id, round=rnd, federation=self.cfg.federation,
                           seed=self.cfg.seed, initial_model=self.init_desc, aggregate=self.cfg.aggregate)
-        save_checkpoint(self.out / f"round-{rnd}.pt", self.model, self.charset, prov)
+        self._write_model(self.out / f"round-{rnd}.pt", prov)
         if record.val_cer is None:  # no meaningful server-side score (backbone mode): the latest round
             state.best_round = rnd
-            save_checkpoint(self.out / "model.pt", self.model, self.charset, {**prov, "latest_of_rounds": rnd})
+            self._write_model(self.out / "model.pt", {**prov, "latest_of_rounds": rnd})
         elif state.best_cer is None or record.val_cer < state.best_cer:
             state.best_cer, state.best_round = record.val_cer, rnd
-            save_checkpoint(self.out / "model.pt", self.model, self.charset, {**prov, "best_of_rounds": rnd})
+            self._write_model(self.out / "model.pt", {**prov, "best_of_rounds": rnd})
         self.store.record_round(state.run_id, record)
         state.round = rnd
         state.save(self.out)
@@ -484,6 +497,7 @@ class FederatedServer:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.print(f"warning: {model_pt.with_suffix('.onnx')} not written: {reason}")
             return
+        self._sign(model_pt.with_suffix(".onnx"))
         self.print(f"wrote {model_pt.with_suffix('.onnx')}")
 
     def _require_an_applied_round(self) -> None:

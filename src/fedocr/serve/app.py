@@ -56,6 +56,7 @@ class ServeConfig:
     prefer_onnx: bool = True
     max_lines: int = SegmentConfig().max_lines   # lines per image; more is refused (422) before recognition
     runs: Path | None = None                 # the federation's run store: serves /dashboard and /api/runs
+    trust: Path | None = None                # serve only model files signed by this Ed25519 public key
 
 
 @dataclass
@@ -189,7 +190,8 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model = slot or (ModelSlot(config.model, config.threads, config.prefer_onnx) if config.model else None)
+        model = slot or (ModelSlot(config.model, config.threads, config.prefer_onnx, config.trust)
+                         if config.model else None)
         state = State(config, model,
                       ResultCache(config.cache_size), anyio.CapacityLimiter(config.workers), time.time())
         app.state.fedocr = state

@@ -26,6 +26,7 @@ from fedocr.charset import Charset
 from fedocr.data import preprocess
 from fedocr.data.preprocess import kept_height, resized_width
 from fedocr.export import FORMAT, OUTPUT_NAME, file_digest, onnxruntime_module
+from fedocr.model.signature import SignatureError, verify_file
 from fedocr.model import Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
 from fedocr.model.crnn import WIDTH_STRIDE
@@ -246,12 +247,18 @@ class Engine:
 
 
 def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool = True,
-                batching: Batching | None = None) -> Engine:
+                batching: Batching | None = None, trust: Path | None = None) -> Engine:
     """Load a model file: .onnx with ONNX Runtime; .pt with ONNX Runtime when a sibling .onnx
-    exists (and prefer_onnx), else with PyTorch."""
+    exists (and prefer_onnx), else with PyTorch. `trust`: a public key whose signature the file
+    must carry (model.signature), checked before anything is loaded."""
     path = resolve_model_path(path, prefer_onnx)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
+    if trust is not None:
+        try:
+            verify_file(path, trust)
+        except SignatureError as exc:
+            raise ModelLoadError(str(exc)) from None
     version = file_digest(path)[:12]
     if path.suffix == ".onnx":
         logits_fn, meta = onnx_logits_fn(path, threads)

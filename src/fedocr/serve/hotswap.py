@@ -67,8 +67,9 @@ def _signature(path: Path) -> tuple[int, int]:
 class ModelSlot:
     """Holds the current engine; `reload` swaps it atomically."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, prefer_onnx: bool = True) -> None:
-        self.path, self.threads, self.prefer_onnx = Path(path), threads, prefer_onnx
+    def __init__(self, path: str | Path, threads: int | None = None, prefer_onnx: bool = True,
+                 trust: Path | None = None) -> None:
+        self.path, self.threads, self.prefer_onnx, self.trust = Path(path), threads, prefer_onnx, trust
         self._lock = threading.Lock()       # one reload at a time
         self._current = self._load()
 
@@ -84,7 +85,7 @@ class ModelSlot:
         path = path or self.path
         file = resolve_model_path(path, self.prefer_onnx)
         signature = _signature(file) if file.is_file() else (0, 0)
-        engine = load_engine(path, self.threads, self.prefer_onnx)
+        engine = load_engine(path, self.threads, self.prefer_onnx, trust=self.trust)   # every swap verifies too
         engine.recognize([np.full((32, 64), 255, np.uint8)])   # fail here, not on a user's request
         return Loaded(engine, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), signature,
                       smoke_test(engine))
