@@ -352,6 +352,27 @@ def test_an_onnx_file_whose_charset_does_not_match_its_graph_is_refused(onnx_mod
         load_engine(bad)
 
 
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_a_page_scanned_sideways_or_upside_down_is_read_upright_and_says_its_angle(turns, tmp_path):
+    from fedocr.model.shipped import base_checkpoint
+    from fedocr.serve.engine import load_engine
+
+    engine = load_engine(base_checkpoint())
+    page = render_page(5, seed=turns, charset=engine.charset).image
+    upright = engine.ocr(page)
+    assert upright.angle == 0 and upright.confidence > 0.9 and upright.warning is None
+    turned = np.ascontiguousarray(np.rot90(page, -turns))                # the scan, turned clockwise
+    with TestClient(create_app(ServeConfig(model=base_checkpoint()))) as c:
+        answer = post(c, png(turned)).json()
+    assert answer["angle"] == 90 * turns and answer["text"] == upright.text
+    assert (answer["width"], answer["height"]) == (page.shape[1], page.shape[0])   # boxes refer to the upright page
+
+
+def test_a_model_that_reads_junk_warns_and_turns_nothing(client):
+    answer = post(client, png(render_page(3, seed=1).image)).json()          # a random model: low confidence
+    assert answer["angle"] == 0 and "low confidence" in answer["warning"]
+
+
 def _lines():
     from serve_fixtures import fixed_lines_small
 

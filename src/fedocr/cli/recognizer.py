@@ -277,9 +277,15 @@ def run_ocr(args: argparse.Namespace) -> int:
             lines = [{"text": line.text, "confidence": line.confidence, "box": list(line.box),
                       "chars": [{"char": c.char, "confidence": c.confidence, "x": [c.x0, c.x1]} for c in line.chars]}
                      for line in page.lines]
-            print_json({"image": str(path), "text": page.text, "confidence": page.confidence, "lines": lines})
+            print_json({"image": str(path), "text": page.text, "confidence": page.confidence, "angle": page.angle,
+                        "warning": page.warning, "lines": lines})
         else:
             print(page.text if len(args.images) == 1 else f"{path}\t{page.text}", flush=True)
+        if page.angle:
+            print(f"{path}: read turned {page.angle} degrees counter-clockwise (boxes refer to the turned image)",
+                  file=sys.stderr)
+        if page.warning:
+            print(f"{path}: warning: {page.warning}", file=sys.stderr)
     return status
 
 

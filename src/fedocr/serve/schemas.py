@@ -30,8 +30,11 @@ class OcrResult(BaseModel):
     text: str = Field(description="all lines joined in reading order (rows by newline)")
     confidence: float = Field(ge=0, le=1, description="mean line confidence")
     lines: list[Line]
-    width: int
+    width: int = Field(description="of the image as read: turned by `angle`, boxes refer to it")
     height: int
+    angle: int = Field(0, description="degrees the image was turned counter-clockwise to read it upright "
+                                      "(0, 90, 180, 270): a page scanned sideways or upside down")
+    warning: str | None = Field(None, description="set when most of the image read with low confidence")
     time_ms: float = Field(description="server time for this image (decode + recognise)")
     model: str = Field(description="version (content hash) of the model that answered")
     cached: bool = Field(description="answered from the result cache")
@@ -39,6 +42,7 @@ class OcrResult(BaseModel):
     @classmethod
     def from_page(cls, page: PageResult, time_ms: float, model: str, cached: bool) -> "OcrResult":
         return cls(text=page.text, confidence=page.confidence, width=page.width, height=page.height,
+                   angle=page.angle, warning=page.warning,
                    lines=[Line.from_result(line) for line in page.lines],
                    time_ms=round(time_ms, 2), model=model, cached=cached)
 

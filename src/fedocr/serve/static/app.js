@@ -9,7 +9,8 @@ const TEXT = {
     privacy: "Images are recognised on this server and are not stored.",
     working: "Recognising…", copied: "Copied.", lines: (n, c, ms) => `${n} line(s), confidence ${c}, ${ms} ms`,
     notImage: "That is not an image.", needToken: "This server needs an API token: enter it above and try again.",
-    failed: "Recognition failed: ", model: (m) => `model ${m.version} · ${m.backend} ${m.quantization}`, lang: "中文",
+    failed: "Recognition failed: ", turned: (a) => `Read turned ${a}° (the page was sideways or upside down). `,
+    lowConfidence: "Low confidence: this may not be text the model reads, or the image is too degraded.", model: (m) => `model ${m.version} · ${m.backend} ${m.quantization}`, lang: "中文",
   },
   zh: {
     drop: "把图片拖到这里、粘贴（Ctrl+V），或选择文件。", token: "API 令牌",
@@ -17,7 +18,8 @@ const TEXT = {
     privacy: "图片只在本服务器上识别，不会被保存。",
     working: "识别中…", copied: "已复制。", lines: (n, c, ms) => `${n} 行，置信度 ${c}，${ms} 毫秒`,
     notImage: "这不是图片。", needToken: "此服务器需要 API 令牌：请在上方输入后重试。",
-    failed: "识别失败：", model: (m) => `模型 ${m.version} · ${m.backend} ${m.quantization}`, lang: "English",
+    failed: "识别失败：", turned: (a) => `已旋转 ${a}° 识别（页面是横放或倒置的）。`,
+    lowConfidence: "置信度低：图中可能没有本模型能识别的文字，或图像质量太差。", model: (m) => `模型 ${m.version} · ${m.backend} ${m.quantization}`, lang: "English",
   },
 };
 
@@ -62,8 +64,10 @@ async function recognise(file) {
   }
   const url = URL.createObjectURL(file);
   image = new Image();
-  image.onload = () => { URL.revokeObjectURL(url); last = { name: file.name || "pasted", result: payload }; showResult(payload); setStatus(""); };
-  image.onerror = () => { URL.revokeObjectURL(url); last = { name: file.name || "pasted", result: payload }; showResult(payload); setStatus(""); };
+  // Turned or low-confidence reads are said so, in the reader's language.
+  const note = (payload.angle ? t("turned", payload.angle) : "") + (payload.warning ? t("lowConfidence") : "");
+  image.onload = () => { URL.revokeObjectURL(url); last = { name: file.name || "pasted", result: payload }; showResult(payload); setStatus(note); };
+  image.onerror = () => { URL.revokeObjectURL(url); last = { name: file.name || "pasted", result: payload }; showResult(payload); setStatus(note); };
   image.src = url;
 }
 
@@ -71,9 +75,16 @@ function draw(active = -1) {
   const canvas = $("canvas");
   const ctx = canvas.getContext("2d");
   if (!image || !last) return;
-  canvas.width = image.naturalWidth || last.result.width;
-  canvas.height = image.naturalHeight || last.result.height;
+  // A page read turned (result.angle, counter-clockwise) is drawn turned too: its boxes refer to that frame.
+  const turns = ((last.result.angle || 0) / 90) % 4;
+  canvas.width = turns ? last.result.width : image.naturalWidth || last.result.width;
+  canvas.height = turns ? last.result.height : image.naturalHeight || last.result.height;
+  ctx.save();
+  if (turns === 1) { ctx.translate(0, canvas.height); ctx.rotate(-Math.PI / 2); }
+  else if (turns === 2) { ctx.translate(canvas.width, canvas.height); ctx.rotate(Math.PI); }
+  else if (turns === 3) { ctx.translate(canvas.width, 0); ctx.rotate(Math.PI / 2); }
   ctx.drawImage(image, 0, 0);
+  ctx.restore();
   const scale = Math.max(1, canvas.width / 800);
   last.result.lines.forEach((line, i) => {
     const [x0, y0, x1, y1] = line.box;
