@@ -393,6 +393,8 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
         except Exception as exc:  # a malformed array must not end the round
             rec.reason = f"unreadable update ({type(exc).__name__})"
             return received
-        received.update = Update(name, tensors, rec.examples, {"train-loss": rec.loss or 0.0},
+        steps = metrics.get("train-steps") if isinstance(metrics.get("train-steps"), (int, float)) else None
+        received.update = Update(name, tensors, rec.examples,
+                                 {"train-loss": rec.loss or 0.0, **({"train-steps": float(steps)} if steps else {})},
                                  records=_client_records(content, name))
     return received

@@ -110,6 +110,12 @@ def screen(received: Received, chain: ServerChain, reference: Weights, server_ro
     return received
 
 
+def median_steps(updates: Sequence[Update]) -> int | None:
+    """The median local steps the round's clients report (None when none does)."""
+    steps = [u.metrics["train-steps"] for u in updates if u.metrics.get("train-steps")]
+    return max(1, round(float(np.median(steps)))) if steps else None
+
+
 @dataclass
 class Collected:
     """A round's replies as the server got them: a record per sampled node, the updates to aggregate
@@ -347,9 +353,10 @@ class FederatedServer:
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
         if applied:
-            root = self.root
-            candidate = self.chain.candidate(state.weights, got.updates, rnd, cfg.seed, state.steps, cohort, self.probe,
-                                             (lambda: root.update(state.weights, self.keys, lr, rnd)) if root else None)
+            root, local_steps = self.root, median_steps(got.updates)
+            candidate = self.chain.candidate(
+                state.weights, got.updates, rnd, cfg.seed, state.steps, cohort, self.probe,
+                (lambda: root.update(state.weights, self.keys, lr, rnd, local_steps)) if root else None)
             steps += candidate.records
             for r in received:  # an aggregator may leave clients out once it has seen every update
                 if r.record.client in candidate.aggregate.left_out:

@@ -16,8 +16,9 @@ absolute norm bound; these rules work inside it, on the updates that passed:
   et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
 - **trust**: FLTrust (Cao et al., "FLTrust: Byzantine-robust Federated Learning via Trust
   Bootstrapping", NDSS 2021, arXiv:2012.13995). The server trains the global model on its own
-  small, clean root set (`robust.root-lines` of its public lines, as a client would train) and
-  uses that update g0 as the direction to trust: each update gets the trust score
+  small, clean root set (`robust.root-lines` of its public lines, for the median local steps the
+  round's clients report, as the paper has both take the same local iterations) and uses that
+  update g0 as the direction to trust: each update gets the trust score
   max(0, cos(g_i, g0)), is rescaled to g0's norm (so a boosted update weighs no more than a
   small one), and the step is the trust-weighted mean. An update pointing away from g0 gets no
   weight at all; it needs no bound on the number of malicious nodes, but it is only as good as
