@@ -113,7 +113,7 @@ def test_cli_export_then_ocr_with_the_onnx_file(tmp_path, trained_digits_model):
                              str(tmp_path / "line.png")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     obj = json.loads(result.stdout)
-    assert set(obj) == {"image", "text", "confidence", "lines"}
+    assert set(obj) == {"image", "text", "confidence", "angle", "warning", "lines"} and obj["angle"] == 0
     assert obj["lines"][0]["box"] == [0, 0, image.shape[1], image.shape[0]]
     reference = load_engine(trained_digits_model.path, prefer_onnx=False).ocr(image).text
     assert obj["text"] == reference

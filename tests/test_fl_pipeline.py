@@ -166,11 +166,11 @@ def test_fedavg_does_not_depend_on_the_order_replies_arrive_in() -> None:
 def test_the_default_chain_is_fedavg_and_each_option_adds_its_step() -> None:
     assert build_client_chain(FlConfig().to_run_config()).steps == ()
     server = build_server_chain(FlConfig().to_run_config())
-    assert [s.name for s in server.screen] == ["check"] and server.transforms == ()
+    assert [s.name for s in server.screen] == ["check", "norm-bound", "replay"] and server.transforms == ()
     rc = FlConfig.from_run_config({"aggregate": "backbone", "compress.top-k": 0.01, "compress.quantize": "int8",
                                    "server-momentum": 0.5, "faults": "bank:nan@1"}).to_run_config()
     assert [s.name for s in build_client_chain(rc).steps] == ["local-head", "top-k", "quantize", "drill"]
-    assert [s.name for s in build_server_chain(rc).screen] == ["decode", "check"]
+    assert [s.name for s in build_server_chain(rc).screen] == ["decode", "check", "norm-bound", "replay"]
     text = describe(rc)
     assert text.index("top-k") < text.index("quantize") < text.index("decode") < text.index("fedavgm")
 

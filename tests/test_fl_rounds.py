@@ -60,9 +60,10 @@ def test_a_failed_onnx_export_is_a_one_line_warning_not_a_failed_run(tmp_path: P
 
 def test_a_round_that_validates_worse_is_rolled_back_and_the_next_starts_from_the_committed_model(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Round 2: every client sends a million times its delta; the norm bound is lifted so only validation can stop it.
+    # Round 2: every client sends a million times its delta; the norm bounds (absolute and adaptive) are
+    # lifted so only validation can stop it.
     report, cfg = _run(tmp_path, monkeypatch, rounds=3, **{"rollback.enabled": True, "rollback.tolerance": 0.0,
-                                                            "max-update-norm": 1e30,
+                                                            "max-update-norm": 1e30, "max-norm-ratio": 0.0,
                                                             "faults": "hospital:huge@2,bank:huge@2,school:huge@2"})
     r1, r2, r3 = report["rounds"]
     assert r1["applied"] and not r2["applied"] and r2["note"].startswith("rolled back: validation CER")
