@@ -152,7 +152,7 @@ def trust_weighted(tensors: Sequence[Mapping[str, np.ndarray]], root: Mapping[st
         return {k: np.zeros_like(v) for k, v in root.items()}, scores
     weights = scores / scores.sum()
     target = l2_norm(root)
-    rescaled = [{k: v if is_statistic(k) else scaled({k: v}, target / l2_norm(t))[k] for k, v in t.items()}
+    rescaled = [{**scaled(t, target / l2_norm(t)), **{k: v for k, v in t.items() if is_statistic(k)}}
                 for t, w in zip(tensors, weights) if w > 0]
     step = weighted_average([(t, float(w)) for t, w in zip(rescaled, weights[weights > 0])])
     return step, weights
@@ -234,9 +234,9 @@ class RobustAggregate:
             trim = (n - 1) // 2 if c.rule == "median" else c.f
             step, kept, dots = trimmed_mean(tensors, trim)
             return step, kept / (n - 2 * trim), dots, {}
-        left: dict[str, str] = {}
         if c.rule == "trust":
             return self._trust(updates, ctx)
+        left: dict[str, str] = {}
         if c.rule == "fedavg":
             counts = example_weights(updates, c.examples_ratio, ctx, self.name)
         else:
