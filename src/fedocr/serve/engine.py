@@ -114,7 +114,7 @@ class PageResult:
 # the image is also read turned by 90, 180 and 270 degrees, on a sample of its largest lines, and a
 # turn that reads ORIENT_MARGIN more confidently than upright, and at least LOW_CONFIDENCE, wins (a
 # model that reads nothing well turns nothing). Measured with the shipped model on rendered forms:
-# upright 0.99, upside down 0.71-0.78, sideways 0.46-0.57.
+# upright 0.99-1.00, upside down 0.71-0.78, sideways 0.37-0.57 (bench/orientation.py).
 ORIENT_BELOW = 0.85
 ORIENT_MARGIN = 0.1
 ORIENT_SAMPLE = 12        # lines per orientation: bounds the extra work (3 x 12 lines at most)
