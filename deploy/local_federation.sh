@@ -23,7 +23,7 @@ done
 deploy/superlink.sh "$WORK/certs" "$WORK/state" "$PORT" > "$WORK/superlink.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 60); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 1; done
 deploy/connect.sh "127.0.0.1:$PORT" "$WORK/certs/ca.crt" "$WORK/flwr"
-for org in hospital bank school; do flwr supernode register "$WORK/certs/nodes/$org.pub" fedocr || true; done
+for org in hospital bank school; do flwr supernode register "$WORK/certs/nodes/$org.pub" fedocr --name "$org" || true; done
 i=0
 for org in hospital bank school; do
   deploy/supernode.sh "127.0.0.1:$PORT" "$WORK/certs/ca.crt" "$WORK/certs/nodes/$org" "$WORK/data/$org" "$org" \

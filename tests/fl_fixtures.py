@@ -48,7 +48,7 @@ class Deployment:
         # The SuperLink and SuperNodes start `flower-superexec` and `flwr-*` by name.
         self.env = {**self.env, "PATH": f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"}
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("wb")
         self.logs.append(log)
         # Own session: the SuperLink/SuperNode spawn ServerApp/ClientApp processes that the kill reaches too.
@@ -58,7 +58,7 @@ class Deployment:
         return proc
 
     def start_superlink(self) -> None:
-        proc = self._start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+        proc = self.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.certs / "ca.crt"),
                                   "--ssl-certfile", str(self.certs / "server.pem"),
                                   "--ssl-keyfile", str(self.certs / "server.key"),
                                   "--database", str(self.root / "superlink.db"),
@@ -102,14 +102,16 @@ class Deployment:
                 pass
         return pids
 
-    def start_supernode(self, name: str, key: Path | None, data: Path, tls: bool = True) -> subprocess.Popen:
+    def start_supernode(self, name: str, key: Path | None, data: Path, tls: bool = True,
+                        own_name: bool = True) -> subprocess.Popen:
+        """`own_name`: the node names itself in its node config (else the registered name is its only one)."""
+        config = f'data-path="{data}" threads=1' + (f' name="{name}"' if own_name else "")
         args = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                "--node-config", f'data-path="{data}" name="{name}" threads=1', "--max-retries", "3",
-                "--max-wait-time", "20"]
+                "--node-config", config, "--max-retries", "3", "--max-wait-time", "20"]
         args += ["--root-certificates", str(self.certs / "ca.crt")] if tls else ["--insecure"]
         if key is not None:
             args += ["--auth-supernode-private-key", str(key)]
-        return self._start(f"supernode-{name}", args)
+        return self.start(f"supernode-{name}", args)
 
     def stop(self) -> None:
         # SuperLink and SuperNodes start `flower-superexec` detached (its own session): stop those

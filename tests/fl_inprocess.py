@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 
 from fedocr.federated.client_app import handle_decrypt, handle_evaluate, handle_query, handle_train, secure_mod
 from fedocr.federated.config import FlConfig
@@ -23,13 +24,18 @@ WARM = Path(__file__).parent / "data" / "tiny-mini-warm.pt"
 class InProcessGrid:
     """One virtual node per organisation (partition-id 0..n-1), node ids 101, 102, ..."""
 
-    def __init__(self, run_config: dict[str, Any], nodes: int, node_configs: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, run_config: dict[str, Any], nodes: int, node_configs: list[dict[str, Any]] | None = None,
+                 registered: dict[int, str] | None = None) -> None:
         configs = node_configs or [{"partition-id": i} for i in range(nodes)]
         self.contexts = {101 + i: Context(run_id=1, node_id=101 + i, node_config=config, state=RecordDict(),
                                           run_config=run_config) for i, config in enumerate(configs)}
+        self.registered = registered or {}   # the names keys were registered under (`flwr supernode register --name`)
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
+
+    def get_nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(node_id=node, name=self.registered.get(node)) for node in self.contexts]
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
         """Each message through the ClientApp's mod (SecAgg+ rounds) and handler, in turn; each node
@@ -55,7 +61,8 @@ def task_identity(monkeypatch: Any) -> None:
 
 
 def run_in_process(tmp_path: Path, monkeypatch: Any, rounds: int, printer: Any = lambda _: None,
-                   node_configs: list[dict[str, Any]] | None = None, **settings: object) -> tuple[dict, FlConfig]:
+                   node_configs: list[dict[str, Any]] | None = None, registered: dict[int, str] | None = None,
+                   **settings: object) -> tuple[dict, FlConfig]:
     """A three-orgs-mini federation from the WARM model, 48 lines per node, every node every round."""
     task_identity(monkeypatch)
     torch.set_num_threads(2)
@@ -64,5 +71,6 @@ def run_in_process(tmp_path: Path, monkeypatch: Any, rounds: int, printer: Any =
                                     "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db"), "baselines": False,
                                     **settings})
     server = FederatedServer(cfg, printer=printer)
-    report = server.run(InProcessGrid(cfg.to_run_config(), len(node_configs or [0, 1, 2]), node_configs))  # type: ignore[arg-type]
+    grid = InProcessGrid(cfg.to_run_config(), len(node_configs or [0, 1, 2]), node_configs, registered)
+    report = server.run(grid)  # type: ignore[arg-type]
     return report, cfg

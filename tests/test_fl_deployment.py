@@ -1,10 +1,11 @@
 """Flower's deployment engine on 127.0.0.1: a SuperLink with TLS and SuperNode authentication,
 three authorised SuperNodes with their own data folders, one with an unregistered key and one
-without TLS. Every process is stopped by PID in the teardown, even when the test fails."""
+without TLS, and two runs on them. Every process is stopped by PID in the teardown, even when the test fails."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,37 +43,52 @@ def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
         assert dep.alive() == [], f"still running after teardown: {dep.alive()}"
 
 
-def start_three_organisations(dep: Deployment) -> None:
-    """The SuperLink, then each organisation's key registered and its SuperNode started."""
+def start_three_organisations(dep: Deployment) -> dict[str, tuple[str, subprocess.Popen]]:
+    """The SuperLink, then each organisation's key registered under its name and its SuperNode
+    started: the hospital and the bank without a name of their own (the run must learn theirs from
+    the registration), the school with its own (the fault drills find a node by the name it knows).
+    Returns each organisation's node id and SuperNode process."""
     root = dep.root
     dep.start_superlink()
     dep.write_connection()
+    node_ids = {}
     for org in ORGS:
-        result = dep.flwr("supernode", "register", str(root / "certs" / "nodes" / f"{org}.pub"), "fedocr")
+        result = dep.flwr("supernode", "register", str(root / "certs" / "nodes" / f"{org}.pub"), "fedocr",
+                          "--name", org, "--format", "json")
         assert result.returncode == 0, result.stdout + result.stderr
-    for org in ORGS:
-        dep.start_supernode(org, root / "certs" / "nodes" / org, root / "data" / org)
+        node_ids[org] = str(json.loads(result.stdout)["node-id"])
+    return {org: (node_ids[org], dep.start_supernode(org, root / "certs" / "nodes" / org, root / "data" / org,
+                                                     own_name=org == "school")) for org in ORGS}
 
 
-@pytest.mark.slow
-def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes(deployment: Deployment) -> None:
-    dep, root = deployment, deployment.root
-    start_three_organisations(dep)
-    rogue = dep.start_supernode("rogue", root / "certs" / "nodes" / "rogue", root / "data" / "hospital")
-    plain = dep.start_supernode("plain", None, root / "data" / "hospital", tls=False)
-
-    out, store = root / "out", root / "runs.db"
-    run_config = (f'num-rounds=2 federation="three-orgs-mini" charset="mini" initial-model="scratch" val-lines=24 '
-                  f'fraction-train=1.0 min-accepted=2 round-deadline-s=240 faults="school:crash@2" '
-                  f'out-dir="{out}" store="{store}"')
+def run(dep: Deployment, out: Path, settings: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """One `flwr run` of the App on the three organisations; its report.json."""
+    run_config = (f'federation="three-orgs-mini" charset="mini" initial-model="scratch" val-lines=24 '
+                  f'fraction-train=1.0 min-accepted=2 round-deadline-s=240 {settings} '
+                  f'out-dir="{out}" store="{dep.root / "runs.db"}"')
     result = dep.flwr("run", str(Path(__file__).resolve().parents[1]), "fedocr", "--run-config", run_config,
                       "--stream", timeout=480)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "round 2/2  accepted 2/3" in result.stdout, result.stdout[-3000:]
+    return result, json.loads((out / "report.json").read_text())
 
-    report = json.loads((out / "report.json").read_text())
+
+@pytest.mark.slow
+def test_deployment_with_tls_refuses_rogue_nodes_then_runs_plain_and_dp_secure_federations(
+        deployment: Deployment) -> None:
+    """One SuperLink for two runs (its start-up is a fifth of a run): a plain FedAvg run where the
+    school crashes in round 2, then record-level DP-SGD under SecAgg+ where the school crashes
+    after the key exchange and the other two still make the round (threshold 2 of 3)."""
+    dep, root = deployment, deployment.root
+    nodes = start_three_organisations(dep)
+    rogue = dep.start_supernode("rogue", root / "certs" / "nodes" / "rogue", root / "data" / "hospital")
+    plain = dep.start_supernode("plain", None, root / "data" / "hospital", tls=False)
+
+    out = root / "out"
+    result, report = run(dep, out, 'num-rounds=2 faults="school:crash@2"')
+    assert "round 2/2  accepted 2/3" in result.stdout, result.stdout[-3000:]
     r1, r2 = report["rounds"]
-    assert {c["id"] for c in r1["clients"] if c["accepted"]} == set(ORGS)  # only the authorised three took part
+    # Only the authorised three took part, each under the name its key was registered with.
+    assert {c["id"] for c in r1["clients"] if c["accepted"]} == set(ORGS)
     school = {c["id"]: c for c in r2["clients"]}["school"]
     assert not school["accepted"] and school["reason"].startswith("client failed")  # dropped mid-round, by name
     # The global model improved: validation loss below the (seeded) initial model's.
@@ -93,28 +109,22 @@ def test_deployment_trains_with_tls_and_refuses_unregistered_and_plaintext_nodes
     assert "Failed to activate SuperNode" in dep.log("supernode-rogue")
     assert "could not establish a connection" in dep.log("supernode-plain")
 
-
-@pytest.mark.slow
-def test_deployment_with_dp_sgd_and_secure_aggregation_survives_a_node_dropping_mid_protocol(
-        deployment: Deployment) -> None:
-    """Record-level DP-SGD on every node, SecAgg+ between them over TLS; in round 2 the school
-    crashes after the key exchange and the other two still make the round (threshold 2 of 3)."""
-    dep, root = deployment, deployment.root
-    start_three_organisations(dep)
-    out = root / "out"
-    run_config = (f'num-rounds=2 federation="three-orgs-mini" charset="mini" initial-model="scratch" val-lines=24 '
-                  f'fraction-train=1.0 min-accepted=2 round-deadline-s=240 faults="school:crash@2" '
-                  f'secure.method="secagg+" secure.max-weight=48.0 dp.level="record" dp.noise-multiplier=1.0 '
-                  f'out-dir="{out}" store="{root / "runs.db"}"')
-    result = dep.flwr("run", str(Path(__file__).resolve().parents[1]), "fedocr", "--run-config", run_config,
-                      "--stream", timeout=480)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    r1, r2 = report["rounds"]
-    assert r1["applied"] and r1["accepted"] == 3
-    assert r2["applied"] and r2["accepted"] == 2
-    assert {c["id"]: c for c in r2["clients"]}["school"]["reason"].startswith("dropped")
+    _, report = run(dep, root / "out-secure", 'num-rounds=1 faults="school:crash@1" secure.method="secagg+" '
+                                               'secure.max-weight=48.0 dp.level="record" dp.noise-multiplier=1.0')
+    (r1,) = report["rounds"]
+    assert r1["applied"] and r1["accepted"] == 2
+    assert {c["id"]: c for c in r1["clients"]}["school"]["reason"].startswith("dropped")
     # The server checked the unmasked mean only, and each node's epsilon came back in the clear.
     assert {s["client"] for s in r1["steps"] if s["step"] == "check"} == {"secure-sum"}
-    assert {s["client"] for s in r1["steps"] if s["step"] == "dp-sgd" and s.get("epsilon")} == set(ORGS)
-    assert all(c["bytes_up"] > 0 for c in r1["clients"])
+    assert {s["client"] for s in r1["steps"] if s["step"] == "dp-sgd" and s.get("epsilon")} == {"hospital", "bank"}
+    assert all(c["bytes_up"] > 0 for c in r1["clients"] if c["accepted"])
+
+    # Revoking a node (deploy/README.md): unregistered, its SuperNode is turned away and stops.
+    school_id, school = nodes["school"]
+    assert dep.flwr("supernode", "unregister", school_id, "fedocr").returncode == 0
+    listed = json.loads(dep.flwr("supernode", "list", "fedocr", "--format", "json").stdout)["nodes"]
+    assert {n["node-id"]: n["status"] for n in listed}[school_id] == "unregistered"
+    deadline = time.time() + 60
+    while school.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    assert school.poll() is not None and nodes["bank"][1].poll() is None

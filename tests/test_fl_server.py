@@ -154,3 +154,16 @@ def test_backbone_mode_reports_no_server_val_cer_but_a_note(tmp_path: Path) -> N
     assert cer is None and loss is None and "not applicable" in (note or "")
     cer, loss, note = server_validation(model, charset, val, "all")
     assert cer is not None and loss is not None and note is None
+
+
+def test_a_node_is_recorded_under_its_registered_name_and_refused_when_it_claims_another() -> None:
+    registered = read_reply(_reply(7, {"num-examples": 8}, client="node-7"), "node-7", "v1", 10, registered="bank")
+    assert registered.record.client == "bank" and registered.record.reason is None   # no name of its own
+    honest = read_reply(_reply(7, {"num-examples": 8}, client="bank"), "node-7", "v1", 10, registered="bank")
+    assert honest.record.client == "bank" and honest.update is not None
+    impostor = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10, registered="bank")
+    assert impostor.update is None and impostor.record.client == "bank"
+    assert impostor.record.reason == ("impersonation: its key is registered as 'bank' but it calls itself "
+                                      "'hospital'")
+    unregistered = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10)
+    assert unregistered.record.client == "hospital" and unregistered.update is not None   # simulation: no registry

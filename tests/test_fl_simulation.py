@@ -27,11 +27,14 @@ from fedocr.model import load_checkpoint
 
 @pytest.fixture(autouse=True)
 def _no_ray_folders_left() -> Iterator[None]:
-    """Remove the /tmp/fedocr-ray-* folders a test leaves (a killed run cannot remove its own)."""
+    """Remove the /tmp/fedocr-ray-PID-* folders a test leaves (a killed run cannot remove its own),
+    but not those of a run still going (another pytest worker's)."""
     before = set(Path("/tmp").glob("fedocr-ray-*"))
     yield
     for folder in set(Path("/tmp").glob("fedocr-ray-*")) - before:
-        shutil.rmtree(folder, ignore_errors=True)
+        owner = int(folder.name.split("-")[2])
+        if owner == os.getpid() or not psutil.pid_exists(owner):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 SMALL = ["--preset", "three-orgs-mini", "--lines", "48", "--val-lines", "24", "--test-lines", "16",
@@ -139,20 +142,6 @@ def _round_one(store: Path) -> dict[str, tuple[bool, str]]:
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT client, accepted, reason FROM clients WHERE round=1").fetchall()
     return {c: (bool(a), r or "") for c, a, r in rows}
-
-
-@pytest.mark.slow
-def test_a_simulation_with_a_fixed_seed_gives_the_same_models(tmp_path: Path) -> None:
-    import torch
-
-    weights = []
-    for attempt in ("a", "b"):
-        out = tmp_path / attempt
-        code = main(["fl", "simulate", *SMALL, "--rounds", "2", "--out", str(out), "--store", str(out / "runs.db"),
-                     "--no-baselines", "--set", "compress.top-k=0.1", "--set", "server-momentum=0.5"])
-        assert code == 0
-        weights.append(load_checkpoint(out / "round-2.pt").model.state_dict())
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_federation_config_pins_actors_here_and_leaves_a_ray_cluster_its_own(monkeypatch) -> None:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
+
+from fedocr.cli import main
+from fedocr.model import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SUPERLINK_PORT = 39091   # where `flwr run` starts Flower's managed local SuperLink
@@ -45,10 +49,14 @@ def _started_by(home: Path) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_port_taken(LOCAL_SUPERLINK_PORT), reason="a local SuperLink already runs on 127.0.0.1:39091")
-def test_flwr_run_dot_writes_the_same_artefacts_as_fl_simulate(tmp_path: Path) -> None:
+def test_flwr_run_dot_writes_the_same_artefacts_and_weights_as_fl_simulate(tmp_path: Path) -> None:
+    """Also the seed test: a second Ray run, through the other entry point, gives bit-identical
+    weights (Top-K with error feedback and server momentum carry state across rounds)."""
     out, home = tmp_path / "out", tmp_path / "flwr-home"
-    overrides = (f'federation="three-orgs-mini" num-rounds=1 lines-per-client=32 val-lines=16 test-lines=8 '
-                 f'initial-model="scratch" fraction-train=1.0 out-dir="{out}" store="{tmp_path / "runs.db"}"')
+    settings = {"compress.top-k": "0.1", "server-momentum": "0.5"}
+    overrides = (f'federation="three-orgs-mini" num-rounds=2 lines-per-client=32 val-lines=16 test-lines=8 '
+                 f'initial-model="scratch" fraction-train=1.0 out-dir="{out}" store="{tmp_path / "runs.db"}" '
+                 + " ".join(f"{k}={v}" for k, v in settings.items()))
     try:
         result = subprocess.run(["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=3",
                                  "--run-config", overrides], cwd=ROOT, env=_activated_env(home), capture_output=True,
@@ -70,3 +78,11 @@ def test_flwr_run_dot_writes_the_same_artefacts_as_fl_simulate(tmp_path: Path) -
     assert set(report["final"]["clients"]) == {"hospital", "bank", "school"}   # the baselines ran in the ServerApp
     for name in ("round-1.pt", "model.pt", "model.onnx", "centralized.pt", "local-only-bank.pt", "server-state.pt"):
         assert (out / name).is_file(), name
+
+    again = tmp_path / "simulated"
+    assert main(["fl", "simulate", "--preset", "three-orgs-mini", "--rounds", "2", "--lines", "32", "--val-lines", "16",
+                 "--test-lines", "8", "--initial-model", "scratch", "--fraction", "1", "--out", str(again),
+                 "--store", str(again / "runs.db"), "--no-baselines",
+                 *(arg for k, v in settings.items() for arg in ("--set", f"{k}={v}"))]) == 0
+    ran, simulated = (load_checkpoint(folder / "round-2.pt").model.state_dict() for folder in (out, again))
+    assert all(torch.equal(ran[k], simulated[k]) for k in ran)

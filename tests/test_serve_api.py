@@ -265,9 +265,9 @@ def test_recognition_runs_off_the_event_loop(onnx_model):
             engine = app.state.fedocr.slot.engine
             original = engine.ocr
 
-            def slow(image, beam_width=0, layout="auto"):
+            def slow(image, beam_width=0, layout="auto", **kwargs):
                 time.sleep(1.5)
-                return original(image, beam_width, layout)
+                return original(image, beam_width, layout, **kwargs)
 
             engine.ocr = slow
             transport = httpx.ASGITransport(app=app)

@@ -95,3 +95,30 @@ def test_a_file_that_is_not_an_image_shows_a_message_not_a_crash(served, page, t
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#status.error")
     assert "not an image" in page.inner_text("#status")
+
+
+def test_several_files_get_one_result_each_an_error_replaces_the_result_and_a_cached_answer_says_so(
+        served, page, trained_digits_model, tmp_path):
+    base, engine = served
+    page.goto(base + "/")
+    line, text = readable_line(engine, trained_digits_model.charset, tmp_path)
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"definitely not a PNG")
+    page.set_input_files("#file", [str(line), str(bad)])
+    page.wait_for_selector("#files button.failed")
+    assert page.locator("#files button").count() == 2
+    assert page.inner_text("#lines li .line-text") == text and page.is_visible("#result")
+    page.click("#files button.failed")                     # the second file's error, not the first's result
+    assert page.is_hidden("#result") and "not an image" in page.inner_text("#status.error")
+    page.click("#lang")
+    assert page.inner_text("#status").startswith("无法把这个文件当作图片读取")
+    page.click("#lang")
+    page.click("#files button >> nth=0")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.inner_text("#lines li .line-text") == text
+
+    page.set_input_files("#file", str(line))               # the same image again: the server's cache answers
+    page.wait_for_selector("#status:has-text('cache')")   # (the page's CSP forbids evaluated strings)
+    assert page.is_hidden("#files") and page.inner_text("#lines li .line-text") == text
+    icon = httpx.get(base + "/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")

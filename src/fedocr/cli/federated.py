@@ -1,4 +1,4 @@
-"""`fedocr fl simulate | runs | show | certs`: thin conveniences over Flower (docs/ARCHITECTURE.md: not a second engine)."""
+"""`fedocr fl simulate | runs | show | certs | node-key`: thin conveniences over Flower (docs/ARCHITECTURE.md: not a second engine)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,8 @@ from fedocr.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, check_writable
 from fedocr.cli.personal import add_personal_parser
 from fedocr.cli.privacy import add_audit_parser, add_he_keys_parser, add_signing_key_parser, format_audit
 from fedocr.cli.serving import add_dashboard_parser
+
+DEFAULT_HOSTS = "127.0.0.1,localhost"   # the server certificate's names when none are given
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,15 +92,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
     p.set_defaults(run=run_report)
 
-    p = fl_sub.add_parser("certs", help="make (or --check) TLS certificates and SuperNode keys for a deployment")
+    p = fl_sub.add_parser("certs", help="make, --check or --renew-server the TLS certificates and SuperNode keys "
+                                        "of a deployment")
     p.add_argument("--out", type=Path, required=True, help="folder for ca.crt, server.pem/.key and node keys")
-    p.add_argument("--hosts", default="127.0.0.1,localhost",
-                   help="SuperLink names and IPs for the server certificate's SANs, comma-separated")
-    p.add_argument("--nodes", default="hospital,bank,school", help="SuperNode key names, comma-separated")
-    p.add_argument("--days", type=int, default=365, help="validity of the certificates in days (default 365)")
-    p.add_argument("--check", action="store_true", help="only check an existing folder")
+    p.add_argument("--hosts", help="SuperLink names and IPs for the server certificate's SANs, comma-separated "
+                                   f"(making: default {DEFAULT_HOSTS}; --check: names it must cover; "
+                                   "--renew-server: default the current ones)")
+    p.add_argument("--nodes", default="hospital,bank,school",
+                   help="SuperNode key names, comma-separated ('' when each organisation makes its own: fl node-key)")
+    p.add_argument("--days", type=int, default=365, help="validity of the server certificate in days (default 365)")
+    p.add_argument("--ca-days", type=int, default=3650, help="validity of the CA in days (default 3650)")
+    p.add_argument("--check", action="store_true",
+                   help="only check an existing folder (warns 30 days before a certificate expires)")
+    p.add_argument("--renew-server", action="store_true",
+                   help="new server key and certificate under the same CA; node keys and registrations stay")
+    p.add_argument("--ca-key", type=Path, help="the CA key, if kept offline (--renew-server; default OUT/ca.key)")
     p.add_argument("--force", action="store_true", help="replace the certificates in a non-empty --out folder")
     p.set_defaults(run=run_certs)
+
+    p = fl_sub.add_parser("node-key", help="make this organisation's SuperNode key pair; send only NAME.pub "
+                                           "to the operator")
+    p.add_argument("--out", type=Path, required=True, help="folder for NAME (private, 0600) and NAME.pub")
+    p.add_argument("--name", required=True, help="the name the operator registers the key under")
+    p.set_defaults(run=run_node_key)
 
 
 def _store_path(arg: Path | None) -> Path:
@@ -337,18 +353,35 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    from fedocr.federated.deploy.certs import CertError, check_bundle, make_bundle
+    from fedocr.federated.deploy.certs import CertError, check_bundle, make_bundle, renew_server
 
-    if args.days < 1:
-        raise CliError(f"--days must be at least 1, got {args.days}", EXIT_USAGE)
-    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    for flag, days in (("--days", args.days), ("--ca-days", args.ca_days)):
+        if days < 1:
+            raise CliError(f"{flag} must be at least 1, got {days}", EXIT_USAGE)
+    if args.check + args.renew_server + args.force > 1:
+        raise CliError("choose one of --check, --renew-server and --force", EXIT_USAGE)
+    hosts = [h.strip() for h in (args.hosts or "").split(",") if h.strip()]
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     try:
-        if not args.check:
-            make_bundle(args.out, hosts, nodes, days=args.days, force=args.force)
+        if args.renew_server:
+            renew_server(args.out, args.ca_key, hosts, days=args.days)
+        elif not args.check:
+            make_bundle(args.out, hosts or DEFAULT_HOSTS.split(","), nodes, days=args.days, force=args.force,
+                        ca_days=args.ca_days)
         found = check_bundle(args.out, hosts)
     except CertError as exc:
         raise CliError(str(exc)) from exc
     for line in found:
-        print(line)
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+    return 0
+
+
+def run_node_key(args: argparse.Namespace) -> int:
+    from fedocr.federated.deploy.certs import CertError, write_node_key
+
+    try:
+        public = write_node_key(args.out, args.name)
+    except CertError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"wrote {args.out / args.name} (private: keep it on this machine) and {public} (send it to the operator)")
     return 0

@@ -7,12 +7,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedocr.cli.common import (EXIT_USAGE, CliError, OutputError, check_writable_file, default_model, error_exit_code,
+from fedocr.cli.common import (EXIT_INPUT, EXIT_USAGE, CliError, OutputError, check_writable_file, default_model, error_exit_code,
                                error_message, lazy_parser, positive, print_json, report_error)
 
 if TYPE_CHECKING:  # torch and the data readers are imported when a command runs, not for `--help`
+    import numpy as np
+
     from fedocr.data import LineDataset
+    from fedocr.serve.images import Limits
     from fedocr.train import TrainConfig
+
+CLI_MAX_BYTES = 2**31   # bytes of one image file for `fedocr ocr` (the pixel limits still hold)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -255,16 +260,19 @@ def run_ocr(args: argparse.Namespace) -> int:
         raise CliError("--max-lines must be at least 1", EXIT_USAGE)
     from dataclasses import replace
 
-    from fedocr.data import read_image
     from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
+    from fedocr.serve.images import Limits, configure_pillow
     from fedocr.serve.segment import TooManyLines
+
+    limits = Limits(max_bytes=CLI_MAX_BYTES)   # the API's pixel limits; a local scan may be a large file
+    configure_pillow(limits)
 
     engine = load_engine(args.model or default_model(), trust=args.trust)
     engine.segment = replace(engine.segment, max_lines=args.max_lines)
     status = 0
     for path in args.images:
         try:
-            page = engine.ocr(read_image(path), beam_width=args.beam, layout=args.layout)
+            page = engine.ocr(_read_image(path, limits), beam_width=args.beam, layout=args.layout)
         except Exception as exc:
             if isinstance(exc, TooManyLines):  # checked after segmentation, before any line is recognised
                 exc = CliError(f"{path}: {exc}; see --max-lines")
@@ -287,6 +295,21 @@ def run_ocr(args: argparse.Namespace) -> int:
         if page.warning:
             print(f"{path}: warning: {page.warning}", file=sys.stderr)
     return status
+
+
+def _read_image(path: Path, limits: Limits) -> np.ndarray:
+    """The API's decoder (fedocr.serve.images: Pillow, pixel limits before decoding, EXIF
+    orientation, 16-bit/float/alpha/palette/CMYK), so the CLI and the API read a file alike."""
+    from fedocr.serve.images import BadImage, decode_upload
+
+    if not path.is_file():   # a FIFO or a device would block or never end
+        raise CliError(f"{path}: not a regular file" if path.exists() else f"{path}: no such file", EXIT_INPUT)
+    try:
+        return decode_upload(path.read_bytes(), limits, str(path))
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read ({exc.strerror or exc})", EXIT_INPUT) from None
+    except BadImage as exc:
+        raise CliError(exc.message, EXIT_INPUT) from None
 
 
 def _image_failed(path: Path, exc: BaseException, as_json: bool) -> int:

@@ -12,6 +12,7 @@ from fedocr.cli.common import (EXIT_INPUT, EXIT_USAGE, CliError, OutputError, ch
                                lazy_parser, positive)
 
 TOKEN_ENV = "FEDOCR_TOKEN"
+MAX_CONNECTIONS = 64   # open connections per server (uvicorn limit_concurrency); more answer 503
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +58,16 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"images per batch request (default {limits.max_files})")
     p.add_argument("--max-lines", type=int, default=max_lines,
                    help=f"text lines per image; more is refused with 422 before recognition (default {max_lines})")
+    p.add_argument("--queue", type=int, default=ServeConfig.queue,
+                   help=f"requests waiting for a worker; more answer 503 with Retry-After (default {ServeConfig.queue})")
+    p.add_argument("--request-timeout", type=float, default=ServeConfig.request_timeout_s, metavar="SECONDS",
+                   help="time per image, waiting included; then its recognition stops and it answers 503 "
+                        f"(default {ServeConfig.request_timeout_s:g})")
+    p.add_argument("--read-timeout", type=float, default=ServeConfig.read_timeout_s, metavar="SECONDS",
+                   help="longest wait for a request's headers (the connection is closed) or between chunks of "
+                        f"its body (408) (default {ServeConfig.read_timeout_s:g})")
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                   help=f"open connections; more answer 503 (default {MAX_CONNECTIONS})")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable); none by default")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default info; requests are logged without images or file names)")
@@ -182,9 +193,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    for name in ("workers", "port", "max_bytes", "max_pixels", "max_files", "max_lines"):
+    for name in ("workers", "port", "max_bytes", "max_pixels", "max_files", "max_lines", "max_connections"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1", 2)
+    if args.queue < 0:
+        raise CliError("--queue must be 0 or more", EXIT_USAGE)
+    positive(args.request_timeout, "--request-timeout")
+    positive(args.read_timeout, "--read-timeout")
     _check_port(args.port)
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1", EXIT_USAGE)
@@ -197,6 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fedocr.serve.app import ServeConfig, create_app, limit_malloc_arenas
+    from fedocr.serve.connections import header_deadline
     from fedocr.serve.hotswap import ModelSlot
     from fedocr.serve.images import Limits
 
@@ -205,13 +221,16 @@ def run_serve(args: argparse.Namespace) -> int:
                     max_batch_bytes=max(base.max_batch_bytes, args.max_bytes))
     config = ServeConfig(model=model, token=token, limits=limits, cache_size=args.cache, workers=args.workers,
                          threads=args.threads, watch_s=args.watch, cors_origins=tuple(args.cors_origin),
-                         max_lines=args.max_lines, runs=_runs_store(args.runs), trust=args.trust)
+                         max_lines=args.max_lines, runs=_runs_store(args.runs), trust=args.trust, queue=args.queue,
+                         request_timeout_s=args.request_timeout, read_timeout_s=args.read_timeout)
     limit_malloc_arenas()                            # a long-running server must not creep up in memory
     slot = ModelSlot(config.model, config.threads, trust=args.trust)  # load before serving: a bad model fails fast
     info = slot.engine.info
     print(f"serving {info.path} ({info.backend}, {info.quantization}, version {info.version}) "
           f"on http://{args.host}:{args.port}/" + (" (dashboard: /dashboard)" if config.runs else ""),
           file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(config, slot), log_level=args.log_level))
+    server = uvicorn.Server(uvicorn.Config(create_app(config, slot), log_level=args.log_level,
+                                           http=header_deadline(args.read_timeout),
+                                           limit_concurrency=args.max_connections))
     server.run(sockets=[sock])
     return 0

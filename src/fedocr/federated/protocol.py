@@ -28,6 +28,7 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.serde import recorddict_to_proto
 
+from fedocr.federated.identity import identify
 from fedocr.federated.pipeline.checks import tensor_digest
 from fedocr.federated.pipeline.he import as_arrays, from_arrays
 from fedocr.federated.pipeline.types import StepRecord, Update, Weights
@@ -191,11 +192,12 @@ def secure_reply_content(client: str, charset_version: str, tensors: list[np.nda
     return compat.fitres_to_recorddict(fitres, keep_input=True)
 
 
-def read_secure_reply(node_id: int, fitres: FitRes, node_name: str, charset_version: str) -> Received:
+def read_secure_reply(node_id: int, fitres: FitRes, node_name: str, charset_version: str,
+                      registered: str | None = None) -> Received:
     """One node's clear part of a secure round: its name, claimed examples, metrics and step
     records; its update is inside the sum. Read defensively, like `read_reply`."""
     metrics = dict(fitres.metrics)
-    name = str(metrics.get("client", node_name))
+    name, impostor = identify(str(metrics.get("client", node_name)), str(node_id), registered)
     rec = ClientRecord(name, str(node_id), False, None, examples=int(fitres.num_examples))
     received = Received(rec, None)
     try:
@@ -203,7 +205,7 @@ def read_secure_reply(node_id: int, fitres: FitRes, node_name: str, charset_vers
     except MalformedMetrics as exc:
         rec.reason = f"malformed metrics ({str(exc)[:100]})"
         received.busy = received.training = None
-    rec.reason = rec.reason or _refusal(metrics, charset_version)
+    rec.reason = rec.reason or impostor or _refusal(metrics, charset_version)
     records = _step_records(str(metrics.get("steps", "[]")), name)
     received.update = Update(name, {}, rec.examples, records=records)   # records only: the tensors are in the sum
     return received
@@ -359,9 +361,10 @@ def stale(info: Any, task: tuple[int, str]) -> str | None:
 
 
 def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down: int,
-               task: tuple[int, str] | None = None) -> Received:
+               task: tuple[int, str] | None = None, registered: str | None = None) -> Received:
     """Turn one reply into an update to screen, or a recorded rejection (never an exception).
-    `task`: the (round, model digest) the reply must answer."""
+    `task`: the (round, model digest) the reply must answer; `registered`: the name the node's key
+    was registered under, if any (the node is recorded under it, and refused if it claims another)."""
     node_id = str(reply.metadata.src_node_id)
     if reply.has_error():
         reason = (reply.error.reason or f"error code {reply.error.code}").strip().splitlines()
@@ -369,7 +372,7 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
                                      bytes_down=bytes_down), None)
     content = reply.content
     info = content["info"] if "info" in content.config_records else ConfigRecord()
-    name = str(info.get("client", node_name))
+    name, impostor = identify(str(info.get("client", node_name)), node_id, registered)
     metrics = content["metrics"] if "metrics" in content.metric_records else {}
     rec = ClientRecord(name, node_id, False, None, bytes_down=bytes_down, bytes_up=wire_bytes(content))
     received = Received(rec, None)
@@ -383,8 +386,8 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
         rec.reason = f"malformed metrics ({str(exc)[:100]})"
         received.busy = received.training = None
         return received
-    rec.reason = _refusal(info, charset_version) or (None if "delta" in content.array_records
-                                                     else "reply carries no update")
+    rec.reason = impostor or _refusal(info, charset_version) or (None if "delta" in content.array_records
+                                                                 else "reply carries no update")
     if rec.reason is None and task is not None:
         rec.reason = stale(info, task)
     if rec.reason is None:

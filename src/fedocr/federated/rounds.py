@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from fedocr.charset import Charset
 from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
+from fedocr.federated.identity import STEP as IDENTITY, identify, registered_names
 from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
@@ -147,6 +148,7 @@ class FederatedServer:
                                f"{charset.version}; use another out-dir")
         self.resumed = state is not None and state.round > 0
         self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
+        self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)
         self.state = state or ServerState.fresh(model_weights(model), charset.version)
         self.keys = self.chain.keys(self.state.weights)
         # HE: the settings and the server's public-only CKKS context (it cannot decrypt); None otherwise.
@@ -201,9 +203,12 @@ class FederatedServer:
             notes += self.chain.readmit(name, state.steps)
             self.store.readmitted(state.run_id, name, rnd)
         held = self.chain.held(state.steps)
-        kept = [n for n in nodes if state.names.get(str(n)) not in held]
-        if len(kept) < len(nodes):
+        kept = [n for n in nodes if state.names.get(str(n)) not in held and str(n) not in self.impostors]
+        if any(state.names.get(str(n)) in held for n in nodes):
             notes.append(StepRecord(QUARANTINE, SERVER, {"excluded": sorted(set(held) & set(state.names.values()))}))
+        refused = {state.names.get(str(n), f"node-{n}"): self.impostors[str(n)] for n in nodes if str(n) in self.impostors}
+        if refused:
+            notes.append(StepRecord(IDENTITY, SERVER, {"refused": refused}))
         return kept, notes
 
     def _collect(self, grid: Grid, rnd: int, lr: float) -> Collected:
@@ -240,10 +245,11 @@ class FederatedServer:
         t1 = time.time()
         received: list[Received] = []
         taken: set[str] = set()
+        registered = registered_names(grid)
         for reply in replies:
             node = str(reply.metadata.src_node_id)
             got = read_reply(reply, state.names.get(node, f"node-{node}"), self.charset.version, bytes_down,
-                             (rnd, str(content["config"]["global-digest"])))
+                             (rnd, str(content["config"]["global-digest"])), registered.get(node))
             got.record.client = unique_name(got.record.client, node, taken)
             if got.update is not None:
                 got.update = got.update.renamed(got.record.client)
@@ -276,10 +282,11 @@ class FederatedServer:
         t0 = time.time()
         result = secure_round(grid, sampled, task, rnd, self.chain.secure, cfg.round_deadline_s)
         t1 = time.time()
-        received, taken = [], set()
+        received, taken, registered = [], set(), registered_names(grid)
         for node_id, fitres in result.results:
             node = str(node_id)
-            got = read_secure_reply(node_id, fitres, state.names.get(node, f"node-{node}"), self.charset.version)
+            got = read_secure_reply(node_id, fitres, state.names.get(node, f"node-{node}"), self.charset.version,
+                                    registered.get(node))
             got.record.client = unique_name(got.record.client, node, taken)
             got.record.bytes_up, got.record.bytes_down = result.bytes_up[node_id], result.bytes_down[node_id]
             state.names[node] = got.record.client
@@ -424,14 +431,19 @@ class FederatedServer:
         messages = to_nodes(query_content(self.charset.version), nodes, QUERY, max(120.0, self.cfg.round_deadline_s))
         taken: set[str] = set()
         answers = []
+        registered = registered_names(grid)
         for reply in grid.send_and_receive(messages, timeout=max(60.0, self.cfg.round_deadline_s)):
             answer = read_query_reply(reply)
             if answer is None:
                 continue
             answers.append(answer)
             node = str(reply.metadata.src_node_id)
-            name = unique_name(answer.client or f"node-{node}", node, taken)
+            claimed, impostor = identify(answer.client or f"node-{node}", node, registered.get(node))
+            name = unique_name(claimed, node, taken)
             self.state.names[node] = name
+            if impostor:
+                self.impostors[node] = impostor
+                self.print(f"node {name}: {impostor}; it takes no part in this run")
             if answer.charset_version != self.charset.version:
                 self.print(f"node {name}: charset {answer.charset_version} differs from the "
                            f"server's {self.charset.version}; its updates will be refused")

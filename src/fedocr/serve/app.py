@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fedocr import __version__
 from fedocr.serve.cache import ResultCache, content_key
-from fedocr.serve.engine import Engine, PageResult
+from fedocr.serve.engine import Engine, PageResult, Stop, Stopped
 from fedocr.serve.hotswap import ModelSlot
 from fedocr.serve.images import MiB, BadImage, Limits, configure_pillow, decode_upload
 from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines
@@ -40,6 +41,8 @@ from fedocr.serve.schemas import (BatchItem, BatchResult, Error, Health, ModelDe
                                   Unprocessable)
 
 log = logging.getLogger("fedocr.serve")
+RETRY_AFTER_S = 1      # what a busy server asks a client to wait (Retry-After)
+WATCH_EVERY_S = 0.1    # how often a running recognition checks its budget and its client
 STATIC = resources.files("fedocr.serve") / "static"
 
 
@@ -57,6 +60,9 @@ class ServeConfig:
     max_lines: int = SegmentConfig().max_lines   # lines per image; more is refused (422) before recognition
     runs: Path | None = None                 # the federation's run store: serves /dashboard and /api/runs
     trust: Path | None = None                # serve only model files signed by this Ed25519 public key
+    queue: int = 32                          # requests that may wait for a worker; more answer 503 + Retry-After
+    request_timeout_s: float = 60.0          # wait + recognition per image; past it the work stops (503)
+    read_timeout_s: float = 10.0             # longest pause in a request body (408); headers: serve.connections
 
 
 @dataclass
@@ -66,13 +72,16 @@ class State:
     cache: ResultCache[PageResult]
     limiter: anyio.CapacityLimiter
     started: float
+    pending: int = 0                         # recognitions running or waiting for a worker
 
 
 class BodyLimit:
-    """Refuse request bodies above the limit with 413, before the multipart parser reads them."""
+    """Refuse request bodies above the limit with 413, before the multipart parser reads them, and
+    bodies that stall for longer than `read_timeout_s` between chunks with 408 (a slow-body client
+    must not hold a connection, and the upload's memory, for ever)."""
 
-    def __init__(self, app: ASGIApp, limits: Limits) -> None:
-        self.app, self.limits = app, limits
+    def __init__(self, app: ASGIApp, limits: Limits, read_timeout_s: float = 10.0) -> None:
+        self.app, self.limits, self.read_timeout_s = app, limits, read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -83,10 +92,18 @@ class BodyLimit:
             return await _too_large(send, limit)
         seen = 0
         started = False
+        more_body = True
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, more_body
+            if not more_body:   # after the body: disconnect checks, which may wait as long as they like
+                return await receive()
+            try:
+                with anyio.fail_after(self.read_timeout_s):
+                    message = await receive()
+            except TimeoutError:   # an HTTPException: FastAPI's body parsing passes those on, not others
+                raise HTTPException(408, f"request body paused for over {self.read_timeout_s:g} s") from None
+            more_body = message["type"] == "http.request" and message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise HTTPException(413, f"request body over {limit} bytes")
@@ -100,13 +117,17 @@ class BodyLimit:
         try:
             await self.app(scope, counting_receive, tracking_send)
         except HTTPException as exc:  # raised by counting_receive outside FastAPI's handlers
-            if exc.status_code != 413 or started:
+            if exc.status_code not in (408, 413) or started:
                 raise
-            await _too_large(send, limit)
+            await (_too_large(send, limit) if exc.status_code == 413 else _refuse(send, 408, exc.detail))
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    response = JSONResponse({"detail": f"request body over {limit} bytes; see the limits in /docs"}, status_code=413)
+    await _refuse(send, 413, f"request body over {limit} bytes; see the limits in /docs")
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -144,7 +165,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "not an image, empty, damaged or truncated"},
     401: {"model": Error, "description": "bearer token required"},
     413: {"model": Error, "description": "too many bytes, pixels or files"},
-    503: {"model": Error, "description": "no OCR model on this server (a dashboard-only server)"},
+    408: {"model": Error, "description": "the request body paused for longer than the read timeout"},
+    503: {"model": Error, "description": "busy (queue full) or over the time budget per image, with Retry-After; "
+                                        "or no OCR model on this server (a dashboard-only server)"},
     422: {"model": Unprocessable, "description": "a wrong or missing field, or more text lines in one image than the limit"},
 }
 
@@ -156,8 +179,8 @@ def _capped(engine: Engine, max_lines: int) -> Engine:
     return engine
 
 
-def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto") -> OcrResult:
-    """Decode and recognise one upload (runs in a worker thread)."""
+def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto", stop: Stop | None = None) -> OcrResult:
+    """Decode and recognise one upload (runs in a worker thread; `stop` ends it early)."""
     start = time.perf_counter()
     loaded = require_model(state).current   # this request keeps this model even if a reload happens now
     version = loaded.engine.info.version
@@ -167,7 +190,7 @@ def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto") ->
         return OcrResult.from_page(cached, (time.perf_counter() - start) * 1000, version, True)
     engine = _capped(loaded.engine, state.config.max_lines)
     try:
-        page = engine.ocr(decode_upload(data, state.config.limits, name), layout=layout)
+        page = engine.ocr(decode_upload(data, state.config.limits, name), layout=layout, stop=stop)
     except TooManyLines as exc:  # found after segmentation, before any line was recognised
         raise BadImage(422, f"{name}: {exc}; split the image or ask for a higher --max-lines") from None
     state.cache.put(key, page)
@@ -204,28 +227,68 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served by this app, not from a CDN.
     app = FastAPIOffline(title="fedocr", version=__version__, lifespan=lifespan,
-                         description=api_description(limits, config.max_lines))
+                         description=api_description(limits, config.max_lines, config))
     protected = [Depends(require_token)]
 
-    async def run(state: State, fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=state.limiter)
+    async def run(state: State, request: Request, data: bytes, name: str, layout: Layout) -> OcrResult:
+        """One recognition in a worker thread, bounded three ways: a full queue answers 503 with
+        Retry-After at once; past the time budget, or once the client has gone, the thread is
+        told to stop at its next batch of lines (a worker thread cannot be killed)."""
+        if state.pending >= config.workers + config.queue:
+            raise HTTPException(503, f"busy: {state.pending} recognitions running or queued; retry shortly",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        state.pending += 1
+        stop, why = threading.Event(), []
+
+        async def watch() -> None:
+            deadline = time.monotonic() + config.request_timeout_s
+            while not stop.is_set():
+                if time.monotonic() > deadline:
+                    why.append(f"over the {config.request_timeout_s:g} s budget per image")
+                elif await request.is_disconnected():
+                    why.append("the client disconnected")
+                if why:
+                    stop.set()
+                await anyio.sleep(WATCH_EVERY_S)
+
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watch)
+                try:
+                    result = await anyio.to_thread.run_sync(_recognise, state, data, name, layout, stop.is_set,
+                                                            limiter=state.limiter)
+                except Exception as exc:  # raised below: the task group would wrap it in an ExceptionGroup
+                    error = exc
+                finally:
+                    stop.set()
+                    tasks.cancel_scope.cancel()
+        finally:
+            state.pending -= 1
+        if isinstance(error, Stopped):
+            log.warning("recognition stopped: %s", why[0] if why else "asked to")
+            raise HTTPException(503, f"recognition stopped: {why[0] if why else 'asked to'}",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        if error is not None:
+            raise error
+        return result
 
     @app.post("/api/ocr", response_model=OcrResult, responses=ERRORS, dependencies=protected,
               summary="Recognise the text of one image (a line or a whole page)")
-    async def ocr(state: Annotated[State, Depends(get_state)],
+    async def ocr(state: Annotated[State, Depends(get_state)], request: Request,
                   image: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF, WebP or GIF")],
                   layout: Annotated[Layout, Query(description="auto: one line or a page, decided per image; line: "
                                                               "the image is one text line; page: always split")]
                   = "auto") -> OcrResult:
         data = await _read(image, limits)
         try:
-            return await run(state, _recognise, state, data, "image", layout)
+            return await run(state, request, data, "image", layout)
         except BadImage as exc:
             raise HTTPException(exc.status, exc.message) from None
 
     @app.post("/api/ocr/batch", response_model=BatchResult, responses=ERRORS, dependencies=protected,
               summary=f"Recognise up to {limits.max_files} images; each answers on its own")
-    async def ocr_batch(state: Annotated[State, Depends(get_state)],
+    async def ocr_batch(state: Annotated[State, Depends(get_state)], request: Request,
                         images: Annotated[list[UploadFile], File(description="the images")],
                         layout: Annotated[Layout, Query(description="as for /api/ocr, for every image")]
                         = "auto") -> BatchResult:
@@ -237,8 +300,7 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
             data = await _read(upload, limits)
             try:
                 items.append(BatchItem(index=index, status=200,
-                                       result=await run(state, _recognise, state, data, f"images[{index}]",
-                                                        layout)))
+                                       result=await run(state, request, data, f"images[{index}]", layout)))
             except BadImage as exc:
                 items.append(BatchItem(index=index, status=exc.status, error=exc.message))
         return BatchResult(results=items, time_ms=round((time.perf_counter() - start) * 1000, 2))
@@ -280,6 +342,10 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
             return RedirectResponse("/dashboard")
         return FileResponse(str(STATIC / "index.html"), headers=PAGE_HEADERS)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:   # for clients that ask before reading the page's <link rel="icon">
+        return FileResponse(str(STATIC / "favicon.svg"), media_type="image/svg+xml")
+
     if config.runs is not None:
         from fedocr.serve import dashboard   # imports this module's dependencies, so not at the top
 
@@ -291,7 +357,7 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization"])
-    app.add_middleware(BodyLimit, limits=limits)
+    app.add_middleware(BodyLimit, limits=limits, read_timeout_s=config.read_timeout_s)
     return app
 
 
@@ -341,7 +407,7 @@ PAGE_HEADERS = {
 }
 
 
-def api_description(limits: Limits, max_lines: int) -> str:
+def api_description(limits: Limits, max_lines: int, config: ServeConfig | None = None) -> str:
     """The text at the top of /docs, with this server's limits."""
     return f"""\
 Chinese + English OCR on CPU. `POST /api/ocr` with a multipart field `image` answers the
@@ -353,4 +419,10 @@ image, at most {max_lines:,} text lines per image (more: 422, before any line is
 {limits.max_files} images and {limits.max_batch_bytes / MiB:g} MiB per batch request. Uploads are kept in
 memory only and never logged. When the server runs with a token, send
 `Authorization: Bearer TOKEN` to every `/api` route except `/api/health`.
-"""
+{_load_limits(config) if config else ""}"""
+
+
+def _load_limits(config: ServeConfig) -> str:
+    return (f"\nUnder load: {config.workers} recognitions at a time and {config.queue} waiting; more answer 503 with "
+            f"Retry-After. An image gets {config.request_timeout_s:g} s (waiting included), then 503; work for a "
+            f"client that disconnected stops. A request body that pauses for {config.read_timeout_s:g} s: 408.\n")

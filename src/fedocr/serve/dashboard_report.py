@@ -7,6 +7,7 @@ every round.
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 from html import escape as html_escape
@@ -24,7 +25,7 @@ class ReportError(Exception):
 
 
 def _inline(html: str) -> str:
-    """Replace the page's <link rel=stylesheet> and <script src> by the files' contents."""
+    """Replace the page's <link rel=stylesheet>, icon and <script src> by the files' contents."""
     def style(match: re.Match[str]) -> str:
         return f"<style>\n{(STATIC / match.group(1).removeprefix('/static/')).read_text(encoding='utf-8')}\n</style>"
 
@@ -32,7 +33,12 @@ def _inline(html: str) -> str:
         code = (STATIC / match.group(1).removeprefix("/static/")).read_text(encoding="utf-8")
         return "<script>\n" + code.replace("</script", "<\\/script") + "\n</script>"
 
+    def icon(match: re.Match[str]) -> str:
+        data = base64.b64encode((STATIC / match.group(1).removeprefix("/static/")).read_bytes()).decode()
+        return f'<link rel="icon" href="data:image/svg+xml;base64,{data}" type="image/svg+xml">'
+
     html = re.sub(r'<link rel="stylesheet" href="([^"]+)">', style, html)
+    html = re.sub(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', icon, html)
     return re.sub(r'<script src="([^"]+)" defer></script>', script, html)
 
 

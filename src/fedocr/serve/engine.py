@@ -198,6 +198,18 @@ def resolve_model_path(path: str | Path, prefer_onnx: bool = True) -> Path:
     return path
 
 
+class Stopped(RuntimeError):
+    """Recognition was asked to stop (the request's time budget ran out, or its client left)."""
+
+
+Stop = Callable[[], bool]   # asked before each batch of lines: True stops the work with Stopped
+
+
+def _check(stop: Stop | None) -> None:
+    if stop is not None and stop():
+        raise Stopped("recognition stopped")
+
+
 class Engine:
     """A loaded model: recognise lines and whole pages. Thread-safe; load once, share."""
 
@@ -207,7 +219,7 @@ class Engine:
         self.batching = batching or Batching()
         self.segment = segment or SegmentConfig()
 
-    def recognize(self, crops: Sequence[np.ndarray], beam_width: int = 0) -> list[Decoded]:
+    def recognize(self, crops: Sequence[np.ndarray], beam_width: int = 0, stop: Stop | None = None) -> list[Decoded]:
         """Line images (any size, gray or colour) -> decoded lines, in input order.
 
         Lines run in the batches `plan_batches` cuts, up to `batching.workers` at a time. Each
@@ -215,16 +227,18 @@ class Engine:
         NumPy allocate (and the kernel page in) batch-sized temporaries, which cost more than
         the network itself at batch 32. A line's result does not depend on its batch (the
         graph masks padding and an int8 export quantises per line, see `fedocr.export`).
+        `stop` is asked before each batch (a server's time budget, or a client that left).
         """
         workers = min(self.batching.workers, len(crops))
         if workers <= 1:
-            return self._recognize(crops, beam_width, map)
+            return self._recognize(crops, beam_width, map, stop)
         with ThreadPoolExecutor(workers, thread_name_prefix="fedocr-batch") as pool:
-            return self._recognize(crops, beam_width, pool.map)
+            return self._recognize(crops, beam_width, pool.map, stop)
 
     def _recognize(self, crops: Sequence[np.ndarray], beam_width: int,
-                   map_fn: Callable[..., Iterable[Any]]) -> list[Decoded]:
+                   map_fn: Callable[..., Iterable[Any]], stop: Stop | None) -> list[Decoded]:
         def run(batch: list[int]) -> list[Decoded]:
+            _check(stop)
             images, widths = pad_lines([lines[i] for i in batch])
             logits = self.logits_fn(images, widths)
             return [decode_logits(logits[row:row + 1, :max(int(w) // WIDTH_STRIDE, 1)], widths[row:row + 1],
@@ -238,39 +252,43 @@ class Engine:
                 results[i] = d
         return [r for r in results if r is not None]
 
-    def ocr(self, image: np.ndarray, beam_width: int = 0, layout: Layout = "auto", orient: bool = True) -> PageResult:
+    def ocr(self, image: np.ndarray, beam_width: int = 0, layout: Layout = "auto", orient: bool = True,
+            stop: Stop | None = None) -> PageResult:
         """A page or a single line (uint8 gray or colour) -> lines with boxes, joined text.
         `layout`: "line" (the image is one line), "page" (always segment) or "auto". `orient`: read
         a page that reads poorly upright also turned (see ORIENT_BELOW); boxes then refer to the
-        turned image, whose size and angle the result gives."""
-        page = self._read(image, beam_width, layout)
+        turned image, whose size and angle the result gives. `stop`: see `recognize` (raises Stopped)."""
+        page = self._read(image, beam_width, layout, stop)
         if orient and page.lines and page.confidence < ORIENT_BELOW:
-            upright = self._orientation_score(image, layout)
+            upright = self._orientation_score(image, layout, stop)
             turns = (2,) if layout == "line" else (1, 2, 3)   # a line turned sideways is no longer a line
-            scores = {k: self._orientation_score(np.ascontiguousarray(np.rot90(image, k)), layout) for k in turns}
+            scores = {k: self._orientation_score(np.ascontiguousarray(np.rot90(image, k)), layout, stop)
+                      for k in turns}
             best = max(scores, key=lambda k: scores[k])
             if scores[best] >= max(upright + ORIENT_MARGIN, LOW_CONFIDENCE):   # a turn must also read well
-                page = replace(self._read(np.ascontiguousarray(np.rot90(image, best)), beam_width, layout),
+                page = replace(self._read(np.ascontiguousarray(np.rot90(image, best)), beam_width, layout, stop),
                                angle=90 * best)
         if page.lines and page.confidence < LOW_CONFIDENCE:
             page = replace(page, warning=f"low confidence ({page.confidence:.2f}): the image may hold no text this "
                                          f"model reads, or be too degraded; check the result")
         return page
 
-    def _orientation_score(self, image: np.ndarray, layout: Layout) -> float:
+    def _orientation_score(self, image: np.ndarray, layout: Layout, stop: Stop | None) -> float:
         """Mean confidence on the ORIENT_SAMPLE largest lines of `image` (0 when it has none, or
         more lines than the limit: such a turn is not the page's)."""
+        _check(stop)
         try:
             crops = split_lines(image, self.segment, layout)
         except TooManyLines:
             return 0.0
         sample = sorted(crops, key=lambda c: c.image.size, reverse=True)[:ORIENT_SAMPLE]
-        decoded = self.recognize([c.image for c in sample]) if sample else []
+        decoded = self.recognize([c.image for c in sample], stop=stop) if sample else []
         return float(np.mean([d.confidence for d in decoded])) if decoded else 0.0
 
-    def _read(self, image: np.ndarray, beam_width: int, layout: Layout) -> PageResult:
+    def _read(self, image: np.ndarray, beam_width: int, layout: Layout, stop: Stop | None = None) -> PageResult:
+        _check(stop)
         crops = split_lines(image, self.segment, layout)
-        decoded = self.recognize([c.image for c in crops], beam_width) if crops else []
+        decoded = self.recognize([c.image for c in crops], beam_width, stop) if crops else []
         lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box,
                                  char_results(d, c.image.shape[1], kept_height(c.image), c.box))
                       for c, d in zip(crops, decoded))

@@ -6,7 +6,9 @@
   every name and IP address the SuperNodes and the operator's CLI use to reach it;
 - `nodes/NAME` / `nodes/NAME.pub`: one ECDSA P-384 key pair per SuperNode in OpenSSH format
   (what `flower-supernode --auth-supernode-private-key` and `flwr supernode register` read).
-`check_bundle` verifies all of it before anything starts and names the bad file or field.
+`check_bundle` verifies all of it before anything starts and names the bad file or field;
+`renew_server` replaces the SuperLink's certificate under the same CA; `write_node_key` is what an
+organisation runs on its own machine, so only the public half ever leaves it.
 Built on the `cryptography` package (which Flower itself uses), not on shelling out to openssl.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NODE_DIR = "nodes"
+WARN_DAYS = 30   # `--check` warns this long before a certificate expires
 
 
 class CertError(ValueError):
@@ -57,8 +60,49 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         raise
 
 
-def make_bundle(out: Path, hosts: Sequence[str], nodes: Sequence[str], days: int = 365, force: bool = False) -> None:
-    """Write the CA, the SuperLink certificate for `hosts` and one key pair per node name.
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _server_cert(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hosts: Sequence[str],
+                 days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A SuperLink certificate signed by the CA, with a SAN for every host name and IP."""
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert, key
+
+
+def write_node_key(folder: Path, name: str) -> Path:
+    """One SuperNode's ECDSA P-384 key pair in OpenSSH format: `folder/name` (0600) and
+    `folder/name.pub`, the only file the operator needs. Refuses to replace an existing key: its
+    public half may already be registered."""
+    private = folder / name
+    if not name or "/" in name or name.startswith("."):
+        raise CertError(f"node name {name!r}: use letters, digits, '-' or '_'")
+    if private.exists() or private.with_name(f"{name}.pub").exists():
+        raise CertError(f"{private}: a key of that name exists (its public half may be registered); "
+                        f"remove it first or choose another name")
+    key = ec.generate_private_key(ec.SECP384R1())
+    _write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                      serialization.NoEncryption()), private=True)
+    public = private.with_name(f"{name}.pub")
+    _write(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+           + f" fedocr-{name}\n".encode())
+    return public
+
+
+def make_bundle(out: Path, hosts: Sequence[str], nodes: Sequence[str], days: int = 365, force: bool = False,
+                ca_days: int = 3650) -> None:
+    """Write the CA (valid `ca_days`), the SuperLink certificate for `hosts` (valid `days`) and one
+    key pair per node name.
 
     Refuses a folder that is not empty unless `force`: a new CA invalidates the certificates and
     node registrations made with the old one.
@@ -72,33 +116,56 @@ def make_bundle(out: Path, hosts: Sequence[str], nodes: Sequence[str], days: int
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (x509.CertificateBuilder().subject_name(_name("fedocr CA")).issuer_name(_name("fedocr CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=max(ca_days, days)))
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    server_key = ec.generate_private_key(ec.SECP384R1())
-    server = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
-              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-              .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
-              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    server, server_key = _server_cert(ca, ca_key, hosts, days)
     pem = serialization.Encoding.PEM
-    key_format = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8,
-                      encryption_algorithm=serialization.NoEncryption())
     _write(out / "ca.crt", ca.public_bytes(pem))
-    _write(out / "ca.key", ca_key.private_bytes(**key_format), private=True)
+    _write(out / "ca.key", _key_pem(ca_key), private=True)
     _write(out / "server.pem", server.public_bytes(pem))
-    _write(out / "server.key", server_key.private_bytes(**key_format), private=True)
+    _write(out / "server.key", _key_pem(server_key), private=True)
     for node in nodes:
-        key = ec.generate_private_key(ec.SECP384R1())
-        _write(out / NODE_DIR / node, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                       serialization.NoEncryption()), private=True)
-        _write(out / NODE_DIR / f"{node}.pub", key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" fedocr-{node}\n".encode())
+        if force:   # replaced on purpose: the old key belonged to the old bundle
+            for old in (out / NODE_DIR / node, out / NODE_DIR / f"{node}.pub"):
+                old.unlink(missing_ok=True)
+        write_node_key(out / NODE_DIR, node)
+
+
+def renew_server(folder: Path, ca_key_path: Path | None = None, hosts: Sequence[str] = (), days: int = 365) -> None:
+    """A new SuperLink key and certificate under the same CA: SuperNodes keep their `ca.crt`, and
+    node registrations (public keys in the SuperLink's database) are untouched. `hosts` defaults
+    to the current certificate's names; the CA key may be read from offline storage."""
+    ca = _load_cert(folder / "ca.crt")
+    ca_key_path = ca_key_path or folder / "ca.key"
+    try:
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise CertError(f"{ca_key_path}: missing; give the CA key kept offline with --ca-key") from None
+    except (ValueError, TypeError) as exc:
+        raise CertError(f"{ca_key_path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or _spki(ca_key.public_key()) != _spki(ca.public_key()):
+        raise CertError(f"{ca_key_path}: not the key of {folder / 'ca.crt'}")
+    hosts = list(hosts) or _sans(_load_cert(folder / "server.pem"), folder / "server.pem")
+    server, server_key = _server_cert(ca, ca_key, hosts, days)
+    _write(folder / "server.key", _key_pem(server_key), private=True)
+    _write(folder / "server.pem", server.public_bytes(serialization.Encoding.PEM))
+
+
+def _spki(key: object) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+
+
+def _sans(cert: x509.Certificate, path: Path) -> list[str]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise CertError(f"{path}: no subjectAltName; SuperNodes check the host name against it") from None
+    return ([str(n) for n in sans.get_values_for_type(x509.DNSName)]
+            + [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)])
 
 
 def _load_cert(path: Path) -> x509.Certificate:
@@ -110,8 +177,23 @@ def _load_cert(path: Path) -> x509.Certificate:
         raise CertError(f"{path}: not a PEM certificate ({exc})") from None
 
 
+def _warnings(folder: Path, ca: x509.Certificate, server: x509.Certificate, now: dt.datetime) -> list[str]:
+    notes = []
+    for path, cert, fix in ((folder / "server.pem", server, "renew it with `fedocr fl certs --renew-server`"),
+                            (folder / "ca.crt", ca, "a new CA means new ca.crt files on every node")):
+        left = cert.not_valid_after_utc - now
+        if left < dt.timedelta(days=WARN_DAYS):
+            notes.append(f"warning: {path} expires in {left.days} days ({cert.not_valid_after_utc:%Y-%m-%d}): {fix}")
+    if (folder / "ca.key").exists() and (folder / "server.key").exists():
+        notes.append(f"warning: {folder / 'ca.key'} sits beside server.key: keep it offline (renewal reads it "
+                     f"back with --ca-key)")
+    return notes
+
+
 def check_bundle(folder: Path, hosts: Sequence[str] = ()) -> list[str]:
-    """Check the bundle; return one line per item found fit, raise CertError on the first bad one."""
+    """Check the bundle; return one line per item found fit (and a "warning:" line for each
+    certificate that expires within WARN_DAYS, and for a CA key kept beside the server's), raise
+    CertError on the first bad one. `hosts`: names the server certificate must cover."""
     now = dt.datetime.now(dt.timezone.utc)
     ca, server = _load_cert(folder / "ca.crt"), _load_cert(folder / "server.pem")
     found = []
@@ -129,12 +211,7 @@ def check_bundle(folder: Path, hosts: Sequence[str] = ()) -> list[str]:
     except (ValueError, TypeError, InvalidSignature):
         raise CertError(f"{folder / 'server.pem'}: issuer/signature does not match ca.crt") from None
     found.append(f"ok  ca.crt and server.pem (signed by the CA, valid until {server.not_valid_after_utc:%Y-%m-%d})")
-    try:
-        sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise CertError(f"{folder / 'server.pem'}: no subjectAltName; SuperNodes check the host name against it") from None
-    names = {str(n) for n in sans.get_values_for_type(x509.DNSName)}
-    names |= {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    names = set(_sans(server, folder / "server.pem"))
     missing = [h for h in hosts if str(h) not in names]
     if missing:
         raise CertError(f"{folder / 'server.pem'}: subjectAltName lacks {', '.join(missing)} (has {', '.join(sorted(names))})")
@@ -145,8 +222,7 @@ def check_bundle(folder: Path, hosts: Sequence[str] = ()) -> list[str]:
         raise CertError(f"{folder / 'server.key'}: missing") from None
     except (ValueError, TypeError) as exc:
         raise CertError(f"{folder / 'server.key'}: not an unencrypted PEM private key ({exc})") from None
-    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-            server.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+    if _spki(key.public_key()) != _spki(server.public_key()):
         raise CertError(f"{folder / 'server.key'}: does not match server.pem's public key")
     found.append("ok  server.key matches server.pem")
     for pub in sorted((folder / NODE_DIR).glob("*.pub")):
@@ -165,4 +241,4 @@ def check_bundle(folder: Path, hosts: Sequence[str] = ()) -> list[str]:
             if priv.public_key().public_numbers() != public_key.public_numbers():  # type: ignore[union-attr]
                 raise CertError(f"{private}: does not match {pub.name}")
         found.append(f"ok  node key {pub.stem} ({public_key.curve.name})")
-    return found
+    return found + _warnings(folder, ca, server, now)

@@ -11,6 +11,10 @@ const TEXT = {
     notImage: "That is not an image.", needToken: "This server needs an API token: enter it above and try again.",
     failed: "Recognition failed: ", turned: (a) => `Read turned ${a}° (the page was sideways or upside down). `,
     lowConfidence: "Low confidence: this may not be text the model reads, or the image is too degraded.", model: (m) => `model ${m.version} · ${m.backend} ${m.quantization}`, lang: "中文",
+    cached: "Answered from the server's cache (this image was read before). ",
+    unreadable: "That file could not be read as an image.", tooLarge: "That image is too large for this server.",
+    tooManyLines: "That image has more text lines than this server reads at once.",
+    busy: "The server is busy: try again in a moment.", files: "Files",
   },
   zh: {
     drop: "把图片拖到这里、粘贴（Ctrl+V），或选择文件。", token: "API 令牌",
@@ -20,13 +24,18 @@ const TEXT = {
     notImage: "这不是图片。", needToken: "此服务器需要 API 令牌：请在上方输入后重试。",
     failed: "识别失败：", turned: (a) => `已旋转 ${a}° 识别（页面是横放或倒置的）。`,
     lowConfidence: "置信度低：图中可能没有本模型能识别的文字，或图像质量太差。", model: (m) => `模型 ${m.version} · ${m.backend} ${m.quantization}`, lang: "English",
+    cached: "来自服务器缓存（这张图片之前识别过）。",
+    unreadable: "无法把这个文件当作图片读取。", tooLarge: "图片太大，超出本服务器的限制。",
+    tooManyLines: "图片中的文字行数超过本服务器一次能识别的数量。",
+    busy: "服务器繁忙，请稍后再试。", files: "文件",
   },
 };
 
 const $ = (id) => document.getElementById(id);
-let last = null;       // {name, result}
-let image = null;      // HTMLImageElement of the last upload
-const i18n = makeI18n(TEXT, () => { if (last) showResult(last.result); loadModel(); });
+let entries = [];      // one per chosen file: {name, url, result | null, error: {key, detail} | null, image}
+let last = null;       // the entry on show
+let image = null;      // HTMLImageElement of the entry on show
+const i18n = makeI18n(TEXT, () => { renderFiles(); if (last) show(entries.indexOf(last)); loadModel(); });
 const t = i18n.t;
 
 function setStatus(message, isError = false) {
@@ -47,28 +56,80 @@ async function loadModel() {
   } catch (_) { /* the page still works without the model line */ }
 }
 
-async function recognise(file) {
-  if (!file || !file.type.startsWith("image/")) { setStatus(t("notImage"), true); return; }
-  setStatus(t("working"));
+// The reader's language for each refusal; the server's own words follow in brackets.
+const ERROR_KEYS = { 400: "unreadable", 401: "needToken", 413: "tooLarge", 415: "unreadable", 422: "tooManyLines",
+                     429: "busy", 503: "busy" };
+
+function errorText(error) {
+  return t(error.key) + (error.detail ? ` (${error.detail})` : "");
+}
+
+async function recognise(entry, file) {
+  if (!file || !file.type.startsWith("image/")) { entry.error = { key: "notImage", detail: "" }; return; }
   const body = new FormData();
-  body.append("image", file, file.name || "pasted.png");
+  body.append("image", file, entry.name);
   let response;
   try {
     response = await fetch("/api/ocr", { method: "POST", body, headers: authHeaders() });
-  } catch (err) { setStatus(t("failed") + err, true); return; }
+  } catch (err) { entry.error = { key: "failed", detail: String(err) }; return; }
   const payload = await response.json().catch(() => ({}));
-  if (response.status === 401) { $("token-row").hidden = false; setStatus(t("needToken"), true); return; }
+  if (response.status === 401) $("token-row").hidden = false;
   if (!response.ok) {
-    const detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail);
-    setStatus(t("failed") + detail, true); return;
+    const detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail || "");
+    entry.error = { key: ERROR_KEYS[response.status] || "failed", detail: response.status === 401 ? "" : detail };
+    return;
   }
-  const url = URL.createObjectURL(file);
+  entry.result = payload;
+  entry.url = URL.createObjectURL(file);
+}
+
+// Several files: each gets its own result, read one after another; the first is shown while the rest are read.
+async function recogniseAll(files) {
+  entries.forEach((e) => e.url && URL.revokeObjectURL(e.url));
+  entries = files.map((f) => ({ name: (f && f.name) || "pasted.png", url: null, result: null, error: null }));
+  last = null;
+  $("result").hidden = true;   // an old result never stays under a new upload or its error
+  setStatus(t("working"));
+  renderFiles();
+  for (const [i, entry] of entries.entries()) {
+    await recognise(entry, files[i]);
+    renderFiles();
+    if (i === 0) show(0);
+  }
+}
+
+function renderFiles() {
+  const nav = $("files");
+  nav.hidden = entries.length < 2;
+  nav.setAttribute("aria-label", t("files"));
+  nav.replaceChildren();
+  entries.forEach((entry, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = entry.name + (entry.error ? " ✗" : entry.result ? "" : " …");
+    button.classList.toggle("current", entry === last);
+    button.classList.toggle("failed", Boolean(entry.error));
+    button.addEventListener("click", () => show(i));
+    nav.append(button);
+  });
+}
+
+function show(i) {
+  const entry = entries[i];
+  if (!entry) return;
+  last = entry;
+  renderFiles();
+  if (entry.error) { $("result").hidden = true; setStatus(errorText(entry.error), true); return; }
+  if (!entry.result) { $("result").hidden = true; setStatus(t("working")); return; }
+  const payload = entry.result;
+  // Turned, low-confidence and cached reads are said so, in the reader's language.
+  const note = (payload.angle ? t("turned", payload.angle) : "") + (payload.cached ? t("cached") : "")
+    + (payload.warning ? t("lowConfidence") : "");
   image = new Image();
-  // Turned or low-confidence reads are said so, in the reader's language.
-  const note = (payload.angle ? t("turned", payload.angle) : "") + (payload.warning ? t("lowConfidence") : "");
-  image.onload = () => { URL.revokeObjectURL(url); last = { name: file.name || "pasted", result: payload }; showResult(payload); setStatus(note); };
-  image.onerror = () => { URL.revokeObjectURL(url); last = { name: file.name || "pasted", result: payload }; showResult(payload); setStatus(note); };
-  image.src = url;
+  const done = () => { if (last === entry) { showResult(payload); setStatus(note); } };
+  image.onload = done;
+  image.onerror = done;
+  image.src = entry.url;
 }
 
 function draw(active = -1) {
@@ -154,20 +215,20 @@ async function copyAll() {
 
 function setUp() {
   const drop = $("drop");
-  $("file").addEventListener("change", (e) => { for (const f of e.target.files) recognise(f); });
+  $("file").addEventListener("change", (e) => { if (e.target.files.length) recogniseAll([...e.target.files]); });
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault(); drop.classList.remove("over");
-    const file = e.dataTransfer.files[0]; if (file) recognise(file);
+    if (e.dataTransfer.files.length) recogniseAll([...e.dataTransfer.files]);
   });
   document.addEventListener("paste", (e) => {
     const item = [...(e.clipboardData || {}).items || []].find((i) => i.type.startsWith("image/"));
-    if (item) recognise(item.getAsFile());
+    if (item) recogniseAll([item.getAsFile()]);
   });
   $("copy").addEventListener("click", copyAll);
-  $("save-txt").addEventListener("click", () => last && download(`${baseName()}.txt`, last.result.text + "\n", "text/plain;charset=utf-8"));
-  $("save-json").addEventListener("click", () => last && download(`${baseName()}.json`, JSON.stringify(last.result, null, 2), "application/json"));
+  $("save-txt").addEventListener("click", () => last && last.result && download(`${baseName()}.txt`, last.result.text + "\n", "text/plain;charset=utf-8"));
+  $("save-json").addEventListener("click", () => last && last.result && download(`${baseName()}.json`, JSON.stringify(last.result, null, 2), "application/json"));
   $("lang").addEventListener("click", i18n.toggle);
   $("token").addEventListener("change", loadModel);
   i18n.apply();
