@@ -118,7 +118,8 @@ def test_a_bad_image_is_reported_and_the_other_images_still_get_their_results(tm
     assert "grid.png: more than 500 text lines" in errors[2] and "--max-lines" in errors[2]
     assert main(["ocr", "--model", str(model), "--layout", "line", str(good), str(missing)]) == 3
     plain = capsys.readouterr()
-    assert plain.out.startswith(f"{good}\t") and plain.err.count("fedocr: error: ") == 1 and "missing.png" in plain.err
+    assert plain.out.startswith(f"==> {good} <==\n") and plain.err.count("fedocr: error: ") == 1
+    assert "missing.png" in plain.err
 
 
 @pytest.mark.parametrize("labels, fragment", [("", "no labelled lines"), ("x.png 金额\n", "expected 'image-path<TAB>text'")])
@@ -325,3 +326,59 @@ def test_every_option_has_help_text():
                for a in parser._actions
                if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
     assert missing == []
+
+
+def test_ocr_reads_folders_pdf_pages_and_stdin_in_order_and_writes_text_tsv_and_annotations(
+        trained_digits_model, tmp_path, capsys, monkeypatch):
+    import io
+
+    from fedocr.data import SyntheticLines
+    lines = SyntheticLines("digits", 4, seed=71, charset=trained_digits_model.charset)
+    images = [Image.fromarray(lines[i][0]) for i in range(4)]
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in (0, 1):
+        images[i].save(folder / f"line{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    images[2].save(tmp_path / "form.pdf", save_all=True, append_images=[images[3]], resolution=72)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    piped = io.BytesIO()
+    images[0].save(piped, "PNG")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped.getvalue())))
+    model = str(trained_digits_model.path)
+
+    code = main(["ocr", "--model", model, "--json", "--dpi", "72", str(folder), str(tmp_path / "form.pdf"), "-",
+                 str(fifo), "--annotate", str(tmp_path / "boxes")])
+    out, err = capsys.readouterr()
+    assert code == 3 and "Traceback" not in err       # the FIFO was refused, everything else was read
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [(Path(a["image"]).name, a.get("page")) for a in answers] == [
+        ("line0.png", None), ("line1.png", None), ("form.pdf", 1), ("form.pdf", 2), ("-", None), ("pipe.png", None)]
+    assert "not a regular file" in answers[-1]["error"] and "scans: skipped 1 file(s)" in err
+    ocr_alone = [json.loads(line)["text"] for line in fedocr("ocr", "--model", model, "--json", *(
+        folder / f"line{i}.png" for i in (0, 1))).stdout.splitlines()]
+    assert [a["text"] for a in answers[:2]] == ocr_alone and answers[4]["text"] == ocr_alone[0]
+    assert sum(a["text"] == lines[i][1] for a, i in zip(answers[2:4], (2, 3))) >= 1   # PDF pages read as text
+    drawn = sorted(p.name for p in (tmp_path / "boxes").iterdir())
+    assert drawn == ["form-p1.png", "form-p2.png", "line0.png", "line1.png", "stdin.png"]
+    assert Image.open(tmp_path / "boxes" / "line0.png").size == images[0].size
+
+    assert main(["ocr", "--model", model, "--format", "tsv", str(folder)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("image\tpage\tline\tconfidence") and len(rows) >= 3
+    assert all(len(row.split("\t")) == 9 for row in rows)
+    assert main(["ocr", "--model", model, str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"==> {folder / 'line0.png'} <==\n") and f"\n\n==> {folder / 'line1.png'} <==\n" in text
+    assert main(["ocr", "--model", model, "--dpi", "5", str(folder)]) == 2
+
+
+def test_training_removes_the_temporary_file_a_killed_checkpoint_write_left(synth_set, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    stale = tmp_path / ".m.pt.k3j2l1.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", "--data", str(synth_set), "--out", str(out), "--size", "tiny", "--steps", "1",
+                 "--batch-size", "2", "--threads", "1"]) == 0
+    assert not stale.exists() and out.is_file()
+    assert "removed 1 temporary file(s)" in capsys.readouterr().err

@@ -96,6 +96,11 @@ def print_json(obj: Any, stream: Any = None) -> None:
     print(json.dumps(obj, ensure_ascii=False), file=stream or sys.stdout, flush=True)
 
 
+def check_beam(beam: int) -> None:
+    if beam < 0:
+        raise CliError(f"--beam must be 0 (greedy) or a beam width >= 1, got {beam}", EXIT_USAGE)
+
+
 def positive(value: float, flag: str, zero_ok: bool = False) -> None:
     """A number option must be finite and > 0 (>= 0 with `zero_ok`): a usage error before any work."""
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):

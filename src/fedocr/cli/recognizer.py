@@ -7,17 +7,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedocr.cli.common import (EXIT_INPUT, EXIT_USAGE, CliError, OutputError, check_writable_file, default_model, error_exit_code,
-                               error_message, lazy_parser, positive, print_json, report_error)
+from fedocr.cli import ocr
+from fedocr.cli.common import (EXIT_USAGE, CliError, OutputError, check_beam, check_writable_file, default_model,
+                               lazy_parser, positive, print_json)
 
 if TYPE_CHECKING:  # torch and the data readers are imported when a command runs, not for `--help`
-    import numpy as np
-
     from fedocr.data import LineDataset
-    from fedocr.serve.images import Limits
     from fedocr.train import TrainConfig
-
-CLI_MAX_BYTES = 2**31   # bytes of one image file for `fedocr ocr` (the pixel limits still hold)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,29 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
 
-    lazy_parser(sub, "ocr", _ocr_arguments, help="recognise text in images",
-                description="Recognise each image in turn. An image that cannot be read (or has more lines "
-                            "than --max-lines) gets a one-line error and the others still get their results; "
-                            "the exit code is then 3.")
-
-
-def _ocr_arguments(p: argparse.ArgumentParser) -> None:
-    from fedocr.serve.segment import SegmentConfig
-
-    max_lines = SegmentConfig().max_lines
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF, ...)")
-    p.add_argument("--model", type=Path, help="model (.onnx, or .pt: its sibling .onnx is used when present); default: the shipped model")
-    p.add_argument("--trust", type=Path, metavar="KEY.pub",
-                   help="use the model only if it is signed by this Ed25519 public key (`fedocr fl signing-key`)")
-    p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
-    p.add_argument("--layout", choices=["auto", "line", "page"], default="auto",
-                   help="auto: one line or a page, decided per image (an underline or table rules do not split a "
-                        "line); line: each image is one text line; page: always split into lines")
-    p.add_argument("--max-lines", type=int, default=max_lines,
-                   help=f"refuse an image with more text lines than this, before recognising any (default {max_lines})")
-    p.add_argument("--json", action="store_true", help="JSON Lines, one object per image in input order "
-                                                       "({\"image\", \"error\"} for an image that failed)")
-    p.set_defaults(run=run_ocr)
+    lazy_parser(sub, "ocr", ocr.add_arguments, help="recognise text in images, PDFs, folders or stdin",
+                description="Recognise each image (or PDF page) in turn. One that cannot be read (or has more "
+                            "lines than --max-lines) gets a one-line error and the others still get their "
+                            "results; the exit code is then 3.")
 
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,11 +79,6 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--restart", action="store_true", help="ignore an existing OUT and start over")
     p.set_defaults(run=run_train)
-
-
-def _check_beam(beam: int) -> None:
-    if beam < 0:
-        raise CliError(f"--beam must be 0 (greedy) or a beam width >= 1, got {beam}", EXIT_USAGE)
 
 
 SYNTH_PREFIX = "synth:"
@@ -190,8 +162,11 @@ def run_train(args: argparse.Namespace) -> int:
     from fedocr.charset import default_charset
     from fedocr.data import ConcatLines, DatasetError, EncodedLines, InMemoryLines
     from fedocr.model import CRNN, ModelConfig, load_checkpoint
-    from fedocr.model.checkpoint import provenance
+    from fedocr.model.checkpoint import provenance, remove_stale_temporaries
     from fedocr.train import Trainer
+
+    if removed := remove_stale_temporaries(out):
+        print(f"removed {removed} temporary file(s) an interrupted run left beside {out}", file=sys.stderr)
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {args.device}: this PyTorch build sees no CUDA GPU; use --device cpu", 2)
@@ -232,7 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    _check_beam(args.beam)
+    check_beam(args.beam)
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1", EXIT_USAGE)
     from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
@@ -250,70 +225,3 @@ def run_eval(args: argparse.Namespace) -> int:
         for r in reports:
             print(f"{r.name:<24} {r.n:>6} {r.cer:>8.4f} {r.line_accuracy:>9.4f} {r.ms_per_line:>8.2f}")
     return 0
-
-
-def run_ocr(args: argparse.Namespace) -> int:
-    """Each image on its own: a bad one is reported (stderr, and in --json as {"image", "error"}) and
-    the rest still get their results; the exit code says that something failed."""
-    _check_beam(args.beam)
-    if args.max_lines < 1:
-        raise CliError("--max-lines must be at least 1", EXIT_USAGE)
-    from dataclasses import replace
-
-    from fedocr.serve.engine import load_engine  # ONNX Runtime for .onnx (or a sibling .onnx), else PyTorch
-    from fedocr.serve.images import Limits, configure_pillow
-    from fedocr.serve.segment import TooManyLines
-
-    limits = Limits(max_bytes=CLI_MAX_BYTES)   # the API's pixel limits; a local scan may be a large file
-    configure_pillow(limits)
-
-    engine = load_engine(args.model or default_model(), trust=args.trust)
-    engine.segment = replace(engine.segment, max_lines=args.max_lines)
-    status = 0
-    for path in args.images:
-        try:
-            page = engine.ocr(_read_image(path, limits), beam_width=args.beam, layout=args.layout)
-        except Exception as exc:
-            if isinstance(exc, TooManyLines):  # checked after segmentation, before any line is recognised
-                exc = CliError(f"{path}: {exc}; see --max-lines")
-            elif error_exit_code(exc) is None:
-                raise
-            failed = _image_failed(path, exc, args.json)
-            status = status or failed
-            continue
-        if args.json:
-            lines = [{"text": line.text, "confidence": line.confidence, "box": list(line.box),
-                      "chars": [{"char": c.char, "confidence": c.confidence, "x": [c.x0, c.x1]} for c in line.chars]}
-                     for line in page.lines]
-            print_json({"image": str(path), "text": page.text, "confidence": page.confidence, "angle": page.angle,
-                        "warning": page.warning, "lines": lines})
-        else:
-            print(page.text if len(args.images) == 1 else f"{path}\t{page.text}", flush=True)
-        if page.angle:
-            print(f"{path}: read turned {page.angle} degrees counter-clockwise (boxes refer to the turned image)",
-                  file=sys.stderr)
-        if page.warning:
-            print(f"{path}: warning: {page.warning}", file=sys.stderr)
-    return status
-
-
-def _read_image(path: Path, limits: Limits) -> np.ndarray:
-    """The API's decoder (fedocr.serve.images: Pillow, pixel limits before decoding, EXIF
-    orientation, 16-bit/float/alpha/palette/CMYK), so the CLI and the API read a file alike."""
-    from fedocr.serve.images import BadImage, decode_upload
-
-    if not path.is_file():   # a FIFO or a device would block or never end
-        raise CliError(f"{path}: not a regular file" if path.exists() else f"{path}: no such file", EXIT_INPUT)
-    try:
-        return decode_upload(path.read_bytes(), limits, str(path))
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read ({exc.strerror or exc})", EXIT_INPUT) from None
-    except BadImage as exc:
-        raise CliError(exc.message, EXIT_INPUT) from None
-
-
-def _image_failed(path: Path, exc: BaseException, as_json: bool) -> int:
-    """One image's failure: its line on stderr (and its place in the JSON Lines); the exit code."""
-    if as_json:
-        print_json({"image": str(path), "error": error_message(exc)})
-    return report_error(exc) or 1

@@ -63,6 +63,16 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Remove what `atomic_write` left beside `path` when its process was killed mid-write (a
+    SIGKILL skips its cleanup); call before writing `path` again. Returns how many went."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def save_checkpoint(path: str | Path, model: CRNN, charset: Charset, provenance: dict[str, Any] | None = None,
                     training: dict[str, Any] | None = None, half: bool = False) -> None:
     """Write a checkpoint atomically. half=True stores float weights as fp16 (for shipping)."""
