@@ -9,6 +9,7 @@ still get their results; the exit code then says so (3).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -100,8 +101,14 @@ def _pdf_pages(label: str, data: bytes, dpi: int, limits: Limits) -> list[Source
         return [_failing(label, CliError(f"{label}: not a readable PDF ({exc})", EXIT_INPUT))]
 
     def render(index: int) -> np.ndarray:
+        try:
+            return _render(document, index)
+        except pdfium.PdfiumError as exc:
+            raise CliError(f"{label} page {index + 1}: cannot render ({exc})", EXIT_INPUT) from None
+
+    def _render(document: pdfium.PdfDocument, index: int) -> np.ndarray:
         page = document[index]
-        width, height = (round(side * dpi / 72) for side in page.get_size())
+        width, height = (math.ceil(side * dpi / 72) for side in page.get_size())   # as PDFium rounds
         if width * height > limits.max_pixels or max(width, height) > limits.max_side:
             raise CliError(f"{label} page {index + 1}: {width}x{height} pixels at {dpi} dpi; the limit is "
                            f"{limits.max_pixels:,} pixels and {limits.max_side:,} per side (lower --dpi)", EXIT_INPUT)
@@ -139,19 +146,29 @@ def expand(inputs: list[str], dpi: int, limits: Limits, stdin: Callable[[], byte
             sources += _from_bytes("-", stdin(), dpi, limits)
             continue
         path = Path(given)
-        files = [path]
-        if path.is_dir():
-            entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-            files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES | {".pdf"}]
-            if len(files) < len(entries):
-                print(f"{path}: skipped {len(entries) - len(files)} file(s) that are not images or PDFs",
-                      file=sys.stderr)
+        try:
+            files = _folder(path) if path.is_dir() else [path]
+        except OSError as exc:
+            sources.append(_failing(given, CliError(f"{given}: cannot list ({exc.strerror or exc})", EXIT_INPUT)))
+            continue
         for file in files:
             try:
                 sources += _from_bytes(str(file), _read_file(file), dpi, limits)
             except CliError as exc:
                 sources.append(_failing(str(file), exc))
+            except OSError as exc:   # e.g. no permission to look at it
+                sources.append(_failing(str(file), CliError(f"{file}: cannot read ({exc.strerror or exc})",
+                                                            EXIT_INPUT)))
     return sources
+
+
+def _folder(path: Path) -> list[Path]:
+    """A folder's images and PDFs, sorted; the other files are counted on stderr."""
+    entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES | {".pdf"}]
+    if len(files) < len(entries):
+        print(f"{path}: skipped {len(entries) - len(files)} file(s) that are not images or PDFs", file=sys.stderr)
+    return files
 
 
 def _escape(text: str) -> str:
@@ -257,6 +274,8 @@ def run_ocr(args: argparse.Namespace) -> int:
         try:
             image = source.load()
             page = engine.ocr(image, beam_width=args.beam, layout=args.layout)
+            if args.annotate is not None:
+                _annotate(args.annotate, source, image, page, annotated)
         except Exception as exc:
             if isinstance(exc, TooManyLines):  # checked after segmentation, before any line is recognised
                 exc = CliError(f"{source.name}: {exc}; see --max-lines")
@@ -267,8 +286,6 @@ def run_ocr(args: argparse.Namespace) -> int:
             status = status or code
             continue
         printer.result(source, page)
-        if args.annotate is not None:
-            _annotate(args.annotate, source, image, page, annotated)
         if page.angle:
             print(f"{source.name}: read turned {page.angle} degrees counter-clockwise (boxes refer to the turned "
                   f"image)", file=sys.stderr)

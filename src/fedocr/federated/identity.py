@@ -17,9 +17,19 @@ def registered_names(grid: Any) -> dict[str, str]:
     return {str(node.node_id): str(node.name) for node in get_nodes() if getattr(node, "name", "")}
 
 
-def identify(claimed: str, node_id: str, registered: str | None) -> tuple[str, str | None]:
+def identify(claimed: str, node_id: str, registered: str | None,
+             taken_by_others: frozenset[str] = frozenset()) -> tuple[str, str | None]:
     """The name to record a node under, and why it is refused (None when it is not). A node with
-    no name of its own calls itself `node-<id>`, which never conflicts."""
-    if registered is None or claimed in (registered, f"node-{node_id}"):
-        return registered or claimed, None
-    return registered, f"impersonation: its key is registered as {registered!r} but it calls itself {claimed!r}"
+    no name of its own calls itself `node-<id>`, which never conflicts. `taken_by_others`: the
+    names other nodes' keys are registered under, which a node without a registered name of its
+    own may not use either."""
+    if registered is not None and claimed not in (registered, f"node-{node_id}"):
+        return registered, f"impersonation: its key is registered as {registered!r} but it calls itself {claimed!r}"
+    if registered is None and claimed in taken_by_others:
+        return f"node-{node_id}", f"impersonation: it calls itself {claimed!r}, another node's registered name"
+    return registered or claimed, None
+
+
+def others(registered: dict[str, str], node_id: str) -> frozenset[str]:
+    """The registered names of every node but `node_id`."""
+    return frozenset(name for node, name in registered.items() if node != node_id)

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from fedocr.charset import Charset
 from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
-from fedocr.federated.identity import STEP as IDENTITY, identify, registered_names
+from fedocr.federated.identity import STEP as IDENTITY, identify, others, registered_names
 from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
@@ -249,7 +249,8 @@ class FederatedServer:
         for reply in replies:
             node = str(reply.metadata.src_node_id)
             got = read_reply(reply, state.names.get(node, f"node-{node}"), self.charset.version, bytes_down,
-                             (rnd, str(content["config"]["global-digest"])), registered.get(node))
+                             (rnd, str(content["config"]["global-digest"])), registered.get(node),
+                             others(registered, node))
             got.record.client = unique_name(got.record.client, node, taken)
             if got.update is not None:
                 got.update = got.update.renamed(got.record.client)
@@ -286,7 +287,7 @@ class FederatedServer:
         for node_id, fitres in result.results:
             node = str(node_id)
             got = read_secure_reply(node_id, fitres, state.names.get(node, f"node-{node}"), self.charset.version,
-                                    registered.get(node))
+                                    registered.get(node), others(registered, node))
             got.record.client = unique_name(got.record.client, node, taken)
             got.record.bytes_up, got.record.bytes_down = result.bytes_up[node_id], result.bytes_down[node_id]
             state.names[node] = got.record.client
@@ -438,7 +439,8 @@ class FederatedServer:
                 continue
             answers.append(answer)
             node = str(reply.metadata.src_node_id)
-            claimed, impostor = identify(answer.client or f"node-{node}", node, registered.get(node))
+            claimed, impostor = identify(answer.client or f"node-{node}", node, registered.get(node),
+                                         others(registered, node))
             name = unique_name(claimed, node, taken)
             self.state.names[node] = name
             if impostor:

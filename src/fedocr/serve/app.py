@@ -42,6 +42,7 @@ from fedocr.serve.schemas import (BatchItem, BatchResult, Error, Health, ModelDe
 
 log = logging.getLogger("fedocr.serve")
 RETRY_AFTER_S = 1      # what a busy server asks a client to wait (Retry-After)
+CLOSE = {"Connection": "close"}   # on refusing a body half read
 WATCH_EVERY_S = 0.1    # how often a running recognition checks its budget and its client
 STATIC = resources.files("fedocr.serve") / "static"
 
@@ -102,11 +103,12 @@ class BodyLimit:
                 with anyio.fail_after(self.read_timeout_s):
                     message = await receive()
             except TimeoutError:   # an HTTPException: FastAPI's body parsing passes those on, not others
-                raise HTTPException(408, f"request body paused for over {self.read_timeout_s:g} s") from None
+                raise HTTPException(408, f"request body paused for over {self.read_timeout_s:g} s",
+                                    headers=CLOSE) from None
             more_body = message["type"] == "http.request" and message.get("more_body", False)
             seen += len(message.get("body", b""))
-            if seen > limit:
-                raise HTTPException(413, f"request body over {limit} bytes")
+            if seen > limit:   # the rest of the body is never read: the connection cannot be reused
+                raise HTTPException(413, f"request body over {limit} bytes", headers=CLOSE)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -127,7 +129,7 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
-    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+    response = JSONResponse({"detail": detail}, status_code=status, headers=CLOSE)
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -181,6 +183,8 @@ def _capped(engine: Engine, max_lines: int) -> Engine:
 
 def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto", stop: Stop | None = None) -> OcrResult:
     """Decode and recognise one upload (runs in a worker thread; `stop` ends it early)."""
+    if stop is not None and stop():   # its budget ran out, or its client left, while it queued
+        raise Stopped("recognition stopped before it started")
     start = time.perf_counter()
     loaded = require_model(state).current   # this request keeps this model even if a reload happens now
     version = loaded.engine.info.version
@@ -303,6 +307,10 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
                                        result=await run(state, request, data, f"images[{index}]", layout)))
             except BadImage as exc:
                 items.append(BatchItem(index=index, status=exc.status, error=exc.message))
+            except HTTPException as exc:   # busy or stopped: this image only; the others keep their answers
+                if exc.status_code != 503:
+                    raise
+                items.append(BatchItem(index=index, status=503, error=str(exc.detail)))
         return BatchResult(results=items, time_ms=round((time.perf_counter() - start) * 1000, 2))
 
     @app.get("/api/health", response_model=Health, summary="Liveness and the served model's version")

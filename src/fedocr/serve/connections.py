@@ -23,8 +23,10 @@ class HeaderDeadline(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        waiting = bool(self.pipeline)   # a pipelined request whose headers are in starts now
         super().on_response_complete()
-        self._arm()   # the next request on this keep-alive connection has the same deadline
+        if not waiting:
+            self._arm()   # the next request on this keep-alive connection has the same deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

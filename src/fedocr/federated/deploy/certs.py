@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def write_node_key(folder: Path, name: str) -> Path:
     `folder/name.pub`, the only file the operator needs. Refuses to replace an existing key: its
     public half may already be registered."""
     private = folder / name
-    if not name or "/" in name or name.startswith("."):
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise CertError(f"node name {name!r}: use letters, digits, '-' or '_'")
     if private.exists() or private.with_name(f"{name}.pub").exists():
         raise CertError(f"{private}: a key of that name exists (its public half may be registered); "
@@ -150,7 +151,10 @@ def renew_server(folder: Path, ca_key_path: Path | None = None, hosts: Sequence[
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or _spki(ca_key.public_key()) != _spki(ca.public_key()):
         raise CertError(f"{ca_key_path}: not the key of {folder / 'ca.crt'}")
     hosts = list(hosts) or _sans(_load_cert(folder / "server.pem"), folder / "server.pem")
-    server, server_key = _server_cert(ca, ca_key, hosts, days)
+    left = (ca.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).days
+    if left < 1:
+        raise CertError(f"{folder / 'ca.crt'}: expired or expiring today; a new CA is needed (fl certs --force)")
+    server, server_key = _server_cert(ca, ca_key, hosts, min(days, left))   # never past the CA
     _write(folder / "server.key", _key_pem(server_key), private=True)
     _write(folder / "server.pem", server.public_bytes(serialization.Encoding.PEM))
 
