@@ -168,5 +168,5 @@ def test_a_node_is_recorded_under_its_registered_name_and_refused_when_it_claims
     unregistered = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10)
     assert unregistered.record.client == "hospital" and unregistered.update is not None   # simulation: no registry
     nameless = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10,
-                          taken_by_others=frozenset({"hospital"}))   # its key has no name, the claim is another's
+                          all_registered=frozenset({"hospital"}))   # its key has no name, the claim is another's
     assert nameless.update is None and nameless.record.client == "node-7" and "impersonation" in nameless.record.reason

@@ -18,18 +18,13 @@ def registered_names(grid: Any) -> dict[str, str]:
 
 
 def identify(claimed: str, node_id: str, registered: str | None,
-             taken_by_others: frozenset[str] = frozenset()) -> tuple[str, str | None]:
+             all_registered: frozenset[str] = frozenset()) -> tuple[str, str | None]:
     """The name to record a node under, and why it is refused (None when it is not). A node with
-    no name of its own calls itself `node-<id>`, which never conflicts. `taken_by_others`: the
-    names other nodes' keys are registered under, which a node without a registered name of its
-    own may not use either."""
+    no name of its own calls itself `node-<id>`, which never conflicts. `all_registered`: every
+    name a key is registered under, which a node without a registered name may not use."""
     if registered is not None and claimed not in (registered, f"node-{node_id}"):
         return registered, f"impersonation: its key is registered as {registered!r} but it calls itself {claimed!r}"
-    if registered is None and claimed in taken_by_others:
+    if registered is None and claimed in all_registered:
         return f"node-{node_id}", f"impersonation: it calls itself {claimed!r}, another node's registered name"
     return registered or claimed, None
 
-
-def others(registered: dict[str, str], node_id: str) -> frozenset[str]:
-    """The registered names of every node but `node_id`."""
-    return frozenset(name for node, name in registered.items() if node != node_id)

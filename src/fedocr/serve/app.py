@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fedocr import __version__
 from fedocr.serve.cache import ResultCache, content_key
-from fedocr.serve.engine import Engine, PageResult, Stop, Stopped
+from fedocr.serve.engine import Engine, PageResult, Stop, Stopped, check_stop
 from fedocr.serve.hotswap import ModelSlot
 from fedocr.serve.images import MiB, BadImage, Limits, configure_pillow, decode_upload
 from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines
@@ -183,8 +183,7 @@ def _capped(engine: Engine, max_lines: int) -> Engine:
 
 def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto", stop: Stop | None = None) -> OcrResult:
     """Decode and recognise one upload (runs in a worker thread; `stop` ends it early)."""
-    if stop is not None and stop():   # its budget ran out, or its client left, while it queued
-        raise Stopped("recognition stopped before it started")
+    check_stop(stop)   # its budget may have run out, or its client left, while it queued
     start = time.perf_counter()
     loaded = require_model(state).current   # this request keeps this model even if a reload happens now
     version = loaded.engine.info.version

@@ -205,7 +205,7 @@ class Stopped(RuntimeError):
 Stop = Callable[[], bool]   # asked before each batch of lines: True stops the work with Stopped
 
 
-def _check(stop: Stop | None) -> None:
+def check_stop(stop: Stop | None) -> None:
     if stop is not None and stop():
         raise Stopped("recognition stopped")
 
@@ -238,7 +238,7 @@ class Engine:
     def _recognize(self, crops: Sequence[np.ndarray], beam_width: int,
                    map_fn: Callable[..., Iterable[Any]], stop: Stop | None) -> list[Decoded]:
         def run(batch: list[int]) -> list[Decoded]:
-            _check(stop)
+            check_stop(stop)
             images, widths = pad_lines([lines[i] for i in batch])
             logits = self.logits_fn(images, widths)
             return [decode_logits(logits[row:row + 1, :max(int(w) // WIDTH_STRIDE, 1)], widths[row:row + 1],
@@ -276,7 +276,7 @@ class Engine:
     def _orientation_score(self, image: np.ndarray, layout: Layout, stop: Stop | None) -> float:
         """Mean confidence on the ORIENT_SAMPLE largest lines of `image` (0 when it has none, or
         more lines than the limit: such a turn is not the page's)."""
-        _check(stop)
+        check_stop(stop)
         try:
             crops = split_lines(image, self.segment, layout)
         except TooManyLines:
@@ -286,7 +286,7 @@ class Engine:
         return float(np.mean([d.confidence for d in decoded])) if decoded else 0.0
 
     def _read(self, image: np.ndarray, beam_width: int, layout: Layout, stop: Stop | None = None) -> PageResult:
-        _check(stop)
+        check_stop(stop)
         crops = split_lines(image, self.segment, layout)
         decoded = self.recognize([c.image for c in crops], beam_width, stop) if crops else []
         lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box,
