@@ -254,8 +254,10 @@ def in_process(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, 
     (["serve", "--model", "{tmp}/none.onnx", "--token-file", "{tmp}/empty"], 2, "the token is empty"),
     (["serve", "--model", "{tmp}/none.onnx", "--token-file", "{tmp}/none"], 3, "cannot read"),
     (["serve", "--model", "{tmp}/none.onnx", "--watch", "nan"], 2, "--watch"),
+    (["serve", "--model", "{tmp}/none.onnx", "--processes", "0"], 2, "--processes must be at least 1"),
 ], ids=["lr-nan", "lr-negative", "epochs-inf", "out-in-proc", "eval-beam", "ocr-beam", "max-lines", "cert-days",
-        "empty-token", "two-tokens", "empty-token-file", "missing-token-file", "watch-nan"])
+        "empty-token", "two-tokens", "empty-token-file", "missing-token-file", "watch-nan",
+        "processes-zero"])
 def test_options_are_checked_before_any_work(args, code, fragment, tmp_path, capsys):
     (tmp_path / "empty").write_text("\n")
     got, err = in_process(capsys, *(a.format(tmp=tmp_path) for a in args))
@@ -382,3 +384,16 @@ def test_training_removes_the_temporary_file_a_killed_checkpoint_write_left(synt
                  "--batch-size", "2", "--threads", "1"]) == 0
     assert not stale.exists() and out.is_file()
     assert "removed 1 temporary file(s)" in capsys.readouterr().err
+
+
+def test_ocr_reads_a_folder_one_file_at_a_time(tmp_path):
+    from fedocr.cli.ocr import expand
+    from fedocr.serve.images import Limits
+
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((32, 100), 255, np.uint8)).save(tmp_path / name)
+    sources = expand([str(tmp_path)], 200, Limits(), stdin=lambda: b"")
+    assert next(sources).label.endswith("a.png")
+    (tmp_path / "b.png").unlink()             # not read yet: a folder is never in memory at once
+    with pytest.raises(Exception, match="b.png: no such file"):
+        next(sources).load()

@@ -78,6 +78,12 @@ def test_a_bundle_for_real_hosts_passes_the_superlinks_check_and_renews_under_an
     assert 89 <= (_not_after(out / "server.pem") - dt.datetime.now(dt.timezone.utc)).days <= 90
     assert stat.S_IMODE((out / "server.key").stat().st_mode) == 0o600
 
+    (out / "server.key").write_bytes((stranger / "server.key").read_bytes())   # a renewal stopped between its files
+    assert main(["fl", "certs", "--check", "--out", str(out)]) != 0
+    assert "--renew-server` again" in capsys.readouterr().err
+    assert main(["fl", "certs", "--renew-server", "--out", str(out), "--ca-key", str(offline / "ca.key")]) == 0
+    assert main(["fl", "certs", "--check", "--out", str(out)]) == 0
+
 
 def test_the_check_warns_a_month_before_a_certificate_expires(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:

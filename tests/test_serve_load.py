@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ class Slowed:
     """The served engine's network, one line per run and CALL_S slower; counts its runs."""
 
     def __init__(self, app: Any) -> None:
-        engine = app.state.fedocr.slot.current.engine
+        self.state = app.state.fedocr
+        engine = self.state.slot.current.engine
         engine.batching = Batching(batch_size=1, workers=1)
         self.calls, inner = 0, engine.logits_fn
 
@@ -82,6 +83,15 @@ def upload(base: str, data: bytes, timeout: float = 60) -> httpx.Response:
     return httpx.post(base + "/api/ocr", files={"image": ("page.png", data, "image/png")}, timeout=timeout)
 
 
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def raw_request(base: str, data: bytes) -> bytes:
     """The bytes of an /api/ocr upload, for a client that misbehaves on a socket."""
     request = httpx.Request("POST", base + "/api/ocr", files={"image": ("page.png", data, "image/png")})
@@ -119,6 +129,23 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(model: Path, page: by
         assert answers == [200, 200]
 
 
+def test_a_waiting_request_whose_client_left_frees_its_place_in_the_queue(model: Path, page: bytes) -> None:
+    config = ServeConfig(model=model, workers=1, queue=1, cache_size=0, request_timeout_s=30.0)
+    with serving(config) as (base, port, slowed):
+        first: list[int] = []
+        running = threading.Thread(target=lambda: first.append(upload(base, page).status_code))
+        running.start()
+        assert _until(lambda: slowed.calls > 0)
+        with socket.create_connection(("127.0.0.1", port)) as leaving:   # takes the one place in the queue ...
+            leaving.sendall(raw_request(base, page))
+            assert _until(lambda: slowed.state.pending == 2)
+        assert _until(lambda: slowed.state.pending == 1)                  # ... and gives it back when it leaves,
+        assert running.is_alive()                                         # not when the first page is done
+        assert upload(base, page).status_code == 200       # not 503 busy: the queue had room again
+        running.join(timeout=120)
+        assert first == [200]
+
+
 def test_work_for_a_client_that_disconnected_stops(model: Path, page: bytes) -> None:
     with serving(ServeConfig(model=model, request_timeout_s=60.0, cache_size=0)) as (base, port, slowed):
         with socket.create_connection(("127.0.0.1", port)) as client:
@@ -131,7 +158,7 @@ def test_work_for_a_client_that_disconnected_stops(model: Path, page: bytes) -> 
         assert slowed.settled() and slowed.calls < 20
 
 
-def test_slow_headers_are_cut_off_and_a_stalled_body_gets_408(model: Path) -> None:
+def test_slow_headers_are_cut_off_and_a_stalled_or_dripping_body_gets_408(model: Path) -> None:
     with serving(ServeConfig(model=model, read_timeout_s=1.0), read_timeout_s=1.0) as (base, port, _):
         with socket.create_connection(("127.0.0.1", port)) as slow_headers:
             slow_headers.sendall(b"POST /api/ocr HTTP/1.1\r\nHost: x\r\n")
@@ -145,4 +172,19 @@ def test_slow_headers_are_cut_off_and_a_stalled_body_gets_408(model: Path) -> No
             slow_body.settimeout(10)
             answer = slow_body.recv(4096)
             assert answer.startswith(b"HTTP/1.1 408") and b"paused" in answer
+        with socket.create_connection(("127.0.0.1", port)) as dripping:   # never pauses long, never gets far
+            dripping.sendall(b"POST /api/ocr HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                             b"Content-Length: 100000\r\n\r\n--b\r\n")
+            dripping.settimeout(0.3)
+            started, answer = time.monotonic(), b""
+            while not answer and time.monotonic() - started < 10:
+                try:
+                    dripping.sendall(b"x" * 100)
+                    answer = dripping.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:    # closed after the answer
+                    break
+            assert answer.startswith(b"HTTP/1.1 408") and b"must average 16 KiB/s" in answer, answer
+            assert time.monotonic() - started < 5
         assert httpx.get(base + "/api/health").status_code == 200

@@ -84,12 +84,19 @@ def check_writable_file(path: Path) -> Path:
         raise OutputError(f"{parent}: cannot create output folder ({exc.strerror or exc})") from exc
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, expected a file path")
+    check_writable_folder(parent, f".{path.name}.")
+    return path
+
+
+def check_writable_folder(folder: Path, prefix: str = ".fedocr.") -> Path:
+    """Fail early when files cannot be made in `folder`: one is made and removed (permission bits
+    say nothing for root or for /proc, /sys and read-only mounts)."""
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, suffix=".probe"):
             pass
     except OSError as exc:
-        raise OutputError(f"{parent}: output folder is not writable ({exc.strerror or exc})") from exc
-    return path
+        raise OutputError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from exc
+    return folder
 
 
 def print_json(obj: Any, stream: Any = None) -> None:

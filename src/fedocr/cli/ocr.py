@@ -9,16 +9,16 @@ still get their results; the exit code then says so (3).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
-import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedocr.cli.common import (EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError, check_beam, error_exit_code,
-                               error_message, print_json, report_error)
+from fedocr.cli.common import (EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError, check_beam, check_writable_folder,
+                               error_exit_code, error_message, print_json, report_error)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,29 +137,28 @@ def _from_bytes(label: str, data: bytes, dpi: int, limits: Limits) -> list[Sourc
     return [Source(label, None, _decoded(label, data, limits))]
 
 
-def expand(inputs: list[str], dpi: int, limits: Limits, stdin: Callable[[], bytes]) -> list[Source]:
+def expand(inputs: list[str], dpi: int, limits: Limits, stdin: Callable[[], bytes]) -> Iterator[Source]:
     """The images the inputs hold, in order: a folder's images and PDFs sorted by name (its other
-    files are counted on stderr, not read), each PDF page on its own."""
-    sources: list[Source] = []
+    files are counted on stderr, not read), each PDF page on its own. Lazily: a file is read when
+    its turn comes, so a folder of thousands of scans is never in memory at once."""
     for given in inputs:
         if given == "-":
-            sources += _from_bytes("-", stdin(), dpi, limits)
+            yield from _from_bytes("-", stdin(), dpi, limits)
             continue
         path = Path(given)
         try:
             files = _folder(path) if path.is_dir() else [path]
         except OSError as exc:
-            sources.append(_failing(given, CliError(f"{given}: cannot list ({exc.strerror or exc})", EXIT_INPUT)))
+            yield _failing(given, CliError(f"{given}: cannot list ({exc.strerror or exc})", EXIT_INPUT))
             continue
         for file in files:
             try:
-                sources += _from_bytes(str(file), _read_file(file), dpi, limits)
+                found = _from_bytes(str(file), _read_file(file), dpi, limits)
             except CliError as exc:
-                sources.append(_failing(str(file), exc))
+                found = [_failing(str(file), exc)]
             except OSError as exc:   # e.g. no permission to look at it
-                sources.append(_failing(str(file), CliError(f"{file}: cannot read ({exc.strerror or exc})",
-                                                            EXIT_INPUT)))
-    return sources
+                found = [_failing(str(file), CliError(f"{file}: cannot read ({exc.strerror or exc})", EXIT_INPUT))]
+            yield from found
 
 
 def _folder(path: Path) -> list[Path]:
@@ -244,12 +243,9 @@ def _check_options(args: argparse.Namespace) -> None:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CliError(f"--annotate {args.annotate}: cannot create ({exc.strerror or exc})", EXIT_OUTPUT) from None
-        if not args.annotate.is_dir() or not _writable(args.annotate):
-            raise CliError(f"--annotate {args.annotate}: not a writable folder", EXIT_OUTPUT)
-
-
-def _writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
+        if not args.annotate.is_dir():
+            raise CliError(f"--annotate {args.annotate}: not a folder", EXIT_OUTPUT)
+        check_writable_folder(args.annotate)
 
 
 def run_ocr(args: argparse.Namespace) -> int:
@@ -268,9 +264,10 @@ def run_ocr(args: argparse.Namespace) -> int:
     engine = load_engine(args.model or default_model(), trust=args.trust)
     engine.segment = replace(engine.segment, max_lines=args.max_lines)
     sources = expand(args.images, args.dpi, limits, lambda: sys.stdin.buffer.read())
-    printer = Printer("json" if args.json else args.format, single=len(sources) == 1 and not sources[0].page)
+    first = list(itertools.islice(sources, 2))   # one image alone prints its text without a header
+    printer = Printer("json" if args.json else args.format, single=len(first) == 1 and not first[0].page)
     status, annotated = 0, set[str]()
-    for source in sources:
+    for source in itertools.chain(first, sources):
         try:
             image = source.load()
             page = engine.ocr(image, beam_width=args.beam, layout=args.layout)

@@ -45,7 +45,10 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=Path, metavar="RUNS.db",
                    help="a federation's run store: adds the dashboard (/dashboard, /api/runs), read-only")
     _listen_arguments(p)
-    p.add_argument("--workers", type=int, default=2, help="recognitions running at once (default 2)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes on the one port, each with its own model in memory; a reload reaches "
+                        "all of them (default 1)")
+    p.add_argument("--workers", type=int, default=2, help="recognitions running at once in each process (default 2)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per recognition (default: cores, at most 2)")
     p.add_argument("--cache", type=int, default=256, help="results cached by image hash (0: off)")
     p.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
@@ -65,7 +68,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {ServeConfig.request_timeout_s:g})")
     p.add_argument("--read-timeout", type=float, default=ServeConfig.read_timeout_s, metavar="SECONDS",
                    help="longest wait for a request's headers (the connection is closed) or between chunks of "
-                        f"its body (408) (default {ServeConfig.read_timeout_s:g})")
+                        "its body (408); after it, a body must also average 16 KiB/s "
+                        f"(default {ServeConfig.read_timeout_s:g})")
     p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
                    help=f"open connections; more answer 503 (default {MAX_CONNECTIONS})")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable); none by default")
@@ -193,7 +197,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    for name in ("workers", "port", "max_bytes", "max_pixels", "max_files", "max_lines", "max_connections"):
+    for name in ("processes", "workers", "port", "max_bytes", "max_pixels", "max_files", "max_lines", "max_connections"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1", 2)
     if args.queue < 0:
@@ -211,10 +215,11 @@ def run_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)
     import uvicorn
 
-    from fedocr.serve.app import ServeConfig, create_app, limit_malloc_arenas
+    from fedocr.serve.app import ServeConfig, create_app
     from fedocr.serve.connections import header_deadline
     from fedocr.serve.hotswap import ModelSlot
     from fedocr.serve.images import Limits
+    from fedocr.serve.memory import tune_malloc
 
     base = Limits()
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
@@ -223,14 +228,20 @@ def run_serve(args: argparse.Namespace) -> int:
                          threads=args.threads, watch_s=args.watch, cors_origins=tuple(args.cors_origin),
                          max_lines=args.max_lines, runs=_runs_store(args.runs), trust=args.trust, queue=args.queue,
                          request_timeout_s=args.request_timeout, read_timeout_s=args.read_timeout)
-    limit_malloc_arenas()                            # a long-running server must not creep up in memory
+    tune_malloc()                            # a long-running server must not creep up in memory
     slot = ModelSlot(config.model, config.threads, trust=args.trust)  # load before serving: a bad model fails fast
     info = slot.engine.info
     print(f"serving {info.path} ({info.backend}, {info.quantization}, version {info.version}) "
-          f"on http://{args.host}:{args.port}/" + (" (dashboard: /dashboard)" if config.runs else ""),
-          file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(config, slot), log_level=args.log_level,
-                                           http=header_deadline(args.read_timeout),
-                                           limit_concurrency=args.max_connections))
+          f"on http://{args.host}:{args.port}/" + (" (dashboard: /dashboard)" if config.runs else "")
+          + (f" with {args.processes} processes" if args.processes > 1 else ""), file=sys.stderr, flush=True)
+    options = {"log_level": args.log_level, "limit_concurrency": args.max_connections}
+    if args.processes > 1:
+        from fedocr.serve.processes import serve_processes
+
+        del slot, info                               # each process loads its own
+        serve_processes(config, sock, args.processes, **options)
+        return 0
+    server = uvicorn.Server(uvicorn.Config(create_app(config, slot), http=header_deadline(args.read_timeout),
+                                           **options))
     server.run(sockets=[sock])
     return 0

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -34,17 +35,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fedocr import __version__
 from fedocr.serve.cache import ResultCache, content_key
 from fedocr.serve.engine import Engine, PageResult, Stop, Stopped, check_stop
-from fedocr.serve.hotswap import ModelSlot
+from fedocr.serve.hotswap import Loaded, ModelSlot
 from fedocr.serve.images import MiB, BadImage, Limits, configure_pillow, decode_upload
+from fedocr.serve.memory import MemoryTrimmer
 from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines
 from fedocr.serve.schemas import (BatchItem, BatchResult, Error, Health, ModelDescription, OcrResult, Reloaded,
                                   Unprocessable)
+from fedocr.serve.shared_model import SharedModel
 
 log = logging.getLogger("fedocr.serve")
 RETRY_AFTER_S = 1      # what a busy server asks a client to wait (Retry-After)
 CLOSE = {"Connection": "close"}   # on refusing a body half read
 WATCH_EVERY_S = 0.1    # how often a running recognition checks its budget and its client
+MIN_BODY_RATE = 16 * 1024   # bytes/s a body must average once its first read_timeout_s is over
+FOLLOW_EVERY_S = 0.5   # how soon the other processes of a server follow a model swap
 STATIC = resources.files("fedocr.serve") / "static"
+SwapResult = tuple[bool, Loaded]   # (whether the version changed, what is now served)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class ServeConfig:
     queue: int = 32                          # requests that may wait for a worker; more answer 503 + Retry-After
     request_timeout_s: float = 60.0          # wait + recognition per image; past it the work stops (503)
     read_timeout_s: float = 10.0             # longest pause in a request body (408); headers: serve.connections
+    shared_model: Path | None = None         # with several server processes: where swaps are announced
 
 
 @dataclass
@@ -74,12 +81,14 @@ class State:
     limiter: anyio.CapacityLimiter
     started: float
     pending: int = 0                         # recognitions running or waiting for a worker
+    trimmer: MemoryTrimmer = field(default_factory=MemoryTrimmer)   # keeps resident memory flat under load
 
 
 class BodyLimit:
     """Refuse request bodies above the limit with 413, before the multipart parser reads them, and
-    bodies that stall for longer than `read_timeout_s` between chunks with 408 (a slow-body client
-    must not hold a connection, and the upload's memory, for ever)."""
+    with 408 bodies that stall for longer than `read_timeout_s` between chunks or arrive slower
+    than MIN_BODY_RATE on average after the first `read_timeout_s` (a client that sends a byte
+    every few seconds must not hold a connection, and the upload's memory, for ever)."""
 
     def __init__(self, app: ASGIApp, limits: Limits, read_timeout_s: float = 10.0) -> None:
         self.app, self.limits, self.read_timeout_s = app, limits, read_timeout_s
@@ -94,17 +103,25 @@ class BodyLimit:
         seen = 0
         started = False
         more_body = True
+        body_started = time.monotonic()
 
         async def counting_receive() -> Message:
             nonlocal seen, more_body
             if not more_body:   # after the body: disconnect checks, which may wait as long as they like
                 return await receive()
+            # the body so far may have taken read_timeout_s plus its size at MIN_BODY_RATE
+            budget = body_started + self.read_timeout_s + seen / MIN_BODY_RATE - time.monotonic()
             try:
-                with anyio.fail_after(self.read_timeout_s):
+                with anyio.fail_after(max(0.0, min(self.read_timeout_s, budget))):
                     message = await receive()
             except TimeoutError:   # an HTTPException: FastAPI's body parsing passes those on, not others
-                raise HTTPException(408, f"request body paused for over {self.read_timeout_s:g} s",
-                                    headers=CLOSE) from None
+                if budget >= self.read_timeout_s * 0.99:   # cut by the pause limit, not the rate
+                    why = f"paused for over {self.read_timeout_s:g} s"
+                else:
+                    rate = seen / max(time.monotonic() - body_started, 1e-3) / 1024
+                    why = (f"arrived at {rate:.1f} KiB/s; after its first {self.read_timeout_s:g} s a body must "
+                           f"average {MIN_BODY_RATE // 1024} KiB/s")
+                raise HTTPException(408, f"request body {why}", headers=CLOSE) from None
             more_body = message["type"] == "http.request" and message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > limit:   # the rest of the body is never read: the connection cannot be reused
@@ -167,7 +184,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "not an image, empty, damaged or truncated"},
     401: {"model": Error, "description": "bearer token required"},
     413: {"model": Error, "description": "too many bytes, pixels or files"},
-    408: {"model": Error, "description": "the request body paused for longer than the read timeout"},
+    408: {"model": Error, "description": "the request body paused for longer than the read timeout, or arrived "
+                                        "slower than 16 KiB/s on average after it"},
     503: {"model": Error, "description": "busy (queue full) or over the time budget per image, with Retry-After; "
                                         "or no OCR model on this server (a dashboard-only server)"},
     422: {"model": Unprocessable, "description": "a wrong or missing field, or more text lines in one image than the limit"},
@@ -196,6 +214,8 @@ def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto", st
         page = engine.ocr(decode_upload(data, state.config.limits, name), layout=layout, stop=stop)
     except TooManyLines as exc:  # found after segmentation, before any line was recognised
         raise BadImage(422, f"{name}: {exc}; split the image or ask for a higher --max-lines") from None
+    finally:
+        state.trimmer.after_work()   # a refused or stopped page freed as much as a read one
     state.cache.put(key, page)
     return OcrResult.from_page(page, (time.perf_counter() - start) * 1000, version, False)
 
@@ -216,17 +236,22 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model = slot or (ModelSlot(config.model, config.threads, config.prefer_onnx, config.trust)
+        model = slot or (ModelSlot(config.model, config.threads, config.prefer_onnx, config.trust,
+                                   SharedModel(config.shared_model) if config.shared_model else None)
                          if config.model else None)
         state = State(config, model,
                       ResultCache(config.cache_size), anyio.CapacityLimiter(config.workers), time.time())
         app.state.fedocr = state
-        watcher = asyncio.create_task(_watch(state)) if config.watch_s > 0 and model is not None else None
+        pollers = []
+        if model is not None and config.watch_s > 0:
+            pollers.append(asyncio.create_task(_poll_swaps(state, config.watch_s, _reload_if_changed)))
+        if model is not None and model.shared is not None:
+            pollers.append(asyncio.create_task(_poll_swaps(state, FOLLOW_EVERY_S, ModelSlot.follow)))
         try:
             yield
         finally:
-            if watcher:
-                watcher.cancel()
+            for poller in pollers:
+                poller.cancel()
 
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served by this app, not from a CDN.
     app = FastAPIOffline(title="fedocr", version=__version__, lifespan=lifespan,
@@ -235,15 +260,16 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
 
     async def run(state: State, request: Request, data: bytes, name: str, layout: Layout) -> OcrResult:
         """One recognition in a worker thread, bounded three ways: a full queue answers 503 with
-        Retry-After at once; past the time budget, or once the client has gone, the thread is
-        told to stop at its next batch of lines (a worker thread cannot be killed)."""
+        Retry-After at once; past the time budget, or once the client has gone, a request still
+        waiting for a worker leaves the queue, and a running one's thread is told to stop at its
+        next batch of lines (a worker thread cannot be killed)."""
         if state.pending >= config.workers + config.queue:
             raise HTTPException(503, f"busy: {state.pending} recognitions running or queued; retry shortly",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         state.pending += 1
         stop, why = threading.Event(), []
 
-        async def watch() -> None:
+        async def watch(work: anyio.CancelScope) -> None:
             deadline = time.monotonic() + config.request_timeout_s
             while not stop.is_set():
                 if time.monotonic() > deadline:
@@ -252,28 +278,30 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
                     why.append("the client disconnected")
                 if why:
                     stop.set()
+                    work.cancel()   # ends the wait for a worker; a running thread finishes via `stop`
                 await anyio.sleep(WATCH_EVERY_S)
 
+        result: OcrResult | None = None
         error: Exception | None = None
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(watch)
-                try:
-                    result = await anyio.to_thread.run_sync(_recognise, state, data, name, layout, stop.is_set,
-                                                            limiter=state.limiter)
-                except Exception as exc:  # raised below: the task group would wrap it in an ExceptionGroup
-                    error = exc
-                finally:
-                    stop.set()
-                    tasks.cancel_scope.cancel()
+                with anyio.CancelScope() as work:
+                    tasks.start_soon(watch, work)
+                    try:
+                        result = await anyio.to_thread.run_sync(_recognise, state, data, name, layout, stop.is_set,
+                                                                limiter=state.limiter)
+                    except Exception as exc:  # raised below: the task group would wrap it in an ExceptionGroup
+                        error = exc
+                stop.set()
+                tasks.cancel_scope.cancel()
         finally:
             state.pending -= 1
-        if isinstance(error, Stopped):
+        if error is not None and not isinstance(error, Stopped):
+            raise error
+        if result is None:   # stopped in its thread, or while it waited for one
             log.warning("recognition stopped: %s", why[0] if why else "asked to")
             raise HTTPException(503, f"recognition stopped: {why[0] if why else 'asked to'}",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
-        if error is not None:
-            raise error
         return result
 
     @app.post("/api/ocr", response_model=OcrResult, responses=ERRORS, dependencies=protected,
@@ -318,7 +346,7 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
         info = loaded.engine.info if loaded else None
         return Health(status="ok", model=info.version if info else None, backend=info.backend if info else None,
                       charset_version=info.charset_version if info else None,
-                      builtin_line_cer=round(loaded.smoke.cer, 4) if loaded else None,
+                      builtin_line_cer=round(loaded.smoke.cer, 4) if loaded else None, pid=os.getpid(),
                       uptime_s=round(time.time() - state.started, 1))
 
     @app.get("/api/model", response_model=ModelDescription, responses=ERRORS, dependencies=protected,
@@ -368,41 +396,27 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
     return app
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas (like MALLOC_ARENA_MAX) before the server starts its threads.
-
-    Each worker thread otherwise gets its own arena, and their fragmentation shows as resident
-    memory that creeps up for thousands of requests (measured by bench/serve.py: +55 MB over
-    2,000 requests without the cap, flat with it). No effect, and False, off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.mallopt(-8, arenas))   # -8: M_ARENA_MAX in glibc's malloc.h
-    except (OSError, AttributeError):
-        return False
-
-
-async def _watch(state: State) -> None:
-    """Reload when the model file changes (e.g. a federation published a new global model)."""
+async def _poll_swaps(state: State, every_s: float, swap: Callable[[ModelSlot], SwapResult | None]) -> None:
+    """Every `every_s`, run `swap` (in a thread: loading a model takes a while) and clear the cache
+    when the served model changed. A file that cannot be loaded is logged; the old model keeps serving."""
     while True:
-        await asyncio.sleep(state.config.watch_s)
+        await asyncio.sleep(every_s)
         slot = require_model(state)
-        if not slot.changed():
-            continue
         try:
-            changed, loaded = await anyio.to_thread.run_sync(slot.reload)
-        except Exception as exc:  # a bad file must not stop the watcher or the old model
-            log.warning("model file changed but cannot be loaded (%s); still serving %s",
+            result = await anyio.to_thread.run_sync(swap, slot)
+        except Exception as exc:  # a bad file must not stop the poller or the old model
+            log.warning("cannot swap the model (%s); still serving %s",
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__, slot.engine.info.version)
-            await asyncio.sleep(state.config.watch_s)
             continue
-        if changed:
+        if result and result[0]:
             state.cache.clear()
-            log.info("now serving model %s", loaded.engine.info.version)
+            log.info("now serving model %s", result[1].engine.info.version)
+
+
+def _reload_if_changed(slot: ModelSlot) -> SwapResult | None:
+    """The watcher: reload when the model file changed (e.g. a federation published a new global
+    model). Every process watches the file itself, so the swap is not announced to the others."""
+    return slot.reload(announce=False) if slot.changed() else None
 
 
 PAGE_HEADERS = {
@@ -432,4 +446,6 @@ memory only and never logged. When the server runs with a token, send
 def _load_limits(config: ServeConfig) -> str:
     return (f"\nUnder load: {config.workers} recognitions at a time and {config.queue} waiting; more answer 503 with "
             f"Retry-After. An image gets {config.request_timeout_s:g} s (waiting included), then 503; work for a "
-            f"client that disconnected stops. A request body that pauses for {config.read_timeout_s:g} s: 408.\n")
+            f"client that disconnected stops. A request body that pauses for {config.read_timeout_s:g} s, or "
+            f"averages under {MIN_BODY_RATE // 1024} KiB/s after its first {config.read_timeout_s:g} s: 408. These "
+            f"limits are per server process (`fedocr serve --processes N`).\n")

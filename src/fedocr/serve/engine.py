@@ -30,7 +30,7 @@ from fedocr.model.signature import SignatureError, verify_file
 from fedocr.model import Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
 from fedocr.model.crnn import WIDTH_STRIDE
-from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines, split_lines
+from fedocr.serve.segment import Layout, LineCrop, SegmentConfig, TooManyLines, split_lines
 
 Backend = Literal["onnx", "torch"]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the input image, x1/y1 exclusive
@@ -258,15 +258,14 @@ class Engine:
         `layout`: "line" (the image is one line), "page" (always segment) or "auto". `orient`: read
         a page that reads poorly upright also turned (see ORIENT_BELOW); boxes then refer to the
         turned image, whose size and angle the result gives. `stop`: see `recognize` (raises Stopped)."""
-        page = self._read(image, beam_width, layout, stop)
+        page, upright = self._read(image, beam_width, layout, stop)
         if orient and page.lines and page.confidence < ORIENT_BELOW:
-            upright = self._orientation_score(image, layout, stop)
             turns = (2,) if layout == "line" else (1, 2, 3)   # a line turned sideways is no longer a line
             scores = {k: self._orientation_score(np.ascontiguousarray(np.rot90(image, k)), layout, stop)
                       for k in turns}
             best = max(scores, key=lambda k: scores[k])
             if scores[best] >= max(upright + ORIENT_MARGIN, LOW_CONFIDENCE):   # a turn must also read well
-                page = replace(self._read(np.ascontiguousarray(np.rot90(image, best)), beam_width, layout, stop),
+                page = replace(self._read(np.ascontiguousarray(np.rot90(image, best)), beam_width, layout, stop)[0],
                                angle=90 * best)
         if page.lines and page.confidence < LOW_CONFIDENCE:
             page = replace(page, warning=f"low confidence ({page.confidence:.2f}): the image may hold no text this "
@@ -281,14 +280,18 @@ class Engine:
             crops = split_lines(image, self.segment, layout)
         except TooManyLines:
             return 0.0
-        sample = sorted(crops, key=lambda c: c.image.size, reverse=True)[:ORIENT_SAMPLE]
-        decoded = self.recognize([c.image for c in sample], stop=stop) if sample else []
+        sample = _orientation_sample(crops)
+        decoded = self.recognize([crops[i].image for i in sample], stop=stop) if sample else []
         return float(np.mean([d.confidence for d in decoded])) if decoded else 0.0
 
-    def _read(self, image: np.ndarray, beam_width: int, layout: Layout, stop: Stop | None = None) -> PageResult:
+    def _read(self, image: np.ndarray, beam_width: int, layout: Layout,
+              stop: Stop | None = None) -> tuple[PageResult, float]:
+        """The page, and its orientation score from the lines just read (not read a second time)."""
         check_stop(stop)
         crops = split_lines(image, self.segment, layout)
         decoded = self.recognize([c.image for c in crops], beam_width, stop) if crops else []
+        sample = _orientation_sample(crops)
+        score = float(np.mean([decoded[i].confidence for i in sample])) if sample else 0.0
         lines = tuple(LineResult(d.text, round(d.confidence, 4), c.box,
                                  char_results(d, c.image.shape[1], kept_height(c.image), c.box))
                       for c, d in zip(crops, decoded))
@@ -302,7 +305,12 @@ class Engine:
                 rows[-1].append(line.text)
         text = "\n".join(" ".join(r) for r in rows if r)
         confidence = round(float(np.mean([l.confidence for l in lines])), 4) if lines else 0.0
-        return PageResult(text, confidence, lines, int(image.shape[1]), int(image.shape[0]))
+        return PageResult(text, confidence, lines, int(image.shape[1]), int(image.shape[0])), score
+
+
+def _orientation_sample(crops: Sequence[LineCrop]) -> list[int]:
+    """Indices of the ORIENT_SAMPLE largest crops: the lines a page's orientation is judged on."""
+    return sorted(range(len(crops)), key=lambda i: crops[i].image.size, reverse=True)[:ORIENT_SAMPLE]
 
 
 def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool = True,

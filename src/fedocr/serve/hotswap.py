@@ -12,20 +12,24 @@ line (a rendered line of digits, the same for both models), and the swap is refu
   meaning, and a model of another vocabulary reads nothing (`force` switches on purpose);
 - it reads the built-in line worse than the served model by more than SMOKE_SLACK of CER: a
   broken or mislabelled file (a relative test, so a model still in training replaces another).
-The watcher never forces: it logs the refusal and keeps serving.
+The watcher never forces: it logs the refusal and keeps serving. With several server processes,
+a swap one of them makes is announced (`fedocr.serve.shared_model`) and the others `follow` it.
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedocr.data import SyntheticLines
 from fedocr.serve.engine import Engine, load_engine, resolve_model_path
+from fedocr.serve.shared_model import SharedModel
 from fedocr.train.metrics import score
 
 
+log = logging.getLogger("fedocr.serve")
 SMOKE_SEED = 20_261_203   # the built-in line: line 0 of the `digits` preset with this seed
 SMOKE_SLACK = 0.25        # CER a new model may lose on it against the served one
 
@@ -66,9 +70,19 @@ class ModelSlot:
     """Holds the current engine; `reload` swaps it atomically."""
 
     def __init__(self, path: str | Path, threads: int | None = None, prefer_onnx: bool = True,
-                 trust: Path | None = None) -> None:
+                 trust: Path | None = None, shared: SharedModel | None = None) -> None:
         self.path, self.threads, self.prefer_onnx, self.trust = Path(path), threads, prefer_onnx, trust
+        self.shared, self.generation = shared, 0     # the last announcement this process has applied
         self._lock = threading.Lock()       # one reload at a time
+        announced = shared.read() if shared else None
+        if announced:                       # a process started after a swap serves what the others serve
+            self.generation = announced.generation
+            try:
+                self._current, self.path = self._load(announced.model), announced.model
+                return
+            except Exception as exc:        # else it would fail at every restart: serve the configured model
+                log.warning("cannot load the announced model %s (%s); serving %s", announced.model,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.path)
         self._current = self._load()
 
     @property
@@ -96,25 +110,44 @@ class ModelSlot:
         except OSError:
             return False                     # the file is being replaced; look again later
 
-    def reload(self, force: bool = False) -> tuple[bool, Loaded]:
+    def reload(self, force: bool = False, announce: bool = True) -> tuple[bool, Loaded]:
         """Load the model file again; returns (whether the version changed, what is now served).
 
         Raises the load error or SwapRefused (the old model keeps serving) when the file cannot be
         used; `force` accepts another vocabulary or a worse reading of the built-in line.
+        `announce=False` (the file watcher, which runs in every process) keeps the swap to this process.
         """
-        return self.switch(self.path, force)
+        return self.switch(self.path, force, announce)
 
-    def switch(self, path: str | Path, force: bool = False) -> tuple[bool, Loaded]:
+    def switch(self, path: str | Path, force: bool = False, announce: bool = True) -> tuple[bool, Loaded]:
         """Serve another model file from now on (the dashboard's "make this round live"); reloads and
         the watcher then follow that file. Raises the load error or SwapRefused, the old model still
         serving."""
         with self._lock:
-            old = self._current
-            new = self._load(Path(path))
-            if not force:
-                refuse_swap(old, new)
-            self.path, self._current = Path(path), new
-            return new.engine.info.version != old.engine.info.version, new
+            return self._switch(Path(path), force, announce)
+
+    def _switch(self, path: Path, force: bool, announce: bool) -> tuple[bool, Loaded]:
+        old = self._current
+        new = self._load(path)
+        if not force:
+            refuse_swap(old, new)
+        if announce and self.shared:        # announced first: a failed announcement swaps nothing
+            self.generation = self.shared.announce(path, force)
+        self.path, self._current = path, new
+        return new.engine.info.version != old.engine.info.version, new
+
+    def follow(self) -> tuple[bool, Loaded] | None:
+        """Apply a swap another process announced; None when there is none new. A swap this process
+        cannot make (the file changed since, say) is not retried: it raises once (the caller logs
+        it), and this process keeps its model until the next announcement."""
+        if self.shared is None:
+            return None
+        with self._lock:                    # read under the lock: a swap of this process may be announcing
+            announced = self.shared.read()
+            if announced is None or announced.generation <= self.generation:
+                return None
+            self.generation = announced.generation
+            return self._switch(announced.model, announced.force, announce=False)
 
 
 def refuse_swap(old: Loaded, new: Loaded) -> None:

@@ -66,6 +66,7 @@ class Health(BaseModel):
     charset_version: str | None = Field(None, description="the served model's vocabulary")
     builtin_line_cer: float | None = Field(None, description="CER of the served model on the built-in line it read "
                                                              "before going live (recognition works end to end)")
+    pid: int = Field(description="the server process that answered (`fedocr serve --processes N` runs N)")
     uptime_s: float
 
 

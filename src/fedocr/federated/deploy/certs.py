@@ -155,6 +155,7 @@ def renew_server(folder: Path, ca_key_path: Path | None = None, hosts: Sequence[
     if left < 1:
         raise CertError(f"{folder / 'ca.crt'}: expired or expiring today; a new CA is needed (fl certs --force)")
     server, server_key = _server_cert(ca, ca_key, hosts, min(days, left))   # never past the CA
+    # two renames cannot be one: stopped between them, --check names the mismatch and a rerun mends it
     _write(folder / "server.key", _key_pem(server_key), private=True)
     _write(folder / "server.pem", server.public_bytes(serialization.Encoding.PEM))
 
@@ -227,7 +228,8 @@ def check_bundle(folder: Path, hosts: Sequence[str] = ()) -> list[str]:
     except (ValueError, TypeError) as exc:
         raise CertError(f"{folder / 'server.key'}: not an unencrypted PEM private key ({exc})") from None
     if _spki(key.public_key()) != _spki(server.public_key()):
-        raise CertError(f"{folder / 'server.key'}: does not match server.pem's public key")
+        raise CertError(f"{folder / 'server.key'}: does not match server.pem's public key (a renewal stopped "
+                        f"between the two files? run `fedocr fl certs --renew-server` again)")
     found.append("ok  server.key matches server.pem")
     for pub in sorted((folder / NODE_DIR).glob("*.pub")):
         private = pub.with_suffix("")
