@@ -137,8 +137,8 @@ def rss_trend(rss: list[float], block: int, over: int) -> dict[str, float]:
         return {"growth": 0.0, "growth_low": 0.0, "growth_high": 0.0, "two_point": 0.0}
     slope, intercept, low, high = theilslopes(rss, np.arange(len(rss)))
     level, steps = float(np.median(rss)), over / block
-    return {"growth": round(slope * steps / level, 4), "growth_low": round(low * steps / level, 4),
-            "growth_high": round(high * steps / level, 4), "two_point": round((rss[-1] - rss[0]) / rss[0], 4)}
+    return {"growth": round(float(slope) * steps / level, 4), "growth_low": round(float(low) * steps / level, 4),
+            "growth_high": round(float(high) * steps / level, 4), "two_point": round((rss[-1] - rss[0]) / rss[0], 4)}
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
