@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedocr.cli import main
 from fedocr.cli.common import EXIT_FAILURE
 from fedocr.federated.config import FlConfig
+from fedocr.federated.identity import Registry
 from fedocr.federated.pipeline.build import build_server_chain
 from fedocr.federated.protocol import read_reply, to_record
 from fedocr.federated.rounds import FederatedServer, screen, unique_name
@@ -156,17 +157,20 @@ def test_backbone_mode_reports_no_server_val_cer_but_a_note(tmp_path: Path) -> N
     assert cer is not None and loss is not None and note is None
 
 
+BANK_7 = Registry({"7": "bank"})
+
+
 def test_a_node_is_recorded_under_its_registered_name_and_refused_when_it_claims_another() -> None:
-    registered = read_reply(_reply(7, {"num-examples": 8}, client="node-7"), "node-7", "v1", 10, registered="bank")
+    registered = read_reply(_reply(7, {"num-examples": 8}, client="node-7"), "node-7", "v1", 10, registry=BANK_7)
     assert registered.record.client == "bank" and registered.record.reason is None   # no name of its own
-    honest = read_reply(_reply(7, {"num-examples": 8}, client="bank"), "node-7", "v1", 10, registered="bank")
+    honest = read_reply(_reply(7, {"num-examples": 8}, client="bank"), "node-7", "v1", 10, registry=BANK_7)
     assert honest.record.client == "bank" and honest.update is not None
-    impostor = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10, registered="bank")
+    impostor = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10, registry=BANK_7)
     assert impostor.update is None and impostor.record.client == "bank"
     assert impostor.record.reason == ("impersonation: its key is registered as 'bank' but it calls itself "
                                       "'hospital'")
     unregistered = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10)
     assert unregistered.record.client == "hospital" and unregistered.update is not None   # simulation: no registry
     nameless = read_reply(_reply(7, {"num-examples": 8}, client="hospital"), "node-7", "v1", 10,
-                          all_registered=frozenset({"hospital"}))   # its key has no name, the claim is another's
+                          registry=Registry({"3": "hospital"}))   # its key has no name, the claim is another's
     assert nameless.update is None and nameless.record.client == "node-7" and "impersonation" in nameless.record.reason

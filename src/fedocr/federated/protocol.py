@@ -28,7 +28,7 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.serde import recorddict_to_proto
 
-from fedocr.federated.identity import identify
+from fedocr.federated.identity import Registry
 from fedocr.federated.pipeline.checks import tensor_digest
 from fedocr.federated.pipeline.he import as_arrays, from_arrays
 from fedocr.federated.pipeline.types import StepRecord, Update, Weights
@@ -193,11 +193,11 @@ def secure_reply_content(client: str, charset_version: str, tensors: list[np.nda
 
 
 def read_secure_reply(node_id: int, fitres: FitRes, node_name: str, charset_version: str,
-                      registered: str | None = None, all_registered: frozenset[str] = frozenset()) -> Received:
+                      registry: Registry = Registry()) -> Received:
     """One node's clear part of a secure round: its name, claimed examples, metrics and step
     records; its update is inside the sum. Read defensively, like `read_reply`."""
     metrics = dict(fitres.metrics)
-    name, impostor = identify(str(metrics.get("client", node_name)), str(node_id), registered, all_registered)
+    name, impostor = registry.identify(str(metrics.get("client", node_name)), str(node_id))
     rec = ClientRecord(name, str(node_id), False, None, examples=int(fitres.num_examples))
     received = Received(rec, None)
     try:
@@ -361,12 +361,10 @@ def stale(info: Any, task: tuple[int, str]) -> str | None:
 
 
 def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down: int,
-               task: tuple[int, str] | None = None, registered: str | None = None,
-               all_registered: frozenset[str] = frozenset()) -> Received:
+               task: tuple[int, str] | None = None, registry: Registry = Registry()) -> Received:
     """Turn one reply into an update to screen, or a recorded rejection (never an exception).
-    `task`: the (round, model digest) the reply must answer; `registered`: the name the node's key
-    was registered under, if any (the node is recorded under it, and refused if it claims another,
-    or a name in `all_registered` without one of its own)."""
+    `task`: the (round, model digest) the reply must answer; `registry`: the operator's key
+    registrations (a node is recorded under its registered name, and refused if it claims another's)."""
     node_id = str(reply.metadata.src_node_id)
     if reply.has_error():
         reason = (reply.error.reason or f"error code {reply.error.code}").strip().splitlines()
@@ -374,7 +372,7 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
                                      bytes_down=bytes_down), None)
     content = reply.content
     info = content["info"] if "info" in content.config_records else ConfigRecord()
-    name, impostor = identify(str(info.get("client", node_name)), node_id, registered, all_registered)
+    name, impostor = registry.identify(str(info.get("client", node_name)), node_id)
     metrics = content["metrics"] if "metrics" in content.metric_records else {}
     rec = ClientRecord(name, node_id, False, None, bytes_down=bytes_down, bytes_up=wire_bytes(content))
     received = Received(rec, None)

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from fedocr.charset import Charset
 from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
-from fedocr.federated.identity import STEP as IDENTITY, identify, registered_names
+from fedocr.federated.identity import STEP as IDENTITY, Registry
 from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated.pipeline.build import ServerChain, build_server_chain
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
@@ -245,13 +245,11 @@ class FederatedServer:
         t1 = time.time()
         received: list[Received] = []
         taken: set[str] = set()
-        registered = registered_names(grid)
-        known = frozenset(registered.values())
+        registry = Registry.of(grid)
         for reply in replies:
             node = str(reply.metadata.src_node_id)
             got = read_reply(reply, state.names.get(node, f"node-{node}"), self.charset.version, bytes_down,
-                             (rnd, str(content["config"]["global-digest"])), registered.get(node),
-                             known)
+                             (rnd, str(content["config"]["global-digest"])), registry)
             got.record.client = unique_name(got.record.client, node, taken)
             if got.update is not None:
                 got.update = got.update.renamed(got.record.client)
@@ -284,12 +282,11 @@ class FederatedServer:
         t0 = time.time()
         result = secure_round(grid, sampled, task, rnd, self.chain.secure, cfg.round_deadline_s)
         t1 = time.time()
-        received, taken, registered = [], set(), registered_names(grid)
-        known = frozenset(registered.values())
+        received, taken, registry = [], set(), Registry.of(grid)
         for node_id, fitres in result.results:
             node = str(node_id)
             got = read_secure_reply(node_id, fitres, state.names.get(node, f"node-{node}"), self.charset.version,
-                                    registered.get(node), known)
+                                    registry)
             got.record.client = unique_name(got.record.client, node, taken)
             got.record.bytes_up, got.record.bytes_down = result.bytes_up[node_id], result.bytes_down[node_id]
             state.names[node] = got.record.client
@@ -434,16 +431,14 @@ class FederatedServer:
         messages = to_nodes(query_content(self.charset.version), nodes, QUERY, max(120.0, self.cfg.round_deadline_s))
         taken: set[str] = set()
         answers = []
-        registered = registered_names(grid)
-        known = frozenset(registered.values())
+        registry = Registry.of(grid)
         for reply in grid.send_and_receive(messages, timeout=max(60.0, self.cfg.round_deadline_s)):
             answer = read_query_reply(reply)
             if answer is None:
                 continue
             answers.append(answer)
             node = str(reply.metadata.src_node_id)
-            claimed, impostor = identify(answer.client or f"node-{node}", node, registered.get(node),
-                                         known)
+            claimed, impostor = registry.identify(answer.client or f"node-{node}", node)
             name = unique_name(claimed, node, taken)
             self.state.names[node] = name
             if impostor:

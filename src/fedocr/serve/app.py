@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fedocr import __version__
 from fedocr.serve.cache import ResultCache, content_key
 from fedocr.serve.engine import Engine, PageResult, Stop, Stopped, check_stop
-from fedocr.serve.hotswap import Loaded, ModelSlot
+from fedocr.serve.hotswap import ModelSlot, SwapResult, first_line
 from fedocr.serve.images import MiB, BadImage, Limits, configure_pillow, decode_upload
 from fedocr.serve.memory import MemoryTrimmer
 from fedocr.serve.segment import Layout, SegmentConfig, TooManyLines
@@ -50,7 +50,6 @@ WATCH_EVERY_S = 0.1    # how often a running recognition checks its budget and i
 MIN_BODY_RATE = 16 * 1024   # bytes/s a body must average once its first read_timeout_s is over
 FOLLOW_EVERY_S = 0.5   # how soon the other processes of a server follow a model swap
 STATIC = resources.files("fedocr.serve") / "static"
-SwapResult = tuple[bool, Loaded]   # (whether the version changed, what is now served)
 
 
 @dataclass(frozen=True)
@@ -366,7 +365,7 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
             changed, loaded = await anyio.to_thread.run_sync(slot.reload, force)
         except Exception as exc:  # any load failure keeps the old model; report it to the operator
             raise HTTPException(409, f"reload failed, still serving {slot.engine.info.version}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                     f"{first_line(exc)}") from None
         if changed:
             state.cache.clear()
         return Reloaded(changed=changed, model=ModelDescription.from_info(loaded.engine.info, loaded.loaded_at))
@@ -406,7 +405,7 @@ async def _poll_swaps(state: State, every_s: float, swap: Callable[[ModelSlot], 
             result = await anyio.to_thread.run_sync(swap, slot)
         except Exception as exc:  # a bad file must not stop the poller or the old model
             log.warning("cannot swap the model (%s); still serving %s",
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__, slot.engine.info.version)
+                        first_line(exc), slot.engine.info.version)
             continue
         if result and result[0]:
             state.cache.clear()

@@ -24,6 +24,7 @@ from fedocr.serve.app import ERRORS, PAGE_HEADERS, STATIC, State, get_state, req
 from fedocr.serve.dashboard_cache import RunCache
 from fedocr.serve.dashboard_schemas import (ContributionPanel, RoundDetail, RoundSummary, RunDetail, RunList,
                                             RunSummary, UseRound)
+from fedocr.serve.hotswap import first_line
 from fedocr.serve.schemas import Error, ModelDescription, Reloaded
 
 POLL_S = 1.0            # how often an open event stream looks for new rounds
@@ -205,7 +206,7 @@ def create_router(cache: RunCache) -> APIRouter:
             changed, loaded = await anyio.to_thread.run_sync(slot.switch, model)
         except Exception as exc:  # any load failure keeps the old model serving
             raise HTTPException(409, f"cannot serve {model.name}, still serving {slot.engine.info.version}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                     f"{first_line(exc)}") from None
         if changed:
             state.cache.clear()
         return Reloaded(changed=changed, model=ModelDescription.from_info(loaded.engine.info, loaded.loaded_at))

@@ -61,6 +61,9 @@ class Loaded:
     smoke: SmokeTest
 
 
+SwapResult = tuple[bool, Loaded]   # (whether the version changed, what is now served)
+
+
 def _signature(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_mtime_ns, stat.st_size
@@ -82,7 +85,7 @@ class ModelSlot:
                 return
             except Exception as exc:        # else it would fail at every restart: serve the configured model
                 log.warning("cannot load the announced model %s (%s); serving %s", announced.model,
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.path)
+                            first_line(exc), self.path)
         self._current = self._load()
 
     @property
@@ -110,7 +113,7 @@ class ModelSlot:
         except OSError:
             return False                     # the file is being replaced; look again later
 
-    def reload(self, force: bool = False, announce: bool = True) -> tuple[bool, Loaded]:
+    def reload(self, force: bool = False, announce: bool = True) -> SwapResult:
         """Load the model file again; returns (whether the version changed, what is now served).
 
         Raises the load error or SwapRefused (the old model keeps serving) when the file cannot be
@@ -119,14 +122,14 @@ class ModelSlot:
         """
         return self.switch(self.path, force, announce)
 
-    def switch(self, path: str | Path, force: bool = False, announce: bool = True) -> tuple[bool, Loaded]:
+    def switch(self, path: str | Path, force: bool = False, announce: bool = True) -> SwapResult:
         """Serve another model file from now on (the dashboard's "make this round live"); reloads and
         the watcher then follow that file. Raises the load error or SwapRefused, the old model still
         serving."""
         with self._lock:
             return self._switch(Path(path), force, announce)
 
-    def _switch(self, path: Path, force: bool, announce: bool) -> tuple[bool, Loaded]:
+    def _switch(self, path: Path, force: bool, announce: bool) -> SwapResult:
         old = self._current
         new = self._load(path)
         if not force:
@@ -136,7 +139,7 @@ class ModelSlot:
         self.path, self._current = path, new
         return new.engine.info.version != old.engine.info.version, new
 
-    def follow(self) -> tuple[bool, Loaded] | None:
+    def follow(self) -> SwapResult | None:
         """Apply a swap another process announced; None when there is none new. A swap this process
         cannot make (the file changed since, say) is not retried: it raises once (the caller logs
         it), and this process keeps its model until the next announcement."""
@@ -148,6 +151,11 @@ class ModelSlot:
                 return None
             self.generation = announced.generation
             return self._switch(announced.model, announced.force, announce=False)
+
+
+def first_line(exc: BaseException) -> str:
+    """The one line an operator sees for a model file that could not be swapped in."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def refuse_swap(old: Loaded, new: Loaded) -> None:
