@@ -1,7 +1,9 @@
-"""Shared fixtures: a small vocabulary, and a tiny CRNN trained once per test session."""
+"""Shared fixtures: a small vocabulary, and the committed tiny CRNN that reads it."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,18 +11,17 @@ import pytest
 import torch
 
 from fedocr.charset import Charset
-from fedocr.data import EncodedLines, InMemoryLines, SyntheticLines
-from fedocr.model import CRNN, ModelConfig, save_checkpoint
-from fedocr.train import TrainConfig, Trainer
+from fedocr.model import CRNN, CheckpointError, load_checkpoint
 
-SMALL_ALPHABET = "0123456789中国人民银行金额日期医院学校"
+sys.path.insert(0, str(Path(__file__).parent))
+from digits_model import ASSET, small_charset as _small_charset  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("FEDOCR_CACHE", str(tmp_path_factory.mktemp("cache")))
     # One thread per pytest-xdist worker, and for the processes its tests start: two workers with
-    # two spinning threads each on two cores made the digits model's training 6x slower.
+    # two spinning threads each on two cores made training in tests 6x slower.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -28,7 +29,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def small_charset() -> Charset:
-    return Charset(list(SMALL_ALPHABET))
+    return _small_charset()
 
 
 @dataclass
@@ -36,34 +37,25 @@ class TrainedModel:
     model: CRNN
     charset: Charset
     path: Path
-    seconds: float
 
 
 @pytest.fixture(scope="session")
 def trained_digits_model(small_charset: Charset, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    """A tiny CRNN trained from scratch on digits + 12 hanzi (about 80 s on 2 cores; held-out CER
-    0.5-1.3% over three seeds). The lines are rendered once: re-rendering each epoch cost a third."""
-    torch.manual_seed(0)
-    lines = InMemoryLines(SyntheticLines("digits", 3000, seed=1, charset=small_charset))
-    train = EncodedLines(lines, small_charset)
-    model = CRNN(ModelConfig(len(small_charset), "tiny"))
-    config = TrainConfig(max_steps=320, batch_size=32, lr=4e-3, warmup_steps=30, log_every=160)
-    result = Trainer(model, small_charset, train, config, log=lambda _: None).fit()
-    path = tmp_path_factory.mktemp("model") / "digits.pt"
-    save_checkpoint(path, model, small_charset, {"kind": "test"})
-    model.eval()
-    return TrainedModel(model, small_charset, path, result.seconds)
+    """The committed tiny CRNN trained on digits + 12 hanzi (tests/digits_model.py makes it again),
+    as a copy: no test can change the committed file."""
+    path = Path(shutil.copy(ASSET, tmp_path_factory.mktemp("model") / "digits.pt"))
+    try:
+        checkpoint = load_checkpoint(path, expect_charset=small_charset)
+    except CheckpointError as exc:
+        pytest.fail(f"{exc}: make it again with `.venv/bin/python tests/digits_model.py`")
+    checkpoint.model.eval()
+    return TrainedModel(checkpoint.model, small_charset, path)
 
 
-
-
-# Two pytest-xdist workers take whole files (`--dist loadfile`), except that these groups of files
-# go to one worker each: the federation tests one after another (two Ray clusters at once on two
-# cores only slow each other down), and the users of the digits model, so it is trained once.
+# Two pytest-xdist workers take whole files (`--dist loadfile`), except that the federation tests
+# go to one worker, one after another: two Ray clusters at once on two cores only slow each other down.
 FEDERATION_FILES = {"test_fl_deployment.py", "test_fl_simulation.py", "test_flwr_run.py"}
-DIGITS_FILES = {"test_cli.py", "test_export.py", "test_model.py", "test_segment.py", "test_serve_api.py",
-                "test_train.py", "test_web_page.py"}
-GROUPS = {**dict.fromkeys(FEDERATION_FILES, "0-federation"), **dict.fromkeys(DIGITS_FILES, "1-digits")}
+GROUPS = dict.fromkeys(FEDERATION_FILES, "0-federation")
 
 
 def _group(path: str) -> str:
@@ -87,8 +79,5 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    users = {item.path.name for item in items if "trained_digits_model" in getattr(item, "fixturenames", ())}
-    if users - DIGITS_FILES:
-        raise pytest.UsageError(f"add {', '.join(sorted(users - DIGITS_FILES))} to DIGITS_FILES in tests/conftest.py")
-    # Stable: the long groups go out first (with --no-loadscope-reorder), files keep their order.
+    # Stable: the long group goes out first (with --no-loadscope-reorder), files keep their order.
     items.sort(key=lambda item: _group(str(item.path)) if item.path.name in GROUPS else "2")

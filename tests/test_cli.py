@@ -397,3 +397,14 @@ def test_ocr_reads_a_folder_one_file_at_a_time(tmp_path):
     (tmp_path / "b.png").unlink()             # not read yet: a folder is never in memory at once
     with pytest.raises(Exception, match="b.png: no such file"):
         next(sources).load()
+
+
+def test_reading_with_an_onnx_model_never_imports_torch():
+    # torch cost `fedocr ocr` 2-3 s of start-up and the server 185 MB of memory for nothing.
+    image = Path(__file__).resolve().parents[1] / "bench" / "data" / "browser-lines" / "images" / "000013.png"
+    probe = ("import sys; from fedocr.cli import main; import fedocr.serve.app; "
+             f"code = main(['ocr', {str(image)!r}]); print(code, sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text, status = result.stdout.strip().splitlines()
+    assert text == "柯达 Picture CD" and status == "0 ['onnxruntime']"

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from fedocr.data import SyntheticLines, preprocess
-from fedocr.model import pad_lines, torch_logits_fn
+from fedocr.model import load_checkpoint, pad_lines, torch_logits_fn
 from fedocr import export as export_mod
 from fedocr.serve.engine import load_engine
 from fedocr.export import ExportError, Tolerance, compare, export_onnx, ort_logits_fn_from_path
@@ -55,7 +55,7 @@ def test_onnx_file_carries_its_charset_config_and_provenance(exported, trained_d
     assert json.loads(meta["charset"])["chars"] == "".join(trained_digits_model.charset.chars)
     assert json.loads(meta["config"])["size"] == "tiny"
     provenance = json.loads(meta["provenance"])
-    assert provenance["kind"] == "test"
+    assert provenance["kind"] == load_checkpoint(trained_digits_model.path).provenance["kind"] == "test asset"
     assert provenance["export"]["parity"]["passed"] is True
     engine = load_engine(exported.path)           # no checkpoint needed next to it
     assert engine.charset == trained_digits_model.charset

@@ -1,9 +1,15 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from fedocr.data import EncodedLines, SyntheticLines
 from fedocr.model import CRNN, ModelConfig, load_checkpoint, torch_logits_fn
 from fedocr.train import TrainConfig, Trainer, evaluate, score
+
+sys.path.insert(0, str(Path(__file__).parent))
+from digits_model import train_digits  # noqa: E402
 
 
 def test_score_is_edit_distance_over_reference_length():
@@ -13,14 +19,23 @@ def test_score_is_edit_distance_over_reference_length():
 
 
 @pytest.mark.slow
-def test_crnn_learns_digits_and_hanzi_from_scratch(trained_digits_model, small_charset):
+def test_crnn_learns_digits_and_hanzi_from_scratch(small_charset):
+    """A shorter schedule than the committed model's (small batches leave CTC's all-blank plateau
+    in fewer lines): held-out CER 5-9% and line accuracy 0.60-0.73 over seeds 0-2."""
+    model, seconds = train_digits(small_charset, lines=2000, steps=400, batch_size=8)
+    held_out = SyntheticLines("digits", 300, seed=99, charset=small_charset)
+    report = evaluate(torch_logits_fn(model), small_charset, held_out)
+    print(f"held-out CER {report.cer:.4f}, line accuracy {report.line_accuracy:.3f}, trained in {seconds:.0f} s")
+    assert report.cer < 0.2
+    assert report.line_accuracy > 0.4
+    assert set(report.by_length) <= {"1-5", "6-20"}
+
+
+def test_the_committed_digits_model_reads_held_out_lines(trained_digits_model, small_charset):
+    """What the recognizer tests rely on: tests/digits_model.py's recipe, CER 0.5% when made."""
     held_out = SyntheticLines("digits", 300, seed=99, charset=small_charset)
     report = evaluate(torch_logits_fn(trained_digits_model.model), small_charset, held_out)
-    print(f"held-out CER {report.cer:.4f}, line accuracy {report.line_accuracy:.3f}, "
-          f"trained in {trained_digits_model.seconds:.0f} s")
-    assert report.cer < 0.05
-    assert report.line_accuracy > 0.7
-    assert set(report.by_length) <= {"1-5", "6-20"}
+    assert report.cer < 0.03 and report.line_accuracy > 0.9
 
 
 def _trainer(charset, out=None, seed=3):

@@ -32,17 +32,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedocr import __version__
 from fedocr.charset import Charset
 from fedocr.data import SyntheticLines, preprocess
-from fedocr.model import CRNN, decode_logits, load_checkpoint, log_softmax, pad_lines, torch_logits_fn
+from fedocr.model import decode_logits, load_checkpoint, log_softmax, pad_lines, torch_logits_fn
 from fedocr.model.checkpoint import atomic_write
-from fedocr.model.crnn import INPUT_HEIGHT, WIDTH_STRIDE
+from fedocr.model.config import INPUT_HEIGHT, WIDTH_STRIDE
+
+if TYPE_CHECKING:
+    from fedocr.model.crnn import CRNN
 
 # ONNX Runtime opens its telemetry store when `onnxruntime` is first imported (onnxruntime 1.32
 # reads this variable then; `disable_telemetry_events()` after the import does not stop the file
@@ -149,6 +151,8 @@ def _native_stderr_kept_unless_failing() -> Iterator[None]:
 
 
 def _export_graph(model: CRNN, path: Path) -> None:
+    import torch   # here: the ONNX readers of this module (the server, `fedocr ocr`) run without torch
+
     images = torch.zeros(2, 1, INPUT_HEIGHT, 64)
     widths = torch.tensor([64, 40], dtype=torch.int64)
     with warnings.catch_warnings(), _native_stderr_kept_unless_failing():

@@ -53,7 +53,7 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from fedocr.model.crnn import SIZES
+    from fedocr.model.config import SIZES
 
     p.add_argument("--data", required=True, help="data set(s), comma-separated: folders with labels.tsv, LMDB folders, "
                                                   "label files, or synth:PRESET[:N[:SEED]] to render lines on the fly")
@@ -157,6 +157,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     config = _train_config(args)   # also on a resume: a bad flag is reported, not ignored
     out = check_writable_file(args.out)
+    datasets = _datasets(args.data)   # a bad data set is a usage error before torch's import (3 s)
+    val_sets = _datasets(args.val) if args.val else None
     import torch
 
     from fedocr.charset import default_charset
@@ -171,13 +173,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {args.device}: this PyTorch build sees no CUDA GPU; use --device cpu", 2)
     charset = default_charset()
-    train_set = EncodedLines(ConcatLines(_datasets(args.data)), charset)
+    train_set = EncodedLines(ConcatLines(datasets), charset)
     if len(train_set) == 0:
         raise DatasetError(f"{args.data}: no usable training lines ({train_set.unknown.summary()}; "
                            f"{train_set.empty} empty)")
     if train_set.skipped:
         print(f"skipped {train_set.skipped} line(s): {train_set.unknown.summary()}; {train_set.empty} empty", file=sys.stderr)
-    val = InMemoryLines(ConcatLines(_datasets(args.val))) if args.val else None
+    val = InMemoryLines(ConcatLines(val_sets)) if val_sets else None
     if args.threads:
         torch.set_num_threads(args.threads)
     if out.is_file() and not args.restart:

@@ -1,5 +1,6 @@
 """Preprocessing, synthetic rendering, dataset readers and batching."""
-from fedocr.data.batch import EncodedLines, WidthBucketSampler, collate
+from typing import Any
+
 from fedocr.data.datasets import (ConcatLines, DatasetError, InMemoryLines, LabelFileDataset, LineDataset, LmdbDataset, SubsetLines, SyntheticLines,
                                   decode_image, open_dataset, read_image)
 from fedocr.data.preprocess import preprocess
@@ -11,3 +12,16 @@ __all__ = [
     "UnknownPreset", "WidthBucketSampler", "collate", "decode_image", "get_preset", "open_dataset",
     "preprocess", "read_image", "write_line_set",
 ]
+
+
+_BATCHING = {"EncodedLines", "WidthBucketSampler", "collate"}
+
+
+def __getattr__(name: str) -> Any:
+    """Batching for training needs torch; reading and preprocessing (the ONNX inference path of
+    `fedocr ocr` and the server) must not pay its import (2 s and 300 MB)."""
+    if name in _BATCHING:
+        from fedocr.data import batch
+
+        return getattr(batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fedocr.model.crnn import INPUT_HEIGHT, WIDTH_STRIDE
+from fedocr.model.config import INPUT_HEIGHT, WIDTH_STRIDE
 
 MAX_LINE_WIDTH = 4096          # after height normalisation; ~ a 128:1 line. Wider is squeezed.
 # A loosely cut line (ink under half the height) keeps 0.4x the ink's height of paper above and

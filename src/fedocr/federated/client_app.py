@@ -45,7 +45,7 @@ from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
 from fedocr.model.checkpoint import provenance
-from fedocr.train import TrainConfig, Trainer, evaluate
+from fedocr.train import Trainer, evaluate
 
 
 def node_name(context: Context, cfg: FlConfig) -> str:

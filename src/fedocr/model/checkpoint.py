@@ -13,13 +13,15 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedocr import __version__
 from fedocr.charset import Charset
-from fedocr.model.crnn import CRNN, ModelConfig
+
+from fedocr.model.config import ModelConfig
+
+if TYPE_CHECKING:  # torch when a checkpoint is read or written, not for CheckpointError or atomic_write
+    from fedocr.model.crnn import CRNN
 
 FORMAT = "fedocr-crnn/1"
 
@@ -42,6 +44,8 @@ class Checkpoint:
 
 def provenance(**details: Any) -> dict[str, Any]:
     """How, when and on what a model was made; callers add data sets, seeds, runs and rounds."""
+    import torch
+
     return {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "fedocr": __version__, "torch": str(torch.__version__), "host": platform.node(), **details}
 
@@ -76,6 +80,8 @@ def remove_stale_temporaries(path: str | Path) -> int:
 def save_checkpoint(path: str | Path, model: CRNN, charset: Charset, provenance: dict[str, Any] | None = None,
                     training: dict[str, Any] | None = None, half: bool = False) -> None:
     """Write a checkpoint atomically. half=True stores float weights as fp16 (for shipping)."""
+    import torch
+
     if len(charset) != model.config.num_classes:
         raise CheckpointError(f"model has {model.config.num_classes} classes but charset has {len(charset)}")
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
@@ -87,6 +93,10 @@ def save_checkpoint(path: str | Path, model: CRNN, charset: Charset, provenance:
 
 def load_checkpoint(path: str | Path, expect_charset: Charset | None = None) -> Checkpoint:
     """Load a checkpoint; with expect_charset, refuse one trained on another vocabulary."""
+    import torch
+
+    from fedocr.model.crnn import CRNN
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

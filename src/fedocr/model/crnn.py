@@ -16,44 +16,15 @@ lives outside the graph so PyTorch and ONNX Runtime share one decoder.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-INPUT_HEIGHT = 32
-WIDTH_STRIDE = 4  # input columns per output timestep
+from fedocr.model.config import INPUT_HEIGHT, SIZES, WIDTH_STRIDE, ModelConfig, NormKind
 
-NormKind = Literal["batch", "group"]
-
-# (conv channels of the five blocks, LSTM hidden size per direction)
-SIZES: dict[str, tuple[tuple[int, int, int, int, int], int]] = {
-    "tiny": ((16, 32, 64, 64, 96), 64),          # tests and quick demos only
-    "small": ((32, 64, 128, 128, 256), 128),     # fast CPU default
-    "base": ((64, 128, 256, 256, 384), 192),     # the shipped base model
-}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    num_classes: int                 # charset size, blank included
-    size: str = "small"              # key of SIZES
-    norm: NormKind = "batch"         # "group" for DP-SGD (Opacus cannot use BatchNorm)
-    lstm_layers: int = 2
-    dropout: float = 0.1             # before the linear head
-
-    def __post_init__(self) -> None:
-        if self.size not in SIZES:
-            raise ValueError(f"unknown model size {self.size!r}; choose one of {', '.join(SIZES)}")
-        if self.norm not in ("batch", "group"):
-            raise ValueError(f"unknown norm {self.norm!r}; choose batch or group")
-        if self.num_classes < 2:
-            raise ValueError("num_classes must count the blank and at least one character")
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+__all__ = ["CRNN", "INPUT_HEIGHT", "ModelConfig", "SIZES", "WIDTH_STRIDE"]
 
 
 def _norm(kind: NormKind, channels: int) -> nn.Module:

@@ -7,13 +7,16 @@ batch wastes little compute on padding; results come back in input order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fedocr.charset import Charset
-from fedocr.model.crnn import CRNN, WIDTH_STRIDE
 from fedocr.model.decode import Decoded, beam_search, greedy_decode, log_softmax
+from fedocr.model.config import WIDTH_STRIDE
+
+if TYPE_CHECKING:  # torch only for the PyTorch backend: ONNX Runtime reads without it
+    from fedocr.model.crnn import CRNN
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -28,6 +31,8 @@ def pad_lines(lines: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def torch_logits_fn(model: CRNN) -> LogitsFn:
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
 

@@ -29,7 +29,7 @@ from fedocr.export import FORMAT, OUTPUT_NAME, file_digest, onnxruntime_module
 from fedocr.model.signature import SignatureError, verify_file
 from fedocr.model import Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
-from fedocr.model.crnn import WIDTH_STRIDE
+from fedocr.model.config import WIDTH_STRIDE
 from fedocr.serve.segment import Layout, LineCrop, SegmentConfig, TooManyLines, split_lines
 
 Backend = Literal["onnx", "torch"]

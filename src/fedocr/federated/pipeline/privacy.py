@@ -45,7 +45,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-import dp_accounting
 import numpy as np
 
 from fedocr.federated.pipeline.checks import is_float, l2_norm
@@ -60,6 +59,8 @@ RDP_ORDERS = [*range(2, 65), 128, 256, 512]   # integer orders: closed form, no 
 
 def epsilon(ledger: Iterable[Iterable[float]], delta: float) -> float:
     """Epsilon at `delta` of Poisson-subsampled Gaussian steps composed (RDP, add/remove one)."""
+    import dp_accounting   # here, not at the top: its scipy costs every ClientApp process (one per message) 2 s
+
     steps_at: dict[tuple[float, float], int] = {}   # a long run repeats a few (q, z): compose each once
     for q, z, steps in ledger:
         steps_at[(float(q), float(z))] = steps_at.get((float(q), float(z)), 0) + int(steps)
@@ -72,6 +73,8 @@ def epsilon(ledger: Iterable[Iterable[float]], delta: float) -> float:
 
 def calibrate_noise(target_epsilon: float, delta: float, q: float, steps: int) -> float:
     """The smallest noise multiplier whose `steps` steps at sampling rate q spend `target_epsilon`."""
+    import dp_accounting
+
     def event(z: float) -> dp_accounting.DpEvent:
         return dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps)
