@@ -20,7 +20,7 @@ rows) is served by `fedocr fl dashboard` on a loopback port. Measured:
   reported as median and range over the seeds. The check holds when the median ratio is <= 1.05.
 
     .venv/bin/python bench/dashboard.py [--rounds 1000] [--clients 100] [--repeat 7] [--events 5]
-                                        [--fl-seeds 0 1 2] [--fl-rounds 4]
+                                        [--fl-seeds 0 1 2] [--fl-rounds 6]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from _common import fedocr_server, print_table, spread, write_result
 
 from fedocr.federated.pipeline.types import StepRecord
@@ -133,35 +135,53 @@ def browser_available() -> bool:
     return importlib.util.find_spec("playwright") is not None and CHROMIUM.exists()
 
 
-def federation_seconds_per_round(work: Path, seed: int, rounds: int, watched: bool) -> float:
-    """The median round time of one three-orgs-mini federation from scratch; `watched`: with the
-    dashboard serving its store and the run's page open in Chromium until the run ends."""
+def federation_seconds_per_round(work: Path, seed: int, rounds: int, watched: bool) -> dict[str, float]:
+    """One three-orgs-mini federation from scratch: the median of its rounds' seconds; `watched`:
+    with the dashboard serving its store and the run's page open in Chromium until the run ends,
+    and the CPU seconds the dashboard server and the browser used meanwhile (`watcher_cpu_s`)."""
     out = work / f"fl-seed{seed}-{'watched' if watched else 'alone'}"
     command = [sys.executable, "-m", "fedocr", "fl", "simulate", "--preset", "three-orgs-mini", "--rounds", str(rounds),
                "--initial-model", "scratch", "--no-baselines", "--seed", str(seed), "--out", str(out),
                "--store", str(out / "runs.db")]
+    measured: dict[str, float] = {}
     if not watched:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
         from playwright.sync_api import sync_playwright
 
         out.mkdir(parents=True)
-        with fedocr_server("fl", "dashboard", "--store", str(out / "runs.db")) as (base, _), sync_playwright() as p:
+        with fedocr_server("fl", "dashboard", "--store", str(out / "runs.db")) as (base, server), sync_playwright() as p:
             federation = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
             try:
                 page = browser.new_page()
                 run_id = wait_for_first_run(base, federation)
                 page.goto(f"{base}/dashboard#run={run_id}")
+                start, before = time.perf_counter(), watcher_cpu(server.pid)
                 if federation.wait() != 0:
                     raise SystemExit(f"bench: the watched federation of seed {seed} failed")
+                after, wall = watcher_cpu(server.pid), time.perf_counter() - start
                 page.wait_for_selector(f"#rounds tbody tr[data-round='{rounds}']", timeout=30_000)  # it followed
             finally:
                 browser.close()
                 if federation.poll() is None:
                     federation.kill()
+        measured = {"watcher_cpu_s": sum(after.values()) - sum(before.get(pid, 0.0) for pid in after), "watched_wall_s": wall}
     report = json.loads((out / "report.json").read_text())
-    return statistics.median(r["seconds"] for r in report["rounds"])
+    return {"round_s": statistics.median(r["seconds"] for r in report["rounds"]), **measured}
+
+
+def watcher_cpu(server_pid: int) -> dict[int, float]:
+    """CPU seconds so far of the dashboard server and of the browser's processes (by PID)."""
+    found = {}
+    for proc in [psutil.Process(server_pid), *psutil.Process().children(recursive=True)]:
+        try:
+            if proc.pid == server_pid or any(k in proc.name() for k in ("chrom", "headless", "node")):
+                times = proc.cpu_times()
+                found[proc.pid] = times.user + times.system + times.children_user + times.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def wait_for_first_run(base: str, federation: subprocess.Popen[bytes]) -> str:
@@ -179,10 +199,13 @@ def round_time_ratios(work: Path, seeds: list[int], rounds: int) -> list[dict[st
     results = []
     for i, seed in enumerate(seeds):
         order = (False, True) if i % 2 == 0 else (True, False)
-        seconds = {watched: federation_seconds_per_round(work, seed, rounds, watched) for watched in order}
-        results.append({"seed": seed, "alone_s": round(seconds[False], 2), "watched_s": round(seconds[True], 2),
-                        "ratio": round(seconds[True] / seconds[False], 3)})
-        print(f"  seed {seed}: {seconds[False]:.1f} s per round alone, {seconds[True]:.1f} s watched", flush=True)
+        runs = {watched: federation_seconds_per_round(work, seed, rounds, watched) for watched in order}
+        alone, watched = runs[False], runs[True]
+        results.append({"seed": seed, "alone_s": round(alone["round_s"], 2), "watched_s": round(watched["round_s"], 2),
+                        "ratio": round(watched["round_s"] / alone["round_s"], 3),
+                        "watcher_cpu_share": round(watched["watcher_cpu_s"] / watched["watched_wall_s"], 4)})
+        print(f"  seed {seed}: {alone['round_s']:.1f} s per round alone, {watched['round_s']:.1f} s watched; dashboard "
+              f"and browser used {watched['watcher_cpu_s']:.1f} CPU s in {watched['watched_wall_s']:.0f} s", flush=True)
     return results
 
 
@@ -224,7 +247,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=5, help="new rounds for the event latency")
     parser.add_argument("--fl-seeds", type=int, nargs="*", default=[0, 1, 2],
                         help="seeds of the federations run alone and watched (none: skip)")
-    parser.add_argument("--fl-rounds", type=int, default=4, help="rounds of each of those federations")
+    parser.add_argument("--fl-rounds", type=int, default=6, help="rounds of each of those federations")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fedocr-dashboard-bench-"))
@@ -247,6 +270,7 @@ def main() -> int:
 
     rounds_ab = round_time_ratios(work, args.fl_seeds, args.fl_rounds) if args.fl_seeds and browser_available() else []
     ratio = spread([r["ratio"] for r in rounds_ab])
+    watcher = spread([r["watcher_cpu_share"] for r in rounds_ab])
 
     run_page_ms = api["run_detail_ms"] + api["latest_round_ms"]
     event_ms = statistics.median(events) if events else None
@@ -255,7 +279,9 @@ def main() -> int:
             ["run page API total", run_page_ms],
             ["page load in Chromium (to the client table)", page_ms if page_ms is not None else "-"],
             ["event latency (record_round -> client), median", event_ms if event_ms is not None else "-"],
-            *([f"round time watched / alone, seed {r['seed']} ({r['alone_s']:.1f} s alone)", r["ratio"]]
+            *([f"round time watched / alone, seed {r['seed']} ({r['alone_s']:.1f} s alone)", f"{r['ratio']:.3f}"]
+              for r in rounds_ab),
+            *([f"dashboard + browser CPU, share of one core, seed {r['seed']}", f"{r['watcher_cpu_share']:.3f}"]
               for r in rounds_ab)]
     print_table(["measure", "ms (or ratio)"], rows)
     result = {
@@ -267,7 +293,8 @@ def main() -> int:
         "event_latency_ms": {"median": round(event_ms, 1) if event_ms is not None else None,
                              "values": [round(v, 1) for v in events], "poll_interval_ms": 1000},
         "round_time_with_dashboard": {"federation": "three-orgs-mini from scratch", "rounds": args.fl_rounds,
-                                      "per_seed": rounds_ab, "ratio": ratio},
+                                      "per_seed": rounds_ab, "ratio": ratio,
+                                      "watcher_cpu_share_of_one_core": watcher},
         "checks": {
             "run_page_under_1s": run_page_ms < 1000 and (page_ms is None or page_ms < 1000),
             "event_within_2s": event_ms is not None and event_ms < 2000 and len(events) == args.events,
@@ -276,6 +303,7 @@ def main() -> int:
         },
     }
     print(f"wrote {write_result('dashboard', result)}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
