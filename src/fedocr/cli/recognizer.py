@@ -199,8 +199,11 @@ def run_train(args: argparse.Namespace) -> int:
         prov = provenance(kind="centralized", data=args.data.split(","),
                           seed=args.seed, init=str(args.init) if args.init else None)
         trainer = Trainer(model, charset, train_set, config, val=val, out=out, provenance=prov, history_file=args.history)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` (and CI timeouts) save a checkpoint like Ctrl-C does
-    result = trainer.fit()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` (and CI timeouts) save a checkpoint like Ctrl-C does
+    try:
+        result = trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)   # an in-process caller (a test, a notebook) gets its own back
     summary = f"trained {result.steps} steps ({result.lines} lines) in {result.seconds:.0f} s, mean loss {result.mean_loss:.3f}"
     if result.val_cer is not None:
         summary += f", validation CER {result.val_cer:.4f}"
