@@ -46,6 +46,7 @@ from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 
 RUN = "bench"
 CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 SLOWDOWN_TOLERANCE = 1.05   # "no measurable slowdown": rounds at most 5% slower with the page open
 
 
@@ -126,9 +127,6 @@ def page_load_ms(base: str, last_round: int, loads: int) -> float | None:
         finally:
             browser.close()
     return statistics.median(times[1:]) * 1000
-
-
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 
 
 def browser_available() -> bool:

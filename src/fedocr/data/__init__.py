@@ -1,6 +1,5 @@
 """Preprocessing, synthetic rendering, dataset readers and batching."""
-from typing import Any
-
+from fedocr import lazy_attributes
 from fedocr.data.datasets import (ConcatLines, DatasetError, InMemoryLines, LabelFileDataset, LineDataset, LmdbDataset, SubsetLines, SyntheticLines,
                                   decode_image, open_dataset, read_image)
 from fedocr.data.preprocess import preprocess
@@ -14,14 +13,5 @@ __all__ = [
 ]
 
 
-_BATCHING = {"EncodedLines", "WidthBucketSampler", "collate"}
-
-
-def __getattr__(name: str) -> Any:
-    """Batching for training needs torch; reading and preprocessing (the ONNX inference path of
-    `fedocr ocr` and the server) must not pay its import (2 s and 300 MB)."""
-    if name in _BATCHING:
-        from fedocr.data import batch
-
-        return getattr(batch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Batching for training needs torch; reading and preprocessing do not.
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(("EncodedLines", "WidthBucketSampler", "collate"), "fedocr.data.batch"))

@@ -1,6 +1,5 @@
 """CRNN definition, CTC decoding and the checkpoint format."""
-from typing import Any
-
+from fedocr import lazy_attributes
 from fedocr.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from fedocr.model.config import ModelConfig
 from fedocr.model.decode import Decoded, beam_search, greedy_decode, log_softmax
@@ -13,10 +12,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """The CRNN's module imports torch: only for those who build one, not for ONNX Runtime readers."""
-    if name == "CRNN":
-        from fedocr.model.crnn import CRNN
-
-        return CRNN
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"CRNN": "fedocr.model.crnn"})   # the network imports torch
