@@ -36,15 +36,16 @@ def _wire(tensors: dict[str, np.ndarray]) -> int:
 
 
 def test_the_pipeline_imports_neither_flower_nor_torch() -> None:
-    # dp_accounting: the RDP accountant; tenseal: CKKS (the subprocess below checks they bring no torch)
-    allowed = {"numpy", "dp_accounting", "tenseal", "__future__"} | set(sys.stdlib_module_names)
+    # dp_accounting: the RDP accountant; tenseal: CKKS; scipy: the cluster split's linkage (the
+    # subprocess below checks they bring no torch)
+    allowed = {"numpy", "scipy", "dp_accounting", "tenseal", "__future__"} | set(sys.stdlib_module_names)
     for path in PIPELINE.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] in allowed or name.startswith("fedocr.federated.pipeline"), (path.name, name)
-    code = ("import sys, tenseal, fedocr.federated.pipeline.build; "
+    code = ("import sys, tenseal, scipy.cluster.hierarchy, fedocr.federated.pipeline.build; "
             "sys.exit(bool({'torch', 'flwr'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "organisation, then train the local-only and centralized baselines and write "
                                       "OUT/report.json, OUT/round-N.pt and OUT/model.pt. Re-running with the same "
                                       "--out resumes after the last completed round.")
-    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches(-mini), many-clients(-mini)")
+    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches(-mini), many-clients(-mini), hidden-groups(-mini)")
     p.add_argument("--rounds", type=int, required=True, help="federated rounds (num-rounds)")
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")

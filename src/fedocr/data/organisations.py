@@ -20,7 +20,9 @@ own name; in `ten-branches` (and `ten-branches-mini`) organisations run several 
 and robust rules such as Krum (n >= 2f + 3) have enough nodes to work with. `many-clients`
 (and `many-clients-mini`, `-mini-10`, `-mini-1000` for the scale benchmark) is a consortium or a
 device fleet: 100 small nodes over the organisations with a long tail of sizes (a few large
-sites, most with the smallest share), meant to be sampled at 30-50% per round.
+sites, most with the smallest share), meant to be sampled at 30-50% per round. `hidden-groups`
+(and `-mini`) is six sites of two kinds that their names do not reveal, three hospital-like and
+three school-like, for clustered federated learning to find.
 
 Data seeds are disjoint per node and per split (train / test / validation), so no line of a
 test set is ever trained on.
@@ -130,6 +132,12 @@ def _long_tail(name: str, orgs: tuple[str, ...], n: int, mini: bool, head: int =
     return Federation(name, tuple(nodes), mini)
 
 
+def _hidden_groups(name: str, orgs: tuple[str, ...], per_org: int, mini: bool) -> Federation:
+    """`per_org` nodes of each organisation, named `site-1`, `site-2`, ... in turn, so a node's
+    name does not say its group (clustering must find it; `Node.org` is the truth to score by)."""
+    return Federation(name, tuple(Node(f"site-{i + 1}", orgs[i % len(orgs)]) for i in range(per_org * len(orgs))), mini)
+
+
 FEDERATIONS: dict[str, Federation] = {
     "three-orgs": _one_node_each("three-orgs", ("hospital", "bank", "school"), mini=False),
     "four-orgs": _one_node_each("four-orgs", ("hospital", "bank", "school", "logistics"), mini=False),
@@ -139,6 +147,9 @@ FEDERATIONS: dict[str, Federation] = {
                                                "logistics": (2, 1)}, mini=False),
     "ten-branches-mini": _branches("ten-branches-mini", {"hospital": (3, 1, 1), "bank": (2, 1, 1),
                                                          "school": (2, 1, 1, 1)}, mini=True),
+    # Six nodes of two hidden kinds: hospital-like (dot-matrix slips) and school-like (handwriting).
+    "hidden-groups": _hidden_groups("hidden-groups", ("hospital", "school"), 3, mini=False),
+    "hidden-groups-mini": _hidden_groups("hidden-groups-mini", ("hospital", "school"), 3, mini=True),
     "many-clients": _long_tail("many-clients", ("hospital", "bank", "school", "logistics"), 100, mini=False),
     **{name: _long_tail(name, ("hospital", "bank", "school"), n, mini=True)
        for name, n in (("many-clients-mini", 100), ("many-clients-mini-10", 10), ("many-clients-mini-1000", 1000))},

@@ -35,12 +35,14 @@ from fedocr.data.organisations import folder_data, get_federation, synthetic_org
 from fedocr.federated.pipeline.build import ClientChain, States, build_client_chain
 from fedocr.federated.sim.canaries import plant
 from fedocr.federated.sim.poison import poisoned
+from fedocr.federated.pipeline.cluster import STEP as CLUSTER, ClusterConfig, pick
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
 from fedocr.federated.pipeline.he import SECRET, HeConfig, decrypt, load_context
 from fedocr.federated.protocol import (TrainInstruction, decrypted_content, evaluate_reply_content, is_secagg_message,
                                       query_reply_content, read_decrypt, read_evaluate, read_train, refusal_content,
                                       reply, reply_content, secure_reply_content)
+from fedocr.federated.validate import validation_loss
 from fedocr.federated.vocab import expected_charset
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, load_checkpoint, save_checkpoint, torch_logits_fn
@@ -122,7 +124,8 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     path = state_path(context, cfg, name)
     states = load_node_state(path, task.run_id)
     model = CRNN(task.model_config)
-    start_w = chain.start_weights(task.weights, states)
+    picked, losses = pick_cluster(cfg, task, data, charset)
+    start_w = chain.start_weights(task.clusters[picked] if losses else task.weights, states)
     load_weights(model, start_w)
 
     lines = EncodedLines(data, charset)
@@ -140,11 +143,14 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
         train_personal(cfg, chain, states, task, lines, charset, name)
     update = Update(name, delta(model_weights(model), start_w), len(lines),
                     {"train-loss": float(result.mean_loss), "train-steps": result.steps, "sample-rate": sample_rate})
+    if losses:   # IFCA: which of the k models this update trained, and why (a record in the run store)
+        update = update.noted(CLUSTER, cluster=picked, losses=losses)
     update = chain.run(update, task.round, cfg.seed, start_w, states, task.step_task())
     if states:
         save_node_state(path, task.run_id, states)
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
-               "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid()}
+               "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid(),
+               **({"cluster": picked} if losses else {})}
     if task.secure_keys is None:
         return reply(msg, reply_content(update, mine, metrics, task))
     missing = [k for k in task.secure_keys if k not in update.tensors]
@@ -153,6 +159,19 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
                          f"(missing {missing[:3]})")
     return reply(msg, secure_reply_content(name, mine, [update.tensors[k] for k in task.secure_keys], update.examples,
                                            metrics, update.records))
+
+
+def pick_cluster(cfg: FlConfig, task: TrainInstruction, data: LineDataset, charset: Charset) -> tuple[int, list[float]]:
+    """IFCA (pipeline.cluster): the index of the model, of a clustered run's k, with the lowest CTC
+    loss on this node's first `cluster.pick-lines` training lines, and the k losses; (0, []) when
+    the task carries one model."""
+    if not task.clusters:
+        return 0, []
+    count = min(ClusterConfig.from_run_config(cfg.steps).pick_lines, len(data))
+    lines = SubsetLines(data, range(count), f"{data.name}[:{count}]")
+    model = CRNN(task.model_config)
+    losses = [validation_loss(load_weights(model, weights), charset, lines) for weights in task.clusters]
+    return pick(losses), losses
 
 
 def chain_config(context: Context, cfg: FlConfig) -> dict[str, Any]:
@@ -232,9 +251,11 @@ def handle_evaluate(msg: Message, context: Context, overrides: dict[str, Any] | 
     chain = build_client_chain(chain_config(context, cfg))
     model = CRNN(task.model_config)
     states = load_node_state(state_path(context, cfg, name), task.run_id)
-    load_weights(model, chain.personal_weights(task.weights, states))
+    picked, losses = pick_cluster(cfg, task, node_data(context, cfg, charset)[1], charset) if task.clusters else (0, [])
+    load_weights(model, chain.personal_weights(task.clusters[picked] if losses else task.weights, states))
     report = evaluate(torch_logits_fn(model), charset, held_out)
-    metrics = {"cer": report.cer, "line-accuracy": report.line_accuracy, "lines": report.n}
+    metrics = {"cer": report.cer, "line-accuracy": report.line_accuracy, "lines": report.n,
+               **({"cluster": picked} if losses else {})}
     if chain.personal():   # Ditto: the global model on the same lines, for the personal model's gain
         load_weights(model, task.weights)
         metrics["global-cer"] = evaluate(torch_logits_fn(model), charset, held_out).cer

@@ -17,7 +17,7 @@ metrics, in the clear.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,20 +91,28 @@ class TrainInstruction:
     hints: Mapping[str, np.ndarray] = field(default_factory=dict)   # for the client steps (HE's index set)
     digest: str = ""       # the global model's digest: the reply names the round and model it answers
     sampled: int = 0       # nodes sampled this round (distributed DP noise divides by it)
+    clusters: tuple[Weights, ...] = ()   # a clustered run's k models (the first is `weights`); the node picks one
 
     def step_task(self) -> dict[str, Any]:
         """What the task says to the client steps: its hints and the round's sample size."""
         return {**self.hints, "sampled": self.sampled}
 
 
+CLUSTER = "cluster-"   # records `cluster-1` ... `cluster-<k-1>`: a clustered run's other models
+
+
 def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
-                  run_id: str, hints: Weights | None = None, sampled: int = 0) -> RecordDict:
+                  run_id: str, hints: Weights | None = None, sampled: int = 0,
+                  others: Sequence[Weights] = ()) -> RecordDict:
+    """The round's task; `others`: a clustered run's models after `weights` (cluster 0)."""
     config = model_config_record(model_config)
     config.update({"server-round": server_round, "charset-version": charset_version, "lr": lr, "run-id": run_id,
                    "global-digest": tensor_digest(weights), "sampled": sampled})
     content = RecordDict({"global": to_record(weights), "config": config})
     if hints:
         content["hints"] = to_record(hints)
+    for i, other in enumerate(others, 1):
+        content[f"{CLUSTER}{i}"] = to_record(other)
     return content
 
 
@@ -117,16 +125,20 @@ def read_train(content: RecordDict) -> TrainInstruction:
     else:
         config, weights, secure_keys = content["config"], from_record(content["global"]), None
     hints = from_record(content["hints"]) if "hints" in content.array_records else {}
+    others = []
+    while f"{CLUSTER}{len(others) + 1}" in content.array_records:
+        others.append(from_record(content[f"{CLUSTER}{len(others) + 1}"]))
     return TrainInstruction(int(config["server-round"]), weights, model_config_from(config),
                             str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
                             str(config.get("run-id", "")), secure_keys, hints, str(config.get("global-digest", "")),
-                            int(config.get("sampled", 0)))
+                            int(config.get("sampled", 0)), (weights, *others) if others else ())
 
 
 def evaluate_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, run_id: str,
-                     local_baseline: bool) -> RecordDict:
-    """Federated evaluation: the committed model, to score on the node's own held-out lines."""
-    content = train_content(weights, model_config, server_round, charset_version, 0.0, run_id)
+                     local_baseline: bool, others: Sequence[Weights] = ()) -> RecordDict:
+    """Federated evaluation: the committed model (or a clustered run's k models), to score on the
+    node's own held-out lines."""
+    content = train_content(weights, model_config, server_round, charset_version, 0.0, run_id, others=others)
     content["config"]["local-baseline"] = local_baseline
     return content
 
@@ -135,7 +147,7 @@ def read_evaluate(content: RecordDict) -> tuple[TrainInstruction, bool]:
     return read_train(content), bool(content["config"].get("local-baseline", False))
 
 
-EVAL_METRICS = ("cer", "line-accuracy", "lines", "local-only-cer", "local-only-line-accuracy", "global-cer")
+EVAL_METRICS = ("cer", "line-accuracy", "lines", "local-only-cer", "local-only-line-accuracy", "global-cer", "cluster")
 
 
 def evaluate_reply_content(client: str, charset_version: str, metrics: dict[str, float]) -> RecordDict:
@@ -397,7 +409,9 @@ def read_reply(reply: Message, node_name: str, charset_version: str, bytes_down:
             rec.reason = f"unreadable update ({type(exc).__name__})"
             return received
         steps = metrics.get("train-steps") if isinstance(metrics.get("train-steps"), (int, float)) else None
+        picked = metrics.get("cluster")   # a clustered run: the model this update trained (checked by the server)
         received.update = Update(name, tensors, rec.examples,
-                                 {"train-loss": rec.loss or 0.0, **({"train-steps": float(steps)} if steps else {})},
+                                 {"train-loss": rec.loss or 0.0, **({"train-steps": float(steps)} if steps else {}),
+                                  **({"cluster": float(picked)} if isinstance(picked, (int, float)) else {})},
                                  records=_client_records(content, name))
     return received

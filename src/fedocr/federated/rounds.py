@@ -29,14 +29,16 @@ from fedocr.data import LineDataset
 from fedocr.federated.config import FlConfig
 from fedocr.federated.identity import STEP as IDENTITY, Registry
 from fedocr.data.organisations import get_federation, public_lines
-from fedocr.federated.pipeline.build import ServerChain, build_server_chain
+from fedocr.federated import clusters
+from fedocr.federated.pipeline.build import Candidate, ServerChain, build_server_chain
+from fedocr.federated.pipeline.cluster import STEP as CLUSTER, ClusterConfig
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline import he
 from fedocr.federated.pipeline.quarantine import STEP as QUARANTINE
 from fedocr.federated.pipeline.robust import RobustConfig
 from fedocr.federated.pipeline.secure import MIN_NODES
-from fedocr.federated.pipeline.types import SERVER, Cohort, StepRecord, Update, Weights
+from fedocr.federated.pipeline.types import SERVER, Cohort, StepRecord, Update, Verdict, Weights
 from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluate_content, query_content,
                                       read_evaluate_reply, read_query_reply, read_reply, read_secure_reply,
                                       secure_fit_ins, secure_sum, to_nodes, train_content, wire_bytes)
@@ -98,12 +100,14 @@ def unique_name(name: str, node_id: str, taken: set[str]) -> str:
 
 
 def screen(received: Received, chain: ServerChain, reference: Weights, server_round: int, seed: int,
-           states: dict | None = None) -> Received:
-    """Run the chain's screening steps on one reply; the record says accepted, or why not."""
+           states: dict | None = None, refused: str | None = None) -> Received:
+    """Run the chain's screening steps on one reply; the record says accepted, or why not.
+    `refused`: why the update is rejected before any step (it names a cluster the run lacks)."""
     update, rec = received.update, received.record
     if update is None:
         return received
-    update = chain.screen_update(update, server_round, seed, reference, states)
+    update = (update.reject(CLUSTER, refused) if refused
+              else chain.screen_update(update, server_round, seed, reference, states))
     norms = [r.info["norm"] for r in update.records if r.step == "check" and "norm" in r.info]
     rec.update_norm = norms[-1] if norms else None
     rec.accepted, rec.reason = update.rejected is None, update.rejected
@@ -115,6 +119,17 @@ def median_steps(updates: Sequence[Update]) -> int | None:
     """The median local steps the round's clients report (None when none does)."""
     steps = [u.metrics["train-steps"] for u in updates if u.metrics.get("train-steps")]
     return max(1, round(float(np.median(steps)))) if steps else None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A round's candidate for one model, its validation and the gate's verdict."""
+    candidate: Candidate
+    verdict: Verdict
+    cer: float | None
+    loss: float | None
+    note: str | None
+    records: list[StepRecord]
 
 
 @dataclass
@@ -137,6 +152,7 @@ class FederatedServer:
     def __init__(self, cfg: FlConfig, flower_run_id: int | None = None, printer: Printer = print) -> None:
         self.cfg, self.print = cfg, printer
         self.chain = build_server_chain(cfg.to_run_config())
+        self.clustering = ClusterConfig.from_run_config(cfg.steps)
         self.out = cfg.out_path()
         self.out.mkdir(parents=True, exist_ok=True)
         model, charset, self.init_desc = initial_model(cfg)
@@ -235,9 +251,10 @@ class FederatedServer:
         reference = select(state.weights, self.keys)
         index = he.task_index(self.he[0], state.steps.get(he.INDEX_STEP, {}), reference,
                               cfg.seed) if self.he and self.he[0].top_k else None
-        # All tensors travel down (a new node needs the head too).
-        content = train_content(state.weights, self.model.config, rnd, self.charset.version, lr, state.run_id,
-                                {he.INDEX: index} if index is not None else None, len(sampled))
+        # All tensors travel down (a new node needs the head too); a clustered run sends its k models.
+        first, others = clusters.sent(state)
+        content = train_content(first, self.model.config, rnd, self.charset.version, lr, state.run_id,
+                                {he.INDEX: index} if index is not None else None, len(sampled), others)
         bytes_down = wire_bytes(content)
         messages = to_nodes(content, sampled, TRAIN, cfg.round_deadline_s + 30, group=str(rnd))
         t0 = time.time()
@@ -254,7 +271,11 @@ class FederatedServer:
             if got.update is not None:
                 got.update = got.update.renamed(got.record.client)
             state.names[node] = got.record.client
-            received.append(got if self.he else screen(got, self.chain, reference, rnd, cfg.seed, state.steps))
+            if self.he:
+                received.append(got)
+                continue
+            base, refused = clusters.trained_from(state, got.update) if got.update else (state.weights, None)
+            received.append(screen(got, self.chain, select(base, self.keys), rnd, cfg.seed, state.steps, refused))
         self._dropped(received, sampled, {str(r.metadata.src_node_id) for r in replies}, taken, bytes_down)
         if self.he:
             return self._he_mean(grid, rnd, received, reference, index, cohort, t0, t1)
@@ -359,25 +380,20 @@ class FederatedServer:
         note = None
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
-        if applied:
-            root, local_steps = self.root, median_steps(got.updates)
-            candidate = self.chain.candidate(
-                state.weights, got.updates, rnd, cfg.seed, state.steps, cohort, self.probe,
-                (lambda: root.update(state.weights, self.keys, lr, rnd, local_steps)) if root else None)
-            steps += candidate.records
-            for r in received:  # an aggregator may leave clients out once it has seen every update
-                if r.record.client in candidate.aggregate.left_out:
-                    r.record.accepted, r.record.reason = False, candidate.aggregate.left_out[r.record.client]
-            load_weights(self.model, candidate.weights)
-            cand_cer, cand_loss, val_note = server_validation(self.model, self.charset, self.val, cfg.aggregate)
-            verdict, gate_records = self.chain.decide(cand_cer, state.committed_cer, rnd, cfg.seed)
-            steps += gate_records
-            if verdict.commit:
-                state.weights, state.steps = candidate.weights, candidate.states
-                state.committed_cer, state.committed_loss = val_cer, val_loss = cand_cer, cand_loss
-                note = val_note
+        grouping = clusters.group(state, self.clustering, got.updates, rnd) if applied else None
+        if grouping is not None:
+            applied, note, more = self._apply_clusters(grouping, received, rnd, lr, cohort)
+            steps += more
+            val_cer, val_loss = state.committed_cer, state.committed_loss
+        elif applied:
+            proposal = self._propose(state.weights, state.committed_cer, got.updates, received, rnd, lr, cohort)
+            steps += proposal.records
+            if proposal.verdict.commit:
+                state.weights, state.steps = proposal.candidate.weights, proposal.candidate.states
+                state.committed_cer, state.committed_loss = val_cer, val_loss = proposal.cer, proposal.loss
+                note = proposal.note
             else:  # the next round starts from the committed model, with the committed steps' state
-                applied, note = False, verdict.reason
+                applied, note = False, proposal.verdict.reason
                 load_weights(self.model, state.weights)
                 self.print(f"round {rnd}: {note}")
         else:
@@ -395,6 +411,49 @@ class FederatedServer:
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((r.record for r in received), key=lambda c: c.client), steps=steps)
 
+    def _propose(self, weights: Weights, committed_cer: float | None, updates: list[Update], received: list[Received],
+                 rnd: int, lr: float, cohort: Cohort) -> Proposal:
+        """Aggregate `updates` into a candidate from `weights`, validate it and ask the gate."""
+        cfg, root, local_steps = self.cfg, self.root, median_steps(updates)
+        candidate = self.chain.candidate(
+            weights, updates, rnd, cfg.seed, self.state.steps, cohort, self.probe,
+            (lambda: root.update(weights, self.keys, lr, rnd, local_steps)) if root else None)
+        for r in received:  # an aggregator may leave clients out once it has seen every update
+            if r.record.client in candidate.aggregate.left_out:
+                r.record.accepted, r.record.reason = False, candidate.aggregate.left_out[r.record.client]
+        load_weights(self.model, candidate.weights)
+        cer, loss, val_note = server_validation(self.model, self.charset, self.val, cfg.aggregate)
+        verdict, gate_records = self.chain.decide(cer, committed_cer, rnd, cfg.seed)
+        return Proposal(candidate, verdict, cer, loss, val_note, candidate.records + gate_records)
+
+    def _apply_clusters(self, grouping: clusters.Grouping, received: list[Received], rnd: int, lr: float,
+                        cohort: Cohort) -> tuple[bool, str | None, list[StepRecord]]:
+        """The server chain once per cluster: a cluster's model changes when at least `min-accepted`
+        of its nodes' updates passed and the gate commits. (applied, note, records)."""
+        committed: dict[int, clusters.ClusterModel] = {}
+        notes, steps = [], list(grouping.records)
+        for c, updates in sorted(grouping.groups.items()):
+            base, members = grouping.bases[c], sorted(u.client for u in updates)
+            if len(updates) < self.cfg.min_accepted:
+                notes.append(f"cluster {c}: {len(updates)} accepted update(s) < threshold {self.cfg.min_accepted}")
+                continue
+            proposal = self._propose(base.weights, base.cer, updates, received, rnd, lr, cohort)
+            steps += proposal.records
+            steps.append(StepRecord(CLUSTER, SERVER, {"cluster": c, "members": members, "val_cer": proposal.cer,
+                                                      "committed": proposal.verdict.commit}))
+            if proposal.verdict.commit:
+                committed[c] = clusters.ClusterModel(proposal.candidate.weights, proposal.cer, proposal.loss)
+                self.state.steps = proposal.candidate.states
+            else:
+                notes.append(f"cluster {c}: {proposal.verdict.reason}")
+        if committed or grouping.splits:
+            clusters.keep(self.state, committed, self.clustering.k)
+        load_weights(self.model, self.state.weights)
+        note = "; ".join(notes) or None
+        if note:
+            self.print(f"round {rnd}: {note}")
+        return bool(committed), note, steps
+
     def _write_model(self, path: Path, prov: dict) -> None:
         """A checkpoint of the current model, signed when the run has a signing key."""
         save_checkpoint(path, self.model, self.charset, prov)
@@ -411,6 +470,10 @@ class FederatedServer:
         prov = provenance(kind="federated", run_id=state.run_id, round=rnd, federation=self.cfg.federation,
                           seed=self.cfg.seed, initial_model=self.init_desc, aggregate=self.cfg.aggregate)
         self._write_model(self.out / f"round-{rnd}.pt", prov)
+        for c, cluster in enumerate(clusters.models(state)):   # each cluster's latest committed model
+            load_weights(self.model, cluster.weights)
+            self._write_model(self.out / f"cluster-{c}.pt", {**prov, "cluster": c})
+        load_weights(self.model, state.weights)
         if record.val_cer is None:  # no meaningful server-side score (backbone mode): the latest round
             state.best_round = rnd
             self._write_model(self.out / "model.pt", {**prov, "latest_of_rounds": rnd})
@@ -461,8 +524,9 @@ class FederatedServer:
         the server has none of them) and answers with scores only; at the last round a node also
         scores its local-only model when the run config asks for it."""
         cfg, state = self.cfg, self.state
-        content = evaluate_content(state.weights, self.model.config, rnd, self.charset.version, state.run_id,
-                                   cfg.eval_local_baseline and rnd == cfg.num_rounds)
+        first, others = clusters.sent(state)
+        content = evaluate_content(first, self.model.config, rnd, self.charset.version, state.run_id,
+                                   cfg.eval_local_baseline and rnd == cfg.num_rounds, others)
         nodes = list(grid.get_node_ids())
         messages = to_nodes(content, nodes, EVALUATE, cfg.round_deadline_s + 30, group=f"eval-{rnd}")
         records = []
@@ -484,7 +548,9 @@ class FederatedServer:
         if self.simulated and self.cfg.baselines:
             from fedocr.federated.sim.baselines import final_evaluation
 
-            return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print)
+            membership = self.cluster_membership()
+            return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print,
+                                    {node: self.out / f"cluster-{c}.pt" for node, c in membership.items()})
         rounds = self.store.rounds(self.state.run_id)
         evals = [s for s in (rounds[-1].steps if rounds else []) if s.step == "evaluate" and "cer" in s.info]
         if not evals:
@@ -494,6 +560,12 @@ class FederatedServer:
                                                   if "local_only_cer" in s.info else {})},
                               "own_test_lines": s.info.get("lines")} for s in evals}
         return {"clients": clients, "source": "federated evaluation: each node's held-out lines, last round"}
+
+    def cluster_membership(self) -> dict[str, int]:
+        """Each node's latest cluster in a clustered run (empty before the split or without clustering)."""
+        if not self.state.clusters:
+            return {}
+        return clusters.membership([s for r in self.store.rounds(self.state.run_id) for s in r.steps])
 
     def contribution_summary(self) -> dict | None:
         """Each node's contribution summed over the applied rounds (a rolled-back round changed nothing)."""
@@ -562,6 +634,9 @@ class FederatedServer:
             contribution = self.contribution_summary()
             if contribution:
                 final = {**(final or {}), "contribution": contribution}
+            if self.state.clusters:
+                final = {**(final or {}), "clusters": {"k": len(self.state.clusters),
+                                                        "membership": self.cluster_membership()}}
             if stopped:
                 final = {**(final or {}), "stopped": stopped}
             status, error = "finished", None

@@ -3,8 +3,9 @@
 It holds what a restarted ServerApp needs to continue exactly after the last completed round:
 the committed global weights and their validation scores, the round number, the best round so
 far, each server step's own state (FedAvgM's velocity, later accountants), the node-id ->
-client-name map and the run id under which the run store files its rounds. Written with the
-model part's atomic write, so a kill mid-write leaves the previous round's state intact.
+client-name map, a clustered run's k models, and the run id under which the run store files its
+rounds. Written with the model part's atomic write, so a kill mid-write leaves the previous
+round's state intact.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class ServerState:
     committed_loss: float | None = None
     steps: States = field(default_factory=dict)  # server steps' state, by step name
     names: dict[str, str] = field(default_factory=dict)   # node id -> client name
+    # Clustered runs after the split: cluster index -> its committed model and validation scores
+    # ({"weights", "cer", "loss"}); empty while the run trains one model.
+    clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def fresh(cls, weights: Weights, charset_version: str) -> "ServerState":
@@ -45,7 +49,7 @@ class ServerState:
         payload = {"run_id": self.run_id, "round": self.round, "charset_version": self.charset_version,
                    "best_round": self.best_round, "best_cer": self.best_cer, "committed_cer": self.committed_cer,
                    "committed_loss": self.committed_loss, "names": self.names, "weights": _to_torch(self.weights),
-                   "steps": _to_torch(self.steps)}
+                   "steps": _to_torch(self.steps), "clusters": _to_torch(self.clusters)}
         atomic_write(out_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
@@ -57,9 +61,10 @@ class ServerState:
         payload.pop("strategy", None)             # states written before the pipeline named their strategy
         velocity = payload.pop("velocity", None)  # ... and kept FedAvgM's velocity outside the steps
         steps = _to_numpy(payload.pop("steps", {}))
+        clusters = _to_numpy(payload.pop("clusters", {}))
         if velocity is not None:
             steps.setdefault("fedavgm", {})["velocity"] = _to_numpy(velocity)
-        return cls(weights=_to_numpy(payload.pop("weights")), steps=steps, **payload)
+        return cls(weights=_to_numpy(payload.pop("weights")), steps=steps, clusters=clusters, **payload)
 
 
 def _to_torch(value: Any) -> Any:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from fedocr.federated.pipeline import (aggregate, attacks, checks, compress, contribution, drills, personal, privacy,
-                                       he, quarantine, robust, secure, transforms)
+from fedocr.federated.pipeline import (aggregate, attacks, checks, cluster, compress, contribution, drills, personal,
+                                       privacy, he, quarantine, robust, secure, transforms)
 from fedocr.federated.pipeline.aggregate import ApplyConfig, ApplyStep, FedAvg, MomentumConfig
 from fedocr.federated.pipeline.checks import CheckConfig
 from fedocr.federated.pipeline.compress import CompressConfig
@@ -64,6 +64,7 @@ FEATURES = (
     Feature(robust.RobustConfig, aggregator=robust.aggregator),
     Feature(quarantine.QuarantineConfig, review=quarantine.review_steps),   # acts on the robust rule's flags
     Feature(MomentumConfig, transform=aggregate.transform_steps),
+    Feature(cluster.ClusterConfig),   # not a step: k models, each a run of this chain (federated.clusters)
 )
 # Every config the builders read (the applier's and the gate's fill fixed slots of the chain).
 STEP_CONFIGS: tuple[type[StepConfig], ...] = (*(f.config for f in FEATURES), ApplyConfig, RollbackConfig)
@@ -325,6 +326,7 @@ def refuse_combinations(rc: Mapping[str, Any]) -> None:
         raise bad("contribution.subsets", f"in-round coalitions stand in zeros for the nodes outside them, and "
                                           f"robust.rule={rule.rule} would count those zeros as votes: use alone")
     refuse_with_secure_aggregation(rc)
+    refuse_with_clusters(rc)
     if quarantine.QuarantineConfig.from_run_config(rc).after and not rule.active:
         raise bad("quarantine.after", "quarantine acts on the robust rule's flags (left out, clipped, opposed): set "
                                       "robust.rule or robust.clip-median, e.g. the recommended trimmed mean")
@@ -356,6 +358,29 @@ def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
         raise bad("aggregate", "under secure aggregation every node must send the same tensors, so the masks "
                                "cancel and the ciphertexts add: aggregate=backbone or fedbn keep different parts local")
 
+
+
+def refuse_with_clusters(rc: Mapping[str, Any]) -> None:
+    """What cannot run with k cluster models: server state that belongs to one model, a sum that
+    hides which cluster an update trained, and parts of the model that are not shared."""
+    if not cluster.ClusterConfig.from_run_config(rc).active:
+        return
+    why = {
+        "secure.method": secure.SecureConfig.from_run_config(rc).method != "none",
+        "dp.level": privacy.DpConfig.from_run_config(rc).level == "client",
+        "server-momentum": bool(MomentumConfig.from_run_config(rc).momentum),
+        "contribution.method": contribution.ContributionConfig.from_run_config(rc).method != "off",
+        "personal.method": personal.PersonalConfig.from_run_config(rc).method != "none",
+        "aggregate": AggregateConfig.from_run_config(rc).aggregate != "all",
+    }
+    if robust.RobustConfig.from_run_config(rc).rule == "trust":
+        why["robust.rule"] = True
+    for key, clash in why.items():
+        if clash:
+            raise bad(key, "does not combine with cluster.method=ifca: the server aggregates each cluster's "
+                           "updates into its own model, so it must see each node's update and which cluster it "
+                           "trained, and keep no one-model state (momentum, a client-level DP accountant, a "
+                           "root model, contribution scores)")
 
 
 def describe(rc: Mapping[str, Any]) -> str:

@@ -102,8 +102,10 @@ def personal_models(cfg: FlConfig, global_model: CRNN, run_id: str | None) -> di
     return models
 
 
-def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the baselines, evaluate all three kinds of model per organisation, save the baselines."""
+def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[str], None] = print,
+                     cluster_models: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Train the baselines, evaluate all three kinds of model per organisation, save the baselines.
+    `cluster_models`: in a clustered run, the model of each node's cluster (its `cluster` column)."""
     fed = get_federation(cfg.federation)
     federated = load_checkpoint(federated_model)
     charset = federated.charset
@@ -115,6 +117,9 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
     personal = personal_models(cfg, federated.model, federated.provenance.get("run_id"))
     for org, model in personal.items():   # FedPer, FedBN or Ditto: what each node itself would serve
         models[org]["personalized"] = model
+    loaded = {path: load_checkpoint(path).model for path in set((cluster_models or {}).values())}
+    for org, path in (cluster_models or {}).items():   # IFCA: the model of the node's cluster
+        models[org]["cluster"] = loaded[path]
     seconds: dict[str, float] = {}
     for org in fed.names:
         printer(f"baseline: local-only {org} ({len(train[org])} lines, {cfg.num_rounds} x {cfg.local_epochs:g} epochs)")
@@ -131,7 +136,8 @@ def final_evaluation(cfg: FlConfig, federated_model: Path, printer: Callable[[st
         scores = {kind: own_and_others_cer(m, charset, test, org) for kind, m in models[org].items()}
         clients[org] = {"own_test_cer": {kind: s[0] for kind, s in scores.items()},
                         "other_test_cer": {kind: s[1] for kind, s in scores.items()}}
-    mean = {kind: float(np.mean([c["own_test_cer"][kind] for c in clients.values()]))
-            for kind in ("local_only", "federated", "centralized") + (("personalized",) if personal else ())}
+    kinds = ("local_only", "federated", "centralized") + (("personalized",) if personal else ())
+    kinds += ("cluster",) if cluster_models and set(cluster_models) >= set(fed.names) else ()
+    mean = {kind: float(np.mean([c["own_test_cer"][kind] for c in clients.values()])) for kind in kinds}
     return {"clients": clients, "mean_own_test_cer": mean, "baseline_train_seconds": seconds,
             "eval_seconds": time.time() - t0, "federated_model": str(federated_model)}

@@ -1,0 +1,106 @@
+"""A clustered run's k models on the server (pipeline.cluster: IFCA, split as CFL does).
+
+The server state keeps each cluster's committed model and its validation scores; this module
+says which models a round sends, which model an update trained (the cluster its node picked,
+checked against k), and how a round's accepted updates group: by the nodes' picks once the
+clusters exist, or, at the split round, by the similarity of the updates, all of which then
+trained the one shared model. The round loop (`rounds`) runs the server chain once per group.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fedocr.federated.pipeline.cluster import STEP, ClusterConfig, split
+from fedocr.federated.pipeline.types import SERVER, StepRecord, Update, Weights
+from fedocr.federated.state import ServerState
+
+
+@dataclass
+class ClusterModel:
+    """One cluster's committed model and its validation CER and loss on the server's lines."""
+    weights: Weights
+    cer: float | None
+    loss: float | None
+
+    def to_state(self) -> dict:
+        return {"weights": self.weights, "cer": self.cer, "loss": self.loss}
+
+
+def models(state: ServerState) -> list[ClusterModel]:
+    """The run's cluster models in index order (none before the split)."""
+    return [ClusterModel(**state.clusters[str(c)]) for c in range(len(state.clusters))]
+
+
+def sent(state: ServerState) -> tuple[Weights, list[Weights]]:
+    """What a round sends down: one model, or cluster 0's followed by the others."""
+    found = models(state)
+    if not found:
+        return state.weights, []
+    return found[0].weights, [m.weights for m in found[1:]]
+
+
+def trained_from(state: ServerState, update: Update) -> tuple[Weights, str | None]:
+    """The model `update` was trained from, or why its named cluster is none of the run's."""
+    found = models(state)
+    if not found:
+        return state.weights, None
+    picked = update.metrics.get("cluster")
+    if picked is None or not float(picked).is_integer() or not 0 <= picked < len(found):
+        return state.weights, f"names cluster {picked}, the run has clusters 0-{len(found) - 1}"
+    return found[int(picked)].weights, None
+
+
+@dataclass
+class Grouping:
+    """A round's accepted updates by cluster, the model each group's updates start from, and the
+    records that say who went where (and whether this round split the model)."""
+    groups: dict[int, list[Update]]
+    bases: dict[int, ClusterModel]
+    records: list[StepRecord] = field(default_factory=list)
+    splits: bool = False
+
+
+def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], server_round: int) -> Grouping | None:
+    """The round's updates by cluster; at the split round (the first with clusters due and none
+    yet) the updates' similarity decides, and every group starts from the shared model. None
+    while the run still trains one model."""
+    found = models(state)
+    if found:
+        groups: dict[int, list[Update]] = {}
+        for u in updates:
+            groups.setdefault(int(u.metrics["cluster"]), []).append(u)
+        records = [StepRecord(STEP, u.client, {"cluster": int(u.metrics["cluster"])}) for u in updates]
+        return Grouping(groups, {c: found[c] for c in groups}, records)
+    if not config.active or server_round < config.split_round or len(updates) < 2:
+        return None
+    by_client = split(updates, config.k)
+    groups = {}
+    for u in updates:
+        groups.setdefault(by_client[u.client], []).append(u)
+    shared = ClusterModel(state.weights, state.committed_cer, state.committed_loss)
+    records = [StepRecord(STEP, u.client, {"cluster": by_client[u.client], "split": True}) for u in updates]
+    records.append(StepRecord(STEP, SERVER, {"split": True, "groups": {str(c): sorted(u.client for u in g)
+                                                                        for c, g in sorted(groups.items())}}))
+    return Grouping(groups, {c: shared for c in groups}, records, splits=True)
+
+
+def keep(state: ServerState, committed: dict[int, ClusterModel], k: int) -> None:
+    """Store the round's cluster models; at the split, a cluster no update reached gets the shared
+    model. The state's `weights` become the cluster model that validates best, so what reads one
+    model (round files, model.pt, a node outside every cluster) reads a trained one."""
+    current = {c: m for c, m in enumerate(models(state))} or {
+        c: ClusterModel(state.weights, state.committed_cer, state.committed_loss) for c in range(k)}
+    current.update(committed)
+    state.clusters = {str(c): m.to_state() for c, m in sorted(current.items())}
+    best = min(current.values(), key=lambda m: float("inf") if m.cer is None else m.cer)
+    state.weights, state.committed_cer, state.committed_loss = best.weights, best.cer, best.loss
+
+
+def membership(records: Sequence[StepRecord]) -> dict[str, int]:
+    """Each node's latest cluster, from the run's records in round order."""
+    latest: dict[str, int] = {}
+    for r in records:
+        if r.step == STEP and r.client != SERVER and "cluster" in r.info:
+            latest[r.client] = int(r.info["cluster"])
+    return latest

@@ -1,0 +1,100 @@
+"""Clustered federated learning (issue 15): IFCA's k models, split as CFL does by the similarity of
+the updates, membership per node per round in the run store, and what cannot combine with it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedocr.data.organisations import get_federation
+from fedocr.federated import clusters
+from fedocr.federated.pipeline.build import validate_run_config
+from fedocr.federated.pipeline.cluster import adjusted_rand_index, pick, split
+from fedocr.federated.pipeline.settings import StepConfigError
+from fedocr.federated.pipeline.types import Update
+from fedocr.federated.state import ServerState
+from fedocr.model import load_checkpoint
+from fl_inprocess import run_in_process
+
+
+def _updates(seed: int = 0) -> tuple[list[Update], dict[str, str]]:
+    """Six updates sharing one large direction, plus one of two group directions, plus noise."""
+    rng = np.random.default_rng(seed)
+    common, a, b = (rng.normal(size=200) for _ in range(3))
+    truth = {f"n{i}": "a" if i % 2 else "b" for i in range(6)}
+    updates = [Update(n, {"w": (5 * common + (a if g == "a" else b) + 0.2 * rng.normal(size=200)).reshape(10, 20)}, 10)
+               for n, g in truth.items()]
+    return updates, truth
+
+
+def test_the_split_finds_groups_that_a_shared_direction_hides() -> None:
+    updates, truth = _updates()
+    found = split(updates, 2)
+    assert adjusted_rand_index(found, truth) == 1.0
+    assert found["n0"] == 0   # groups are numbered by their first member's name
+    assert set(split(updates, 3).values()) == {0, 1, 2}
+    assert split(updates[:1], 2) == {"n0": 0}
+
+
+def test_adjusted_rand_index_ignores_labels_and_scores_chance_below_zero() -> None:
+    assert adjusted_rand_index({"a": 0, "b": 0, "c": 1, "d": 1}, {"a": "x", "b": "x", "c": "y", "d": "y"}) == 1.0
+    assert adjusted_rand_index({"a": 1, "b": 1, "c": 0, "d": 0}, {"a": "x", "b": "x", "c": "y", "d": "y"}) == 1.0
+    assert adjusted_rand_index({"a": 0, "b": 0, "c": 1, "d": 1}, {"a": "x", "b": "y", "c": "x", "d": "y"}) == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="two or more"):
+        adjusted_rand_index({"a": 0}, {"a": "x"})
+
+
+def test_a_node_picks_the_lowest_loss_and_refuses_nan() -> None:
+    assert pick([3.0, 1.5, 2.0]) == 1 and pick([1.0, 1.0]) == 0
+    with pytest.raises(ValueError, match="cannot pick"):
+        pick([1.0, float("nan")])
+
+
+def test_clustering_refuses_settings_it_cannot_honour() -> None:
+    with pytest.raises(StepConfigError, match="cluster.k"):
+        validate_run_config({"cluster.method": "ifca", "cluster.k": 1})
+    with pytest.raises(StepConfigError, match="cluster.method"):
+        validate_run_config({"cluster.method": "kmeans"})
+    for clash in ({"secure.method": "secagg+"}, {"server-momentum": 0.9}, {"personal.method": "ditto"},
+                  {"aggregate": "backbone"}, {"robust.rule": "trust"}, {"contribution.method": "loo"}):
+        with pytest.raises(StepConfigError, match="does not combine with cluster.method=ifca"):
+            validate_run_config({"cluster.method": "ifca", **clash})
+    validate_run_config({"cluster.method": "ifca", "robust.rule": "median", "min-accepted": 3, "compress.top-k": 0.1})
+
+
+def test_an_update_naming_a_cluster_the_run_lacks_is_refused_and_the_state_keeps_the_clusters(tmp_path: Path) -> None:
+    w0, w1 = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
+    state = ServerState.fresh(w0, "v1")
+    clusters.keep(state, {0: clusters.ClusterModel(w0, 0.4, 1.0), 1: clusters.ClusterModel(w1, 0.2, 0.8)}, 2)
+    assert state.committed_cer == 0.2 and state.weights is w1    # the best cluster stands for the run
+    state.save(tmp_path)
+    loaded = ServerState.load(tmp_path)
+    assert loaded is not None and [m.cer for m in clusters.models(loaded)] == [0.4, 0.2]
+    np.testing.assert_array_equal(clusters.sent(loaded)[1][0]["w"], w1["w"])
+    base, why = clusters.trained_from(loaded, Update("x", {}, 1, {"cluster": 1.0}))
+    assert why is None and base["w"][0] == 1
+    for bad in ({"cluster": 2.0}, {"cluster": 0.5}, {}):
+        assert "the run has clusters 0-1" in str(clusters.trained_from(loaded, Update("x", {}, 1, bad))[1])
+
+
+def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fed = get_federation("hidden-groups-mini")
+    report, cfg = run_in_process(tmp_path, monkeypatch, rounds=2, node_configs=[{"partition-id": i} for i in range(6)],
+                                 federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 2,
+                                                                     "cluster.pick-lines": 16, "lines-per-client": 160})
+    truth = {node.name: node.org for node in fed.nodes}
+    membership = report["final"]["clusters"]["membership"]
+    assert report["final"]["clusters"]["k"] == 2 and set(membership) == set(truth)
+    assert adjusted_rand_index(membership, truth) == 1.0
+    split_round, picked_round = (r["steps"] for r in report["rounds"])
+    assert any(s["step"] == "cluster" and s.get("split") for s in split_round)
+    # round 2: each node scored both models on its lines and trained the one with the lower loss
+    picks = {s["client"]: s for s in picked_round if s["step"] == "cluster" and "losses" in s}
+    assert set(picks) == set(truth)
+    assert all(len(s["losses"]) == 2 and s["cluster"] == int(np.argmin(s["losses"])) for s in picks.values())
+    out = cfg.out_path()
+    models = [load_checkpoint(out / f"cluster-{c}.pt") for c in (0, 1)]
+    assert [m.provenance["cluster"] for m in models] == [0, 1]
+    assert all(r["applied"] for r in report["rounds"])
