@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from fedocr.cli import main
 from fedocr.data.organisations import get_federation
 from fedocr.federated import clusters
 from fedocr.federated.pipeline.build import validate_run_config
@@ -15,6 +17,7 @@ from fedocr.federated.pipeline.settings import StepConfigError
 from fedocr.federated.pipeline.types import Update
 from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
+from fedocr.serve.app import ServeConfig, create_app
 from fl_inprocess import run_in_process
 
 
@@ -79,7 +82,7 @@ def test_an_update_naming_a_cluster_the_run_lacks_is_refused_and_the_state_keeps
 
 
 def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     fed = get_federation("hidden-groups-mini")
     report, cfg = run_in_process(tmp_path, monkeypatch, rounds=2, node_configs=[{"partition-id": i} for i in range(6)],
                                  federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 2,
@@ -98,3 +101,12 @@ def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
     models = [load_checkpoint(out / f"cluster-{c}.pt") for c in (0, 1)]
     assert [m.provenance["cluster"] for m in models] == [0, 1]
     assert all(r["applied"] for r in report["rounds"])
+
+    # the operator sees the split and the members per round, in the CLI and on the dashboard
+    capsys.readouterr()
+    assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
+    shown = capsys.readouterr().out
+    assert "cluster split" in shown and "clusters (2): 0: site-1, site-3, site-5; 1: site-2, site-4, site-6" in shown
+    with TestClient(create_app(ServeConfig(model=None, runs=tmp_path / "runs.db"))) as client:
+        detail = client.get(f"/api/runs/{report['run_id']}").json()
+    assert {c["client"]: c["cluster"] for c in detail["clients"]} == membership

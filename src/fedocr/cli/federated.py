@@ -193,8 +193,8 @@ def run_steps(args: argparse.Namespace) -> int:
 
 def format_final(final: dict[str, Any]) -> str:
     """The report's per-organisation CER table (a kind a run did not measure shows as -)."""
-    personalised = any("personalized" in (c.get("own_test_cer") or {}) for c in final.get("clients", {}).values())
-    kinds = ("local_only", "federated", "centralized") + (("personalized",) if personalised else ())
+    measured = {k for c in final.get("clients", {}).values() for k in (c.get("own_test_cer") or {})}
+    kinds = ("local_only", "federated", "centralized") + tuple(k for k in ("personalized", "cluster") if k in measured)
 
     def cell(scores: dict[str, float] | None, kind: str, width: int) -> str:
         value = (scores or {}).get(kind)
@@ -205,6 +205,10 @@ def format_final(final: dict[str, Any]) -> str:
     for org, c in final.get("clients", {}).items():
         lines.append(f"{org:<14}" + "".join(cell(c.get("own_test_cer"), k, 18) for k in kinds)
                      + "".join(cell(c.get("other_test_cer"), k, 21) for k in kinds))
+    if final.get("clusters"):
+        membership = final["clusters"]["membership"]
+        lines.append(f"clusters ({final['clusters']['k']}): " + "; ".join(
+            f"{c}: {', '.join(sorted(n for n, m in membership.items() if m == c))}" for c in sorted(set(membership.values()))))
     if final.get("source"):
         lines.append(f"({final['source']})")
     if final.get("stopped"):
@@ -306,6 +310,14 @@ def run_show(args: argparse.Namespace) -> int:
             shared = f"  global model {e['global_cer']:.4f}" if "global_cer" in e else ""   # beside a personal model
             print(f"    {e['client']:<12} held-out CER {e['cer']:.4f}  line accuracy {e['line_accuracy']:.3f}  "
                   f"({e.get('lines', 0):.0f} lines){shared}{local}")
+        for cl in (s for s in r.get("steps", []) if s["step"] == "cluster" and s["client"] == "*"):
+            if cl.get("split"):
+                print(f"    {'cluster split':<12} by update similarity: " + "; ".join(
+                    f"{c}: {', '.join(members)}" for c, members in cl["groups"].items()))
+            else:
+                cer = f"{cl['val_cer']:.4f}" if cl.get("val_cer") is not None else "-"
+                print(f"    {'cluster ' + str(cl['cluster']):<12} {', '.join(cl['members'])}  val CER {cer}"
+                      + ("" if cl["committed"] else "  (rolled back)"))
         for sc in (s for s in r.get("steps", []) if s["step"] == "score" and s.get("flagged")):
             print(f"    {sc['client']:<12} flagged: {sc['verdict']}  norm {sc['norm']:.3g}  clip x{sc['clip']:.2f}  "
                   f"cosine {sc['cosine']:+.2f}  contribution {sc['contribution']:+.3f}")

@@ -84,6 +84,7 @@ class ClientTotals(BaseModel):
     bytes_up: int | None
     bytes_down: int | None
     mean_update_norm: float | None
+    cluster: int | None = None     # a clustered run: the node's latest cluster
 
 
 class Rejection(BaseModel):

@@ -394,4 +394,8 @@ def describe(rc: Mapping[str, Any]) -> str:
     lines.append(f"  {len(steps) + 1}. {'validate':<11} CER and CTC loss of the candidate on the server's validation lines")
     lines.append(f"  {len(steps) + 2}. {server.gate.name:<11} {server.gate.describe()}")
     lines += [f"  {len(steps) + 3 + i}. {r.name:<11} {r.describe()}" for i, r in enumerate(server.reviewers)]
+    clustering = cluster.ClusterConfig.from_run_config(rc)
+    if clustering.active:
+        lines.append(f"clustered: {clustering.describe()}; the server runs the steps above on each cluster's "
+                     f"updates against that cluster's model")
     return "\n".join(lines)

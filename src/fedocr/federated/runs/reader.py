@@ -185,14 +185,14 @@ class RunReader:
                                                         "round>? AND round<=? GROUP BY step", run_id, after, upto)}
 
     def step_rows(self, run_id: str, after: int, upto: int) -> list[dict[str, Any]]:
-        """The records the run's totals use (privacy, anomaly scores, contribution), `info` parsed,
+        """The records the run's totals use (privacy, anomaly scores, contribution, clusters), `info` parsed,
         in the primary key's order (round, client), which needs no sort."""
         if not self._has("steps"):
             return []
         # Contributions count over applied rounds only, as report.json's run totals do: a rolled-back
         # round's updates never reached the model.
         rows = self._plain("SELECT round, client, step, info FROM steps WHERE run_id=? AND round>? AND round<=? "
-                           "AND (step = 'score' OR step LIKE 'dp-%' OR (step = 'contribution' AND round IN "
+                           "AND (step IN ('score', 'cluster') OR step LIKE 'dp-%' OR (step = 'contribution' AND round IN "
                            "(SELECT round FROM rounds WHERE run_id=? AND applied=1))) ORDER BY round, client, seq",
                            run_id, after, upto, run_id)
         try:   # one parse of all the records as one JSON array: several times faster than one per row

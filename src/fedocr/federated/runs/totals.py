@@ -45,6 +45,7 @@ class RunTotals:
     anomaly: dict[str, dict[str, Any]] = field(default_factory=dict)
     contribution: dict[str, dict[str, Any]] = field(default_factory=dict)
     contribution_server: dict[str, Any] | None = None
+    cluster: dict[str, int] = field(default_factory=dict)              # a clustered run: each node's latest
     rejections: list[dict[str, Any]] = field(default_factory=list)     # newest first
     flagged: list[dict[str, Any]] = field(default_factory=list)        # newest first
 
@@ -95,6 +96,8 @@ class RunTotals:
                 self.flagged.insert(0, {"round": row["round"], "client": client, "verdict": info.get("verdict"),
                                         "norm": info.get("norm"), "cosine": info.get("cosine"), "clip": info.get("clip")})
                 del self.flagged[LATEST:]
+        elif step == "cluster" and client != "*" and isinstance(info.get("cluster"), int):
+            self.cluster[client] = info["cluster"]
         elif step == "contribution":
             if client == "*":
                 self.contribution_server = dict(info)
@@ -112,8 +115,9 @@ class RunTotals:
     # -- the shapes the dashboard answers with ------------------------------------------------------
     def client_totals(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in c.items() if k not in ("norm_sum", "norm_n")}
-                | {"mean_update_norm": c["norm_sum"] / c["norm_n"] if c["norm_n"] else None}
-                for _, c in sorted(self.clients.items())]
+                | {"mean_update_norm": c["norm_sum"] / c["norm_n"] if c["norm_n"] else None,
+                   "cluster": self.cluster.get(name)}
+                for name, c in sorted(self.clients.items())]
 
     def anomaly_totals(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in a.items() if k != "cosine_sum"} | {"mean_cosine": a["cosine_sum"] / a["scored"]}

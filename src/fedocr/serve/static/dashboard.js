@@ -15,7 +15,7 @@ const TEXT = {
     overheadS: "Overhead s", lrShort: "LR", up: "Up", down: "Down", note: "Note", clientsIn: "Clients in round",
     client: "Client", reason: "Reason", examples: "Examples", norm: "Update norm", stepRecords: "Step records of this round",
     step: "Step", record: "Record", rejections: "Rejected and dropped updates", noRejections: "None so far.",
-    perClient: "Per client, over the run", contribution: "Each node's contribution (summed over rounds)",
+    perClient: "Per client, over the run", cluster: "Cluster", contribution: "Each node's contribution (summed over rounds)",
     shapley: "Shapley", ci: "95% interval", loo: "Leave-one-out", anomalies: "Anomaly flags (robust aggregation)",
     verdict: "Verdict", cosine: "Cosine", privacy: "Privacy spent per client", budget: "Budget",
     served: "Model served by the OCR service", makeLive: "Serve round", useRound: "Make live", chain: "Step chain",
@@ -44,7 +44,7 @@ const TEXT = {
     trainS: "训练秒", overheadS: "开销秒", lrShort: "学习率", up: "上传", down: "下载", note: "说明",
     clientsIn: "本轮客户端", client: "客户端", reason: "原因", examples: "样本数", norm: "更新范数",
     stepRecords: "本轮各步骤记录", step: "步骤", record: "记录", rejections: "被拒绝与掉线的更新", noRejections: "目前没有。",
-    perClient: "各客户端（整个运行）", contribution: "各节点贡献（各轮累计）", shapley: "Shapley 值", ci: "95% 区间",
+    perClient: "各客户端（整个运行）", cluster: "簇", contribution: "各节点贡献（各轮累计）", shapley: "Shapley 值", ci: "95% 区间",
     loo: "留一法", anomalies: "异常标记（鲁棒聚合）", verdict: "判定", cosine: "余弦", privacy: "各客户端隐私消耗",
     budget: "预算", served: "OCR 服务当前模型", makeLive: "上线轮次", useRound: "上线", chain: "步骤链",
     config: "运行配置", showConfig: "显示", final: "最终评估与审计",
@@ -281,7 +281,7 @@ function renderClients(d) {
   const eps = Object.fromEntries(d.privacy.map((p) => [p.client, p.epsilon]));
   fill("clients", d.clients.map((c) => row([cell(c.client), cell(c.rounds, "num"), cell(c.accepted, "num"),
                                             cell(c.rejected, "num"), cell(c.dropped, "num"), cell(mb(c.bytes_up), "num"),
-                                            cell(fmt(eps[c.client], 2), "num")])));
+                                            cell(fmt(eps[c.client], 2), "num"), cell(c.cluster ?? "–", "num")])));
 }
 
 function offNote(panelId, message) {
