@@ -27,13 +27,11 @@ from typing import Any
 
 import numpy as np
 from _common import print_table, spread, write_result
+from _federations import run_federation
 
 from fedocr.data.organisations import get_federation
-from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.federated.pipeline.cluster import adjusted_rand_index
-from fedocr.federated.sim.simulate import simulate
 
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 METHODS: dict[str, dict[str, Any]] = {"global": {}, "ifca": {"cluster.method": "ifca", "cluster.k": 2}}
 
 
@@ -43,17 +41,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict
     if cached.is_file():
         return json.loads(cached.read_text())
     run_dir = out / f"{method}-s{seed}"
-    start = {"base": {"initial-model": "auto"}, "scratch": {"initial-model": "scratch"},
-             "warm": {"initial-model": str(WARM_MINI), "lr": SCRATCH_LR, "charset": "mini"}}[args.start]
     settings = {**METHODS[method], **({"cluster.split-round": args.split_round} if method == "ifca" else {})}
-    cfg = FlConfig.from_run_config(
-        {"federation": args.preset, **start, "num-rounds": args.rounds, "lines-per-client": args.lines,
-         "test-lines": args.test_lines, "val-lines": 100, "fraction-train": 1.0, "min-accepted": 2,
-         "round-deadline-s": 1800.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
-         **settings})
-    report = simulate(cfg, printer=lambda s: print(f"  [{method} s{seed}] {s}", flush=True))
-    if report["status"] != "finished":
-        raise SystemExit(f"bench: {method} seed {seed}: run {report['status']}: {report.get('error')}")
+    report = run_federation(args.preset, args.start, args.rounds, args.lines, args.test_lines, seed, run_dir,
+                            settings, f"{method} s{seed}")
     final = report["final"]
     kind = "cluster" if method == "ifca" else "federated"
     result = {"own": {site: {method: c["own_test_cer"][kind], "local-only": c["own_test_cer"]["local_only"]}
