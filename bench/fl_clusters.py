@@ -54,6 +54,18 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict
     return result
 
 
+def moves(report: dict[str, Any]) -> int:
+    """How many times a node's cluster changed after the split (the server's `cluster` records)."""
+    last: dict[str, int] = {}
+    changed = 0
+    for rnd in report["rounds"]:
+        for rec in rnd["steps"]:
+            if rec["step"] == "cluster" and rec["client"] != "*" and "cluster" in rec and "losses" not in rec:
+                changed += rec["client"] in last and last[rec["client"]] != rec["cluster"]
+                last[rec["client"]] = rec["cluster"]
+    return changed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="hidden-groups-mini")
@@ -73,6 +85,7 @@ def main() -> int:
     runs = {(m, s): run_one(m, s, args, out) for m in METHODS for s in seeds}
     truth = {node.name: node.org for node in get_federation(args.preset).nodes}
     ari = {s: adjusted_rand_index(runs[("ifca", s)]["membership"] or {}, truth) for s in seeds}
+    moved = {s: moves(json.loads((out / f"ifca-s{s}" / "report.json").read_text())) for s in seeds}
 
     groups = sorted(set(truth.values()))
 
@@ -87,8 +100,8 @@ def main() -> int:
     print(f"\nown-test CER, mean over each kind's sites; median [min, max] over seeds {seeds}")
     print_table(["hidden kind", *kinds], [[g, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]"
                                                for k in kinds)] for g, c in table.items()])
-    print_table(["seed", "ARI", "membership"], [[s, f"{ari[s]:.3f}", json.dumps(runs[("ifca", s)]["membership"])]
-                                               for s in seeds])
+    print_table(["seed", "ARI", "moves after the split", "membership"],
+                [[s, f"{ari[s]:.3f}", moved[s], json.dumps(runs[("ifca", s)]["membership"])] for s in seeds])
     checks = {"ari_at_least_0_9_every_seed": all(a >= 0.9 for a in ari.values()),
               "ari_median_at_least_0_9": float(np.median(list(ari.values()))) >= 0.9,
               "cluster_own_below_global_every_kind": all(table[g]["ifca"]["median"] < table[g]["global"]["median"]
@@ -96,7 +109,8 @@ def main() -> int:
     seconds = {m: spread([float(np.median(runs[(m, s)]["seconds"])) for s in seeds]) for m in METHODS}
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
               "test_lines": args.test_lines, "split_round": args.split_round, "seeds": seeds, "truth": truth,
-              "ari": {str(s): a for s, a in ari.items()}, "table": table, "round_seconds": seconds,
+              "ari": {str(s): a for s, a in ari.items()}, "moves_after_split": {str(s): m for s, m in moved.items()},
+              "table": table, "round_seconds": seconds,
               "checks": checks, "command": " ".join(["bench/fl_clusters.py", *sys.argv[1:]])}
     path = write_result("fl_clusters", result)
     print(json.dumps(checks, indent=1))

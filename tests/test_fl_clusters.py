@@ -2,6 +2,7 @@
 the updates, membership per node per round in the run store, and what cannot combine with it."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,13 @@ from fastapi.testclient import TestClient
 from fedocr.cli import main
 from fedocr.data.organisations import get_federation
 from fedocr.federated import clusters
-from fedocr.federated.pipeline.build import validate_run_config
-from fedocr.federated.pipeline.cluster import adjusted_rand_index, pick, split
+from fedocr.federated.pipeline.build import build_server_chain, validate_run_config
+from fedocr.federated.pipeline.cluster import PICK, ClusterConfig, adjusted_rand_index, pick, split
 from fedocr.federated.pipeline.settings import StepConfigError
-from fedocr.federated.pipeline.types import Update
+from fedocr.federated.pipeline.types import StepRecord, Update
+from fedocr.federated.protocol import Received
+from fedocr.federated.rounds import screen
+from fedocr.federated.runs.store import ClientRecord
 from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
 from fedocr.serve.app import ServeConfig, create_app
@@ -60,16 +64,19 @@ def test_clustering_refuses_settings_it_cannot_honour() -> None:
     with pytest.raises(StepConfigError, match="cluster.method"):
         validate_run_config({"cluster.method": "kmeans"})
     for clash in ({"secure.method": "secagg+"}, {"server-momentum": 0.9}, {"personal.method": "ditto"},
-                  {"aggregate": "backbone"}, {"robust.rule": "trust"}, {"contribution.method": "loo"}):
-        with pytest.raises(StepConfigError, match="does not combine with cluster.method=ifca"):
+                  {"aggregate": "backbone"}, {"robust.rule": "trust"}, {"contribution.method": "loo"},
+                  {"dp.level": "client", "dp.clip": 1.0, "dp.noise-multiplier": 1.0}, {"compress.top-k": 0.1}):
+        key = "compress.error-feedback" if "compress.top-k" in clash else next(iter(clash))
+        with pytest.raises(StepConfigError, match=f"run config {key}: does not combine with cluster.method=ifca"):
             validate_run_config({"cluster.method": "ifca", **clash})
-    validate_run_config({"cluster.method": "ifca", "robust.rule": "median", "min-accepted": 3, "compress.top-k": 0.1})
+    validate_run_config({"cluster.method": "ifca", "robust.rule": "median", "min-accepted": 3, "compress.top-k": 0.1,
+                         "compress.error-feedback": False})
 
 
 def test_an_update_naming_a_cluster_the_run_lacks_is_refused_and_the_state_keeps_the_clusters(tmp_path: Path) -> None:
     w0, w1 = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
     state = ServerState.fresh(w0, "v1")
-    clusters.keep(state, {0: clusters.ClusterModel(w0, 0.4, 1.0), 1: clusters.ClusterModel(w1, 0.2, 0.8)}, 2)
+    clusters.keep(state, {0: clusters.ClusterModel(w0, 0.4, 1.0), 1: clusters.ClusterModel(w1, 0.2, 0.8)})
     assert state.committed_cer == 0.2 and state.weights is w1    # the best cluster stands for the run
     state.save(tmp_path)
     loaded = ServerState.load(tmp_path)
@@ -79,6 +86,28 @@ def test_an_update_naming_a_cluster_the_run_lacks_is_refused_and_the_state_keeps
     assert why is None and base["w"][0] == 1
     for bad in ({"cluster": 2.0}, {"cluster": 0.5}, {}):
         assert "the run has clusters 0-1" in str(clusters.trained_from(loaded, Update("x", {}, 1, bad))[1])
+    # the round screens it out with that reason, before any step sees it
+    got = screen(Received(ClientRecord("x", "7", False, None), Update("x", {"w": w1["w"]}, 1, {"cluster": 2.0})),
+                 build_server_chain({}), w0, 3, 0, {}, clusters.trained_from(loaded, Update("x", {}, 1, {"cluster": 2.0}))[1])
+    assert not got.record.accepted and "names cluster 2.0" in str(got.record.reason)
+
+
+def test_a_split_waits_for_k_groups_of_min_accepted_and_membership_is_the_servers_word() -> None:
+    updates, truth = _updates()
+    state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=2)
+    assert clusters.group(state, replace(config, split_round=2), updates, 1, 2) is None   # not due yet
+    waiting = clusters.group(state, config, updates[:3], 1, 2)        # 3 updates cannot make 2 groups of 2
+    assert waiting is not None and waiting.postponed and "split postponed" in waiting.postponed
+    alike = [Update(u.client, updates[0].tensors, 10) for u in updates]
+    assert clusters.group(state, config, alike, 1, 2).postponed       # nothing to tell them apart
+    grouping = clusters.group(state, config, updates, 1, 2)
+    assert grouping is not None and grouping.splits and not grouping.postponed
+    assert adjusted_rand_index(clusters.membership(grouping.records, 2), truth) == 1.0
+    # a node's own pick record, or an out-of-range evaluation pick, never makes it a member
+    claims = [StepRecord(PICK, "n0", {"cluster": 1, "losses": [2.0, 1.0]}),
+              StepRecord("evaluate", "n9", {"cluster": 7.0}), StepRecord("evaluate", "n8", {"cluster": 1.0})]
+    found = clusters.membership([*grouping.records, *claims], 2)
+    assert found["n0"] == 0 and "n9" not in found and found["n8"] == 1
 
 
 def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
@@ -93,10 +122,10 @@ def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
     assert adjusted_rand_index(membership, truth) == 1.0
     split_round, picked_round = (r["steps"] for r in report["rounds"])
     assert any(s["step"] == "cluster" and s.get("split") for s in split_round)
-    # round 2: each node scored both models on its lines and trained the one with the lower loss
-    picks = {s["client"]: s for s in picked_round if s["step"] == "cluster" and "losses" in s}
+    # round 2: the models had specialised: each node's own kind's model had the lower loss on its lines
+    picks = {s["client"]: s["losses"] for s in picked_round if s["step"] == PICK}
     assert set(picks) == set(truth)
-    assert all(len(s["losses"]) == 2 and s["cluster"] == int(np.argmin(s["losses"])) for s in picks.values())
+    assert all(losses[membership[node]] < losses[1 - membership[node]] for node, losses in picks.items())
     out = cfg.out_path()
     models = [load_checkpoint(out / f"cluster-{c}.pt") for c in (0, 1)]
     assert [m.provenance["cluster"] for m in models] == [0, 1]

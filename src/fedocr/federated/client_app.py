@@ -35,7 +35,7 @@ from fedocr.data.organisations import folder_data, get_federation, synthetic_org
 from fedocr.federated.pipeline.build import ClientChain, States, build_client_chain
 from fedocr.federated.sim.canaries import plant
 from fedocr.federated.sim.poison import poisoned
-from fedocr.federated.pipeline.cluster import STEP as CLUSTER, ClusterConfig, pick
+from fedocr.federated.pipeline.cluster import PICK, ClusterConfig, pick
 from fedocr.federated.pipeline.transforms import delta
 from fedocr.federated.pipeline.types import Update
 from fedocr.federated.pipeline.he import SECRET, HeConfig, decrypt, load_context
@@ -123,19 +123,18 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
     chain = build_client_chain(chain_config(context, cfg))
     path = state_path(context, cfg, name)
     states = load_node_state(path, task.run_id)
-    model = CRNN(task.model_config)
-    picked, losses = pick_cluster(cfg, task, data, charset)
-    start_w = chain.start_weights(task.clusters[picked] if losses else task.weights, states)
-    load_weights(model, start_w)
-
     lines = EncodedLines(data, charset)
-    train_started = time.time()
     recipe = local_train_config(cfg, len(lines), local_seed(cfg.seed, name, task.round), task.lr)
     sample_rate = min(1.0, recipe.batch_size / len(lines))
     settings, refusal = chain.prepare(states, task.round, len(lines), sample_rate, recipe.max_steps or 1)
     if refusal:  # e.g. its privacy budget is spent: the node says why instead of training
         save_node_state(path, task.run_id, states)
         return refuse(msg, task, name, mine, refusal)
+    picked, losses = pick_cluster(cfg, task, data, charset)
+    model = CRNN(task.model_config)
+    start_w = chain.start_weights(task.clusters[picked] if task.clusters else task.weights, states)
+    load_weights(model, start_w)
+    train_started = time.time()
     result = Trainer(model, charset, lines, dataclasses.replace(recipe, **settings), log=lambda _: None).fit()
     train_ended = time.time()
 
@@ -143,14 +142,14 @@ def handle_train(msg: Message, context: Context, overrides: dict[str, Any] | Non
         train_personal(cfg, chain, states, task, lines, charset, name)
     update = Update(name, delta(model_weights(model), start_w), len(lines),
                     {"train-loss": float(result.mean_loss), "train-steps": result.steps, "sample-rate": sample_rate})
-    if losses:   # IFCA: which of the k models this update trained, and why (a record in the run store)
-        update = update.noted(CLUSTER, cluster=picked, losses=losses)
+    if task.clusters:   # IFCA: which of the k models this update trained, and the losses it picked by
+        update = update.noted(PICK, cluster=picked, losses=losses)
     update = chain.run(update, task.round, cfg.seed, start_w, states, task.step_task())
     if states:
         save_node_state(path, task.run_id, states)
     metrics = {"train-loss": float(result.mean_loss), "train-steps": result.steps, "started": started,
                "train-started": train_started, "train-ended": train_ended, "ended": time.time(), "pid": os.getpid(),
-               **({"cluster": picked} if losses else {})}
+               **({"cluster": picked} if task.clusters else {})}
     if task.secure_keys is None:
         return reply(msg, reply_content(update, mine, metrics, task))
     missing = [k for k in task.secure_keys if k not in update.tensors]
@@ -251,11 +250,11 @@ def handle_evaluate(msg: Message, context: Context, overrides: dict[str, Any] | 
     chain = build_client_chain(chain_config(context, cfg))
     model = CRNN(task.model_config)
     states = load_node_state(state_path(context, cfg, name), task.run_id)
-    picked, losses = pick_cluster(cfg, task, node_data(context, cfg, charset)[1], charset) if task.clusters else (0, [])
-    load_weights(model, chain.personal_weights(task.clusters[picked] if losses else task.weights, states))
+    picked, _ = pick_cluster(cfg, task, node_data(context, cfg, charset)[1], charset)
+    load_weights(model, chain.personal_weights(task.clusters[picked] if task.clusters else task.weights, states))
     report = evaluate(torch_logits_fn(model), charset, held_out)
     metrics = {"cer": report.cer, "line-accuracy": report.line_accuracy, "lines": report.n,
-               **({"cluster": picked} if losses else {})}
+               **({"cluster": picked} if task.clusters else {})}
     if chain.personal():   # Ditto: the global model on the same lines, for the personal model's gain
         load_weights(model, task.weights)
         metrics["global-cer"] = evaluate(torch_logits_fn(model), charset, held_out).cer

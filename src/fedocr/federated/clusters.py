@@ -58,13 +58,16 @@ class Grouping:
     groups: dict[int, list[Update]]
     bases: dict[int, ClusterModel]
     records: list[StepRecord] = field(default_factory=list)
-    splits: bool = False
+    splits: bool = False          # this round's groups become the k clusters (if every one commits)
+    postponed: str | None = None  # why a due split waits: the round trains the one model
 
 
-def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], server_round: int) -> Grouping | None:
+def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], server_round: int,
+          min_accepted: int) -> Grouping | None:
     """The round's updates by cluster; at the split round (the first with clusters due and none
     yet) the updates' similarity decides, and every group starts from the shared model. None
-    while the run still trains one model."""
+    before the split round; a Grouping with `postponed` when the split is due but the round's
+    updates do not make k groups of `min_accepted` each (too few sampled, or all alike)."""
     found = models(state)
     if found:
         groups: dict[int, list[Update]] = {}
@@ -72,12 +75,17 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
             groups.setdefault(int(u.metrics["cluster"]), []).append(u)
         records = [StepRecord(STEP, u.client, {"cluster": int(u.metrics["cluster"])}) for u in updates]
         return Grouping(groups, {c: found[c] for c in groups}, records)
-    if not config.active or server_round < config.split_round or len(updates) < 2:
+    if not config.active or server_round < config.split_round:
         return None
     by_client = split(updates, config.k)
     groups = {}
     for u in updates:
         groups.setdefault(by_client[u.client], []).append(u)
+    sizes = sorted(len(g) for g in groups.values())
+    if len(groups) < config.k or sizes[0] < min_accepted:
+        why = (f"split postponed: {len(updates)} accepted update(s) made groups of {sizes}, the split needs "
+               f"{config.k} groups of at least min-accepted={min_accepted}")
+        return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why})], postponed=why)
     shared = ClusterModel(state.weights, state.committed_cer, state.committed_loss)
     records = [StepRecord(STEP, u.client, {"cluster": by_client[u.client], "split": True}) for u in updates]
     records.append(StepRecord(STEP, SERVER, {"split": True, "groups": {str(c): sorted(u.client for u in g)
@@ -85,22 +93,26 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
     return Grouping(groups, {c: shared for c in groups}, records, splits=True)
 
 
-def keep(state: ServerState, committed: dict[int, ClusterModel], k: int) -> None:
-    """Store the round's cluster models; at the split, a cluster no update reached gets the shared
-    model. The state's `weights` become the cluster model that validates best, so what reads one
-    model (round files, model.pt, a node outside every cluster) reads a trained one."""
-    current = {c: m for c, m in enumerate(models(state))} or {
-        c: ClusterModel(state.weights, state.committed_cer, state.committed_loss) for c in range(k)}
+def keep(state: ServerState, committed: dict[int, ClusterModel]) -> None:
+    """Store the round's committed cluster models (at the split: all k). The state's `weights`
+    become the cluster model that validates best on the server's lines, so what reads one model
+    (round files, model.pt, a node outside every cluster) reads a trained one."""
+    current = dict(enumerate(models(state)))
     current.update(committed)
     state.clusters = {str(c): m.to_state() for c, m in sorted(current.items())}
     best = min(current.values(), key=lambda m: float("inf") if m.cer is None else m.cer)
     state.weights, state.committed_cer, state.committed_loss = best.weights, best.cer, best.loss
 
 
-def membership(records: Sequence[StepRecord]) -> dict[str, int]:
-    """Each node's latest cluster, from the run's records in round order."""
-    latest: dict[str, int] = {}
+def membership(records: Sequence[StepRecord], k: int) -> dict[str, int]:
+    """Each node's cluster from the run's records in round order: where the server last aggregated
+    its update, or, for a node it never aggregated after the split, the cluster the node picked
+    in its latest federated evaluation (a pick outside 0..k-1 counts for nothing)."""
+    trained: dict[str, int] = {}
+    evaluated: dict[str, int] = {}
     for r in records:
         if r.step == STEP and r.client != SERVER and "cluster" in r.info:
-            latest[r.client] = int(r.info["cluster"])
-    return latest
+            trained[r.client] = int(r.info["cluster"])
+        elif r.step == "evaluate" and r.info.get("cluster") in range(k):
+            evaluated[r.client] = int(r.info["cluster"])
+    return {**evaluated, **trained}

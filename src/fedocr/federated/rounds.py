@@ -380,7 +380,11 @@ class FederatedServer:
         note = None
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
-        grouping = clusters.group(state, self.clustering, got.updates, rnd) if applied else None
+        grouping = clusters.group(state, self.clustering, got.updates, rnd, cfg.min_accepted) if applied else None
+        if grouping is not None and grouping.postponed:   # the round trains the one model
+            steps += grouping.records
+            self.print(f"round {rnd}: {grouping.postponed}")
+            grouping = None
         if grouping is not None:
             applied, note, more = self._apply_clusters(grouping, received, rnd, lr, cohort)
             steps += more
@@ -429,7 +433,9 @@ class FederatedServer:
     def _apply_clusters(self, grouping: clusters.Grouping, received: list[Received], rnd: int, lr: float,
                         cohort: Cohort) -> tuple[bool, str | None, list[StepRecord]]:
         """The server chain once per cluster: a cluster's model changes when at least `min-accepted`
-        of its nodes' updates passed and the gate commits. (applied, note, records)."""
+        of its nodes' updates passed and the gate commits. At the split every group must commit,
+        or the split waits (a cluster seeded with the shared model would never be picked).
+        (applied, note, records)."""
         committed: dict[int, clusters.ClusterModel] = {}
         notes, steps = [], list(grouping.records)
         for c, updates in sorted(grouping.groups.items()):
@@ -446,8 +452,11 @@ class FederatedServer:
                 self.state.steps = proposal.candidate.states
             else:
                 notes.append(f"cluster {c}: {proposal.verdict.reason}")
-        if committed or grouping.splits:
-            clusters.keep(self.state, committed, self.clustering.k)
+        if grouping.splits and len(committed) < len(grouping.groups):
+            notes.append("split postponed: not every group's model committed; the run keeps its one model")
+            committed = {}
+        elif committed:
+            clusters.keep(self.state, committed)
         load_weights(self.model, self.state.weights)
         note = "; ".join(notes) or None
         if note:
@@ -565,7 +574,8 @@ class FederatedServer:
         """Each node's latest cluster in a clustered run (empty before the split or without clustering)."""
         if not self.state.clusters:
             return {}
-        return clusters.membership([s for r in self.store.rounds(self.state.run_id) for s in r.steps])
+        return clusters.membership([s for r in self.store.rounds(self.state.run_id) for s in r.steps],
+                                   len(self.state.clusters))
 
     def contribution_summary(self) -> dict | None:
         """Each node's contribution summed over the applied rounds (a rolled-back round changed nothing)."""

@@ -361,26 +361,34 @@ def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
 
 
 def refuse_with_clusters(rc: Mapping[str, Any]) -> None:
-    """What cannot run with k cluster models: server state that belongs to one model, a sum that
-    hides which cluster an update trained, and parts of the model that are not shared."""
+    """What cannot run with k cluster models, each with its reason: the server must see each
+    node's update and which model it trained, server state must not belong to one model, and
+    the whole model must be shared."""
     if not cluster.ClusterConfig.from_run_config(rc).active:
         return
+    packed = CompressConfig.from_run_config(rc)
     why = {
-        "secure.method": secure.SecureConfig.from_run_config(rc).method != "none",
-        "dp.level": privacy.DpConfig.from_run_config(rc).level == "client",
-        "server-momentum": bool(MomentumConfig.from_run_config(rc).momentum),
-        "contribution.method": contribution.ContributionConfig.from_run_config(rc).method != "off",
-        "personal.method": personal.PersonalConfig.from_run_config(rc).method != "none",
-        "aggregate": AggregateConfig.from_run_config(rc).aggregate != "all",
+        "secure.method": (secure.SecureConfig.from_run_config(rc).method != "none",
+                          "the server sees only the sum of the updates, not which cluster each trained"),
+        "dp.level": (privacy.DpConfig.from_run_config(rc).level == "client",
+                     "client-level DP accounts one noised step per round, and a clustered round takes k"),
+        "server-momentum": (bool(MomentumConfig.from_run_config(rc).momentum),
+                            "FedAvgM's velocity belongs to one model"),
+        "contribution.method": (contribution.ContributionConfig.from_run_config(rc).method != "off",
+                                "contributions are scored against one model's validation"),
+        "personal.method": (personal.PersonalConfig.from_run_config(rc).method != "none",
+                            "Ditto pulls a personal model towards one global model"),
+        "aggregate": (AggregateConfig.from_run_config(rc).aggregate != "all",
+                      "a part of the model kept on the node does not follow it from cluster to cluster"),
+        "robust.rule": (robust.RobustConfig.from_run_config(rc).rule == "trust",
+                        "FLTrust's root update is trained from one model"),
+        "compress.error-feedback": (packed.top_k > 0 and packed.error_feedback,
+                                    "a node's Top-K residual would carry one cluster's update into "
+                                    "another's when the node moves: set compress.error-feedback=false"),
     }
-    if robust.RobustConfig.from_run_config(rc).rule == "trust":
-        why["robust.rule"] = True
-    for key, clash in why.items():
+    for key, (clash, reason) in why.items():
         if clash:
-            raise bad(key, "does not combine with cluster.method=ifca: the server aggregates each cluster's "
-                           "updates into its own model, so it must see each node's update and which cluster it "
-                           "trained, and keep no one-model state (momentum, a client-level DP accountant, a "
-                           "root model, contribution scores)")
+            raise bad(key, f"does not combine with cluster.method=ifca: {reason}")
 
 
 def describe(rc: Mapping[str, Any]) -> str:

@@ -11,11 +11,13 @@ pre-trained model never do. So the run starts as one federation, and at round `c
 the server splits the round's updates the way CFL does (Sattler et al. 2020, "Clustered
 Federated Learning", IEEE TNNLS, arXiv:1910.01991): by the cosine similarity of the updates,
 centred on their mean so the direction every node shares does not hide the ones that differ,
-into k groups (average-linkage, SciPy). Each group's FedAvg step seeds its cluster's model; from
-the next round on, the nodes choose (and may change) their cluster by loss.
+into k groups (average-linkage, SciPy). Each group's aggregate (the configured rule) seeds its
+cluster's model, once every group has `min-accepted` updates and commits (else the split waits
+for a later round); from the next round on, the nodes choose (and may change) their cluster by loss.
 
-Membership is the server's to know (IFCA reveals it by design): each node's choice and its
-losses are step records in the run store. This module is NumPy and SciPy only.
+Membership is the server's to know (IFCA reveals it by design): the server records where it
+aggregated each accepted update (`cluster`), and a node's own record of its losses is kept apart
+(`cluster-pick`), so a node cannot write itself into a cluster. This module is NumPy and SciPy only.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import Update
 
 METHODS = ("none", "ifca")
-STEP = "cluster"          # the name of its records in the run store
-PICKED = "cluster"        # the metric a node's reply names its cluster by
+STEP = "cluster"          # the server's records: where each accepted update was aggregated
+PICK = "cluster-pick"     # a node's own record: the k losses it picked by (its word, not membership)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,10 @@ def flat(update: Update, keys: Sequence[str]) -> np.ndarray:
 def split(updates: Sequence[Update], k: int) -> dict[str, int]:
     """Each update's group of k: average-linkage clustering of the centred updates by cosine
     distance. Groups are numbered in the order their first member appears by client name, so a
-    seed gives the same numbering. Fewer distinct updates than k give fewer groups."""
+    seed gives the same numbering. An update equal to the mean (nothing of its own) is at distance
+    1 from every other; fewer updates than k give fewer groups."""
     from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
 
     ordered = sorted(updates, key=lambda u: u.client)
     if len(ordered) < 2:
@@ -90,7 +94,9 @@ def split(updates: Sequence[Update], k: int) -> dict[str, int]:
     vectors -= vectors.mean(axis=0)
     norms = np.linalg.norm(vectors, axis=1)
     vectors /= np.where(norms > 0, norms, 1.0)[:, None]
-    labels = fcluster(linkage(vectors, method="average", metric="cosine"), t=k, criterion="maxclust")
+    distances = np.clip(1.0 - vectors @ vectors.T, 0.0, 2.0)
+    np.fill_diagonal(distances, 0.0)
+    labels = fcluster(linkage(squareform(distances, checks=False), method="average"), t=k, criterion="maxclust")
     renumber: dict[int, int] = {}
     return {u.client: renumber.setdefault(int(label), len(renumber)) for u, label in zip(ordered, labels)}
 
