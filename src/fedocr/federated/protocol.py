@@ -98,7 +98,7 @@ class TrainInstruction:
         return {**self.hints, "sampled": self.sampled}
 
 
-CLUSTER = "cluster-"   # records `cluster-1` ... `cluster-<k-1>`: a clustered run's other models
+OTHER_MODEL = "cluster-"   # records `cluster-1` ... `cluster-<k-1>`: a clustered run's other models
 
 
 def train_content(weights: Weights, model_config: ModelConfig, server_round: int, charset_version: str, lr: float,
@@ -112,7 +112,7 @@ def train_content(weights: Weights, model_config: ModelConfig, server_round: int
     if hints:
         content["hints"] = to_record(hints)
     for i, other in enumerate(others, 1):
-        content[f"{CLUSTER}{i}"] = to_record(other)
+        content[f"{OTHER_MODEL}{i}"] = to_record(other)
     return content
 
 
@@ -126,8 +126,8 @@ def read_train(content: RecordDict) -> TrainInstruction:
         config, weights, secure_keys = content["config"], from_record(content["global"]), None
     hints = from_record(content["hints"]) if "hints" in content.array_records else {}
     others = []
-    while f"{CLUSTER}{len(others) + 1}" in content.array_records:
-        others.append(from_record(content[f"{CLUSTER}{len(others) + 1}"]))
+    while f"{OTHER_MODEL}{len(others) + 1}" in content.array_records:
+        others.append(from_record(content[f"{OTHER_MODEL}{len(others) + 1}"]))
     return TrainInstruction(int(config["server-round"]), weights, model_config_from(config),
                             str(config["charset-version"]), float(config["lr"]) if "lr" in config else None,
                             str(config.get("run-id", "")), secure_keys, hints, str(config.get("global-digest", "")),
