@@ -1,7 +1,9 @@
 """One simulated federation of a benchmark comparing methods over seeds: every node every round,
-from the shipped base model, the warm tiny mini model of tests/data, or scratch."""
+from the shipped base model, the warm tiny mini model of tests/data, or scratch; the command-line
+options that choose it, and the folder its cached runs live in."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,32 @@ STARTS: dict[str, dict[str, Any]] = {
     "warm": {"initial-model": str(WARM_MINI), "lr": SCRATCH_LR, "charset": "mini"}}
 
 
-def run_federation(preset: str, start: str, rounds: int, lines: int, test_lines: int, seed: int, run_dir: Path,
-                   settings: dict[str, Any], label: str) -> dict[str, Any]:
+def add_federation_arguments(parser: argparse.ArgumentParser, preset: str, start: str, lines: int,
+                             out: Path) -> None:
+    """--preset, --start, --rounds, --lines, --test-lines, --seeds and --out, with these defaults."""
+    parser.add_argument("--preset", default=preset)
+    parser.add_argument("--start", choices=list(STARTS), default=start,
+                        help="base: the shipped model (full vocabulary); warm: the tiny mini model in tests/data")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lines", type=int, default=lines, help="lines-per-client")
+    parser.add_argument("--test-lines", type=int, default=100)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=out)
+
+
+def runs_folder(args: argparse.Namespace, suffix: str) -> Path:
+    """Where the cached runs of these settings live (created); `suffix` names the benchmark's own."""
+    out = (args.out / f"{args.preset}-{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}{suffix}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_federation(args: argparse.Namespace, seed: int, run_dir: Path, settings: dict[str, Any],
+                   label: str) -> dict[str, Any]:
     """The finished run's report (with the final table); a run that does not finish stops the benchmark."""
     cfg = FlConfig.from_run_config(
-        {"federation": preset, **STARTS[start], "num-rounds": rounds, "lines-per-client": lines,
-         "test-lines": test_lines, "val-lines": 100, "fraction-train": 1.0, "min-accepted": 2,
+        {"federation": args.preset, **STARTS[args.start], "num-rounds": args.rounds, "lines-per-client": args.lines,
+         "test-lines": args.test_lines, "val-lines": 100, "fraction-train": 1.0, "min-accepted": 2,
          "round-deadline-s": 1800.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
          **settings})
     report = simulate(cfg, printer=lambda s: print(f"  [{label}] {s}", flush=True))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from _common import print_table, spread, write_result
-from _federations import run_federation
+from _federations import add_federation_arguments, run_federation, runs_folder
 
 from fedocr.data.organisations import get_federation
 from fedocr.federated.pipeline.cluster import adjusted_rand_index
@@ -42,8 +42,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict
         return json.loads(cached.read_text())
     run_dir = out / f"{method}-s{seed}"
     settings = {**METHODS[method], **({"cluster.split-round": args.split_round} if method == "ifca" else {})}
-    report = run_federation(args.preset, args.start, args.rounds, args.lines, args.test_lines, seed, run_dir,
-                            settings, f"{method} s{seed}")
+    report = run_federation(args, seed, run_dir, settings, f"{method} s{seed}")
     final = report["final"]
     kind = "cluster" if method == "ifca" else "federated"
     result = {"own": {site: {method: c["own_test_cer"][kind], "local-only": c["own_test_cer"]["local_only"]}
@@ -68,20 +67,11 @@ def moves(report: dict[str, Any]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="hidden-groups-mini")
-    parser.add_argument("--start", choices=["base", "warm", "scratch"], default="warm",
-                        help="base: the shipped model (full vocabulary); warm: the tiny mini model in tests/data")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--lines", type=int, default=200, help="lines-per-client")
-    parser.add_argument("--test-lines", type=int, default=100)
+    add_federation_arguments(parser, "hidden-groups-mini", "warm", 200, Path("/tmp/fl-clusters"))
     parser.add_argument("--split-round", type=int, default=1)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/fl-clusters"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = (args.out / f"{args.preset}-{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}"
-                      f"-split{args.split_round}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = runs_folder(args, f"-split{args.split_round}")
     runs = {(m, s): run_one(m, s, args, out) for m in METHODS for s in seeds}
     truth = {node.name: node.org for node in get_federation(args.preset).nodes}
     ari = {s: adjusted_rand_index(runs[("ifca", s)]["membership"] or {}, truth) for s in seeds}

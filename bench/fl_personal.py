@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import print_table, spread, write_result
-from _federations import run_federation
+from _federations import add_federation_arguments, run_federation, runs_folder
 
 METHODS: dict[str, dict[str, Any]] = {
     "global": {}, "fedper": {"aggregate": "backbone"}, "fedbn": {"aggregate": "fedbn"},
@@ -44,8 +44,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict
         return json.loads(cached.read_text())
     run_dir = out / f"{method}-s{seed}"
     settings = {**METHODS[method], **({"personal.lambda": args.ditto_lambda} if method == "ditto" else {})}
-    report = run_federation(args.preset, args.start, args.rounds, args.lines, args.test_lines, seed, run_dir,
-                            settings, f"{method} s{seed}")
+    report = run_federation(args, seed, run_dir, settings, f"{method} s{seed}")
     clients = report["final"]["clients"]
     model_kind = "personalized" if method in PERSONAL else "federated"
     result = {org: {"own": {method: c["own_test_cer"][model_kind], "local-only": c["own_test_cer"]["local_only"]},
@@ -93,24 +92,15 @@ def checks(table: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="four-orgs")
-    parser.add_argument("--start", choices=["base", "warm", "scratch"], default="base",
-                        help="base: the shipped model (full vocabulary); warm: the tiny mini model in tests/data")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--lines", type=int, default=400, help="lines-per-client")
-    parser.add_argument("--test-lines", type=int, default=100)
+    add_federation_arguments(parser, "four-orgs", "base", 400, Path("/tmp/fl-personal"))
     parser.add_argument("--ditto-lambda", type=float, default=0.1)
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--out", type=Path, default=Path("/tmp/fl-personal"))
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := [m for m in methods if m not in METHODS]:
         parser.error(f"unknown methods: {unknown}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = (args.out / f"{args.preset}-{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}"
-                      f"-dl{args.ditto_lambda:g}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = runs_folder(args, f"-dl{args.ditto_lambda:g}")
     table = collect(methods, seeds, args, out)
     kinds = [*methods, "local-only"]
     for side in ("own", "others"):

@@ -33,10 +33,10 @@ from typing import Any
 
 import psutil
 from _common import print_table, simulated_run, write_result
+from _federations import WARM_MINI
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 PRESETS = {10: "many-clients-mini-10", 100: "many-clients-mini", 1000: "many-clients-mini-1000"}
 MiB = 2**20
 

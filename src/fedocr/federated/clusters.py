@@ -62,6 +62,14 @@ class Grouping:
     postponed: str | None = None  # why a due split waits: the round trains the one model
 
 
+def by_cluster(updates: Sequence[Update], assigned: dict[str, int]) -> dict[int, list[Update]]:
+    """The updates under the cluster each client is assigned to."""
+    groups: dict[int, list[Update]] = {}
+    for u in updates:
+        groups.setdefault(assigned[u.client], []).append(u)
+    return groups
+
+
 def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], server_round: int,
           min_accepted: int) -> Grouping | None:
     """The round's updates by cluster; at the split round (the first with clusters due and none
@@ -70,17 +78,13 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
     updates do not make k groups of `min_accepted` each (too few sampled, or all alike)."""
     found = models(state)
     if found:
-        groups: dict[int, list[Update]] = {}
-        for u in updates:
-            groups.setdefault(int(u.metrics["cluster"]), []).append(u)
+        groups = by_cluster(updates, {u.client: int(u.metrics["cluster"]) for u in updates})
         records = [StepRecord(STEP, u.client, {"cluster": int(u.metrics["cluster"])}) for u in updates]
         return Grouping(groups, {c: found[c] for c in groups}, records)
     if not config.active or server_round < config.split_round:
         return None
     by_client = split(updates, config.k)
-    groups = {}
-    for u in updates:
-        groups.setdefault(by_client[u.client], []).append(u)
+    groups = by_cluster(updates, by_client)
     sizes = sorted(len(g) for g in groups.values())
     if len(groups) < config.k or sizes[0] < min_accepted:
         why = (f"split postponed: {len(updates)} accepted update(s) made groups of {sizes}, the split needs "

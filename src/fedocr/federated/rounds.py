@@ -550,14 +550,14 @@ class FederatedServer:
             self.print(f"    {name}: held-out CER {answer[1]['cer']:.4f} on {answer[1].get('lines', 0):.0f} lines")
         return records
 
-    def final_phase(self) -> dict | None:
+    def final_phase(self, membership: dict[str, int]) -> dict | None:
         """After the last round. In simulation: the local-only and centralized baselines and the
         per-organisation table, on the last round's model (the same training compute). In a
-        deployment the table is the nodes' own federated evaluation of the last round."""
+        deployment the table is the nodes' own federated evaluation of the last round. `membership`:
+        a clustered run's node -> cluster (the simulated table scores each node's cluster model)."""
         if self.simulated and self.cfg.baselines:
             from fedocr.federated.sim.baselines import final_evaluation
 
-            membership = self.cluster_membership()
             return final_evaluation(self.cfg, self.out / f"round-{self.state.round}.pt", self.print,
                                     {node: self.out / f"cluster-{c}.pt" for node, c in membership.items()})
         rounds = self.store.rounds(self.state.run_id)
@@ -640,13 +640,13 @@ class FederatedServer:
                     if not client.accepted:
                         self.print(f"    {client.client}: {client.reason}")
             self._require_an_applied_round()
-            final = self.final_phase()
+            membership = self.cluster_membership()
+            final = self.final_phase(membership)
             contribution = self.contribution_summary()
             if contribution:
                 final = {**(final or {}), "contribution": contribution}
             if self.state.clusters:
-                final = {**(final or {}), "clusters": {"k": len(self.state.clusters),
-                                                        "membership": self.cluster_membership()}}
+                final = {**(final or {}), "clusters": {"k": len(self.state.clusters), "membership": membership}}
             if stopped:
                 final = {**(final or {}), "stopped": stopped}
             status, error = "finished", None
