@@ -82,14 +82,9 @@ def test_simulation_writes_report_with_baselines_rejects_bad_updates_and_keeps_t
     assert "rejected: non-finite" in capsys.readouterr().out
 
 
-def _rounds_in_store(store: Path) -> int:
-    if not store.is_file():
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=5) as db:
-            return int(db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
+def _committed_round(out: Path) -> int:
+    state = ServerState.load(out)   # written by atomic rename: never read half-written
+    return state.round if state is not None else 0
 
 
 @pytest.mark.slow
@@ -104,10 +99,11 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     started: dict[int, psutil.Process] = {}  # the SuperLink starts its runtimes detached: remember them by PID
     try:
         deadline = time.time() + 300
-        while _rounds_in_store(store) < 1 and proc.poll() is None and time.time() < deadline:
+        # A round is committed when the server state is saved, just after its store row.
+        while _committed_round(out) < 1 and proc.poll() is None and time.time() < deadline:
             started.update((c.pid, c) for c in psutil.Process(proc.pid).children(recursive=True))
             time.sleep(1)
-        assert _rounds_in_store(store) >= 1, (tmp_path / "first.log").read_text()[-3000:]
+        assert _committed_round(out) >= 1, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the server dies mid-run, like a crashed host
