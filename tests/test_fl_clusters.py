@@ -129,6 +129,9 @@ def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
     out = cfg.out_path()
     models = [load_checkpoint(out / f"cluster-{c}.pt") for c in (0, 1)]
     assert [m.provenance["cluster"] for m in models] == [0, 1]
+    changed = {s["cluster"]: r["round"] for r in report["rounds"] for s in r["steps"]   # a cluster's file is
+               if s["step"] == "cluster" and s.get("committed")}                         # written when it changes
+    assert [m.provenance["round"] for m in models] == [changed[0], changed[1]]
     assert all(r["applied"] for r in report["rounds"])
 
     # the operator sees the split and the members per round, in the CLI and on the dashboard

@@ -3,8 +3,13 @@ every request (a fake C library records the calls, so this process's allocator i
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from fedocr.serve import memory
+from fedocr.serve.engine import load_engine
 from fedocr.serve.memory import M_ARENA_MAX, M_MMAP_THRESHOLD, MMAP_THRESHOLD, MemoryTrimmer, tune_malloc
 
 
@@ -21,15 +26,30 @@ class FakeLibc:
         return 1
 
 
-def test_trims_after_work_at_most_once_per_interval(monkeypatch):
+def test_trims_after_work_at_most_once_per_interval_and_once_after_a_burst(monkeypatch):
     libc = FakeLibc()
     monkeypatch.setattr(memory, "_libc", lambda: libc)
+    released: list[float] = []
     trimmer = MemoryTrimmer(every_s=0.2)
-    assert trimmer.after_work() is True
-    assert [trimmer.after_work() for _ in range(50)] == [False] * 50    # a burst of requests: one trim
-    time.sleep(0.25)
-    assert trimmer.after_work() is True
-    assert libc.calls == [("malloc_trim", 0)] * 2
+    assert trimmer.after_work(lambda: released.append(time.monotonic())) is True
+    assert [trimmer.after_work() for _ in range(50)] == [False] * 50    # a burst of requests: one trim now ...
+    assert libc.calls == [("malloc_trim", 0)]
+    time.sleep(0.4)
+    assert libc.calls == [("malloc_trim", 0)] * 2     # ... and one when the interval is over, for its last request
+    assert len(released) == 2 and released[1] - released[0] >= 0.19   # the model's memory each time too
+    time.sleep(0.3)
+    assert trimmer.trims == 2                          # idle: nothing more
+
+
+def test_the_engine_hands_onnx_runtimes_arena_back_after_a_large_batch():
+    psutil = pytest.importorskip("psutil")
+    engine = load_engine(Path(__file__).parents[1] / "models" / "base.onnx", threads=1)
+    process = psutil.Process()
+    rng = np.random.default_rng(0)
+    engine.recognize([rng.integers(0, 255, (32, 700), dtype=np.uint8) for _ in range(32)])
+    held = process.memory_info().rss
+    engine.release_memory()
+    assert held - process.memory_info().rss > 30 * 2**20   # the batch's buffers, not kept for the next one
 
 
 def test_malloc_is_capped_at_two_arenas_and_large_buffers_are_mapped_alone(monkeypatch):

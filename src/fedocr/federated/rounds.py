@@ -166,6 +166,7 @@ class FederatedServer:
         self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
         self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)
         self.state = state or ServerState.fresh(model_weights(model), charset.version)
+        self._written_clusters: dict[int, Weights] = {}   # the cluster models last written to cluster-N.pt
         self.keys = self.chain.keys(self.state.weights)
         # HE: the settings and the server's public-only CKKS context (it cannot decrypt); None otherwise.
         self.he: tuple[he.HeConfig, object] | None = None
@@ -479,9 +480,11 @@ class FederatedServer:
         prov = provenance(kind="federated", run_id=state.run_id, round=rnd, federation=self.cfg.federation,
                           seed=self.cfg.seed, initial_model=self.init_desc, aggregate=self.cfg.aggregate)
         self._write_model(self.out / f"round-{rnd}.pt", prov)
-        for c, cluster in enumerate(clusters.models(state)):   # each cluster's latest committed model
-            load_weights(self.model, cluster.weights)
-            self._write_model(self.out / f"cluster-{c}.pt", {**prov, "cluster": c})
+        for c, cluster in enumerate(clusters.models(state)):   # each cluster's latest committed model ...
+            if self._written_clusters.get(c) is not cluster.weights:   # ... when it changed (or since a restart)
+                load_weights(self.model, cluster.weights)
+                self._write_model(self.out / f"cluster-{c}.pt", {**prov, "cluster": c})
+                self._written_clusters[c] = cluster.weights
         load_weights(self.model, state.weights)
         if record.val_cer is None:  # no meaningful server-side score (backbone mode): the latest round
             state.best_round = rnd

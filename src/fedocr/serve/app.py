@@ -214,7 +214,7 @@ def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto", st
     except TooManyLines as exc:  # found after segmentation, before any line was recognised
         raise BadImage(422, f"{name}: {exc}; split the image or ask for a higher --max-lines") from None
     finally:
-        state.trimmer.after_work()   # a refused or stopped page freed as much as a read one
+        state.trimmer.after_work(engine.release_memory)   # a refused or stopped page freed as much as a read one
     state.cache.put(key, page)
     return OcrResult.from_page(page, (time.perf_counter() - start) * 1000, version, False)
 

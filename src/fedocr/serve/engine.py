@@ -142,9 +142,13 @@ def default_threads() -> int:
 GRAPH_CLASSES = "graph-classes"   # added to the metadata read back: the class count the graph outputs
 
 
-def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, dict[str, str]]:
-    """An ONNX Runtime session as a LogitsFn, plus the file's metadata (and GRAPH_CLASSES when the
-    graph states its output size)."""
+def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, Callable[[], None], dict[str, str]]:
+    """An ONNX Runtime session as a LogitsFn; a `release` that hands the session's unused arena
+    memory back; and the file's metadata (with GRAPH_CLASSES when the graph states its output size).
+
+    The arena keeps the buffers of the largest run so far. Without it RSS stays flat but runs took
+    2.4x as long, and shrinking it after every run 1.2-1.3x (batches shaped like the server's), so
+    the server's MemoryTrimmer calls `release` about once a second: one tiny run with shrinkage on."""
     ort = onnxruntime_module()  # with its telemetry off
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
@@ -165,7 +169,16 @@ def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, di
     def run(images: np.ndarray, widths: np.ndarray) -> np.ndarray:
         return session.run([OUTPUT_NAME], {"images": images, "widths": widths})[0]
 
-    return run, metadata
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    height = session.get_inputs()[0].shape[2]
+    tiny = {"images": np.zeros((1, 1, height if isinstance(height, int) else 32, WIDTH_STRIDE), np.float32),
+            "widths": np.full((1,), WIDTH_STRIDE, np.int64)}
+
+    def release() -> None:
+        session.run([OUTPUT_NAME], tiny, shrink)   # frees the arena's chunks no run is using
+
+    return run, release, metadata
 
 
 def plan_batches(widths: Sequence[int], batching: Batching = Batching()) -> list[list[int]]:
@@ -214,8 +227,9 @@ class Engine:
     """A loaded model: recognise lines and whole pages. Thread-safe; load once, share."""
 
     def __init__(self, logits_fn: LogitsFn, charset: Charset, info: ModelInfo, batching: Batching | None = None,
-                 segment: SegmentConfig | None = None) -> None:
+                 segment: SegmentConfig | None = None, release_memory: Callable[[], None] | None = None) -> None:
         self.logits_fn, self.charset, self.info = logits_fn, charset, info
+        self.release_memory = release_memory   # hands the runtime's cached buffers back (None: nothing to hand)
         self.batching = batching or Batching()
         self.segment = segment or SegmentConfig()
 
@@ -328,7 +342,7 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
             raise ModelLoadError(str(exc)) from None
     version = file_digest(path)[:12]
     if path.suffix == ".onnx":
-        logits_fn, meta = onnx_logits_fn(path, threads)
+        logits_fn, release, meta = onnx_logits_fn(path, threads)
         if meta.get("format") != FORMAT:
             raise ModelLoadError(f"{path}: ONNX file without fedocr metadata; export it with `fedocr export`")
         try:
@@ -342,7 +356,8 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
                                  f"{len(charset)} (blank included): mismatched metadata")
         info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
                          config, provenance)
-        return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()))
+        return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()),
+                      release_memory=release)
     if threads:
         import torch
 
