@@ -52,10 +52,13 @@ def test_adjusted_rand_index_ignores_labels_and_scores_chance_below_zero() -> No
         adjusted_rand_index({"a": 0}, {"a": "x"})
 
 
-def test_a_node_picks_the_lowest_loss_and_refuses_nan() -> None:
+def test_a_node_picks_the_lowest_finite_loss_and_refuses_when_none_is() -> None:
     assert pick([3.0, 1.5, 2.0]) == 1 and pick([1.0, 1.0]) == 0
+    assert pick([float("nan"), 2.0, float("inf")]) == 1   # a diverged cluster model is passed over
     with pytest.raises(ValueError, match="cannot pick"):
-        pick([1.0, float("nan")])
+        pick([float("nan"), float("inf")])
+    with pytest.raises(ValueError, match="cannot pick"):
+        pick([])
 
 
 def test_clustering_refuses_settings_it_cannot_honour() -> None:

@@ -65,11 +65,12 @@ class ClusterConfig(StepConfig):
 
 
 def pick(losses: Sequence[float]) -> int:
-    """IFCA's cluster estimate: the model with the lowest loss on the node's lines (the first on a tie)."""
+    """IFCA's cluster estimate: the model with the lowest loss on the node's lines (the first on a
+    tie). A model whose loss is not finite (one that diverged) is never picked while another is."""
     values = np.asarray(losses, dtype=np.float64)
-    if values.size == 0 or not np.all(np.isfinite(values)):
+    if not np.any(np.isfinite(values)):
         raise ValueError(f"cannot pick a cluster from losses {list(losses)}")
-    return int(np.argmin(values))
+    return int(np.argmin(np.where(np.isfinite(values), values, np.inf)))
 
 
 def flat(update: Update, keys: Sequence[str]) -> np.ndarray:
