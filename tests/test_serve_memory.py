@@ -30,8 +30,8 @@ def test_trims_after_work_at_most_once_per_interval_and_once_after_a_burst(monke
     libc = FakeLibc()
     monkeypatch.setattr(memory, "_libc", lambda: libc)
     released: list[float] = []
-    trimmer = MemoryTrimmer(every_s=0.2)
-    assert trimmer.after_work(lambda: released.append(time.monotonic())) is True
+    trimmer = MemoryTrimmer(every_s=0.2, release=lambda: released.append(time.monotonic()))
+    assert trimmer.after_work() is True
     assert [trimmer.after_work() for _ in range(50)] == [False] * 50    # a burst of requests: one trim now ...
     assert libc.calls == [("malloc_trim", 0)]
     time.sleep(0.4)
@@ -39,6 +39,22 @@ def test_trims_after_work_at_most_once_per_interval_and_once_after_a_burst(monke
     assert len(released) == 2 and released[1] - released[0] >= 0.19   # the model's memory each time too
     time.sleep(0.3)
     assert trimmer.trims == 2                          # idle: nothing more
+
+
+def test_a_failing_release_is_logged_not_raised_and_a_closed_trimmer_stops(monkeypatch, caplog):
+    libc = FakeLibc()
+    monkeypatch.setattr(memory, "_libc", lambda: libc)
+
+    def broken() -> None:
+        raise RuntimeError("no run")
+
+    trimmer = MemoryTrimmer(every_s=0.2, release=broken)
+    assert trimmer.after_work() is True                # the request that ended here is not failed by it
+    assert "no run" in caplog.text and libc.calls == [("malloc_trim", 0)]
+    assert trimmer.after_work() is False               # too soon: a trim is scheduled ...
+    trimmer.close()                                    # ... and cancelled by a server shutting down
+    time.sleep(0.35)
+    assert trimmer.trims == 1 and trimmer.after_work() is False
 
 
 def test_the_engine_hands_onnx_runtimes_arena_back_after_a_large_batch():

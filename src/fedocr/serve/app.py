@@ -214,9 +214,22 @@ def _recognise(state: State, data: bytes, name: str, layout: Layout = "auto", st
     except TooManyLines as exc:  # found after segmentation, before any line was recognised
         raise BadImage(422, f"{name}: {exc}; split the image or ask for a higher --max-lines") from None
     finally:
-        state.trimmer.after_work(engine.release_memory)   # a refused or stopped page freed as much as a read one
+        state.trimmer.after_work()   # a refused or stopped page freed as much as a read one
     state.cache.put(key, page)
     return OcrResult.from_page(page, (time.perf_counter() - start) * 1000, version, False)
+
+
+def _release_model_memory(slot: ModelSlot | None) -> Callable[[], None] | None:
+    """What the trimmer calls to hand back the live model's cached buffers (read at each trim, so
+    a replaced model is never kept alive for it)."""
+    if slot is None:
+        return None
+
+    def release() -> None:
+        engine = slot.engine
+        if engine.release_memory is not None:
+            engine.release_memory()
+    return release
 
 
 async def _read(upload: UploadFile, limits: Limits) -> bytes:
@@ -238,8 +251,8 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
         model = slot or (ModelSlot(config.model, config.threads, config.prefer_onnx, config.trust,
                                    SharedModel(config.shared_model) if config.shared_model else None)
                          if config.model else None)
-        state = State(config, model,
-                      ResultCache(config.cache_size), anyio.CapacityLimiter(config.workers), time.time())
+        state = State(config, model, ResultCache(config.cache_size), anyio.CapacityLimiter(config.workers),
+                      time.time(), trimmer=MemoryTrimmer(release=_release_model_memory(model)))
         app.state.fedocr = state
         pollers = []
         if model is not None and config.watch_s > 0:
@@ -251,6 +264,7 @@ def create_app(config: ServeConfig, slot: ModelSlot | None = None) -> FastAPI:
         finally:
             for poller in pollers:
                 poller.cancel()
+            state.trimmer.close()
 
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served by this app, not from a CDN.
     app = FastAPIOffline(title="fedocr", version=__version__, lifespan=lifespan,

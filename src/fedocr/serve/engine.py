@@ -29,7 +29,7 @@ from fedocr.export import FORMAT, OUTPUT_NAME, file_digest, onnxruntime_module
 from fedocr.model.signature import SignatureError, verify_file
 from fedocr.model import Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, torch_logits_fn
 from fedocr.model.checkpoint import CheckpointError
-from fedocr.model.config import WIDTH_STRIDE
+from fedocr.model.config import INPUT_HEIGHT, WIDTH_STRIDE
 from fedocr.serve.segment import Layout, LineCrop, SegmentConfig, TooManyLines, split_lines
 
 Backend = Literal["onnx", "torch"]
@@ -171,8 +171,7 @@ def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, Ca
 
     shrink = ort.RunOptions()
     shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    height = session.get_inputs()[0].shape[2]
-    tiny = {"images": np.zeros((1, 1, height if isinstance(height, int) else 32, WIDTH_STRIDE), np.float32),
+    tiny = {"images": np.zeros((1, 1, INPUT_HEIGHT, WIDTH_STRIDE), np.float32),
             "widths": np.full((1,), WIDTH_STRIDE, np.int64)}
 
     def release() -> None:
@@ -354,6 +353,10 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
         if GRAPH_CLASSES in meta and int(meta[GRAPH_CLASSES]) != len(charset):
             raise ModelLoadError(f"{path}: the graph outputs {meta[GRAPH_CLASSES]} classes but its charset has "
                                  f"{len(charset)} (blank included): mismatched metadata")
+        try:
+            release()   # a graph that cannot take its input fails here, at load, not after a user's request
+        except Exception as exc:  # ORT raises its own exception types
+            raise ModelLoadError(f"{path}: the graph does not run on a one-line input ({type(exc).__name__})") from exc
         info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
                          config, provenance)
         return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()),

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("fedocr.serve")
 
 M_ARENA_MAX = -8         # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -44,36 +47,54 @@ def tune_malloc(arenas: int = 2) -> bool:
 class MemoryTrimmer:
     """`after_work()` returns freed memory to the system at most every `every_s`: a trim walks
     every arena, so doing it after each of hundreds of requests a second would cost. A call that
-    comes too soon schedules one trim for when the interval is over, so the memory of a burst's
-    last request is handed back too, not kept until the next request."""
+    comes too soon (or while a trim runs) schedules one trim for when the interval is over, so the
+    memory of a burst's last request is handed back too, not kept until the next request.
 
-    def __init__(self, every_s: float = 1.0) -> None:
-        self.every_s, self._libc = every_s, _libc()
+    `release` hands back memory the C library's trim cannot reach (the current model's); it is
+    asked at each trim, so a trim never keeps a replaced model alive. A failing `release` is
+    logged and skipped: memory hygiene must never fail a request."""
+
+    def __init__(self, every_s: float = 1.0, release: Callable[[], None] | None = None) -> None:
+        self.every_s, self._libc, self._release = every_s, _libc(), release
         self._last, self._lock = 0.0, threading.Lock()
-        self._release: Callable[[], None] | None = None
         self._pending: threading.Timer | None = None
         self._schedule_lock = threading.Lock()
+        self._closed = False
         self.trims = 0
 
-    def after_work(self, release: Callable[[], None] | None = None) -> bool:
-        """Trim if it is time, else make sure a trim follows; `release` hands back memory the
-        C library's trim cannot reach (the model's). Returns whether this call trimmed."""
-        if release is not None:
-            self._release = release
-        if self._libc is None and self._release is None:
+    def after_work(self) -> bool:
+        """Trim if it is time, else make sure a trim follows. Returns whether this call trimmed."""
+        if self._closed or (self._libc is None and self._release is None):
             return False
         wait = self._last + self.every_s - time.monotonic()
-        if wait > 0:
-            self._schedule(wait)
+        if wait > 0 or not self._trim():
+            self._schedule(max(wait, 0.0) or self.every_s)
             return False
-        return self._trim()
+        return True
+
+    def close(self) -> None:
+        """No more trims (a server shutting down): cancel the scheduled one, wait for a running one."""
+        with self._schedule_lock:
+            self._closed = True
+            if self._pending is not None:
+                self._pending.cancel()
+        with self._lock:
+            pass
 
     def _schedule(self, wait: float) -> None:
         with self._schedule_lock:
-            if self._pending is None or not self._pending.is_alive():
-                self._pending = threading.Timer(wait, self._trim)
+            if not self._closed and self._pending is None:
+                self._pending = threading.Timer(wait, self._deferred)
                 self._pending.daemon = True
                 self._pending.start()
+
+    def _deferred(self) -> None:
+        with self._schedule_lock:
+            self._pending = None   # from here on, work that finishes schedules the next trim
+            if self._closed:
+                return
+        if not self._trim():
+            self._schedule(self.every_s)
 
     def _trim(self) -> bool:
         if not self._lock.acquire(blocking=False):
@@ -81,7 +102,10 @@ class MemoryTrimmer:
         try:
             self._last = time.monotonic()
             if self._release is not None:
-                self._release()
+                try:
+                    self._release()
+                except Exception as exc:   # e.g. ONNX Runtime refusing the run
+                    log.warning("releasing the model's memory failed: %s", exc)
             if self._libc is not None:
                 self._libc.malloc_trim(0)
             self.trims += 1
