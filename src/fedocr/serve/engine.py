@@ -146,9 +146,9 @@ def onnx_logits_fn(path: Path, threads: int | None = None) -> tuple[LogitsFn, Ca
     """An ONNX Runtime session as a LogitsFn; a `release` that hands the session's unused arena
     memory back; and the file's metadata (with GRAPH_CLASSES when the graph states its output size).
 
-    The arena keeps the buffers of the largest run so far. Without it RSS stays flat but runs took
-    2.4x as long, and shrinking it after every run 1.2-1.3x (batches shaped like the server's), so
-    the server's MemoryTrimmer calls `release` about once a second: one tiny run with shrinkage on."""
+    The arena keeps the buffers of the largest run so far. Turning it off, or shrinking it after
+    every run, makes every run slower; so the server's MemoryTrimmer calls `release` about once a
+    second instead: one tiny run with shrinkage on."""
     ort = onnxruntime_module()  # with its telemetry off
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
@@ -356,10 +356,6 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
         if GRAPH_CLASSES in meta and int(meta[GRAPH_CLASSES]) != len(charset):
             raise ModelLoadError(f"{path}: the graph outputs {meta[GRAPH_CLASSES]} classes but its charset has "
                                  f"{len(charset)} (blank included): mismatched metadata")
-        try:
-            release()   # a graph that cannot take its input fails here, at load, not after a user's request
-        except Exception as exc:  # ORT raises its own exception types
-            raise ModelLoadError(f"{path}: the graph does not run on a one-line input ({type(exc).__name__})") from exc
         info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
                          config, provenance)
         return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()),

@@ -67,8 +67,11 @@ class MemoryTrimmer:
         if self._closed or (self._libc is None and self._release is None):
             return False
         wait = self._last + self.every_s - time.monotonic()
-        if wait > 0 or not self._trim():
-            self._schedule(max(wait, 0.0) or self.every_s)
+        if wait > 0:
+            self._schedule(wait)
+            return False
+        if not self._trim():   # another trim is running: make sure one follows it
+            self._schedule(self.every_s)
             return False
         return True
 
