@@ -13,7 +13,9 @@ fl_compress_base.json for `--federation three-orgs`, from the shipped base model
 
 Settings: dense fp32, fp16, int8 (per-tensor scale), Top-10% and Top-1% with and without error
 feedback (their kept values sent as fp16), and periodic synchronisation: 3 local epochs between
-uploads for a third of the rounds (the same local compute as 1 epoch per round). Every setting
+uploads for a third of the rounds (the same local compute as 1 epoch per round). The `(SGD global)`
+rows repeat Top-K with SGD clients (momentum 0.9) and k of all tensors together, against dense
+SGD; the table's last column is the share of the delta's squared norm Top-K kept. Every setting
 runs with each seed; the table shows the median and [min, max] over seeds. Runs are cached in
 the --out folder, so an interrupted benchmark resumes where it stopped.
 
@@ -44,6 +46,7 @@ from fedocr.model.shipped import base_checkpoint
 # past CTC's all-blank plateau, as any federation that starts from a trained model is.
 WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 THREE_ORGS = 3  # both federations here: three organisations, every one sampled each round
+SGD_LR = 0.1  # SGD with momentum 0.9: the best of 0.05, 0.1 and 0.3 (dense, seed 0) from the warm mini model
 TOP_K_VALUES = {"compress.quantize": "fp16"}  # Top-K rows send their kept values as float16
 SETTINGS: dict[str, dict[str, Any]] = {
     "dense fp32": {},
@@ -58,6 +61,25 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "top-1% + EF + warm-up 2": {"compress.top-k": 0.01, "compress.warmup-rounds": 2, **TOP_K_VALUES},
     "sync every 3 epochs": {"sync": 3},
 }
+# Top-K with the client optimizer it was made for. AdamW scales every coordinate's step to about
+# its rate, so a local round moves all weights alike and the largest 10% hold little of the
+# delta; SGD's delta is heavy-tailed (the top-k step records the share it kept as
+# `kept_energy`). These rows compare with dense SGD, and keep k of all tensors together.
+SGD = {"client-optimizer": "sgd", "lr": SGD_LR}
+SETTINGS |= {
+    "dense fp32 (SGD)": SGD,
+    "top-10% + EF (SGD global)": {**SGD, "compress.top-k": 0.1, "compress.scope": "global", **TOP_K_VALUES},
+    "top-10% no EF (SGD global)": {**SGD, "compress.top-k": 0.1, "compress.scope": "global",
+                                  "compress.error-feedback": False, **TOP_K_VALUES},
+    "top-1% + EF (SGD global)": {**SGD, "compress.top-k": 0.01, "compress.scope": "global", **TOP_K_VALUES},
+    "top-1% no EF (SGD global)": {**SGD, "compress.top-k": 0.01, "compress.scope": "global",
+                                 "compress.error-feedback": False, **TOP_K_VALUES},
+}
+
+
+def reference(name: str) -> str:
+    """The dense run a setting is compared with: the same client optimizer, uncompressed."""
+    return "dense fp32 (SGD)" if SETTINGS[name].get("client-optimizer") == "sgd" else "dense fp32"
 
 
 def slug(name: str) -> str:
@@ -92,6 +114,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
               "bytes_up_per_client_round": statistics.median(up), "bytes_up_total": sum(up),
               "bytes_up_mean_per_client_round": statistics.mean(up),
               "bytes_down_per_client_round": statistics.median(c["bytes_down"] for r in rounds for c in r["clients"]),
+              "kept_energy": kept_energy(rounds),
               "val_cer": [r["val_cer"] for r in rounds],
               "own_test_cer": statistics.mean(s[0] for s in scores.values()),
               "others_test_cer": statistics.mean(s[1] for s in scores.values()),
@@ -99,6 +122,12 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
               "seconds": time.time() - started}
     cached.write_text(json.dumps(result, indent=1))
     return result
+
+
+def kept_energy(rounds: list[dict[str, Any]]) -> float | None:
+    """Median over client-rounds of the share of the delta's squared norm that Top-K kept."""
+    shares = [s["kept_energy"] for r in rounds for s in r.get("steps", []) if s["step"] == "top-k" and "kept_energy" in s]
+    return statistics.median(shares) if shares else None
 
 
 def mean_bytes_up(run: dict[str, Any]) -> float:
@@ -132,9 +161,10 @@ def rounds_to_reach(val_cer: list[float], target: float) -> int | None:
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    dense = {r["seed"]: r for r in runs["dense fp32"]}
     rows: dict[str, dict[str, Any]] = {}
     for name, results in runs.items():
+        dense_name = reference(name)
+        dense = {r["seed"]: r for r in runs[dense_name]}
         reach = [rounds_to_reach(r["val_cer"], dense[r["seed"]]["val_cer"][-1]) for r in results]
         epochs = [None if n is None else n * r["local_epochs"] for n, r in zip(reach, results)]
 
@@ -145,8 +175,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
                       "others_test_cer": spread([r["others_test_cer"] for r in results]),
                       "rounds_to_dense_final_val_cer": spread(reach), "local_epochs_to_dense_final_val_cer":
                           spread(epochs), "rounds": results[0]["rounds"], "local_epochs": results[0]["local_epochs"],
-                      "never_reached": sum(n is None for n in reach)}
-        dense_row = rows.get("dense fp32")
+                      "never_reached": sum(n is None for n in reach), "compared_with": dense_name}
+        energy = [r["kept_energy"] for r in results if r.get("kept_energy") is not None]
+        if energy:
+            rows[name]["kept_energy"] = spread(energy)
+        dense_row = rows.get(dense_name)
         if dense_row:
             rows[name]["bytes_ratio_vs_dense"] = (dense_row["bytes_up_mean_per_client_round"]["median"]
                                                   / rows[name]["bytes_up_mean_per_client_round"]["median"])
@@ -162,19 +195,24 @@ def checks(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return r["bytes_ratio_vs_dense"] >= factor and r["relative_own_cer_change"]["median"] <= loss
 
     # None: the settings a target needs were not run (every seed) in this benchmark.
-    out: dict[str, Any] = {"top10_ef_10x_fewer_bytes_within_5pct_cer": None,
-                           "top1_ef_50x_fewer_bytes_within_15pct_cer": None, "error_feedback_better_at_1pct": None}
-    if {"top-10% + EF", "dense fp32"} <= rows.keys():
-        out["top10_ef_10x_fewer_bytes_within_5pct_cer"] = ok("top-10% + EF", 10, 0.05)
-    if {"top-1% + EF", "dense fp32"} <= rows.keys():
-        out["top1_ef_50x_fewer_bytes_within_15pct_cer"] = ok("top-1% + EF", 50, 0.15)
-    if {"top-10% + EF", "top-10% no EF"} <= rows.keys():
-        ef, no = rows["top-10% + EF"]["own_test_cer"], rows["top-10% no EF"]["own_test_cer"]
-        out["error_feedback_better_at_10pct_every_seed"] = all(a < b for a, b in zip(ef["values"], no["values"]))
-    if {"top-1% + EF", "top-1% no EF"} <= rows.keys():
-        ef, no = rows["top-1% + EF"]["own_test_cer"], rows["top-1% no EF"]["own_test_cer"]
-        out["error_feedback_better_at_1pct"] = ef["median"] < no["median"]
-        out["error_feedback_better_at_1pct_every_seed"] = all(a < b for a, b in zip(ef["values"], no["values"]))
+    # One set of checks per client optimizer (the AdamW keys keep their first names).
+    out: dict[str, Any] = {}
+    for suffix, tag in (("", ""), (" (SGD global)", "_sgd_global")):
+        top10, top1 = f"top-10% + EF{suffix}", f"top-1% + EF{suffix}"
+        top10_no, top1_no = f"top-10% no EF{suffix}", f"top-1% no EF{suffix}"
+        out[f"top10_ef_10x_fewer_bytes_within_5pct_cer{tag}"] = ok(top10, 10, 0.05) if top10 in rows else None
+        out[f"top1_ef_50x_fewer_bytes_within_15pct_cer{tag}"] = ok(top1, 50, 0.15) if top1 in rows else None
+        out[f"error_feedback_better_at_1pct{tag}"] = None
+        if {top10, top10_no} <= rows.keys():
+            ef, no = rows[top10]["own_test_cer"], rows[top10_no]["own_test_cer"]
+            out[f"error_feedback_better_at_10pct_every_seed{tag}"] = all(a < b for a, b in zip(ef["values"], no["values"]))
+        if {top1, top1_no} <= rows.keys():
+            ef, no = rows[top1]["own_test_cer"], rows[top1_no]["own_test_cer"]
+            out[f"error_feedback_better_at_1pct{tag}"] = ef["median"] < no["median"]
+            out[f"error_feedback_better_at_1pct_every_seed{tag}"] = all(a < b for a, b in zip(ef["values"], no["values"]))
+    if {"dense fp32", "dense fp32 (SGD)"} <= rows.keys():  # what choosing SGD costs before any compression
+        adamw, sgd = rows["dense fp32"]["own_test_cer"], rows["dense fp32 (SGD)"]["own_test_cer"]
+        out["dense_sgd_vs_dense_adamw_own_cer"] = sgd["median"] / max(adamw["median"], 1e-9)
     return out
 
 
@@ -186,7 +224,7 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
         return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if isinstance(m, float) else f"{m} [{lo}, {hi}]"
 
     headers = ["setting", "rounds x epochs", "KB up/client/round", "x fewer", "own-test CER", "rel. to dense",
-               "others'-test CER", "rounds to dense final"]
+               "others'-test CER", "rounds to dense final", "energy kept"]
     body = []
     for name, r in rows.items():
         body.append([name, f"{r['rounds']} x {r['local_epochs']:g}",
@@ -194,7 +232,8 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
                      f"{r.get('bytes_ratio_vs_dense', float('nan')):.1f}", fmt(r["own_test_cer"]),
                      fmt(r["relative_own_cer_change"], 2) if "relative_own_cer_change" in r else "-",
                      fmt(r["others_test_cer"]), fmt(r["rounds_to_dense_final_val_cer"], 0)
-                     + (f" ({r['never_reached']} never)" if r["never_reached"] else "")])
+                     + (f" ({r['never_reached']} never)" if r["never_reached"] else ""),
+                     fmt(r["kept_energy"], 2) if "kept_energy" in r else "-"])
     print_table(headers, body)
 
 
@@ -213,8 +252,8 @@ def main() -> int:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
-    if "dense fp32" not in names:
-        names.insert(0, "dense fp32")  # every comparison is against it
+    for dense in sorted({reference(n) for n in names} - set(names), reverse=True):
+        names.insert(0, dense)  # every comparison is against the dense run of its optimizer
     variant = args.federation + ("-warm" if args.start == "warm" and args.federation == "three-orgs-mini" else "")
     out = (args.out / variant).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ import pytest
 from fedocr.federated.config import ConfigError, FlConfig
 from fedocr.federated.node_state import load_node_state, save_node_state
 from fedocr.federated.pipeline.build import build_client_chain, build_server_chain, describe, step_rng
-from fedocr.federated.pipeline.compress import CompressConfig, Decode, Quantize, TopK, encode_positions
+from fedocr.federated.pipeline.compress import (CompressConfig, Decode, Quantize, TopK, decode_positions,
+                                                encode_positions, varint_decode, varint_encode)
 from fedocr.federated.pipeline.settings import StepConfigError
 from fedocr.federated.pipeline.types import StepContext, Update
 
@@ -81,6 +82,18 @@ def test_top_k_warm_up_sends_denser_updates_in_the_first_rounds() -> None:
         CompressConfig(warmup_rounds=2)                      # a warm-up without Top-K means nothing
 
 
+def test_top_k_records_the_share_of_the_delta_it_kept() -> None:
+    step = TopK(CompressConfig(top_k=0.1, error_feedback=False))
+    flat = {"w": np.ones((100, 100), np.float32)}                  # AdamW-like: every weight moved alike
+    heavy = {"w": np.random.default_rng(0).standard_cauchy((100, 100)).astype(np.float32)}  # SGD-like tail
+
+    def kept_energy(delta: dict[str, np.ndarray]) -> float:
+        return step(Update("bank", delta, 10), _ctx()).records[-1].info["kept_energy"]
+
+    assert kept_energy(flat) == pytest.approx(0.1)
+    assert kept_energy(heavy) > 0.95
+
+
 def test_without_error_feedback_nothing_is_remembered() -> None:
     state: dict = {}
     TopK(CompressConfig(top_k=0.1, error_feedback=False))(Update("bank", _delta(), 10), _ctx(state))
@@ -115,10 +128,27 @@ def test_position_encodings_are_the_smallest_that_fits() -> None:
     assert encode_positions(dense_mask)[0] == "topk.mask"
     sparse_mask = np.zeros(100_000, bool)
     sparse_mask[::100] = True
-    assert encode_positions(sparse_mask)[0] == "topk.gap16"
+    kind, data = encode_positions(sparse_mask)
+    assert kind == "topk.gapvar" and data.nbytes == 1000         # a byte per gap of 100
+    spread_out = np.zeros(200_000, bool)
+    spread_out[::20_000] = True                                  # gaps of 3 varint bytes, 2 as uint16
+    assert encode_positions(spread_out)[0] == "topk.gap16"
     far = np.zeros(200_000, bool)
-    far[[0, 199_999]] = True
-    assert encode_positions(far)[0] == "topk.abs32"
+    far[[0, 199_999]] = True                                     # too far for uint16: 1 + 3 varint bytes
+    kind, data = encode_positions(far)
+    assert kind == "topk.gapvar" and data.nbytes == 4
+    assert list(decode_positions(kind, data, far.size)) == [0, 199_999]
+
+
+def test_varints_round_trip_any_int32_and_refuse_a_cut_or_overlong_value() -> None:
+    values = np.array([0, 1, 127, 128, 16_383, 16_384, 2**21, 2**31 - 1], dtype=np.int64)
+    encoded = varint_encode(values)
+    assert encoded.nbytes == 1 + 1 + 1 + 2 + 2 + 3 + 4 + 5
+    assert np.array_equal(varint_decode(encoded), values)
+    with pytest.raises(ValueError, match="cut off"):
+        varint_decode(encoded[:-1])
+    with pytest.raises(ValueError, match="longer than"):
+        varint_decode(np.array([0x80] * 5 + [1], dtype=np.uint8))
 
 
 def test_a_corrupt_sparse_update_is_rejected_with_a_reason_not_an_exception() -> None:

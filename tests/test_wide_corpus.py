@@ -3,6 +3,7 @@ the domain presets keep rendering as they always did."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 import re
 
 import numpy as np
@@ -62,3 +63,37 @@ def test_small_text_draws_small_glyphs_and_the_default_draws_none():
     small = [render_line("金额 123", face, np.random.default_rng(s), Conditions(small_text=1.0)).shape[0] for s in range(8)]
     default = [render_line("金额 123", face, np.random.default_rng(s), Conditions()).shape[0] for s in range(8)]
     assert max(small) < min(default)
+
+
+def test_an_ink_cut_follows_the_ink_so_a_line_without_descenders_loses_the_font_box():
+    face = next(f for f in latin_faces() if f.family == "Liberation Serif" and "Regular" in f.weight)
+    text_only = Conditions(letter_spacing=(0, 0), rules=0, stamp=0, font_px=(40, 40))
+
+    def ink_rows(line: np.ndarray) -> np.ndarray:
+        return np.flatnonzero((line < 128).any(axis=1))
+
+    def ink_share(line: np.ndarray) -> float:  # rows with ink over the image's height
+        return len(ink_rows(line)) / line.shape[0]
+
+    boxed = [render_line("seen in ancient versions", face, np.random.default_rng(s), text_only) for s in range(6)]
+    cut = [render_line("seen in ancient versions", face, np.random.default_rng(s), replace(text_only, ink_cut=1.0))
+           for s in range(6)]
+    assert max(map(ink_share, boxed)) <= 0.5                          # ascent + descent + padding around the ink
+    assert min(map(ink_share, cut)) > 1 / (1 + 2 * 0.45) > 0.5          # margins at most 0.45x the ink's height
+    for line in cut:                                                  # the sides follow the ink too
+        cols = np.flatnonzero((line < 128).any(axis=0))
+        assert cols[0] <= 0.45 * len(ink_rows(line)) + 1 and line.shape[1] - 1 - cols[-1] <= 0.45 * len(ink_rows(line)) + 1
+    # presets that never asked keep their random stream: the same line as before the option existed
+    default = Conditions()
+    assert np.array_equal(render_line("金额", face, np.random.default_rng(3), default),
+                          render_line("金额", face, np.random.default_rng(3), replace(default, ink_cut=0.0)))
+
+
+def test_plain_text_markup_draws_runs_of_one_mark_bullets_and_blanks():
+    rng = random.Random(5)
+    lines = [text_wide.plain_text_markup(rng) for _ in range(300)]
+    assert default_charset().normalise("".join(lines)) == "".join(lines)
+    assert any(re.search(r"={8,}", line) for line in lines) and any(re.search(r"_{4,}$", line) for line in lines)
+    assert any(line.startswith("* ") for line in lines) and any(re.match(r"\[[^\]]+\] ", line) for line in lines)
+    names = [text_wide.identifier(rng) for _ in range(100)]
+    assert any(re.fullmatch(r"[a-z']+(_[a-z']+)+", n) for n in names) and any(n.startswith("--") for n in names)

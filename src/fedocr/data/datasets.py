@@ -226,7 +226,7 @@ class SyntheticLines(LineDataset):
     `held_out_fonts=True` renders with the families kept out of training only.
     """
 
-    render_version = "2"  # 2: Western faces for ASCII runs
+    render_version = "3"  # 2: Western faces for ASCII runs; 3: ink cuts and markup in pretrain and wide
 
     def __init__(self, preset: str | Preset, n: int, seed: int = 0, charset: Charset | None = None,
                  held_out_fonts: bool = False) -> None:

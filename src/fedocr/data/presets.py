@@ -49,12 +49,13 @@ PRESETS: dict[str, Preset] = {
                "everyday Chinese (jieba word frequencies), rare characters, English and numbers"),
         Preset("pretrain", text.pretrain_line, {"sans": 0.45, "serif": 0.35, "kai": 0.2},
                Conditions(low_contrast=0.2, stamp=0.06, blur=0.35, motion_blur=0.08, noise=0.4, jpeg=0.4,
-                          uneven_light=0.2, perspective=0.2, rules=0.15, stains=0.06),
-               "the base model's corpus: 60% general text, 40% the domain mix"),
+                          uneven_light=0.2, perspective=0.2, rules=0.15, stains=0.06, ink_cut=0.5),
+               "the base model's corpus: 60% general text, 40% the domain mix; half the lines cut "
+               "to their ink as a text detector cuts them"),
         Preset("wide", text_wide.wide_line, {"sans": 0.45, "serif": 0.4, "kai": 0.15},
                Conditions(low_contrast=0.15, stamp=0.04, blur=0.35, motion_blur=0.05, noise=0.35, jpeg=0.45,
                           uneven_light=0.15, perspective=0.15, rules=0.25, stains=0.04, latin_font=0.7,
-                          small_text=0.3, large_text=0.1, aliased=0.1, shaped_runs=True),
+                          small_text=0.3, large_text=0.1, aliased=0.1, shaped_runs=True, ink_cut=0.5),
                "the base model's fine-tuning corpus: its own text plus real English words, identifiers, "
                "e-mail addresses and mixed lines, in every CJK weight and office face, small and large, "
                "shaped as browsers and word processors draw them", faces="wide"),

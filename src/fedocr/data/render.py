@@ -46,6 +46,7 @@ class Conditions:
     large_text: float = 0.0                      # chance of 45-80 px glyphs (big type, downscaled later)
     aliased: float = 0.0                         # chance of bi-level glyphs (screen text without smoothing)
     shaped_runs: bool = False                    # draw each one-face run whole: kerning and ligatures
+    ink_cut: float = 0.0                         # chance of a detector's cut: the ink's box plus margins of its height
 
     def __post_init__(self) -> None:
         if self.device and self.device not in DEVICES:
@@ -104,7 +105,26 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
         draw.text((pad_x, pad_top), text, font=font, fill=ink)
     if rng.random() < cond.rules:
         _draw_rules(draw, canvas.size, rng, ink, pad_top, ascent + descent)
-    return np.asarray(canvas, dtype=np.uint8)
+    line = np.asarray(canvas, dtype=np.uint8)
+    if cond.ink_cut and rng.random() < cond.ink_cut:  # drawn only when asked, as _font_size
+        line = cut_to_ink(line, rng)
+    return line
+
+
+def cut_to_ink(line: np.ndarray, rng: np.random.Generator, margin: tuple[float, float] = (0.0, 0.45)) -> np.ndarray:
+    """The line as a text detector cuts it: the box of its ink plus margins drawn per side as a
+    share of the ink's height. Our canvas is as tall as the font's ascent plus descent, so without
+    this the size of a letter against the image's height says its case; a detector's box follows
+    the ink, and a line without descenders (`seen in ancient Solaris`) then looks all capitals."""
+    paper = int(np.median(np.concatenate([line[0], line[-1]])))
+    ink = np.abs(line.astype(np.int16) - paper) > 40
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return line
+    ink_height = rows[-1] - rows[0] + 1
+    top, bottom, left, right = (int(round(ink_height * m)) for m in rng.uniform(*margin, size=4))
+    cut = line[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return np.pad(cut, ((top, bottom), (left, right)), constant_values=paper)
 
 
 def _font_size(rng: np.random.Generator, cond: Conditions) -> int:

@@ -103,6 +103,36 @@ def code(rng: random.Random) -> str:
     return rng.choice(["No.", "NO.", "#", "INV-", "PO-"]) + text._digits(rng, rng.randint(4, 10))
 
 
+def identifier(rng: random.Random) -> str:
+    """Names from source code and logs: snake_case, SCREAMING_CASE, dotted calls, options."""
+    words = [english_word(rng) for _ in range(rng.randint(2, 4))]
+    kind = rng.random()
+    if kind < 0.4:
+        return "_".join(words)
+    if kind < 0.6:
+        return "_".join(words).upper()
+    if kind < 0.8:
+        return ".".join(words[:2]) + rng.choice(["()", "(" + words[-1] + ")", ""])
+    return rng.choice(["--", "-"]) + "-".join(words[:2]) + rng.choice(["", "=" + words[-1].upper()])
+
+
+def plain_text_markup(rng: random.Random) -> str:
+    """What plain-text documents (README, NEWS, forms) draw with ASCII: headings underlined with a
+    run of one mark, rules, bullets, bracketed tags and fill-in blanks."""
+    title = english_sentence(rng).rstrip(".:?!;")
+    mark = rng.choice("=-~*#_")
+    run = mark * rng.randint(3, 30)
+    kind = rng.random()
+    if kind < 0.3:
+        return rng.choice([run, title + " " + run, run + " " + title])
+    if kind < 0.55:
+        return rng.choice(["* ", "- ", "+ ", "o "]) + title
+    if kind < 0.75:
+        return f"[{rng.choice([english_word(rng).upper(), identifier(rng), str(rng.randint(0, 99999))])}] " + title
+    label = rng.choice([cased(english_word(rng), rng, title=0.7), text.chinese_words(rng, rng.randint(1, 2))])
+    return label + rng.choice([": ", "：", " "]) + "_" * rng.randint(4, 20)
+
+
 def number(rng: random.Random) -> str:
     kind = rng.random()
     if kind < 0.35:
@@ -115,7 +145,7 @@ def number(rng: random.Random) -> str:
 def mixed_line(rng: random.Random) -> str:
     """Chinese with Latin runs between full-width punctuation: labels, terms, codes, numbers."""
     label = text.chinese_words(rng, rng.randint(1, 3))
-    value = rng.choice([email, url, code, number, english_sentence, text.date, text.phone])(rng)
+    value = rng.choice([email, url, code, identifier, number, english_sentence, text.date, text.phone])(rng)
     kind = rng.random()
     if kind < 0.45:
         return label + rng.choice(["：", ":", "： ", ""]) + value
@@ -129,13 +159,15 @@ def mixed_line(rng: random.Random) -> str:
 
 def wide_line(rng: random.Random) -> str:
     """The wide corpus: a third the base model's own corpus (so it keeps what it reads), the
-    rest English prose and UI strings, identifiers and mixed Chinese/Latin lines."""
+    rest English prose and UI strings, identifiers, plain-text markup and mixed Chinese/Latin lines."""
     kind = rng.random()
     if kind < 0.35:
         return text.pretrain_line(rng)
     if kind < 0.6:
         return english_sentence(rng)
-    if kind < 0.75:
-        value = rng.choice([email, url, code, number])(rng)
+    if kind < 0.73:
+        value = rng.choice([email, url, code, identifier, number])(rng)
         return rng.choice(["", cased(english_word(rng), rng, title=0.6) + rng.choice([": ", " "])]) + value
+    if kind < 0.8:
+        return plain_text_markup(rng)
     return mixed_line(rng)

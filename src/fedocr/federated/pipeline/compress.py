@@ -14,8 +14,9 @@ Quantisation sends float tensors as float16, or as int8 with one float32 scale p
 The encoding travels in the tensor names. Top-K sends all float tensors as one flat vector (the
 float tensors in name order, as the global model has them): `float-tensors@topk.v` holds the
 kept values and one of `float-tensors@topk.mask` (a packed bitmap), `...@topk.gap16` (uint16
-gaps between positions) or `...@topk.abs32` (int32 positions) their positions, whichever is
-smallest; one pair for the whole update, since each array costs a header on the wire. Integer
+gaps between positions), `...@topk.gapvar` (the gaps as LEB128 varints: one byte for a gap under
+128, so about a byte per entry at 1%, and no limit on a long gap) or `...@topk.abs32` (int32
+positions) their positions, whichever is smallest; one pair for the whole update, since each array costs a header on the wire. Integer
 buffers travel dense. `KEY@q8.scale` goes with an int8 `KEY`. The server's `Decode` step
 inverts exactly the codecs the run config names, against the global model's shapes and dtypes;
 anything it cannot read rejects the update instead of raising.
@@ -35,8 +36,10 @@ from fedocr.federated.pipeline.types import StepContext, Update, Weights
 
 SEP = "@"
 FLAT = "float-tensors"   # the one flat vector Top-K sends
-VALUES, MASK, GAP16, ABS32, SCALE = "topk.v", "topk.mask", "topk.gap16", "topk.abs32", "q8.scale"
-POSITIONS = (MASK, GAP16, ABS32)
+VALUES, MASK, GAP16, GAPVAR, ABS32 = "topk.v", "topk.mask", "topk.gap16", "topk.gapvar", "topk.abs32"
+SCALE = "q8.scale"
+POSITIONS = (MASK, GAP16, GAPVAR, ABS32)
+VARINT_BYTES = 5  # enough for any int32 position
 QUANTIZE = ("none", "fp16", "int8")
 
 
@@ -87,11 +90,41 @@ def _kept_masks(tensors: Mapping[str, np.ndarray], fraction: float, scope: str) 
     return masks
 
 
+def varint_encode(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers as LEB128 varints (7 bits a byte, the high bit set on all but a
+    value's last byte), vectorised."""
+    values = values.astype(np.int64)
+    shifts = 7 * np.arange(VARINT_BYTES)
+    lengths = 1 + (values[:, None] >= (1 << shifts[1:])[None, :]).sum(axis=1)
+    digits = (values[:, None] >> shifts[None, :]) & 0x7F
+    more = np.arange(VARINT_BYTES)[None, :] < (lengths[:, None] - 1)
+    used = np.arange(VARINT_BYTES)[None, :] < lengths[:, None]
+    return (digits | (more << 7))[used].astype(np.uint8)
+
+
+def varint_decode(data: np.ndarray) -> np.ndarray:
+    """The integers of `varint_encode`; ValueError for a truncated or over-long value."""
+    if data.dtype != np.uint8:
+        raise ValueError("varints are not uint8")
+    if data.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    last = data < 0x80
+    if not last[-1]:
+        raise ValueError("the last varint is cut off")
+    index = np.concatenate([[0], np.cumsum(last)[:-1]])             # which value each byte belongs to
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    place = np.arange(data.size) - starts[index]                      # the byte's place in its value
+    if place.max() >= VARINT_BYTES:
+        raise ValueError("a varint longer than an int32")
+    digits = (data & 0x7F).astype(np.int64) << (7 * place)
+    return np.bincount(index, weights=digits, minlength=int(last.sum())).astype(np.int64)
+
+
 def encode_positions(mask: np.ndarray) -> tuple[str, np.ndarray]:
-    """The smallest of a packed bitmap, uint16 gaps and int32 positions for a flat mask."""
+    """The smallest of a packed bitmap, uint16 gaps, varint gaps and int32 positions for a flat mask."""
     positions = np.flatnonzero(mask.ravel())
     gaps = np.diff(positions, prepend=0)
-    candidates = [(MASK, np.packbits(mask.ravel()))]
+    candidates = [(MASK, np.packbits(mask.ravel())), (GAPVAR, varint_encode(gaps))]
     if positions.size == 0 or gaps.max() < 2**16:
         candidates.append((GAP16, gaps.astype(np.uint16)))
     candidates.append((ABS32, positions.astype(np.int32)))
@@ -108,6 +141,8 @@ def decode_positions(kind: str, data: np.ndarray, size: int) -> np.ndarray:
         if data.dtype != np.uint16:
             raise ValueError("gaps are not uint16")
         positions = np.cumsum(data.astype(np.int64))
+    elif kind == GAPVAR:
+        positions = np.cumsum(varint_decode(data))
     elif kind == ABS32:
         if data.dtype != np.int32:
             raise ValueError("positions are not int32")
@@ -145,8 +180,13 @@ class TopK:
             kind, positions = encode_positions(np.concatenate([masks[k].ravel() for k in floats]))
             out[f"{FLAT}{SEP}{kind}"] = positions
             out[f"{FLAT}{SEP}{VALUES}"] = np.concatenate([acc[k][masks[k]] for k in floats])
+        energy = sum(float(np.sum(np.square(a, dtype=np.float64))) for a in acc.values())
+        kept_energy = sum(float(np.sum(np.square(acc[k][masks[k]], dtype=np.float64))) for k in floats)
+        # The share of the delta's squared norm the kept entries hold: near 1 for a heavy-tailed
+        # (SGD) delta, near k for a flat one (AdamW moves every weight by about its rate each step).
         info: dict[str, Any] = {"kept": int(sum(m.sum() for m in masks.values())),
-                                "of": int(sum(a.size for a in acc.values())), "fraction": fraction}
+                                "of": int(sum(a.size for a in acc.values())), "fraction": fraction,
+                                "kept_energy": kept_energy / energy if energy > 0 else 1.0}
         if self.config.error_feedback:
             ctx.state["residual"] = {k: np.where(masks[k], 0, a).astype(a.dtype) for k, a in acc.items()}
             info["residual_norm"] = float(np.sqrt(sum(float(np.sum(np.square(r, dtype=np.float64)))
