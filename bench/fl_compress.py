@@ -66,14 +66,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # delta; SGD's delta is heavy-tailed (the top-k step records the share it kept as
 # `kept_energy`). These rows compare with dense SGD, and keep k of all tensors together.
 SGD = {"client-optimizer": "sgd", "lr": SGD_LR}
+
+
+def sgd_top_k(k: float, error_feedback: bool = True) -> dict[str, Any]:
+    return {**SGD, "compress.top-k": k, "compress.scope": "global", **TOP_K_VALUES,
+            **({} if error_feedback else {"compress.error-feedback": False})}
+
+
 SETTINGS |= {
     "dense fp32 (SGD)": SGD,
-    "top-10% + EF (SGD global)": {**SGD, "compress.top-k": 0.1, "compress.scope": "global", **TOP_K_VALUES},
-    "top-10% no EF (SGD global)": {**SGD, "compress.top-k": 0.1, "compress.scope": "global",
-                                  "compress.error-feedback": False, **TOP_K_VALUES},
-    "top-1% + EF (SGD global)": {**SGD, "compress.top-k": 0.01, "compress.scope": "global", **TOP_K_VALUES},
-    "top-1% no EF (SGD global)": {**SGD, "compress.top-k": 0.01, "compress.scope": "global",
-                                 "compress.error-feedback": False, **TOP_K_VALUES},
+    "top-10% + EF (SGD global)": sgd_top_k(0.1),
+    "top-10% no EF (SGD global)": sgd_top_k(0.1, error_feedback=False),
+    "top-1% + EF (SGD global)": sgd_top_k(0.01),
+    "top-1% no EF (SGD global)": sgd_top_k(0.01, error_feedback=False),
 }
 
 

@@ -116,7 +116,7 @@ def cut_to_ink(line: np.ndarray, rng: np.random.Generator, margin: tuple[float, 
     share of the ink's height. Our canvas is as tall as the font's ascent plus descent, so without
     this the size of a letter against the image's height says its case; a detector's box follows
     the ink, and a line without descenders (`seen in ancient Solaris`) then looks all capitals."""
-    paper = int(np.median(np.concatenate([line[0], line[-1]])))
+    paper = int(_border_tone(line))
     ink = np.abs(line.astype(np.int16) - paper) > 40
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
@@ -125,6 +125,11 @@ def cut_to_ink(line: np.ndarray, rng: np.random.Generator, margin: tuple[float, 
     top, bottom, left, right = (int(round(ink_height * m)) for m in rng.uniform(*margin, size=4))
     cut = line[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     return np.pad(cut, ((top, bottom), (left, right)), constant_values=paper)
+
+
+def _border_tone(image: np.ndarray) -> float:
+    """The paper's grey level, from the top and bottom rows (text rarely touches them)."""
+    return float(np.median(np.concatenate([image[0], image[-1]])))
 
 
 def _font_size(rng: np.random.Generator, cond: Conditions) -> int:
@@ -176,7 +181,7 @@ def degrade(image: np.ndarray, rng: np.random.Generator, cond: Conditions) -> np
     """Apply scan/photo degradations; returns a new uint8 image."""
     img = image.astype(np.float32)
     h, w = img.shape
-    border = float(np.median(np.concatenate([img[0], img[-1]])))
+    border = _border_tone(img)
     if cond.rotation_deg and rng.random() < 0.5:
         angle = float(rng.uniform(-cond.rotation_deg, cond.rotation_deg))
         matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)

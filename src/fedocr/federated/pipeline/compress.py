@@ -16,8 +16,8 @@ float tensors in name order, as the global model has them): `float-tensors@topk.
 kept values and one of `float-tensors@topk.mask` (a packed bitmap), `...@topk.gap16` (uint16
 gaps between positions), `...@topk.gapvar` (the gaps as LEB128 varints: one byte for a gap under
 128, so about a byte per entry at 1%, and no limit on a long gap) or `...@topk.abs32` (int32
-positions) their positions, whichever is smallest; one pair for the whole update, since each array costs a header on the wire. Integer
-buffers travel dense. `KEY@q8.scale` goes with an int8 `KEY`. The server's `Decode` step
+positions) their positions, whichever is smallest; one pair for the whole update, since each
+array costs a header on the wire. Integer buffers travel dense. `KEY@q8.scale` goes with an int8 `KEY`. The server's `Decode` step
 inverts exactly the codecs the run config names, against the global model's shapes and dtypes;
 anything it cannot read rejects the update instead of raising.
 """
@@ -71,6 +71,10 @@ class CompressConfig(StepConfig):
         if round_ > self.warmup_rounds:
             return self.top_k
         return self.top_k ** (round_ / (self.warmup_rounds + 1))
+
+
+def _squared_norm(arrays: Any) -> float:
+    return sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays)
 
 
 # -- Top-K --------------------------------------------------------------------------------------
@@ -176,12 +180,12 @@ class TopK:
         fraction = self.config.fraction(ctx.round)
         masks = _kept_masks(acc, fraction, self.config.scope)
         out: Weights = {k: v for k, v in update.tensors.items() if k not in acc}  # buffers and statistics stay dense
+        kept_values = np.concatenate([acc[k][masks[k]] for k in floats]) if floats else np.zeros(0, np.float32)
         if floats:
             kind, positions = encode_positions(np.concatenate([masks[k].ravel() for k in floats]))
             out[f"{FLAT}{SEP}{kind}"] = positions
-            out[f"{FLAT}{SEP}{VALUES}"] = np.concatenate([acc[k][masks[k]] for k in floats])
-        energy = sum(float(np.sum(np.square(a, dtype=np.float64))) for a in acc.values())
-        kept_energy = sum(float(np.sum(np.square(acc[k][masks[k]], dtype=np.float64))) for k in floats)
+            out[f"{FLAT}{SEP}{VALUES}"] = kept_values
+        energy, kept_energy = _squared_norm(acc.values()), _squared_norm([kept_values])
         # The share of the delta's squared norm the kept entries hold: near 1 for a heavy-tailed
         # (SGD) delta, near k for a flat one (AdamW moves every weight by about its rate each step).
         info: dict[str, Any] = {"kept": int(sum(m.sum() for m in masks.values())),
@@ -189,8 +193,7 @@ class TopK:
                                 "kept_energy": kept_energy / energy if energy > 0 else 1.0}
         if self.config.error_feedback:
             ctx.state["residual"] = {k: np.where(masks[k], 0, a).astype(a.dtype) for k, a in acc.items()}
-            info["residual_norm"] = float(np.sqrt(sum(float(np.sum(np.square(r, dtype=np.float64)))
-                                                      for r in ctx.state["residual"].values())))
+            info["residual_norm"] = float(np.sqrt(_squared_norm(ctx.state["residual"].values())))
         return update.with_tensors(out).noted(self.name, **info)
 
 
