@@ -126,6 +126,15 @@ def test_a_run_without_enough_nodes_is_recorded_as_stalled(tmp_path: Path) -> No
     assert report["status"] == "stalled" and "node(s) connected" in report["error"]
 
 
+def test_a_server_stopped_before_its_first_round_restarts_as_the_same_run(tmp_path: Path) -> None:
+    first = FederatedServer(_server_cfg(tmp_path), printer=lambda _: None)   # then killed: no round, no finish
+    again = FederatedServer(_server_cfg(tmp_path), printer=lambda _: None)
+    assert again.state.run_id == first.state.run_id and not again.resumed
+    again.run(_Grid())  # type: ignore[arg-type]
+    with RunStore(tmp_path / "runs.db") as store:
+        assert [(r["run_id"], r["status"]) for r in store.runs()] == [(first.state.run_id, "stalled")]
+
+
 @pytest.mark.parametrize("outcome", ["stalled", "failed"])
 def test_fl_simulate_exits_non_zero_with_one_line_on_a_stalled_or_failed_run(
         outcome: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

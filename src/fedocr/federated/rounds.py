@@ -159,13 +159,18 @@ class FederatedServer:
         self.model: CRNN = model
         self.charset: Charset = charset
         state = ServerState.load(self.out)
-        if state is not None and state.charset_version != charset.version:
+        self.resumed = state is not None and state.round > 0
+        if state is not None and self.resumed and state.charset_version != charset.version:
             raise RuntimeError(f"{self.out}: holds a run on charset {state.charset_version}, this config uses "
                                f"{charset.version}; use another out-dir")
-        self.resumed = state is not None and state.round > 0
         self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
         self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)
-        self.state = state or ServerState.fresh(model_weights(model), charset.version)
+        # A fresh state is saved before round 1, so a server stopped before its first commit restarts
+        # under the same run id: the store keeps one run, not an orphan "running" row beside a new one.
+        self.state = state if state is not None and self.resumed else ServerState.fresh(
+            model_weights(model), charset.version, run_id=state.run_id if state else None)
+        if not self.resumed:
+            self.state.save(self.out)
         self._written_clusters: dict[int, Weights] = {}   # the cluster models last written to cluster-N.pt
         self.keys = self.chain.keys(self.state.weights)
         # HE: the settings and the server's public-only CKKS context (it cannot decrypt); None otherwise.

@@ -42,8 +42,8 @@ class ServerState:
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def fresh(cls, weights: Weights, charset_version: str) -> "ServerState":
-        return cls(run_id=uuid.uuid4().hex[:12], round=0, weights=weights, charset_version=charset_version)
+    def fresh(cls, weights: Weights, charset_version: str, run_id: str | None = None) -> "ServerState":
+        return cls(run_id=run_id or uuid.uuid4().hex[:12], round=0, weights=weights, charset_version=charset_version)
 
     def save(self, out_dir: Path) -> None:
         payload = {"run_id": self.run_id, "round": self.round, "charset_version": self.charset_version,
