@@ -13,20 +13,24 @@ training lines (`canary.org = bank`, each secret `canary.repeats` times). For ea
 
 Client level (DP-FedAvg, `dp.level = "client"`) needs many clients: bench/fl_dp_clients.py
 measures it on `many-clients-mini` (100 nodes).
-Secure aggregation and homomorphic encryption are not built yet: their rows stay empty and their
-checks false, saying so.
+Secure aggregation and homomorphic encryption are measured by bench/fl_secure.py; their checks here
+are read from its JSON (as the 100-client one is from fl_dp_clients.json).
 
 Every setting runs with each seed; the table shows the median and [min, max] over seeds. Runs are
 cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_privacy.py [--federation three-orgs-mini] [--rounds 4] [--lines 200]
-        [--seeds 0,1,2] [--epsilons inf,8,3,1] [--out DIR]
+        [--local-epochs 1] [--canaries 4x30] [--seeds 0,1,2] [--epsilons inf,8,3,1] [--out DIR] [--tag T]
+
+Settings other than the defaults go with a --tag, which names their results file
+(bench/results/fl_privacy_T.json) and their run cache, so they never overwrite the defaults' figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import statistics
 import time
 from pathlib import Path
@@ -41,7 +45,17 @@ from fedocr.model.shipped import base_checkpoint
 
 WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 DELTA = 1e-5
-CANARIES = {"canary.org": "bank", "canary.count": 4, "canary.repeats": 30}
+CANARY_ORG = "bank"
+
+
+def canaries(args: argparse.Namespace) -> dict[str, Any]:
+    count, _, repeats = args.canaries.partition("x")
+    return {"canary.org": CANARY_ORG, "canary.count": int(count), "canary.repeats": int(repeats)}
+
+
+def result_name(args: argparse.Namespace) -> str:
+    name = "fl_privacy" if args.federation == "three-orgs-mini" else "fl_privacy_base"
+    return f"{name}_{args.tag}" if args.tag else name
 
 
 def setting(epsilon: float) -> dict[str, Any]:
@@ -63,22 +77,23 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
          "initial-model": str(base_checkpoint()) if base else str(WARM_MINI),
          # the warm model is 9 rounds into a from-scratch run: it keeps the from-scratch rate
          **({} if base else {"lr": SCRATCH_LR}),
-         "num-rounds": args.rounds, "lines-per-client": args.lines, "test-lines": args.test_lines,
+         "num-rounds": args.rounds, "local-epochs": args.local_epochs,
+         "lines-per-client": args.lines, "test-lines": args.test_lines,
          "val-lines": 100, "batch-size": args.batch_size, "fraction-train": 1.0, "min-accepted": 2,
          "round-deadline-s": 1200.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
-         "audit.candidates": args.candidates, **CANARIES, **setting(epsilon)})
+         "audit.candidates": args.candidates, **canaries(args), **setting(epsilon)})
     started = time.time()
     report, last = simulated_run(cfg, label)
     audit = report.get("audit") or audit_run(cfg.out_path(), printer=lambda s: print(f"  [{label}] {s}"))
     test = test_sets(cfg, last.charset)
     own = {org: own_and_others_cer(last.model, last.charset, test, org)[0] for org in test}
     spent = [s["epsilon"] for r in report["rounds"] for s in r["steps"] if s["step"] == "dp-sgd"]
-    canaries = audit["canaries"]["full"]
+    exposed = audit["canaries"]["full"]
     result = {"epsilon_target": epsilon, "seed": seed, "rounds": len(report["rounds"]),
               "own_test_cer": statistics.fmean(own.values()), "per_org": own,
               "mia_auc": audit["membership"]["mean_auc"],
-              "canary_bits": canaries["planted_mean"], "control_bits": canaries["controls_mean"],
-              "canary_max_bits": canaries["max_bits"],
+              "canary_bits": exposed["planted_mean"], "control_bits": exposed["controls_mean"],
+              "canary_max_bits": exposed["max_bits"],
               "epsilon_spent": max(spent) if spent else None,
               "seconds_per_round": statistics.median(r["seconds"] for r in report["rounds"]),
               "seconds": time.time() - started}
@@ -147,24 +162,30 @@ def main() -> int:
     parser.add_argument("--federation", default="three-orgs-mini", choices=["three-orgs-mini", "three-orgs"])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--lines", type=int, default=200)
+    parser.add_argument("--local-epochs", type=float, default=1.0)
+    parser.add_argument("--canaries", default="4x30", help="COUNTxREPEATS: secrets planted in the bank's lines, "
+                                                         "each repeated REPEATS times")
     parser.add_argument("--test-lines", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=200, help="|R| of the canary exposure")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epsilons", default="inf,8,3,1")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fedocr-bench-privacy"))
+    parser.add_argument("--tag", default="", help="names the results file and run cache of non-default settings")
     parser.add_argument("--recheck", action="store_true", help="recompute the checks of the JSON already written "
                                                                "(e.g. after fl_secure.py ran), running nothing")
     args = parser.parse_args()
+    if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", args.canaries):
+        parser.error(f"--canaries {args.canaries!r}: expected COUNTxREPEATS, e.g. 4x30")
     if args.recheck:
-        name = "fl_privacy" if args.federation == "three-orgs-mini" else "fl_privacy_base"
+        name = result_name(args)
         result = json.loads((RESULTS / f"{name}.json").read_text())
         result.pop("machine", None)
         result["checks"] = checks(result["rows"])
         print(f"wrote {write_result(name, result)}")
         print(json.dumps(result["checks"], indent=1))
         return 0
-    out = args.out / args.federation
+    out = args.out / (args.federation + (f"-{args.tag}" if args.tag else ""))
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     epsilons = [float(e) for e in args.epsilons.split(",")]
@@ -172,9 +193,10 @@ def main() -> int:
     rows = summarise(runs)
     table(rows)
     result = {"federation": args.federation, "rounds": args.rounds, "lines": args.lines, "batch_size": args.batch_size,
-              "test_lines": args.test_lines, "delta": DELTA, "canaries": CANARIES, "seeds": seeds,
+              "test_lines": args.test_lines, "local_epochs": args.local_epochs, "delta": DELTA,
+              "canaries": canaries(args), "seeds": seeds,
               "rows": rows, "checks": checks(rows), "runs": {f"{e:g}": r for e, r in runs.items()}}
-    name = "fl_privacy" if args.federation == "three-orgs-mini" else "fl_privacy_base"
+    name = result_name(args)
     print(f"wrote {write_result(name, result)}")
     print(json.dumps(result["checks"], indent=1))
     return 0
