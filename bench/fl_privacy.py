@@ -53,6 +53,12 @@ def canaries(args: argparse.Namespace) -> dict[str, Any]:
     return {"canary.org": CANARY_ORG, "canary.count": int(count), "canary.repeats": int(repeats)}
 
 
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a cached run depends on besides its epsilon and seed."""
+    return {k: getattr(args, k) for k in ("rounds", "lines", "local_epochs", "test_lines", "batch_size", "candidates",
+                                          "canaries")}
+
+
 def result_name(args: argparse.Namespace) -> str:
     name = "fl_privacy" if args.federation == "three-orgs-mini" else "fl_privacy_base"
     return f"{name}_{args.tag}" if args.tag else name
@@ -69,7 +75,11 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
     label = f"eps-{epsilon:g}-s{seed}"
     cached = out / f"{label}.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        result = json.loads(cached.read_text())
+        if result.get("settings", settings(args)) != settings(args):
+            raise SystemExit(f"{cached} was run with other settings ({result['settings']}); "
+                             "give these ones a --tag or another --out")
+        return result
     base = args.federation == "three-orgs"
     run_dir = out / label
     cfg = FlConfig.from_run_config(
@@ -96,7 +106,7 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
               "canary_max_bits": exposed["max_bits"],
               "epsilon_spent": max(spent) if spent else None,
               "seconds_per_round": statistics.median(r["seconds"] for r in report["rounds"]),
-              "seconds": time.time() - started}
+              "seconds": time.time() - started, "settings": settings(args)}
     cached.write_text(json.dumps(result, indent=1))
     return result
 
@@ -177,6 +187,8 @@ def main() -> int:
     args = parser.parse_args()
     if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", args.canaries):
         parser.error(f"--canaries {args.canaries!r}: expected COUNTxREPEATS, e.g. 4x30")
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", args.tag):
+        parser.error(f"--tag {args.tag!r}: letters, digits, _ and - only (it names a file)")
     if args.recheck:
         name = result_name(args)
         result = json.loads((RESULTS / f"{name}.json").read_text())

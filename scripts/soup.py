@@ -4,6 +4,8 @@ Two fine-tunes from one start sit in the same basin, so their weight average usu
 each learnt: stage 8 (detector-style ink cuts) read tightly cut lines better and lost a little on
 full-height ones; its average with stage 7 keeps both. Floating-point tensors are mixed as
 (1 - weight) * FIRST + weight * SECOND; integer buffers (BatchNorm's batch count) come from SECOND.
+The result holds fp16 weights and no training state (as models/base.pt does), and provenance of
+its own that names both parents' provenance (no run id or round: it is no round of either run).
 
     .venv/bin/python scripts/soup.py FIRST.pt SECOND.pt --weight 0.5 --out soup.pt
 """
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fedocr.model import CheckpointError, load_checkpoint, save_checkpoint
+from fedocr.model.checkpoint import provenance
 
 
 def main() -> int:
@@ -38,8 +41,9 @@ def main() -> int:
     w = args.weight
     first.model.load_state_dict({k: ((1 - w) * a[k].float() + w * b[k].float()).to(a[k].dtype)
                                  if a[k].is_floating_point() else b[k] for k in a})
-    provenance = {**second.provenance, "soup": {"first": str(args.first), "second": str(args.second), "weight": w}}
-    save_checkpoint(args.out, first.model, first.charset, provenance, half=True)
+    made = provenance(kind="soup", weight=w, first={"path": str(args.first), **first.provenance},
+                      second={"path": str(args.second), **second.provenance})
+    save_checkpoint(args.out, first.model, first.charset, made, half=True)
     print(f"wrote {args.out}: {1 - w:g} x {args.first} + {w:g} x {args.second}")
     return 0
 

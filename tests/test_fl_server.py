@@ -133,6 +133,11 @@ def test_a_server_stopped_before_its_first_round_restarts_as_the_same_run(tmp_pa
     again.run(_Grid())  # type: ignore[arg-type]
     with RunStore(tmp_path / "runs.db") as store:
         assert [(r["run_id"], r["status"]) for r in store.runs()] == [(first.state.run_id, "stalled")]
+    first.store.close()
+    # From another initial model (another seed's init) it is another run: the nodes' state of the
+    # first one must not be carried into it.
+    other = FederatedServer(_server_cfg(tmp_path).with_(seed=1), printer=lambda _: None)
+    assert other.state.run_id != first.state.run_id
 
 
 @pytest.mark.parametrize("outcome", ["stalled", "failed"])

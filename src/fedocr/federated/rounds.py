@@ -44,7 +44,7 @@ from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluat
                                       secure_fit_ins, secure_sum, to_nodes, train_content, wire_bytes)
 from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.root_update import RootTrainer
-from fedocr.federated.state import ServerState
+from fedocr.federated.state import ServerState, same_weights
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
 from fedocr.federated.validate import ValidationProbe, server_validates, server_validation, validate
@@ -165,11 +165,16 @@ class FederatedServer:
                                f"{charset.version}; use another out-dir")
         self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
         self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)
-        # A fresh state is saved before round 1, so a server stopped before its first commit restarts
-        # under the same run id: the store keeps one run, not an orphan "running" row beside a new one.
-        self.state = state if state is not None and self.resumed else ServerState.fresh(
-            model_weights(model), charset.version, run_id=state.run_id if state else None)
-        if not self.resumed:
+        if state is not None and self.resumed:
+            self.state = state
+        else:
+            # A fresh state is saved before round 1, so a server stopped before its first commit restarts
+            # under the same run id (the store keeps one run, not an orphan "running" row beside a new
+            # one) - if it starts from the same model: the nodes keep their step state under that id.
+            weights = model_weights(model)
+            same = (state is not None and state.charset_version == charset.version
+                    and same_weights(state.weights, weights))
+            self.state = ServerState.fresh(weights, charset.version, run_id=state.run_id if same and state else None)
             self.state.save(self.out)
         self._written_clusters: dict[int, Weights] = {}   # the cluster models last written to cluster-N.pt
         self.keys = self.chain.keys(self.state.weights)

@@ -1,4 +1,5 @@
-"""The server's resumable state, checkpointed atomically at the end of every round.
+"""The server's resumable state, checkpointed atomically at start (round 0, so a server stopped
+before its first commit restarts under the same run id) and at the end of every round.
 
 It holds what a restarted ServerApp needs to continue exactly after the last completed round:
 the committed global weights and their validation scores, the round number, the best round so
@@ -65,6 +66,11 @@ class ServerState:
         if velocity is not None:
             steps.setdefault("fedavgm", {})["velocity"] = _to_numpy(velocity)
         return cls(weights=_to_numpy(payload.pop("weights")), steps=steps, clusters=clusters, **payload)
+
+
+def same_weights(a: Weights, b: Weights) -> bool:
+    """The same tensors under the same names (a restart from the same initial model)."""
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in a)
 
 
 def _to_torch(value: Any) -> Any:
