@@ -75,8 +75,8 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
     label = f"eps-{epsilon:g}-s{seed}"
     cached = out / f"{label}.json"
     if cached.is_file():
-        result = json.loads(cached.read_text())
-        if result.get("settings", settings(args)) != settings(args):
+        result, wanted = json.loads(cached.read_text()), settings(args)
+        if result.get("settings", wanted) != wanted:
             raise SystemExit(f"{cached} was run with other settings ({result['settings']}); "
                              "give these ones a --tag or another --out")
         return result

@@ -32,6 +32,7 @@ from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated import clusters
 from fedocr.federated.pipeline.build import Candidate, ServerChain, build_server_chain
 from fedocr.federated.pipeline.cluster import STEP as CLUSTER, ClusterConfig
+from fedocr.federated.pipeline.checks import tensor_digest
 from fedocr.federated.pipeline.contribution import ContributionConfig, cumulate
 from fedocr.federated.pipeline.transforms import select
 from fedocr.federated.pipeline import he
@@ -44,7 +45,7 @@ from fedocr.federated.protocol import (EVALUATE, QUERY, TRAIN, Received, evaluat
                                       secure_fit_ins, secure_sum, to_nodes, train_content, wire_bytes)
 from fedocr.federated.runs.report import build_report, write_json
 from fedocr.federated.root_update import RootTrainer
-from fedocr.federated.state import ServerState, same_weights
+from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
 from fedocr.federated.validate import ValidationProbe, server_validates, server_validation, validate
@@ -160,22 +161,23 @@ class FederatedServer:
         self.charset: Charset = charset
         state = ServerState.load(self.out)
         self.resumed = state is not None and state.round > 0
-        if state is not None and self.resumed and state.charset_version != charset.version:
-            raise RuntimeError(f"{self.out}: holds a run on charset {state.charset_version}, this config uses "
-                               f"{charset.version}; use another out-dir")
-        self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
-        self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)
         if state is not None and self.resumed:
+            if state.charset_version != charset.version:
+                raise RuntimeError(f"{self.out}: holds a run on charset {state.charset_version}, this config uses "
+                                   f"{charset.version}; use another out-dir")
             self.state = state
         else:
             # A fresh state is saved before round 1, so a server stopped before its first commit restarts
             # under the same run id (the store keeps one run, not an orphan "running" row beside a new
             # one) - if it starts from the same model: the nodes keep their step state under that id.
             weights = model_weights(model)
-            same = (state is not None and state.charset_version == charset.version
-                    and same_weights(state.weights, weights))
-            self.state = ServerState.fresh(weights, charset.version, run_id=state.run_id if same and state else None)
+            same_start = (state is not None and state.charset_version == charset.version
+                          and tensor_digest(state.weights) == tensor_digest(weights))
+            self.state = ServerState.fresh(weights, charset.version,
+                                           run_id=state.run_id if state is not None and same_start else None)
             self.state.save(self.out)
+        self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
+        self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)
         self._written_clusters: dict[int, Weights] = {}   # the cluster models last written to cluster-N.pt
         self.keys = self.chain.keys(self.state.weights)
         # HE: the settings and the server's public-only CKKS context (it cannot decrypt); None otherwise.

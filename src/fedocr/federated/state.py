@@ -68,11 +68,6 @@ class ServerState:
         return cls(weights=_to_numpy(payload.pop("weights")), steps=steps, clusters=clusters, **payload)
 
 
-def same_weights(a: Weights, b: Weights) -> bool:
-    """The same tensors under the same names (a restart from the same initial model)."""
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in a)
-
-
 def _to_torch(value: Any) -> Any:
     """Arrays as tensors (torch.load with weights_only reads tensors, dicts, lists and scalars)."""
     if isinstance(value, np.ndarray):
