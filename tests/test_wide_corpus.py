@@ -9,7 +9,8 @@ import re
 import numpy as np
 
 from fedocr.charset import default_charset
-from fedocr.data import SyntheticLines, text_wide
+from fedocr.data import SyntheticLines, text_ui, text_wide
+from fedocr.data.presets import get_preset
 from fedocr.data.fonts import (CORE_NOTO_WEIGHTS, HELD_OUT_WIDE_LATIN_FAMILIES, WIDE_LATIN_FAMILIES, installed_faces,
                                latin_faces)
 from fedocr.data.render import Conditions, render_line
@@ -97,3 +98,28 @@ def test_plain_text_markup_draws_runs_of_one_mark_bullets_and_blanks():
     assert any(line.startswith("* ") for line in lines) and any(re.match(r"\[[^\]]+\] ", line) for line in lines)
     names = [text_wide.identifier(rng) for _ in range(100)]
     assert any(re.fullmatch(r"[a-z']+(_[a-z']+)+", n) for n in names) and any(n.startswith("--") for n in names)
+
+
+def test_ui_text_puts_latin_keys_options_and_placeholders_in_brackets_inside_chinese():
+    rng = random.Random(3)
+    lines = [text_ui.ui_line(rng) for _ in range(600)]
+    assert default_charset().normalise("".join(lines)) == "".join(lines)   # every character encodable, as written
+    assert all(0 < len(line) <= text_ui.MAX_CHARS for line in lines)
+    hanzi = r"[\u4e00-\u9fff]"
+    assert any(re.search(hanzi + r"（[A-Za-z][^）]*）", line) for line in lines)     # 斜体（Italic）
+    assert any(re.search(hanzi + r"\([A-Z]\)", line) for line in lines)             # 保存(S): an accelerator key
+    assert any(re.search(hanzi + r" --[a-z]", line) for line in lines)              # an option inside Chinese
+    assert any(re.search(r"[a-z] \[[^\]]+\]", line) for line in lines)              # English with a [bracket]
+    assert any(re.search(r"%[sd]|\{\w*\}", line) for line in lines)                 # printf and format placeholders
+    spaced = sum(bool(re.search(hanzi + r" [A-Za-z]", line)) for line in lines)
+    tight = sum(bool(re.search(hanzi + r"[A-Za-z]", line)) for line in lines)
+    assert spaced > tight > 0                 # a Latin run inside Chinese is spaced more often than not, not always
+    assert [text_ui.ui_line(random.Random(9)) for _ in range(3)] == [text_ui.ui_line(random.Random(9))] * 3
+
+
+def test_the_ui_preset_renders_as_the_wide_one_with_its_own_text():
+    ui, wide = get_preset("ui"), get_preset("wide")
+    assert ui.conditions == wide.conditions and ui.faces == wide.faces == "wide"
+    lines = SyntheticLines("ui", 12, seed=4)
+    assert sum(bool(re.search(r"[(（\[]", line)) for line in lines.texts()) >= 6
+    assert all((image < 160).any() for image, _ in lines)

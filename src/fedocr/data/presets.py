@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from fedocr.data import text, text_wide
+from fedocr.data import text, text_ui, text_wide
 from fedocr.data.render import Conditions
 
 
@@ -22,6 +22,12 @@ class Preset:
     description: str = ""
     faces: str = "core"                         # "wide": every weight and the office faces (data.fonts)
 
+
+# The fine-tuning corpora's drawing: every weight and office face, small and large, shaped runs.
+WIDE_STYLES = {"sans": 0.45, "serif": 0.4, "kai": 0.15}
+WIDE_CONDITIONS = Conditions(low_contrast=0.15, stamp=0.04, blur=0.35, motion_blur=0.05, noise=0.35, jpeg=0.45,
+                             uneven_light=0.15, perspective=0.15, rules=0.25, stains=0.04, latin_font=0.7,
+                             small_text=0.3, large_text=0.1, aliased=0.1, shaped_runs=True, ink_cut=0.5)
 
 PRESETS: dict[str, Preset] = {
     p.name: p for p in [
@@ -52,13 +58,14 @@ PRESETS: dict[str, Preset] = {
                           uneven_light=0.2, perspective=0.2, rules=0.15, stains=0.06, ink_cut=0.5),
                "the base model's corpus: 60% general text, 40% the domain mix; half the lines cut "
                "to their ink as a text detector cuts them"),
-        Preset("wide", text_wide.wide_line, {"sans": 0.45, "serif": 0.4, "kai": 0.15},
-               Conditions(low_contrast=0.15, stamp=0.04, blur=0.35, motion_blur=0.05, noise=0.35, jpeg=0.45,
-                          uneven_light=0.15, perspective=0.15, rules=0.25, stains=0.04, latin_font=0.7,
-                          small_text=0.3, large_text=0.1, aliased=0.1, shaped_runs=True, ink_cut=0.5),
+        Preset("wide", text_wide.wide_line, WIDE_STYLES, WIDE_CONDITIONS,
                "the base model's fine-tuning corpus: its own text plus real English words, identifiers, "
                "e-mail addresses and mixed lines, in every CJK weight and office face, small and large, "
                "shaped as browsers and word processors draw them", faces="wide"),
+        Preset("ui", text_ui.ui_line, WIDE_STYLES, WIDE_CONDITIONS,
+               "software interface and message strings as translations print them: Latin terms, "
+               "accelerator keys, options and placeholders in half- and full-width brackets inside "
+               "Chinese and English; drawn as the wide corpus is", faces="wide"),
         Preset("digits", text.digits_and_dozen_hanzi, {"sans": 0.6, "serif": 0.4},
                Conditions(font_px=(28, 36), low_contrast=0.0, blur=0.1, noise=0.1, jpeg=0.0, rotation_deg=0.5,
                           perspective=0.0, rules=0.0, stains=0.0, uneven_light=0.0),
