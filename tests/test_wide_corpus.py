@@ -102,24 +102,36 @@ def test_plain_text_markup_draws_runs_of_one_mark_bullets_and_blanks():
 
 def test_ui_text_puts_latin_keys_options_and_placeholders_in_brackets_inside_chinese():
     rng = random.Random(3)
-    lines = [text_ui.ui_line(rng) for _ in range(600)]
+    lines = [text_ui.ui_line(rng) for _ in range(1000)]
     assert default_charset().normalise("".join(lines)) == "".join(lines)   # every character encodable, as written
-    assert all(0 < len(line) <= text_ui.MAX_CHARS for line in lines)
+    assert all(0 < len(line) <= text_ui.MAX_CHARS and line == line.strip() and "  " not in line for line in lines)
     hanzi = r"[\u4e00-\u9fff]"
     assert any(re.search(hanzi + r"（[A-Za-z][^）]*）", line) for line in lines)     # 斜体（Italic）
     assert any(re.search(hanzi + r"\([A-Z]\)", line) for line in lines)             # 保存(S): an accelerator key
     assert any(re.search(hanzi + r" --[a-z]", line) for line in lines)              # an option inside Chinese
     assert any(re.search(r"[a-z] \[[^\]]+\]", line) for line in lines)              # English with a [bracket]
     assert any(re.search(r"%[sd]|\{\w*\}", line) for line in lines)                 # printf and format placeholders
-    spaced = sum(bool(re.search(hanzi + r" [A-Za-z]", line)) for line in lines)
-    tight = sum(bool(re.search(hanzi + r"[A-Za-z]", line)) for line in lines)
-    assert spaced > tight > 0                 # a Latin run inside Chinese is spaced more often than not, not always
+    for opening, closing, _ in text_ui.BRACKETS:
+        if opening != closing:
+            assert all(line.count(opening) == line.count(closing) for line in lines), opening
+    english_only = [line for line in lines if not re.search(hanzi, line)]
+    assert english_only and not any(re.search("[（）【】《》“”]", line) for line in english_only)
+    menus = [text_ui.menu_label(rng) for _ in range(200)]
+    assert all(re.fullmatch(r"([\u4e00-\u9fff]+[(（][A-Z0-9][)）][、， ]?)+(\.\.\.|…)?", m) for m in menus)
+    # A translator spaces Latin runs inside Chinese consistently: one gap per line, a space more often than not.
+    spaced = [line for line in lines if re.search(hanzi + r" [A-Za-z]", line)]
+    tight = [line for line in lines if re.search(hanzi + r"[A-Za-z]", line)]
+    assert len(spaced) > 1.2 * len(tight) > 0
     assert [text_ui.ui_line(random.Random(9)) for _ in range(3)] == [text_ui.ui_line(random.Random(9))] * 3
 
 
-def test_the_ui_preset_renders_as_the_wide_one_with_its_own_text():
+def test_the_ui_preset_is_drawn_as_the_wide_one_whose_drawing_is_unchanged():
     ui, wide = get_preset("ui"), get_preset("wide")
-    assert ui.conditions == wide.conditions and ui.faces == wide.faces == "wide"
+    assert wide.styles == {"sans": 0.45, "serif": 0.4, "kai": 0.15} and wide.faces == "wide"
+    assert wide.conditions == Conditions(low_contrast=0.15, stamp=0.04, blur=0.35, motion_blur=0.05, noise=0.35,
+                                         jpeg=0.45, uneven_light=0.15, perspective=0.15, rules=0.25, stains=0.04,
+                                         latin_font=0.7, small_text=0.3, large_text=0.1, aliased=0.1,
+                                         shaped_runs=True, ink_cut=0.5)
+    assert (ui.styles, ui.conditions, ui.faces) == (wide.styles, wide.conditions, wide.faces)
     lines = SyntheticLines("ui", 12, seed=4)
     assert sum(bool(re.search(r"[(（\[]", line)) for line in lines.texts()) >= 6
-    assert all((image < 160).any() for image, _ in lines)

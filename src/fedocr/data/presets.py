@@ -62,7 +62,7 @@ PRESETS: dict[str, Preset] = {
                "the base model's fine-tuning corpus: its own text plus real English words, identifiers, "
                "e-mail addresses and mixed lines, in every CJK weight and office face, small and large, "
                "shaped as browsers and word processors draw them", faces="wide"),
-        Preset("ui", text_ui.ui_line, WIDE_STYLES, WIDE_CONDITIONS,
+        Preset("ui", text_ui.ui_line, dict(WIDE_STYLES), WIDE_CONDITIONS,
                "software interface and message strings as translations print them: Latin terms, "
                "accelerator keys, options and placeholders in half- and full-width brackets inside "
                "Chinese and English; drawn as the wide corpus is", faces="wide"),

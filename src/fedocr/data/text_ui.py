@@ -16,22 +16,28 @@ import string
 from fedocr.data import text
 from fedocr.data.text_wide import cased, code, english_sentence, english_word, identifier, number
 
-# (open, close, weight): parentheses lead, as in the check sets' messages and menus.
-BRACKETS = [("(", ")", 5), ("（", "）", 4), ("[", "]", 2), ("【", "】", 1), ("<", ">", 1),
-            ("《", "》", 1), ("\"", "\"", 1), ("“", "”", 1), ("'", "'", 0.5), ("|", "|", 0.5)]
+Brackets = list[tuple[str, str, float]]  # (open, close, weight)
+
+# Parentheses lead, as in the check sets' messages and menus.
+BRACKETS: Brackets = [("(", ")", 5), ("（", "）", 4), ("[", "]", 2), ("【", "】", 1), ("<", ">", 1),
+                      ("《", "》", 1), ("\"", "\"", 1), ("“", "”", 1), ("'", "'", 0.5), ("|", "|", 0.5)]
+ASCII_BRACKETS: Brackets = [b for b in BRACKETS if b[0].isascii()]  # English text around: no full-width forms
+ACCELERATOR_BRACKETS: Brackets = [("(", ")", 3), ("（", "）", 2)]   # 保存(S), 另存为（A）
+SYNOPSIS_BRACKETS: Brackets = [("[", "]", 3), ("<", ">", 1)]      # 用法：tar [选项] <文件>
 PLACEHOLDERS = ["%s", "%d", "%u", "%ld", "%1$s", "{}", "{0}", "{name}", "$HOME", "${VAR}", "@FILE@"]
 MAX_CHARS = 70
 ENDINGS = ["", "", "。", "：", ":", ".", "？", "?", "！", "…", "...", "；"]
 
 
-def bracketed(inner: str, rng: random.Random, ascii_only: bool = False) -> str:
-    choices = [b for b in BRACKETS if b[0].isascii()] if ascii_only else BRACKETS
-    opening, closing, _ = rng.choices(choices, weights=[b[2] for b in choices])[0]
+def bracketed(inner: str, rng: random.Random, pairs: Brackets = BRACKETS) -> str:
+    """`inner` in one pair of brackets drawn by weight."""
+    opening, closing, _ = rng.choices(pairs, weights=[b[2] for b in pairs])[0]
     return opening + inner + closing
 
 
 def pangu_space(rng: random.Random) -> str:
-    """The gap between a Chinese and a Latin run: a space more often than not."""
+    """The gap a translation leaves between its Chinese and Latin runs, drawn once per line
+    (a translator spaces consistently): a space more often than not."""
     return " " if rng.random() < 0.6 else ""
 
 
@@ -54,7 +60,9 @@ def latin_term(rng: random.Random) -> str:
     if kind < 0.55:
         return rng.choice(PLACEHOLDERS)
     if kind < 0.65:
-        return identifier(rng) + rng.choice(["()", ""])
+        name = identifier(rng)
+        callable_name = "(" not in name and not name.startswith("-")
+        return name + ("()" if callable_name and rng.random() < 0.5 else "")
     if kind < 0.75:
         return "".join(rng.choice(string.ascii_uppercase) for _ in range(rng.randint(2, 6)))
     if kind < 0.85:
@@ -65,20 +73,21 @@ def latin_term(rng: random.Random) -> str:
 def menu_label(rng: random.Random) -> str:
     """A menu item with its accelerator key: 保存(S)、另存为（A）..."""
     key = rng.choice(string.ascii_uppercase + string.digits[:3])
-    item = text.chinese_words(rng, rng.randint(1, 3)) + bracketed(key, rng) + rng.choice(["", "", "...", "…"])
+    item = text.chinese_words(rng, rng.randint(1, 3)) + bracketed(key, rng, ACCELERATOR_BRACKETS)
     if rng.random() < 0.3:
         item += rng.choice(["、", "，", " "]) + text.chinese_words(rng, rng.randint(1, 2)) + bracketed(
-            rng.choice(string.ascii_uppercase), rng)
-    return item
+            rng.choice(string.ascii_uppercase), rng, ACCELERATOR_BRACKETS)
+    return item + rng.choice(["", "", "...", "…"])
 
 
 def message(rng: random.Random) -> str:
     """A translated message: Chinese with Latin terms, some in brackets, some Chinese in brackets."""
+    gap = pangu_space(rng)
     parts = [text.chinese_words(rng, rng.randint(1, 3))]
     for _ in range(rng.randint(1, 2)):
         pick = rng.random()
         if pick < 0.4:
-            parts.append(pangu_space(rng) + latin_term(rng) + pangu_space(rng))
+            parts.append(gap + latin_term(rng) + gap)
         elif pick < 0.75:
             inner = latin_term(rng) if rng.random() < 0.7 else text.chinese_words(rng, rng.randint(1, 3))
             parts.append(rng.choice(["", "", " "]) + bracketed(inner, rng))
@@ -91,14 +100,16 @@ def message(rng: random.Random) -> str:
 def usage_line(rng: random.Random) -> str:
     """Command help: options with a Chinese or English description, or a usage synopsis."""
     if rng.random() < 0.3:
-        args = " ".join(bracketed(rng.choice([option(rng), english_word(rng).upper(), text.chinese_words(rng, 1)]), rng)
-                        for _ in range(rng.randint(1, 3)))
+        args = " ".join(bracketed(rng.choice([option(rng), english_word(rng).upper(), text.chinese_words(rng, 1)]),
+                                  rng, SYNOPSIS_BRACKETS) for _ in range(rng.randint(1, 3)))
         return rng.choice(["用法：", "Usage: ", "用法: "]) + english_word(rng) + " " + args + rng.choice(["", "..."])
     flags = option(rng) + (", " + option(rng) if rng.random() < 0.4 else "")
-    description = text.chinese_words(rng, rng.randint(1, 5)) if rng.random() < 0.6 else english_sentence(rng)
+    chinese = rng.random() < 0.6
+    description = text.chinese_words(rng, rng.randint(1, 5)) if chinese else english_sentence(rng)
     if rng.random() < 0.3:
-        description += " " + bracketed(latin_term(rng), rng)
-    return flags + rng.choice(["  ", " ", "    "]) + description
+        description += " " + bracketed(latin_term(rng), rng, BRACKETS if chinese else ASCII_BRACKETS)
+    # One space: a crop cannot show how many spaces a help text's column gap was typed with.
+    return flags + " " + description
 
 
 def english_with_brackets(rng: random.Random) -> str:
@@ -106,17 +117,19 @@ def english_with_brackets(rng: random.Random) -> str:
     words = english_sentence(rng).split(" ")
     inner = rng.choice([english_word(rng), english_word(rng) + "(s)", option(rng), identifier(rng),
                         english_word(rng) + " " + english_word(rng), "e.g. " + english_word(rng)])
-    words.insert(rng.randint(0, len(words)), bracketed(inner, rng, ascii_only=True))
+    words.insert(rng.randint(0, len(words)), bracketed(inner, rng, ASCII_BRACKETS))
     return " ".join(words)
+
+
+UI_GENERATORS = [message, menu_label, usage_line, english_with_brackets]
+UI_WEIGHTS = [0.45, 0.2, 0.15, 0.2]
 
 
 def ui_line(rng: random.Random) -> str:
     """The ui corpus: messages, menu labels, command help and bracketed English, at most
     MAX_CHARS characters (longer draws are drawn again: a UI string is one line)."""
     while True:
-        kind = rng.random()
-        generator = (message if kind < 0.45 else menu_label if kind < 0.65 else usage_line if kind < 0.8
-                     else english_with_brackets)
+        generator = rng.choices(UI_GENERATORS, weights=UI_WEIGHTS)[0]
         line = generator(rng)
         if len(line) <= MAX_CHARS:
             return line
