@@ -34,6 +34,7 @@ import importlib.metadata
 import sys
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median_seconds, print_table, write_result  # noqa: E402
@@ -55,6 +57,8 @@ TEST_SEEDS = {"hospital": 10_001, "bank": 10_002, "school": 10_003, "logistics":
 TARGETS = {"public_cer": 0.02, "heldout_font_cer": 0.05, "bucket_vs_overall": 2.0, "ort_b1_ms": 6.0,
            "external_cer": 0.02, "vs_peer": 2.0, "domain_cer": 0.02}
 
+TOP_EDITS = 12
+
 Reader = Callable[[Sequence[np.ndarray]], list[str]]
 
 
@@ -68,6 +72,21 @@ class SideBySide:
     n: int
     ms_per_line: float
     by_kind: dict[str, float]  # CER per kind of text (zh_ui, en_prose, mixed, ...) where meta.tsv says
+    top_edits: list[tuple[str, int]]  # the commonest edits from reference to reading: "s→S", "del ' '", "ins 't'"
+
+
+def top_edits(pairs: Sequence[tuple[str, str]], k: int = TOP_EDITS) -> list[tuple[str, int]]:
+    """The k commonest character edits that turn each reference into its reading (prediction)."""
+    counts: Counter[str] = Counter()
+    for prediction, reference in pairs:
+        for op in Levenshtein.editops(reference, prediction):
+            if op.tag == "replace":
+                counts[f"{reference[op.src_pos]}→{prediction[op.dest_pos]}"] += 1
+            elif op.tag == "delete":
+                counts[f"del {reference[op.src_pos]!r}"] += 1
+            else:
+                counts[f"ins {prediction[op.dest_pos]!r}"] += 1
+    return counts.most_common(k)
 
 
 def shared_form(text: str) -> str:
@@ -84,7 +103,7 @@ def side_by_side(read: Reader, dataset: LineDataset, kinds: Sequence[str] = ()) 
     squeezed = score(("".join(p.split()), "".join(r.split())) for p, r in pairs)
     by_kind = {k: score(pair for pair, kind in zip(pairs, kinds) if kind == k).cer for k in sorted(set(kinds))}
     return SideBySide(plain.cer, squeezed.cer, plain.line_accuracy, plain.n, 1000 * elapsed / max(len(images), 1),
-                      by_kind)
+                      by_kind, top_edits(pairs))
 
 
 def fedocr_reader(engine: Engine) -> Reader:
@@ -220,6 +239,10 @@ def print_results(models: dict[str, dict[str, Any]], peer: dict[str, SideBySide]
     if kind_rows:
         print("\nby kind of text (NFKC CER):")
         print_table(["external set", "kind"] + headers[2:], kind_rows)
+    print(f"\ncommonest edits of {labels[-1]} (reference → reading):")
+    for d in external:
+        edits = models[labels[-1]]["side_by_side"][d.name]["top_edits"]
+        print(f"  {d.name}: " + ", ".join(f"{edit} {n}" for edit, n in edits))
     if isinstance(peer_info, str):
         print(f"peer skipped: {peer_info}")
     else:
