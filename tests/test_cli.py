@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rapidfuzz.distance import Levenshtein
 
 from fedocr.cli import build_parser, main
 
@@ -398,12 +399,23 @@ def test_ocr_reads_a_folder_one_file_at_a_time(tmp_path):
         next(sources).load()
 
 
+# A real browser-rendered line and its label, read by the shipped model in plumbing tests.
+SAMPLE_LINE = Path(__file__).resolve().parents[1] / "bench" / "data" / "browser-lines" / "images" / "000013.png"
+SAMPLE_LABEL = "柯达 Picture CD"
+
+
+def reads_the_sample(text: str) -> bool:
+    """A real model read the sample line: within one edit of its label (a re-trained base model
+    may miss a character; a stub or the wrong model is far off)."""
+    return Levenshtein.distance(text, SAMPLE_LABEL) <= 1
+
+
 def test_reading_with_an_onnx_model_never_imports_torch():
     # torch cost `fedocr ocr` 2-3 s of start-up and the server 185 MB of memory for nothing.
-    image = Path(__file__).resolve().parents[1] / "bench" / "data" / "browser-lines" / "images" / "000013.png"
+    image = SAMPLE_LINE
     probe = ("import sys; from fedocr.cli import main; import fedocr.serve.app; "
              f"code = main(['ocr', {str(image)!r}]); print(code, sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text, status = result.stdout.strip().splitlines()
-    assert text == "柯达 Picture CD" and status == "0 ['onnxruntime']"
+    assert reads_the_sample(text) and status == "0 ['onnxruntime']"
