@@ -412,9 +412,8 @@ def reads_the_sample(text: str) -> bool:
 
 def test_reading_with_an_onnx_model_never_imports_torch():
     # torch cost `fedocr ocr` 2-3 s of start-up and the server 185 MB of memory for nothing.
-    image = SAMPLE_LINE
     probe = ("import sys; from fedocr.cli import main; import fedocr.serve.app; "
-             f"code = main(['ocr', {str(image)!r}]); print(code, sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+             f"code = main(['ocr', {str(SAMPLE_LINE)!r}]); print(code, sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text, status = result.stdout.strip().splitlines()

@@ -14,6 +14,7 @@ from test_cli import SAMPLE_LINE, reads_the_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "models" / "base.onnx").is_file(), reason="needs the shipped base model")
 def test_an_installed_wheel_reads_a_line_with_the_model_it_carries(tmp_path: Path) -> None:

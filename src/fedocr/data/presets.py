@@ -58,7 +58,7 @@ PRESETS: dict[str, Preset] = {
                           uneven_light=0.2, perspective=0.2, rules=0.15, stains=0.06, ink_cut=0.5),
                "the base model's corpus: 60% general text, 40% the domain mix; half the lines cut "
                "to their ink as a text detector cuts them"),
-        Preset("wide", text_wide.wide_line, WIDE_STYLES, WIDE_CONDITIONS,
+        Preset("wide", text_wide.wide_line, dict(WIDE_STYLES), WIDE_CONDITIONS,
                "the base model's fine-tuning corpus: its own text plus real English words, identifiers, "
                "e-mail addresses and mixed lines, in every CJK weight and office face, small and large, "
                "shaped as browsers and word processors draw them", faces="wide"),
