@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -206,6 +209,15 @@ def test_packed_font_folder_replaces_fontconfig(tmp_path, monkeypatch):
     finally:
         fonts.installed_faces.cache_clear()
         fonts.latin_faces.cache_clear()
+
+
+def test_pack_fonts_refuses_a_face_name_it_does_not_know_and_writes_nothing(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pack_fonts.py"
+    result = subprocess.run([sys.executable, str(script), "--wide", "--leave-out", "Noto Sans CJK SC Bold,No Such Face",
+                             str(tmp_path / "fonts")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "pack_fonts: --leave-out names no packed face: No Such Face"
+    assert not (tmp_path / "fonts").exists()
 
 
 def test_ascii_runs_can_be_drawn_with_a_western_font_on_the_same_baseline():

@@ -13,7 +13,7 @@ from fedocr.data import SyntheticLines, text_ui, text_wide
 from fedocr.data.presets import get_preset
 from fedocr.data.fonts import (CORE_NOTO_WEIGHTS, HELD_OUT_WIDE_LATIN_FAMILIES, WIDE_LATIN_FAMILIES, installed_faces,
                                latin_faces)
-from fedocr.data.render import Conditions, render_line
+from fedocr.data.render import SQUEEZE, Conditions, render_line
 
 
 def test_wide_text_is_real_english_in_every_case_with_codes_and_addresses():
@@ -88,6 +88,19 @@ def test_an_ink_cut_follows_the_ink_so_a_line_without_descenders_loses_the_font_
     default = Conditions()
     assert np.array_equal(render_line("金额", face, np.random.default_rng(3), default),
                           render_line("金额", face, np.random.default_rng(3), replace(default, ink_cut=0.0)))
+
+
+def test_a_squeeze_sets_the_same_line_condensed_and_presets_that_never_asked_keep_their_stream():
+    face = installed_faces()[0]
+    plain = Conditions(letter_spacing=(0, 0))
+    for seed in range(6):
+        drawn = render_line("金额 Invoice 123", face, np.random.default_rng(seed), plain)
+        squeezed = render_line("金额 Invoice 123", face, np.random.default_rng(seed), replace(plain, squeeze=1.0))
+        assert squeezed.shape[0] == drawn.shape[0]
+        assert SQUEEZE[0] - 0.01 <= squeezed.shape[1] / drawn.shape[1] <= SQUEEZE[1] + 0.01
+        assert (squeezed < 128).any()
+    assert np.array_equal(render_line("金额", face, np.random.default_rng(3), plain),
+                          render_line("金额", face, np.random.default_rng(3), replace(plain, squeeze=0.0)))
 
 
 def test_plain_text_markup_draws_runs_of_one_mark_bullets_and_blanks():

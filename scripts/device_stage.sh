@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run one `fedocr train` stage on a GPU machine from what scripts/pack_device.sh packed (carry
+# .gpu), and leave in $OUT what comes back: NAME.fp16.pt and NAME.best.fp16.pt (fp16 weights
+# without optimizer state, 6.5 MB each: a full training checkpoint is over the 16 MiB a fetched
+# file may have), history-NAME.jsonl and NAME.log. Give --time-budget so the cosine schedule ends
+# inside the lease; TRAIN_TIMEOUT (seconds, default 540) stops a stage that overruns, and the
+# last periodic checkpoint is still converted. DEVICE=cpu PYTHON=.venv/bin/python try it here first.
+#   OUT=... bash scripts/device_stage.sh stage12-gpu --init models/base.pt --data ... --time-budget 420
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAME=${1:?usage: device_stage.sh NAME [fedocr train options]}
+shift
+: "${OUT:?set OUT to the folder whose files come back}"
+(cd .gpu && tar xJf fonts.tar.xz && tar xJf site.tar.xz)
+export PYTHONPATH=$PWD/src:$PWD/.gpu/site:$PWD/.gpu/site312 FEDOCR_FONT_DIR=$PWD/.gpu/fonts \
+  FEDOCR_CACHE=/tmp/fedocr-cache PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}   # the GPU machine's own, with its CUDA build of torch
+DEVICE=${DEVICE:-cuda}
+runtime=(--device "$DEVICE" --workers "$(( $(nproc) - 2 ))")
+if [ "$DEVICE" != cpu ]; then
+  "$PYTHON" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())'
+  runtime+=(--bf16)
+fi
+status=0
+timeout "${TRAIN_TIMEOUT:-540}" "$PYTHON" -m fedocr train --out "$OUT/$NAME.pt" --history "$OUT/history-$NAME.jsonl" \
+  "${runtime[@]}" --checkpoint-every 60 "$@" 2>&1 | tee "$OUT/$NAME.log" || status=$?
+"$PYTHON" - "$OUT" "$NAME" <<'PY'
+import sys
+from pathlib import Path
+from fedocr.model import load_checkpoint, save_checkpoint
+out, name = Path(sys.argv[1]), sys.argv[2]
+for path in (out / f"{name}.pt", out / f"{name}.best.pt"):
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        save_checkpoint(path.with_suffix(".fp16.pt"), ckpt.model, ckpt.charset, ckpt.provenance, half=True)
+        path.unlink()
+        print(f"{path.name} -> {path.with_suffix('.fp16.pt').name}")
+PY
+exit "$status"
