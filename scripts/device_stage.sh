@@ -3,27 +3,32 @@
 # .gpu), and leave in $OUT what comes back: NAME.fp16.pt and NAME.best.fp16.pt (fp16 weights
 # without optimizer state, 6.5 MB each: a full training checkpoint is over the 16 MiB a fetched
 # file may have), history-NAME.jsonl and NAME.log. Give --time-budget so the cosine schedule ends
-# inside the lease; TRAIN_TIMEOUT (seconds, default 540) stops a stage that overruns, and the
-# last periodic checkpoint is still converted. DEVICE=cpu PYTHON=.venv/bin/python try it here first.
-#   OUT=... bash scripts/device_stage.sh stage12-gpu --init models/base.pt --data ... --time-budget 420
+# inside the lease; TRAIN_TIMEOUT (seconds, default 540) stops a stage that overruns: on SIGTERM
+# fedocr writes a checkpoint, and that is converted (give the device call TRAIN_TIMEOUT + 60 s).
+# DEVICE=cpu PYTHON=.venv/bin/python try it here first.
+#   OUT=... bash scripts/device_stage.sh stage12-gpu --init .gpu/START.pt --data ... --time-budget 420
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:?usage: device_stage.sh NAME [fedocr train options]}
 shift
 : "${OUT:?set OUT to the folder whose files come back}"
+[ -f .gpu/fonts.tar.xz ] && [ -f .gpu/site.tar.xz ] || { echo "device_stage: no .gpu/*.tar.xz: run scripts/pack_device.sh here and carry .gpu" >&2; exit 2; }
+mkdir -p "$OUT"
+if compgen -G "$OUT/$NAME*" >/dev/null || [ -e "$OUT/history-$NAME.jsonl" ]; then
+  echo "device_stage: $OUT already holds a stage $NAME: name this one otherwise" >&2; exit 2
+fi
 (cd .gpu && tar xJf fonts.tar.xz && tar xJf site.tar.xz)
-export PYTHONPATH=$PWD/src:$PWD/.gpu/site:$PWD/.gpu/site312 FEDOCR_FONT_DIR=$PWD/.gpu/fonts \
-  FEDOCR_CACHE=/tmp/fedocr-cache PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}   # the GPU machine's own, with its CUDA build of torch
 DEVICE=${DEVICE:-cuda}
-runtime=(--device "$DEVICE" --workers "$(( $(nproc) - 2 ))")
-if [ "$DEVICE" != cpu ]; then
-  "$PYTHON" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name())'
-  runtime+=(--bf16)
-fi
+site=$PWD/.gpu/site
+# the rapidfuzz wheel is built for Python 3.12; elsewhere the interpreter's own is used
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' && site=$site:$PWD/.gpu/site312
+export PYTHONPATH=$PWD/src:$site FEDOCR_FONT_DIR=$PWD/.gpu/fonts FEDOCR_CACHE=/tmp/fedocr-cache PYTHONUNBUFFERED=1
+runtime=(--device "$DEVICE" --workers "$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))")
+[ "$DEVICE" = cpu ] || runtime+=(--bf16)
 status=0
-timeout "${TRAIN_TIMEOUT:-540}" "$PYTHON" -m fedocr train --out "$OUT/$NAME.pt" --history "$OUT/history-$NAME.jsonl" \
-  "${runtime[@]}" --checkpoint-every 60 "$@" 2>&1 | tee "$OUT/$NAME.log" || status=$?
+timeout -k 30 "${TRAIN_TIMEOUT:-540}" "$PYTHON" -m fedocr train --out "$OUT/$NAME.pt" \
+  --history "$OUT/history-$NAME.jsonl" "${runtime[@]}" --checkpoint-every 60 "$@" 2>&1 | tee "$OUT/$NAME.log" || status=$?
 "$PYTHON" - "$OUT" "$NAME" <<'PY'
 import sys
 from pathlib import Path

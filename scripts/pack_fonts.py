@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 
 from fedocr.charset import default_charset
-from fedocr.data.fonts import FontFace, FontsMissing, installed_faces, latin_faces, pack_faces
+from fedocr.data.fonts import FontFace, FontsMissing, every_face, pack_faces
 
 
-def _faces(wide: bool, leave_out: set[str]) -> tuple[FontFace, ...] | None:
-    if not wide and not leave_out:
-        return None  # pack_faces' default: every face, held-out ones too
-    faces = (installed_faces(wide=wide) + latin_faces(wide=wide) if wide else
-             installed_faces() + installed_faces(held_out=True) + latin_faces() + latin_faces(held_out=True))
+def faces_to_pack(wide: bool, leave_out: set[str]) -> tuple[FontFace, ...]:
+    """Every face of the default set (held-out ones too), or the wide set's training faces,
+    less those named in `leave_out` (each must name a face of the set: a typo fails loudly)."""
+    faces = every_face(wide=True, held_out=False) if wide else every_face()
     unknown = leave_out - {face.name for face in faces}
     if unknown:
         raise FontsMissing(f"--leave-out names no packed face: {', '.join(sorted(unknown))}")
@@ -37,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     leave_out = {name.strip() for name in args.leave_out.split(",") if name.strip()}
     try:
-        written = pack_faces(args.out_dir, default_charset(), _faces(args.wide, leave_out))
+        written = pack_faces(args.out_dir, default_charset(), faces_to_pack(args.wide, leave_out))
     except FontsMissing as err:
         print(f"pack_fonts: {err}", file=sys.stderr)
         return 2

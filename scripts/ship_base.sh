@@ -3,8 +3,13 @@
 # models/base.pt (fp16 weights, no optimizer state) and models/base.onnx (int8, verified export).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SRC=${1:-models/training/stage2.best.pt}
-[ -f "$SRC" ] || SRC=models/training/stage2.pt
+if [ $# -gt 0 ]; then
+  SRC=$1
+  [ -f "$SRC" ] || { echo "ship_base: $SRC: no such checkpoint" >&2; exit 2; }
+else  # train_base.sh's last stage: its best validation, else its end
+  SRC=models/training/stage2.best.pt
+  [ -f "$SRC" ] || SRC=models/training/stage2.pt
+fi
 .venv/bin/python - "$SRC" <<'PY'
 import sys
 from fedocr.model import load_checkpoint, save_checkpoint

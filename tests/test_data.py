@@ -211,9 +211,26 @@ def test_packed_font_folder_replaces_fontconfig(tmp_path, monkeypatch):
         fonts.latin_faces.cache_clear()
 
 
+PACK_FONTS = Path(__file__).resolve().parents[1] / "scripts" / "pack_fonts.py"
+
+
+def test_pack_fonts_packs_the_wide_training_faces_less_those_left_out():
+    import runpy
+
+    from fedocr.data import fonts
+
+    faces_to_pack = runpy.run_path(str(PACK_FONTS))["faces_to_pack"]
+    wide = faces_to_pack(True, set())
+    assert {f.family for f in wide} >= {"Noto Sans CJK SC", "Nimbus Roman", "Carlito"}
+    assert not {f.family for f in wide} & (set(fonts.HELD_OUT_FAMILIES) | set(fonts.HELD_OUT_WIDE_LATIN_FAMILIES))
+    fewer = faces_to_pack(True, {"Noto Sans CJK SC Thin", "Carlito Bold"})
+    assert [f for f in wide if f.name not in {"Noto Sans CJK SC Thin", "Carlito Bold"}] == list(fewer) != list(wide)
+    assert faces_to_pack(False, set()) == fonts.every_face()  # the default set, held-out faces included
+    assert {f.family for f in fonts.every_face()} & set(fonts.HELD_OUT_FAMILIES)
+
+
 def test_pack_fonts_refuses_a_face_name_it_does_not_know_and_writes_nothing(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "pack_fonts.py"
-    result = subprocess.run([sys.executable, str(script), "--wide", "--leave-out", "Noto Sans CJK SC Bold,No Such Face",
+    result = subprocess.run([sys.executable, str(PACK_FONTS), "--wide", "--leave-out", "Noto Sans CJK SC Bold,No Such Face",
                              str(tmp_path / "fonts")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "pack_fonts: --leave-out names no packed face: No Such Face"

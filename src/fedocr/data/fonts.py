@@ -129,6 +129,15 @@ def latin_faces(held_out: bool = False, wide: bool = False) -> tuple[FontFace, .
     return tuple(f for f in _faces(families, ":lang=en") if not _slanted(f))
 
 
+def every_face(wide: bool = False, held_out: bool = True) -> tuple[FontFace, ...]:
+    """The CJK and Western faces of the default (or the wide) set, the held-out ones too unless
+    held_out=False (a training machine needs none of them)."""
+    faces = installed_faces(wide=wide) + latin_faces(wide=wide)
+    if held_out:
+        faces += installed_faces(held_out=True, wide=wide) + latin_faces(held_out=True, wide=wide)
+    return faces
+
+
 def _slanted(face: FontFace) -> bool:
     return any(word in face.weight for word in ("Italic", "Oblique", "Kursiv"))
 
@@ -184,7 +193,7 @@ def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None 
     dest.mkdir(parents=True, exist_ok=True)
     manifest, written = [], []
     if faces is None:
-        faces = installed_faces() + installed_faces(held_out=True) + latin_faces() + latin_faces(held_out=True)
+        faces = every_face()
     for face in faces:
         font = TTFont(face.path, fontNumber=face.index)
         subsetter = subset.Subsetter(options)

@@ -47,7 +47,7 @@ class Conditions:
     aliased: float = 0.0                         # chance of bi-level glyphs (screen text without smoothing)
     shaped_runs: bool = False                    # draw each one-face run whole: kerning and ligatures
     ink_cut: float = 0.0                         # chance of a detector's cut: the ink's box plus margins of its height
-    squeeze: float = 0.0                         # chance of condensed setting: the line narrowed to SQUEEZE of its width
+    condense: float = 0.0                        # chance of condensed setting: the line narrowed to CONDENSE of its width
 
     def __post_init__(self) -> None:
         if self.device and self.device not in DEVICES:
@@ -56,9 +56,9 @@ class Conditions:
             raise ValueError(f"device rate {self.device_rate!r} must be in [0, 1], and above 0 only with a device")
 
 
-# Word processors and PDFs set type denser than our faces draw it: after height normalisation the
-# office external set has 9.7 px per half-width character (median) against 12.1 in browsers.
-SQUEEZE = (0.7, 0.95)
+# Word processors and PDFs set type denser than our faces draw it (bench/line_density.py measures
+# the width per character that the model sees, on the external sets and on ours).
+CONDENSE = (0.7, 0.95)
 
 
 @lru_cache(maxsize=256)
@@ -114,8 +114,8 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
     line = np.asarray(canvas, dtype=np.uint8)
     if cond.ink_cut and rng.random() < cond.ink_cut:  # drawn only when asked, as _font_size
         line = cut_to_ink(line, rng)
-    if cond.squeeze and rng.random() < cond.squeeze:
-        width = max(1, round(line.shape[1] * float(rng.uniform(*SQUEEZE))))
+    if cond.condense and rng.random() < cond.condense:
+        width = max(1, round(line.shape[1] * float(rng.uniform(*CONDENSE))))
         line = cv2.resize(line, (width, line.shape[0]), interpolation=cv2.INTER_AREA)
     return line
 
