@@ -1,7 +1,7 @@
 """How wide a character is in the image the model reads: pixels per half-width character (a hanzi
 counts two) after preprocessing to 32 px high, on the external check sets and on lines of our
-own presets. A set denser than anything trained on is read worse (the CTC head has width / 4
-steps, so a narrow run of letters has little room), which is what the `condense` condition is for.
+own presets. A set denser than most training lines may read worse (the CTC head has width / 4
+steps, so a narrow run of letters has little room); the `condense` condition draws denser lines.
 
     .venv/bin/python bench/line_density.py [--n 300] [--presets pretrain,wide,ui]
 
