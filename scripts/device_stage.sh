@@ -12,18 +12,21 @@ cd "$(dirname "$0")/.."
 NAME=${1:?usage: device_stage.sh NAME [fedocr train options]}
 shift
 : "${OUT:?set OUT to the folder whose files come back}"
+for made in "$NAME.pt" "$NAME.best.pt" "$NAME.fp16.pt" "$NAME.best.fp16.pt" "$NAME.log" "history-$NAME.jsonl"; do
+  [ ! -e "$OUT/$made" ] || { echo "device_stage: $OUT already holds $made: name this stage otherwise" >&2; exit 2; }
+done
 [ -f .gpu/fonts.tar.xz ] && [ -f .gpu/site.tar.xz ] || { echo "device_stage: no .gpu/*.tar.xz: run scripts/pack_device.sh here and carry .gpu" >&2; exit 2; }
 mkdir -p "$OUT"
-if compgen -G "$OUT/$NAME*" >/dev/null || [ -e "$OUT/history-$NAME.jsonl" ]; then
-  echo "device_stage: $OUT already holds a stage $NAME: name this one otherwise" >&2; exit 2
-fi
-(cd .gpu && tar xJf fonts.tar.xz && tar xJf site.tar.xz)
+# unpacked outside the working tree: ~80 MB of fonts left in .gpu would overflow the next call
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked"' EXIT
+tar xJf .gpu/fonts.tar.xz -C "$unpacked" && tar xJf .gpu/site.tar.xz -C "$unpacked"
 PYTHON=${PYTHON:-python3}   # the GPU machine's own, with its CUDA build of torch
 DEVICE=${DEVICE:-cuda}
-site=$PWD/.gpu/site
+site=$unpacked/site
 # the rapidfuzz wheel is built for Python 3.12; elsewhere the interpreter's own is used
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' && site=$site:$PWD/.gpu/site312
-export PYTHONPATH=$PWD/src:$site FEDOCR_FONT_DIR=$PWD/.gpu/fonts FEDOCR_CACHE=/tmp/fedocr-cache PYTHONUNBUFFERED=1
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' && site=$site:$unpacked/site312
+export PYTHONPATH=$PWD/src:$site FEDOCR_FONT_DIR=$unpacked/fonts FEDOCR_CACHE=/tmp/fedocr-cache PYTHONUNBUFFERED=1
 runtime=(--device "$DEVICE" --workers "$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))")
 [ "$DEVICE" = cpu ] || runtime+=(--bf16)
 status=0
@@ -41,4 +44,8 @@ for path in (out / f"{name}.pt", out / f"{name}.best.pt"):
         path.unlink()
         print(f"{path.name} -> {path.with_suffix('.fp16.pt').name}")
 PY
+if [ "$status" = 124 ]; then  # the tool would report a timed-out call, though the checkpoint came back
+  echo "device_stage: stopped by TRAIN_TIMEOUT (${TRAIN_TIMEOUT:-540} s); its last checkpoint is in $OUT" >&2
+  exit 3
+fi
 exit "$status"

@@ -40,6 +40,7 @@ mkdir -p .gpu
 tar cf - -C "$work" fonts | xz -T0 -6 > .gpu/fonts.tar.xz.tmp && mv .gpu/fonts.tar.xz.tmp .gpu/fonts.tar.xz
 tar cf - -C "$work" site site312 | xz -T0 -6 > .gpu/site.tar.xz.tmp && mv .gpu/site.tar.xz.tmp .gpu/site.tar.xz
 du -h .gpu/*.tar.xz
-sent=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s}')
+# files moved aside for the call are not sent: stat skips them
+sent=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | { xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
 carried=$(du -sb .gpu | cut -f1)
 echo "a device call would send $(( (sent + carried) / 1048576 )) MiB (working tree $(( sent / 1048576 )), .gpu $(( carried / 1048576 ))); the limit is 64"
