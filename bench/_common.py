@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parent / "data"  # the external check sets, one folder with labels.tsv each
+
+
+def external_set_dirs() -> list[Path]:
+    return [labels.parent for labels in sorted(DATA.glob("*/labels.tsv"))]
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

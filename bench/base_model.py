@@ -45,14 +45,13 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median_seconds, print_table, write_result  # noqa: E402
+from _common import DATA, external_set_dirs, median_seconds, print_table, write_result  # noqa: E402
 
 from fedocr.data import InMemoryLines, LineDataset, SyntheticLines, open_dataset  # noqa: E402
 from fedocr.serve.engine import Engine, load_engine  # noqa: E402
 from fedocr.train import EvalReport, evaluate, score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "bench" / "data"
 TEST_SEEDS = {"hospital": 10_001, "bank": 10_002, "school": 10_003, "logistics": 10_004, "public": 10_005}
 TARGETS = {"public_cer": 0.02, "heldout_font_cer": 0.05, "bucket_vs_overall": 2.0, "ort_b1_ms": 6.0,
            "external_cer": 0.02, "vs_peer": 2.0, "domain_cer": 0.02}
@@ -142,7 +141,7 @@ def synthetic_sets(n: int) -> list[LineDataset]:
 
 
 def external_sets() -> list[LineDataset]:
-    return [InMemoryLines(open_dataset(p.parent)) for p in sorted(DATA.glob("*/labels.tsv"))]
+    return [InMemoryLines(open_dataset(folder)) for folder in external_set_dirs()]
 
 
 def text_kinds(dataset: LineDataset) -> list[str]:

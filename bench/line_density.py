@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, write_result  # noqa: E402
+from _common import external_set_dirs, print_table, write_result  # noqa: E402
 
 from fedocr.data import LineDataset, SyntheticLines, open_dataset  # noqa: E402
 from fedocr.data.preprocess import preprocess  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data"
 SEED = 5  # of the synthetic lines; the external sets are read whole
 
 
@@ -44,7 +43,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="lines per synthetic set")
     parser.add_argument("--presets", default="pretrain,wide,ui")
     args = parser.parse_args()
-    sets: dict[str, LineDataset] = {p.parent.name: open_dataset(p.parent) for p in sorted(DATA.glob("*/labels.tsv"))}
+    sets: dict[str, LineDataset] = {folder.name: open_dataset(folder) for folder in external_set_dirs()}
     for preset in args.presets.split(","):
         sets[f"synth:{preset}"] = SyntheticLines(preset, args.n, seed=SEED)
     rows, results = [], {}

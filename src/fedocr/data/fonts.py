@@ -180,9 +180,8 @@ def coverage(face: FontFace, charset: Charset) -> frozenset[str]:
     return _COVERAGE[key]
 
 
-def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None = None) -> list[Path]:
-    """Copy `faces` (default: every CJK and Western face, training and held out) into `dest`,
-    keeping only the glyphs of `charset` (a CJK face shrinks from ~20 MB to ~3 MB), with the
+def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...]) -> list[Path]:
+    """Copy `faces` (`every_face()`, say) into `dest`, keeping only the glyphs of `charset` (a CJK face shrinks from ~20 MB to ~3 MB), with the
     manifest FEDOCR_FONT_DIR reads."""
     from fontTools import subset
     from fontTools.ttLib import TTFont
@@ -192,8 +191,6 @@ def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...] | None 
     options.layout_features = ["*"]
     dest.mkdir(parents=True, exist_ok=True)
     manifest, written = [], []
-    if faces is None:
-        faces = every_face()
     for face in faces:
         font = TTFont(face.path, fontNumber=face.index)
         subsetter = subset.Subsetter(options)
