@@ -107,9 +107,13 @@ def wide_specs(n: int, seed: int) -> list[LineSpec]:
     scale = n / sum(WIDE_MIX.values())
     mix = {kind: round(count * scale) for kind, count in WIDE_MIX.items()}
     original = open_dataset(DATA / "browser-lines").texts() if (DATA / "browser-lines").is_dir() else ()
-    rng = random.Random(seed)
+    return browser_specs(harvest(seed=seed).sample(mix, seed, exclude=original), random.Random(seed))
+
+
+def browser_specs(texts: list[tuple[str, str]], rng: random.Random) -> list[LineSpec]:
+    """How each (kind, text) is drawn: font stack, weight, size, colour, scale factor and zoom."""
     specs = []
-    for kind, text in harvest(seed=seed).sample(mix, seed, exclude=original):
+    for kind, text in texts:
         latin = rng.choice(LATIN_FACES)
         if has_hanzi(text):
             family, weights = rng.choice(CJK_FACES)
@@ -161,6 +165,23 @@ def cut(strip: np.ndarray, spec: LineSpec, rng: random.Random) -> np.ndarray | N
     return line if spec.zoom == 1.0 else rescale(line, spec.zoom, INTERPOLATIONS[spec.interpolation])
 
 
+def draw_browser(specs: list[LineSpec], seed: int, wide: bool = True) -> dict[int, np.ndarray]:
+    """Index of each spec whose screenshot had ink -> its crop (the wide set's cut, or the
+    original set's fixed margins)."""
+    rng = random.Random(seed)
+    drawn: dict[int, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in sorted({s.scale for s in specs}):
+            indices = [i for i, s in enumerate(specs) if s.scale == scale]
+            for start in range(0, len(indices), CHUNK):
+                chunk = indices[start: start + CHUNK]
+                for i, strip in zip(chunk, render_page([specs[i] for i in chunk], scale, Path(tmp))):
+                    line = cut(strip, specs[i], rng) if wide else _original_crop(strip)
+                    if line is not None:
+                        drawn[i] = line
+    return drawn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("browser-lines-wide", "browser-lines"), default="browser-lines-wide")
@@ -174,17 +195,7 @@ def main() -> None:
     n, seed = args.n or (360 if wide else 160), args.seed if args.seed is not None else (11 if wide else 7)
     out = args.out or DATA / args.set
     specs = wide_specs(n, seed) if wide else original_specs(n, seed)
-    rng = random.Random(seed + 1)
-    drawn: dict[int, np.ndarray] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for scale in sorted({s.scale for s in specs}):
-            indices = [i for i, s in enumerate(specs) if s.scale == scale]
-            for start in range(0, len(indices), CHUNK):
-                chunk = indices[start: start + CHUNK]
-                for i, strip in zip(chunk, render_page([specs[i] for i in chunk], scale, Path(tmp))):
-                    line = cut(strip, specs[i], rng) if wide else _original_crop(strip)
-                    if line is not None:
-                        drawn[i] = line
+    drawn = draw_browser(specs, seed + 1, wide)
     kept = [i for i in range(len(specs)) if i in drawn]
     if out.exists():
         shutil.rmtree(out)

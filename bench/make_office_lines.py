@@ -90,9 +90,13 @@ def line_specs(n: int, seed: int) -> list[OfficeLine]:
     for name in ("browser-lines", "browser-lines-wide"):
         if (DATA / name / "labels.tsv").is_file():
             taken.update(open_dataset(DATA / name).texts())
-    rng = random.Random(seed)
+    return office_specs(harvest(seed=seed).sample(mix, seed, exclude=taken), random.Random(seed))
+
+
+def office_specs(texts: list[tuple[str, str]], rng: random.Random) -> list[OfficeLine]:
+    """How each (kind, text) is set: faces, size, style, table border, raster and degradation."""
     specs = []
-    for kind, text in harvest(seed=seed).sample(mix, seed, exclude=taken):
+    for kind, text in texts:
         asian = rng.choice(CJK_FACES)
         # bold on top of a named Black/SemiBold face would be synthesised twice: only on regular faces
         bold = rng.random() < 0.25 and not asian.endswith(("Black", "SemiBold", "Thin", "ExtraLight", "Light"))
@@ -196,18 +200,16 @@ def cut_document(lines: list[OfficeLine], pdf: Path, dpi: int, antialias: bool, 
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=320)
-    parser.add_argument("--seed", type=int, default=23)
-    parser.add_argument("--out", type=Path, default=DATA / "office-lines")
-    args = parser.parse_args()
+def require_tools() -> None:
     for tool in ("soffice", "pdftotext", "pdftoppm"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed: apt-get install -y --no-install-recommends "
                      "libreoffice-writer-nogui poppler-utils")
-    specs = line_specs(args.n, args.seed)
-    rng = random.Random(args.seed + 1)
+
+
+def draw_office(specs: list[OfficeLine], seed: int) -> dict[int, tuple[np.ndarray, str]]:
+    """Index of each spec found as one line -> (its crop, the degradation applied)."""
+    rng = random.Random(seed)
     drawn: dict[int, tuple[np.ndarray, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -227,6 +229,18 @@ def main() -> None:
             cut = cut_document([specs[i] for i in indices], work / f"doc{r}.pdf", dpi, antialias, pages_dir, rng)
             by_text = {spec.text: (image, how) for spec, image, how in cut}
             drawn.update({i: by_text[specs[i].text] for i in indices if specs[i].text in by_text})
+    return drawn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=320)
+    parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--out", type=Path, default=DATA / "office-lines")
+    args = parser.parse_args()
+    require_tools()
+    specs = line_specs(args.n, args.seed)
+    drawn = draw_office(specs, args.seed + 1)
     kept = [i for i in range(len(specs)) if i in drawn]
     if args.out.exists():
         shutil.rmtree(args.out)

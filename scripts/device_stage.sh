@@ -35,12 +35,11 @@ timeout -k 30 "${TRAIN_TIMEOUT:-540}" "$PYTHON" -m fedocr train --out "$OUT/$NAM
 "$PYTHON" - "$OUT" "$NAME" <<'PY'
 import sys
 from pathlib import Path
-from fedocr.model import load_checkpoint, save_checkpoint
+from fedocr.model import compact_checkpoint
 out, name = Path(sys.argv[1]), sys.argv[2]
 for path in (out / f"{name}.pt", out / f"{name}.best.pt"):
     if path.is_file():
-        ckpt = load_checkpoint(path)
-        save_checkpoint(path.with_suffix(".fp16.pt"), ckpt.model, ckpt.charset, ckpt.provenance, half=True)
+        compact_checkpoint(path, path.with_suffix(".fp16.pt"))
         path.unlink()
         print(f"{path.name} -> {path.with_suffix('.fp16.pt').name}")
 PY

@@ -12,10 +12,8 @@ else  # train_base.sh's last stage: its best validation, else its end
 fi
 .venv/bin/python - "$SRC" <<'PY'
 import sys
-from fedocr.model import load_checkpoint, save_checkpoint
-ckpt = load_checkpoint(sys.argv[1])
-provenance = {**ckpt.provenance, "shipped_from": sys.argv[1]}
-save_checkpoint("models/base.pt", ckpt.model, ckpt.charset, provenance, half=True)
+from fedocr.model import compact_checkpoint
+provenance = compact_checkpoint(sys.argv[1], "models/base.pt", shipped_from=sys.argv[1]).provenance
 print(f"models/base.pt from {sys.argv[1]} (step {provenance.get('steps')}, {provenance.get('lines_seen')} lines)")
 PY
 # int8 (the MatMuls, activation scales per line; LSTMs fp32): a line reads the same alone or in any batch

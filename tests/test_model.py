@@ -4,8 +4,8 @@ import torch
 
 from fedocr.charset import Charset
 from fedocr.data import SyntheticLines, preprocess
-from fedocr.model import (CRNN, CheckpointError, ModelConfig, load_checkpoint, pad_lines, recognize_lines,
-                          save_checkpoint, torch_logits_fn)
+from fedocr.model import (CRNN, CheckpointError, ModelConfig, compact_checkpoint, load_checkpoint, pad_lines,
+                          recognize_lines, save_checkpoint, torch_logits_fn)
 from fedocr.model.checkpoint import provenance
 
 
@@ -56,15 +56,18 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, trained_digits_
     assert loaded.provenance["kind"] == "unit-test" and "created" in loaded.provenance
 
 
-def test_fp16_checkpoint_is_smaller_and_reads_the_same(tmp_path, trained_digits_model):
+def test_compact_fp16_checkpoint_is_smaller_reads_the_same_and_keeps_its_provenance(tmp_path, trained_digits_model):
     model, charset = trained_digits_model.model, trained_digits_model.charset
-    save_checkpoint(tmp_path / "full.pt", model, charset)
-    save_checkpoint(tmp_path / "half.pt", model, charset, half=True)
+    save_checkpoint(tmp_path / "full.pt", model, charset, {"kind": "unit-test"}, training={"step": 3})
+    compact_checkpoint(tmp_path / "full.pt", tmp_path / "half.pt", shipped_from="full.pt")
     assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    half = load_checkpoint(tmp_path / "half.pt")
+    assert half.training is None
+    assert half.provenance["kind"] == "unit-test" and half.provenance["shipped_from"] == "full.pt"
     lines = _lines(charset, 6)
-    full = recognize_lines(lines, torch_logits_fn(model), charset)
-    half = recognize_lines(lines, torch_logits_fn(load_checkpoint(tmp_path / "half.pt").model), charset)
-    assert [d.text for d in full] == [d.text for d in half]
+    full_read = recognize_lines(lines, torch_logits_fn(model), charset)
+    half_read = recognize_lines(lines, torch_logits_fn(half.model), charset)
+    assert [d.text for d in full_read] == [d.text for d in half_read]
 
 
 def test_checkpoint_of_another_vocabulary_is_refused(tmp_path, trained_digits_model):

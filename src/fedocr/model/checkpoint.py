@@ -91,6 +91,14 @@ def save_checkpoint(path: str | Path, model: CRNN, charset: Charset, provenance:
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
+def compact_checkpoint(src: str | Path, dst: str | Path, **provenance: Any) -> Checkpoint:
+    """Copy `src` to `dst` as committed and shipped models are kept: fp16 weights, no optimizer
+    state, its provenance updated with `provenance`. Returns the loaded source."""
+    ckpt = load_checkpoint(src)
+    save_checkpoint(dst, ckpt.model, ckpt.charset, {**ckpt.provenance, **provenance}, half=True)
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, expect_charset: Charset | None = None) -> Checkpoint:
     """Load a checkpoint; with expect_charset, refuse one trained on another vocabulary."""
     import torch
