@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +111,14 @@ def wide_specs(n: int, seed: int) -> list[LineSpec]:
     return browser_specs(harvest(seed=seed).sample(mix, seed, exclude=original), random.Random(seed))
 
 
-def browser_specs(texts: list[tuple[str, str]], rng: random.Random) -> list[LineSpec]:
+def browser_specs(texts: list[tuple[str, str]], rng: random.Random, latin_faces: Sequence[str] = LATIN_FACES,
+                  cjk_faces: Sequence[tuple[str, tuple[int, ...]]] = CJK_FACES) -> list[LineSpec]:
     """How each (kind, text) is drawn: font stack, weight, size, colour, scale factor and zoom."""
     specs = []
     for kind, text in texts:
-        latin = rng.choice(LATIN_FACES)
+        latin = rng.choice(latin_faces)
         if has_hanzi(text):
-            family, weights = rng.choice(CJK_FACES)
+            family, weights = rng.choice(cjk_faces)
             # web pages usually name a Western face first, so Latin runs come from it
             families = (latin, family) if rng.random() < 0.6 else (family,)
             weight, italic = rng.choice(weights), False
@@ -156,8 +158,8 @@ def render_page(lines: list[LineSpec], scale: float, workdir: Path) -> list[np.n
 
 def cut(strip: np.ndarray, spec: LineSpec, rng: random.Random) -> np.ndarray | None:
     box = ink_box(strip, threshold=215)
-    if box is None:
-        return None
+    if box is None or box[3] >= strip.shape[1] - 1:
+        return None  # blank, or ink up to the window's edge: the line ran off the page
     height = box[1] - box[0]
     # detectors leave uneven margins; so do we, around the ink
     line = crop_with_margin(strip, box, pad_y=max(2, round(height * rng.uniform(0.1, 0.3))),

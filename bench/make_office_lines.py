@@ -36,6 +36,7 @@ import sys
 import tempfile
 import unicodedata
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -93,14 +94,15 @@ def line_specs(n: int, seed: int) -> list[OfficeLine]:
     return office_specs(harvest(seed=seed).sample(mix, seed, exclude=taken), random.Random(seed))
 
 
-def office_specs(texts: list[tuple[str, str]], rng: random.Random) -> list[OfficeLine]:
+def office_specs(texts: list[tuple[str, str]], rng: random.Random, western_faces: Sequence[str] = LATIN_FACES,
+                 cjk_faces: Sequence[str] = CJK_FACES) -> list[OfficeLine]:
     """How each (kind, text) is set: faces, size, style, table border, raster and degradation."""
     specs = []
     for kind, text in texts:
-        asian = rng.choice(CJK_FACES)
+        asian = rng.choice(cjk_faces)
         # bold on top of a named Black/SemiBold face would be synthesised twice: only on regular faces
         bold = rng.random() < 0.25 and not asian.endswith(("Black", "SemiBold", "Thin", "ExtraLight", "Light"))
-        specs.append(OfficeLine(text, kind, rng.choice(LATIN_FACES), asian, rng.choice(SIZES_PT), bold,
+        specs.append(OfficeLine(text, kind, rng.choice(western_faces), asian, rng.choice(SIZES_PT), bold,
                                 rng.random() < 0.08 and not has_hanzi(text), rng.random() < 0.12, rng.random() < 0.15,
                                 rng.randrange(len(RASTERS)), rng.random() < DEGRADED_SHARE))
     return specs

@@ -13,7 +13,7 @@ fi
 .venv/bin/python - "$SRC" <<'PY'
 import sys
 from fedocr.model import compact_checkpoint
-provenance = compact_checkpoint(sys.argv[1], "models/base.pt", shipped_from=sys.argv[1]).provenance
+provenance = compact_checkpoint(sys.argv[1], "models/base.pt", shipped_from=sys.argv[1])
 print(f"models/base.pt from {sys.argv[1]} (step {provenance.get('steps')}, {provenance.get('lines_seen')} lines)")
 PY
 # int8 (the MatMuls, activation scales per line; LSTMs fp32): a line reads the same alone or in any batch

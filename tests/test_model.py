@@ -59,11 +59,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, trained_digits_
 def test_compact_fp16_checkpoint_is_smaller_reads_the_same_and_keeps_its_provenance(tmp_path, trained_digits_model):
     model, charset = trained_digits_model.model, trained_digits_model.charset
     save_checkpoint(tmp_path / "full.pt", model, charset, {"kind": "unit-test"}, training={"step": 3})
-    compact_checkpoint(tmp_path / "full.pt", tmp_path / "half.pt", shipped_from="full.pt")
+    written = compact_checkpoint(tmp_path / "full.pt", tmp_path / "half.pt", shipped_from="full.pt")
     assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
     half = load_checkpoint(tmp_path / "half.pt")
     assert half.training is None
-    assert half.provenance["kind"] == "unit-test" and half.provenance["shipped_from"] == "full.pt"
+    assert half.provenance == written and written["kind"] == "unit-test" and written["shipped_from"] == "full.pt"
     lines = _lines(charset, 6)
     full_read = recognize_lines(lines, torch_logits_fn(model), charset)
     half_read = recognize_lines(lines, torch_logits_fn(half.model), charset)

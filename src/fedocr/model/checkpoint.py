@@ -91,12 +91,13 @@ def save_checkpoint(path: str | Path, model: CRNN, charset: Charset, provenance:
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
-def compact_checkpoint(src: str | Path, dst: str | Path, **provenance: Any) -> Checkpoint:
+def compact_checkpoint(src: str | Path, dst: str | Path, **provenance: Any) -> dict[str, Any]:
     """Copy `src` to `dst` as committed and shipped models are kept: fp16 weights, no optimizer
-    state, its provenance updated with `provenance`. Returns the loaded source."""
+    state, its provenance updated with `provenance`. Returns the provenance written."""
     ckpt = load_checkpoint(src)
-    save_checkpoint(dst, ckpt.model, ckpt.charset, {**ckpt.provenance, **provenance}, half=True)
-    return ckpt
+    written = {**ckpt.provenance, **provenance}
+    save_checkpoint(dst, ckpt.model, ckpt.charset, written, half=True)
+    return written
 
 
 def load_checkpoint(path: str | Path, expect_charset: Charset | None = None) -> Checkpoint:
