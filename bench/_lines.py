@@ -22,6 +22,7 @@ import os
 import random
 import re
 import subprocess
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,12 @@ class TextPools:
 
 def has_hanzi(text: str) -> bool:
     return HANZI.search(text) is not None
+
+
+def ems(text: str) -> float:
+    """A line's width in ems, roughly: full-width characters 1, the rest 0.62 (for sizing a line
+    to its page before a renderer sets it)."""
+    return sum(1.0 if unicodedata.east_asian_width(c) in "WF" else 0.62 for c in text)
 
 
 def clean_label(text: str, charset: Charset) -> str | None:

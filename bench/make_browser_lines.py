@@ -42,13 +42,13 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA  # noqa: E402
 from _lines import (LATIN_FACES, chinese_ui_strings, compact_pngs, crop_with_margin, harvest,  # noqa: E402
                     has_hanzi, ink_box, rescale, write_meta)
 
 from fedocr.charset import default_charset  # noqa: E402
 from fedocr.data import open_dataset, write_line_set  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 PAGE_WIDTH = 1800   # CSS px; the longest line (60 monospaced characters at 40 px) fits

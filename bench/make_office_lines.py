@@ -45,11 +45,12 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _lines import LATIN_FACES, compact_pngs, crop_with_margin, degrade, harvest, has_hanzi, write_meta  # noqa: E402
+from _common import DATA  # noqa: E402
+from _lines import (LATIN_FACES, compact_pngs, crop_with_margin, degrade, ems, harvest, has_hanzi,  # noqa: E402
+                    write_meta)
 
 from fedocr.data import open_dataset, write_line_set  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data"
 CJK_FACES = ("Noto Sans CJK SC", "Noto Sans CJK SC Thin", "Noto Sans CJK SC Light", "Noto Sans CJK SC DemiLight",
              "Noto Sans CJK SC Medium", "Noto Sans CJK SC Black", "Noto Serif CJK SC", "Noto Serif CJK SC ExtraLight",
              "Noto Serif CJK SC Light", "Noto Serif CJK SC SemiBold", "Noto Serif CJK SC Black", "WenQuanYi Zen Hei",
@@ -109,8 +110,7 @@ def office_specs(texts: list[tuple[str, str]], rng: random.Random, western_faces
 
 
 def _estimated_width_cm(spec: OfficeLine) -> float:
-    ems = sum(1.0 if unicodedata.east_asian_width(c) in "WF" else 0.62 for c in spec.text)
-    return ems * spec.size_pt * 2.54 / 72
+    return ems(spec.text) * spec.size_pt * 2.54 / 72
 
 
 def fodt(lines: list[OfficeLine]) -> str:

@@ -26,9 +26,8 @@ import argparse
 import dataclasses
 import random
 import shutil
-import sys
 import subprocess
-import unicodedata
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,9 +38,7 @@ sys.path.insert(0, str(BENCH))
 import make_browser_lines as browser  # noqa: E402
 import make_office_lines as office  # noqa: E402
 from _common import external_set_dirs  # noqa: E402
-from _lines import write_meta  # noqa: E402
-
-from _lines import compact_pngs  # noqa: E402
+from _lines import compact_pngs, ems, write_meta  # noqa: E402
 
 from fedocr.data import DatasetError, SyntheticLines, open_dataset, write_line_set  # noqa: E402
 from fedocr.data.fonts import HELD_OUT_FAMILIES, HELD_OUT_WIDE_LATIN_FAMILIES  # noqa: E402
@@ -57,11 +54,6 @@ RENDERERS = ("office", "browser")
 TEXTS_PER_BATCH = 1000  # one LibreOffice conversion / a progress line; a failed batch loses no more
 OFFICE_WIDTH_PT = (office.PAGE_CM[0] - 2 * office.MARGIN_CM) / 2.54 * 72 * 0.85
 BROWSER_WIDTH_PX = (browser.PAGE_WIDTH - 24) * 0.85
-
-
-def ems(text: str) -> float:
-    """The line's width in ems, roughly: full-width characters 1, the rest 0.62."""
-    return sum(1.0 if unicodedata.east_asian_width(c) in "WF" else 0.62 for c in text)
 
 
 def training_texts(n: int, seed: int) -> list[tuple[str, str]]:

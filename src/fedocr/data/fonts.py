@@ -181,8 +181,8 @@ def coverage(face: FontFace, charset: Charset) -> frozenset[str]:
 
 
 def pack_faces(dest: Path, charset: Charset, faces: tuple[FontFace, ...]) -> list[Path]:
-    """Copy `faces` (`every_face()`, say) into `dest`, keeping only the glyphs of `charset` (a CJK face shrinks from ~20 MB to ~3 MB), with the
-    manifest FEDOCR_FONT_DIR reads."""
+    """Copy `faces` (`every_face()`, say) into `dest`, keeping only the glyphs of `charset` (a CJK
+    face shrinks from ~20 MB to ~3 MB), with the manifest FEDOCR_FONT_DIR reads."""
     from fontTools import subset
     from fontTools.ttLib import TTFont
 
