@@ -96,6 +96,38 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write a JSON file whole or not at all (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cached(path: Path, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A benchmark run's result, from `path` when it was computed with these `settings` (so a
+    stopped benchmark resumes where it left off), else computed and saved with them. A cache made
+    with other settings stops the benchmark rather than mixing runs."""
+    wanted = json.loads(json.dumps(settings))
+    if path.is_file():
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("settings") != wanted:
+            raise SystemExit(f"{path} was run with other settings ({result.get('settings')}); "
+                             "give these ones a --tag or another --out")
+        return result
+    result = {**compute(), "settings": wanted}
+    write_json(path, result)
+    return result
+
+
+def starting_weights(cfg: Any) -> str:
+    """What a federation starts from, for a run cache's settings: the initial checkpoint's
+    SHA-256 (a retrained base model must not reuse runs of the old one), or "scratch"."""
+    from fedocr.export import file_digest
+
+    start = cfg.initial_model_path()
+    return file_digest(start) if start is not None else "scratch"
+
+
 def simulated_run(cfg: Any, label: str) -> tuple[dict[str, Any], Any]:
     """One federation on Flower's simulation engine (no baselines): its report and its last round's
     checkpoint. A run that does not finish stops the benchmark with its reason."""

@@ -70,7 +70,8 @@ class SideBySide:
     line_accuracy: float
     n: int
     ms_per_line: float
-    by_kind: dict[str, float]  # CER per kind of text (zh_ui, en_prose, mixed, ...) where meta.tsv says
+    by_group: dict[str, float]  # CER per kind of text (zh_ui, en_prose, mixed, ...) and setting, where meta.tsv says
+    group_lines: dict[str, int]  # lines in each group
     top_edits: list[tuple[str, int]]  # the commonest edits from reference to reading: "s→S", "del ' '", "ins 't'"
 
 
@@ -92,7 +93,7 @@ def shared_form(text: str) -> str:
     return unicodedata.normalize("NFKC", text).strip()
 
 
-def side_by_side(read: Reader, dataset: LineDataset, kinds: Sequence[str] = ()) -> SideBySide:
+def side_by_side(read: Reader, dataset: LineDataset, groups: Sequence[tuple[str, ...]] = ()) -> SideBySide:
     images = [image for image, _ in dataset]
     start = time.perf_counter()
     predictions = read(images)
@@ -100,9 +101,11 @@ def side_by_side(read: Reader, dataset: LineDataset, kinds: Sequence[str] = ()) 
     pairs = [(shared_form(p), shared_form(r)) for p, r in zip(predictions, dataset.texts())]
     plain = score(pairs)
     squeezed = score(("".join(p.split()), "".join(r.split())) for p, r in pairs)
-    by_kind = {k: score(pair for pair, kind in zip(pairs, kinds) if kind == k).cer for k in sorted(set(kinds))}
+    names = sorted(set().union(*groups))
+    by_group = {g: score(pair for pair, of in zip(pairs, groups) if g in of).cer for g in names}
+    group_lines = {g: sum(g in of for of in groups) for g in names}
     return SideBySide(plain.cer, squeezed.cer, plain.line_accuracy, plain.n, 1000 * elapsed / max(len(images), 1),
-                      by_kind, top_edits(pairs))
+                      by_group, group_lines, top_edits(pairs))
 
 
 def fedocr_reader(engine: Engine) -> Reader:
@@ -144,13 +147,20 @@ def external_sets() -> list[LineDataset]:
     return [InMemoryLines(open_dataset(folder)) for folder in external_set_dirs()]
 
 
-def text_kinds(dataset: LineDataset) -> list[str]:
-    """The `kind` column of the set's meta.tsv (one row per line, in order); empty without one."""
+def line_groups(dataset: LineDataset) -> list[tuple[str, ...]]:
+    """The groups each line is scored in besides the whole set, from the set's meta.tsv (one row
+    per line, in order; empty without one): its `kind` of text, and where the set says whether
+    it was set in a table cell or underlined, "cell/underline" or "no cell/underline"."""
     meta = DATA / dataset.name / "meta.tsv"
     if not meta.is_file():
         return []
     header, *rows = [r.split("\t") for r in meta.read_text(encoding="utf-8").splitlines()]
-    return [r[header.index("kind")] for r in rows]
+    ruled = [header.index(c) for c in ("table", "underline") if c in header]
+
+    def groups(row: list[str]) -> tuple[str, ...]:
+        setting = (("cell/underline" if any(row[i] == "1" for i in ruled) else "no cell/underline"),) if ruled else ()
+        return (row[header.index("kind")], *setting)
+    return [groups(r) for r in rows]
 
 
 def parse_models(spec: str) -> list[tuple[str, Path]]:
@@ -177,7 +187,7 @@ def batch1_ms(engine: Engine) -> float:
 def score_model(engine: Engine, synthetic: list[LineDataset], external: list[LineDataset],
                 peer: dict[str, SideBySide]) -> dict[str, Any]:
     reports = [evaluate(engine.logits_fn, engine.charset, d) for d in synthetic + external]
-    shared = {d.name: side_by_side(fedocr_reader(engine), d, text_kinds(d)) for d in external}
+    shared = {d.name: side_by_side(fedocr_reader(engine), d, line_groups(d)) for d in external}
     synthetic_reports = reports[:len(synthetic)]
     # Length buckets over every synthetic set together (weighted by lines, as before).
     buckets: dict[str, dict[str, float]] = {}
@@ -230,14 +240,15 @@ def print_results(models: dict[str, dict[str, Any]], peer: dict[str, SideBySide]
         rows.append([d.name, len(d)] + [f"{c['cer']:.4f} / {c['cer_no_spaces']:.4f} / {c['ms_per_line']:.1f}"
                                          for c in cells])
     print_table(headers, rows)
-    kind_rows = []
+    group_rows = []
     for d in external:
-        cells = [models[m]["side_by_side"][d.name]["by_kind"] for m in labels]
-        cells += [peer[d.name].by_kind] if peer_name else []
-        kind_rows += [[d.name, kind] + [f"{c[kind]:.4f}" for c in cells] for kind in cells[0]]
-    if kind_rows:
-        print("\nby kind of text (NFKC CER):")
-        print_table(["external set", "kind"] + headers[2:], kind_rows)
+        ours = models[labels[0]]["side_by_side"][d.name]
+        cells = [models[m]["side_by_side"][d.name]["by_group"] for m in labels]
+        cells += [peer[d.name].by_group] if peer_name else []
+        group_rows += [[d.name, g, ours["group_lines"][g]] + [f"{c[g]:.4f}" for c in cells] for g in cells[0]]
+    if group_rows:
+        print("\nby kind of text and setting (NFKC CER):")
+        print_table(["external set", "group", "lines"] + headers[2:], group_rows)
     print(f"\ncommonest edits of {labels[-1]} (reference → reading):")
     for d in external:
         edits = models[labels[-1]]["side_by_side"][d.name]["top_edits"]
@@ -273,7 +284,7 @@ def main() -> None:
             print(f"peer skipped: {found}")
         else:
             read, peer_info = found
-            peer = {d.name: side_by_side(read, d, text_kinds(d)) for d in external}
+            peer = {d.name: side_by_side(read, d, line_groups(d)) for d in external}
 
     models: dict[str, dict[str, Any]] = {}
     for label, path in specs:

@@ -180,5 +180,6 @@ def main() -> None:
     print(f"wrote {len(lines)} lines to {args.out} ({len(texts) - len(lines)} of {len(texts)} texts not kept: "
           f"{failed} in batches a renderer failed on, the rest wrapped, split, run off the page or blank)")
 
+
 if __name__ == "__main__":
     main()

@@ -38,6 +38,20 @@ def test_preprocess_restores_low_contrast_scans():
     assert out[11:21, 12:115].mean() > 0.8 and out[:3].mean() < 0.1       # 40x160 -> 32x128
 
 
+def test_flat_scans_preprocess_alike_on_many_threads_at_once():
+    # The engine preprocesses a page's lines on two threads; local equalisation (CLAHE) once
+    # shared one OpenCV object between them, which raised assertion errors or mixed results.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    flat = [(150 + rng.integers(0, 40, (int(rng.integers(20, 80)), int(rng.integers(60, 900))))).astype(np.uint8)
+            for _ in range(200)]
+    alone = [preprocess(line) for line in flat]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert all(np.array_equal(a, b) for a, b in zip(alone, pool.map(preprocess, flat)))
+
+
 def test_preprocess_accepts_rgb_rgba_and_16_bit():
     gray = np.full((32, 64), 255, np.uint8)
     gray[8:24, 8:56] = 0

@@ -101,6 +101,33 @@ def test_a_condensed_line_is_the_same_line_narrowed_and_presets_that_never_asked
     assert draws_after(plain) != draws_after(replace(plain, condense=1e-9))
 
 
+def test_a_cell_underlines_through_the_descenders_or_boxes_the_line_and_leaves_paper_at_the_edges():
+    face = next(f for f in latin_faces() if f.family == "Liberation Serif" and "Regular" in f.weight)
+    plain = Conditions(letter_spacing=(0, 0), rules=0, stamp=0, font_px=(40, 40))
+    underlined = boxed = 0
+    for seed in range(16):
+        drawn = render_line("typography", face, np.random.default_rng(seed), plain)
+        cell = render_line("typography", face, np.random.default_rng(seed), replace(plain, cell_rules=1.0))
+        cut = render_line("typography", face, np.random.default_rng(seed), replace(plain, cell_rules=1.0, ink_cut=1.0))
+        for line in (cell, cut):                                      # the paper's tone is still read at the edges
+            assert np.median(np.concatenate([line[0], line[-1]])) > 200
+        if cell.shape == drawn.shape:                                 # an underline only: through the descenders
+            added = (cell < 128) & ~(drawn < 128)
+            rows = np.flatnonzero(added.sum(axis=1) > 0.6 * drawn.shape[1])
+            ink = np.flatnonzero((drawn < 128).any(axis=1))
+            assert rows.size and all(ink[0] + 0.5 * (ink[-1] - ink[0]) < r <= ink[-1] for r in rows)
+            underlined += 1
+        else:                                                         # a box: long rules near all four edges but one
+            dark = cell < 128
+            h, w = cell.shape
+            near = [dark[1:6].sum(axis=1).max() > 0.9 * w, dark[-6:-1].sum(axis=1).max() > 0.9 * w,
+                    dark[:, 1:6].sum(axis=0).max() > 0.9 * h, dark[:, -6:-1].sum(axis=0).max() > 0.9 * h]
+            assert sum(near) >= 3 and h > drawn.shape[0] and w > drawn.shape[1]
+            boxed += 1
+    assert underlined and boxed                                       # both kinds are drawn
+    assert draws_after(plain) != draws_after(replace(plain, cell_rules=1e-9))
+
+
 def draws_after(cond: Conditions) -> float:
     """The random stream's next number after drawing one line: equal for two conditions only if
     they drew the same numbers."""
@@ -144,13 +171,13 @@ def test_ui_text_puts_latin_keys_options_and_placeholders_in_brackets_inside_chi
     assert [text_ui.ui_line(random.Random(9)) for _ in range(3)] == [text_ui.ui_line(random.Random(9))] * 3
 
 
-def test_the_ui_preset_is_drawn_as_the_wide_one_whose_drawing_is_unchanged():
+def test_the_ui_preset_is_drawn_as_the_wide_one_whose_drawing_is_pinned():
     ui, wide = get_preset("ui"), get_preset("wide")
     assert wide.styles == {"sans": 0.45, "serif": 0.4, "kai": 0.15} and wide.faces == "wide"
     assert wide.conditions == Conditions(low_contrast=0.15, stamp=0.04, blur=0.35, motion_blur=0.05, noise=0.35,
                                          jpeg=0.45, uneven_light=0.15, perspective=0.15, rules=0.25, stains=0.04,
                                          latin_font=0.7, small_text=0.3, large_text=0.1, aliased=0.1,
-                                         shaped_runs=True, ink_cut=0.5)
+                                         shaped_runs=True, ink_cut=0.5, cell_rules=0.2)
     assert (ui.styles, ui.conditions, ui.faces) == (wide.styles, wide.conditions, wide.faces)
     lines = SyntheticLines("ui", 12, seed=4)
     assert sum(bool(re.search(r"[(（\[]", line)) for line in lines.texts()) >= 6

@@ -17,7 +17,6 @@ MAX_LINE_WIDTH = 4096          # after height normalisation; ~ a 128:1 line. Wid
 # A loosely cut line (ink under half the height) keeps 0.4x the ink's height of paper above and
 # below (about the most our synthetic lines carry), and at least 0.35x its own height.
 TRIM_BELOW, MARGIN_OF_INK, KEEP_AT_LEAST = 0.5, 0.4, 0.35
-_clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(1, 8))
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -45,7 +44,9 @@ def normalise_contrast(gray: np.ndarray) -> np.ndarray:
         gray = 255 - gray
     lo, hi = np.percentile(gray, (2, 98))
     if hi - lo < 60:  # a flat scan: local equalisation first, then stretch
-        gray = _clahe.apply(gray)
+        # A CLAHE object per call (microseconds): one shared object is not thread-safe, and the
+        # engine preprocesses on two threads (concurrent flat scans raised OpenCV assertions).
+        gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(1, 8)).apply(gray)
         lo, hi = np.percentile(gray, (2, 98))
     if hi - lo < 1:
         return np.full_like(gray, 255)

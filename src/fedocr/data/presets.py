@@ -27,7 +27,8 @@ class Preset:
 WIDE_STYLES = {"sans": 0.45, "serif": 0.4, "kai": 0.15}
 WIDE_CONDITIONS = Conditions(low_contrast=0.15, stamp=0.04, blur=0.35, motion_blur=0.05, noise=0.35, jpeg=0.45,
                              uneven_light=0.15, perspective=0.15, rules=0.25, stains=0.04, latin_font=0.7,
-                             small_text=0.3, large_text=0.1, aliased=0.1, shaped_runs=True, ink_cut=0.5)
+                             small_text=0.3, large_text=0.1, aliased=0.1, shaped_runs=True, ink_cut=0.5,
+                             cell_rules=0.2)
 
 PRESETS: dict[str, Preset] = {
     p.name: p for p in [

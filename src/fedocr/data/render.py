@@ -48,6 +48,7 @@ class Conditions:
     shaped_runs: bool = False                    # draw each one-face run whole: kerning and ligatures
     ink_cut: float = 0.0                         # chance of a detector's cut: the ink's box plus margins of its height
     condense: float = 0.0                        # chance of condensed setting: the line narrowed to CONDENSE of its width
+    cell_rules: float = 0.0                      # chance of an office underline and/or table cell (_in_cell)
 
     def __post_init__(self) -> None:
         if self.device and self.device not in DEVICES:
@@ -111,7 +112,15 @@ def render_line(text: str, face: FontFace, rng: np.random.Generator, cond: Condi
         draw.text((pad_x, pad_top), text, font=font, fill=ink)
     if rng.random() < cond.rules:
         _draw_rules(draw, canvas.size, rng, ink, pad_top, ascent + descent)
+    underline = boxed = False
+    if cond.cell_rules and rng.random() < cond.cell_rules:   # drawn only when asked, as _font_size
+        kind = rng.random()   # an underline, a cell's box, or both
+        underline, boxed = kind < 0.7, kind > 0.4
+    if underline:
+        _draw_underline(draw, rng, ink, (pad_x, pad_x + width), pad_top + ascent, descent, size)
     line = np.asarray(canvas, dtype=np.uint8)
+    if boxed:
+        line = _in_cell(line, rng, paper, ink)
     if cond.ink_cut and rng.random() < cond.ink_cut:  # drawn only when asked, as _font_size
         line = cut_to_ink(line, rng)
     if cond.condense and rng.random() < cond.condense:
@@ -184,6 +193,39 @@ def _draw_rules(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.random
         x = int(rng.integers(0, 3))
         draw.line((x, 0, x, h), fill=tone, width=1)
         draw.line((w - 1 - x, 0, w - 1 - x, h), fill=tone, width=1)
+
+
+# A word processor's underline and table cell, where office-lines reads worst (bench/data/office-lines):
+def _draw_underline(draw: ImageDraw.ImageDraw, rng: np.random.Generator, ink: int, text_x: tuple[int, int],
+                    baseline: int, descent: int, font_px: int) -> None:
+    """An underline under the text only, just below the baseline and through the descenders
+    (where `_draw_rules`' rule, below the font's descent, never is)."""
+    y = baseline + int(round(descent * rng.uniform(0.1, 0.6)))
+    thickness = max(1, int(round(font_px * rng.uniform(0.04, 0.08))))
+    draw.line((text_x[0], y, text_x[1], y), fill=ink, width=thickness)
+
+
+def _in_cell(line: np.ndarray, rng: np.random.Generator, paper: int, ink: int) -> np.ndarray:
+    """The line inside a table cell's box of 1-2 px borders, the crop being the cell: a little
+    paper between the box and the line's canvas (so the box never crosses a glyph) and 1-2 px
+    outside it (so `_border_tone` still finds the paper there); sometimes a side is missing, as
+    when a crop runs past the cell's edge."""
+    border = int(rng.integers(1, 3))
+    inside, outside = rng.integers(1, 4, size=4), rng.integers(1, 3, size=4)   # top, bottom, left, right
+    pads = outside + border + inside
+    cell = np.pad(line, ((pads[0], pads[1]), (pads[2], pads[3])), constant_values=paper)
+    h, w = cell.shape
+    top, bottom, left, right = outside[0], h - outside[1] - border, outside[2], w - outside[3] - border
+    tone = min(255, ink + int(rng.integers(0, 60)))
+    sides = [(slice(top, top + border), slice(left, right + border)),
+             (slice(bottom, bottom + border), slice(left, right + border)),
+             (slice(top, bottom + border), slice(left, left + border)),
+             (slice(top, bottom + border), slice(right, right + border))]
+    missing = int(rng.integers(0, 8))   # 0-3: that side is missing; 4-7: all four drawn
+    for i, (rows, cols) in enumerate(sides):
+        if i != missing:
+            cell[rows, cols] = tone
+    return cell
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator, cond: Conditions) -> np.ndarray:
