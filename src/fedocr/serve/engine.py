@@ -10,8 +10,8 @@ ONNX Runtime is set up for small, shared CPUs: a fixed number of intra-op thread
 cores, at most 2 per engine), one inter-op thread, sequential execution, and no spin-waiting
 threads (spinning burns the cores that concurrent requests and other processes need). Runs in
 flight side by side go through a second session whose intra-op threads are split between them
-(one each on two cores): two runs sharing one two-thread pool wait on each other's small ops
-(bench/batching.py, "b32 one session"). It holds a second copy of the weights (7.4 MB int8).
+(one each on two cores): two runs sharing one two-thread pool wait a little on each other's small
+ops (bench/batching.py, "b32 one session": ~1.04x). It holds a second copy of the weights (7.4 MB).
 """
 from __future__ import annotations
 
