@@ -10,8 +10,6 @@ chunks of k lines (`Engine.recognize`, preprocessing and decoding included); the
 turn, round after round (A, B, C, A, B, C, ...), and each figure is the median over rounds, so a
 machine whose speed drifts moves them all alike.
 
-"now b32 one session" runs the same batches side by side through the engine's main session
-(sharing its two-thread pool) instead of its second, one-thread-per-run session.
 "before" is the engine's old way: width groups of up to 32 lines whose widest is at most 1.5x
 the narrowest, one run at a time, each group decoded as one padded batch
 (`fedocr.model.recognize_lines`). Text check: every line's greedy text must be the same in every
@@ -117,9 +115,6 @@ def main() -> int:
 
     sizes = {"b1": 1, "b8": 8, "b32": 32, "all": len(crops)}
     modes = {f"now {k}": in_chunks(engine.recognize, crops, n) for k, n in sizes.items()}
-    # The runs in flight side by side through the main session, sharing its thread pool.
-    one_session = Engine(engine.logits_fn, engine.charset, engine.info, engine.batching)
-    modes["now b32 one session"] = in_chunks(one_session.recognize, crops, 32)
     if not args.no_before:
         modes.update({f"before {k}": in_chunks(before(engine), crops, n) for k, n in sizes.items() if n > 1})
 
@@ -149,7 +144,6 @@ def main() -> int:
         "batching": asdict(engine.batching),
         "lines": len(crops), "rounds": args.rounds, "ms_per_line": ms,
         "batch32_per_line_speedup": b1 / ms["now b32"], "all_at_once_per_line_speedup": b1 / ms["now all"],
-        "side_by_side_session_speedup_b32": ms["now b32 one session"] / ms["now b32"],
         "b1_ms_32x320": latency, "text_differs_from_alone": differing, "text_check_lines": len(check_crops),
         "checks": checks})
     print("checks:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items()))

@@ -77,21 +77,9 @@ def test_int8_export_has_no_batch_wide_quantisation(exports):
 def test_engine_reads_each_line_the_same_in_any_batch(exports, kind, workers):
     engine = load_engine(exports[kind], threads=2,
                          batching=Batching(batch_size=4, max_width_ratio=1.25, max_columns=2048, workers=workers))
-    # With runs side by side, they go through a session of their own (one thread each): same results.
-    assert (engine.side_by_side_fn is not None) == (workers > 1)
-    runs_side_by_side: list[int] = []
-    if engine.side_by_side_fn is not None:
-        session = engine.side_by_side_fn
-
-        def counted(images, widths):
-            runs_side_by_side.append(len(images))
-            return session(images, widths)
-        engine.side_by_side_fn = counted
     crops = mixed_lines(SMALL)
     alone = [engine.recognize([c])[0] for c in crops]
-    assert not runs_side_by_side                                  # one line, one run: every thread on it
     together = engine.recognize(crops)
-    assert bool(runs_side_by_side) == (workers > 1)
     assert [d.text for d in together] == [d.text for d in alone]
     assert [d.char_confidences for d in together] == [d.char_confidences for d in alone]
     assert [d.text for d in engine.recognize(crops[::-1])] == [d.text for d in alone][::-1]

@@ -57,7 +57,7 @@ def test_a_failing_release_is_logged_not_raised_and_a_closed_trimmer_stops(monke
     assert trimmer.trims == 1 and trimmer.after_work() is False
 
 
-@pytest.mark.parametrize("threads", [1, 2])   # 2: the runs go side by side, through the engine's second session
+@pytest.mark.parametrize("threads", [1, 2])
 def test_the_engine_hands_onnx_runtimes_arena_back_after_a_large_batch(threads):
     psutil = pytest.importorskip("psutil")
     engine = load_engine(Path(__file__).parents[1] / "models" / "base.onnx", threads=threads)

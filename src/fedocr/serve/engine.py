@@ -8,10 +8,7 @@ and a page is split into lines first (`fedocr.serve.segment`).
 
 ONNX Runtime is set up for small, shared CPUs: a fixed number of intra-op threads (default: all
 cores, at most 2 per engine), one inter-op thread, sequential execution, and no spin-waiting
-threads (spinning burns the cores that concurrent requests and other processes need). Runs in
-flight side by side go through a second session whose intra-op threads are split between them
-(one each on two cores): two runs sharing one two-thread pool wait a little on each other's small
-ops (bench/batching.py, "b32 one session": ~1.04x). It holds a second copy of the weights (7.4 MB).
+threads (spinning burns the cores that concurrent requests and other processes need).
 """
 from __future__ import annotations
 
@@ -232,11 +229,8 @@ class Engine:
     """A loaded model: recognise lines and whole pages. Thread-safe; load once, share."""
 
     def __init__(self, logits_fn: LogitsFn, charset: Charset, info: ModelInfo, batching: Batching | None = None,
-                 segment: SegmentConfig | None = None, release_memory: Callable[[], None] | None = None,
-                 side_by_side_fn: LogitsFn | None = None) -> None:
+                 segment: SegmentConfig | None = None, release_memory: Callable[[], None] | None = None) -> None:
         self.logits_fn, self.charset, self.info = logits_fn, charset, info
-        # The same network for runs in flight side by side (one thread each); None: logits_fn.
-        self.side_by_side_fn = side_by_side_fn
         self.release_memory = release_memory   # hands the runtime's cached buffers back (None: nothing to hand)
         self.batching = batching or Batching()
         self.segment = segment or SegmentConfig()
@@ -255,22 +249,19 @@ class Engine:
         if workers <= 1:
             return self._recognize(crops, beam_width, map, stop)
         with ThreadPoolExecutor(workers, thread_name_prefix="fedocr-batch") as pool:
-            return self._recognize(crops, beam_width, pool.map, stop, side_by_side=True)
+            return self._recognize(crops, beam_width, pool.map, stop)
 
-    def _recognize(self, crops: Sequence[np.ndarray], beam_width: int, map_fn: Callable[..., Iterable[Any]],
-                   stop: Stop | None, side_by_side: bool = False) -> list[Decoded]:
+    def _recognize(self, crops: Sequence[np.ndarray], beam_width: int,
+                   map_fn: Callable[..., Iterable[Any]], stop: Stop | None) -> list[Decoded]:
         def run(batch: list[int]) -> list[Decoded]:
             check_stop(stop)
             images, widths = pad_lines([lines[i] for i in batch])
-            logits = logits_fn(images, widths)
+            logits = self.logits_fn(images, widths)
             return [decode_logits(logits[row:row + 1, :max(int(w) // WIDTH_STRIDE, 1)], widths[row:row + 1],
                                   self.charset, beam_width)[0] for row, w in enumerate(widths)]
 
         lines = list(map_fn(preprocess, crops))
         batches = plan_batches([line.shape[1] for line in lines], self.batching)
-        logits_fn = self.logits_fn
-        if side_by_side and len(batches) > 1 and self.side_by_side_fn is not None:   # one run keeps every thread
-            logits_fn = self.side_by_side_fn
         results: list[Decoded | None] = [None] * len(lines)
         for batch, decoded in zip(batches, map_fn(run, batches)):
             for i, d in zip(batch, decoded):
@@ -338,15 +329,6 @@ def _orientation_sample(crops: Sequence[LineCrop]) -> list[int]:
     return sorted(range(len(crops)), key=lambda i: crops[i].image.size, reverse=True)[:ORIENT_SAMPLE]
 
 
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:   # the second session's arena is released even when the first release fails
-            second()
-    return both
-
-
 def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool = True,
                 batching: Batching | None = None, trust: Path | None = None) -> Engine:
     """Load a model file: .onnx with ONNX Runtime; .pt with ONNX Runtime when a sibling .onnx
@@ -376,13 +358,8 @@ def load_engine(path: str | Path, threads: int | None = None, prefer_onnx: bool 
                                  f"{len(charset)} (blank included): mismatched metadata")
         info = ModelInfo(str(path), "onnx", version, len(charset), charset.version, meta.get("quantization", "fp32"),
                          config, provenance)
-        intra = threads or default_threads()
-        batching = batching or Batching(workers=intra)
-        side_by_side_fn = None
-        if batching.workers > 1 and intra > 1:
-            side_by_side_fn, release_side, _ = onnx_logits_fn(path, max(1, intra // batching.workers))
-            release = _both(release, release_side)
-        return Engine(logits_fn, charset, info, batching, release_memory=release, side_by_side_fn=side_by_side_fn)
+        return Engine(logits_fn, charset, info, batching or Batching(workers=threads or default_threads()),
+                      release_memory=release)
     if threads:
         import torch
 
