@@ -226,9 +226,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     epsilons = [float(e) for e in args.epsilons.split(",")]
-    runs = {eps: [run_one(eps, seed, args, out) for seed in seeds] for eps in epsilons}
+    runs = {f"{eps:g}": [run_one(eps, seed, args, out) for seed in seeds] for eps in epsilons}
     start = {seed: start_cer(seed, args, out) for seed in seeds}
-    rows = summarise({f"{e:g}": r for e, r in runs.items()}, start)
+    rows = summarise(runs, start)
     table(rows)
     at_start = spread(list(start.values()))
     print(f"the starting model itself (no round): mean own CER {at_start['median']:.4f} "
@@ -236,7 +236,7 @@ def main() -> int:
     result = {"federation": args.federation, "rounds": args.rounds, "lines": args.lines, "batch_size": args.batch_size,
               "test_lines": args.test_lines, "local_epochs": args.local_epochs, "delta": DELTA,
               "canaries": canaries(args), "seeds": seeds, "start_own_test_cer": at_start,
-              "rows": rows, "checks": checks(rows), "runs": {f"{e:g}": r for e, r in runs.items()}}
+              "rows": rows, "checks": checks(rows), "runs": runs}
     name = result_name(args)
     print(f"wrote {write_result(name, result)}")
     print(json.dumps(result["checks"], indent=1))
