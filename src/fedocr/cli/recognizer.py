@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="data set(s), comma-separated")
     p.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     p.add_argument("--limit", type=int, help="evaluate at most this many lines per data set")
+    p.add_argument("--single-pass", action="store_true",
+                   help="read each line once (the service reads lines set off the model's density twice)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
 
@@ -220,7 +222,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model_path = args.model or default_model()
     engine = load_engine(model_path)
-    reports = [evaluate(engine.logits_fn, engine.charset, d, beam_width=args.beam, limit=args.limit)
+    reports = [evaluate(engine.logits_fn, engine.charset, d, beam_width=args.beam, limit=args.limit,
+                        reread=not args.single_pass)
                for d in _datasets(args.data)]
     if args.json:
         print_json({"model": str(model_path), "backend": engine.info.backend,

@@ -27,7 +27,8 @@ from fedocr.data import preprocess
 from fedocr.data.preprocess import kept_height, resized_width
 from fedocr.export import FORMAT, OUTPUT_NAME, file_digest, onnxruntime_module
 from fedocr.model.signature import SignatureError, verify_file
-from fedocr.model import Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, torch_logits_fn
+from fedocr.model import (Decoded, LogitsFn, decode_logits, load_checkpoint, pad_lines, reread_off_density,
+                          torch_logits_fn)
 from fedocr.model.checkpoint import CheckpointError
 from fedocr.model.config import INPUT_HEIGHT, WIDTH_STRIDE
 from fedocr.serve.segment import Layout, LineCrop, SegmentConfig, TooManyLines, split_lines
@@ -229,8 +230,10 @@ class Engine:
     """A loaded model: recognise lines and whole pages. Thread-safe; load once, share."""
 
     def __init__(self, logits_fn: LogitsFn, charset: Charset, info: ModelInfo, batching: Batching | None = None,
-                 segment: SegmentConfig | None = None, release_memory: Callable[[], None] | None = None) -> None:
+                 segment: SegmentConfig | None = None, release_memory: Callable[[], None] | None = None,
+                 reread: bool = True) -> None:
         self.logits_fn, self.charset, self.info = logits_fn, charset, info
+        self.reread = reread   # read lines set off the model's density again (fedocr.model.reread_off_density)
         self.release_memory = release_memory   # hands the runtime's cached buffers back (None: nothing to hand)
         self.batching = batching or Batching()
         self.segment = segment or SegmentConfig()
@@ -244,6 +247,8 @@ class Engine:
         the network itself at batch 32. A line's result does not depend on its batch (the
         graph masks padding and an int8 export quantises per line, see `fedocr.export`).
         `stop` is asked before each batch (a server's time budget, or a client that left).
+        With `reread`, lines whose first reading says they are set much denser or wider than
+        the model reads best are read once more, rescaled (`reread_off_density`).
         """
         workers = min(self.batching.workers, len(crops))
         if workers <= 1:
@@ -253,20 +258,24 @@ class Engine:
 
     def _recognize(self, crops: Sequence[np.ndarray], beam_width: int,
                    map_fn: Callable[..., Iterable[Any]], stop: Stop | None) -> list[Decoded]:
-        def run(batch: list[int]) -> list[Decoded]:
+        def run(lines: Sequence[np.ndarray], batch: list[int]) -> list[Decoded]:
             check_stop(stop)
             images, widths = pad_lines([lines[i] for i in batch])
             logits = self.logits_fn(images, widths)
             return [decode_logits(logits[row:row + 1, :max(int(w) // WIDTH_STRIDE, 1)], widths[row:row + 1],
                                   self.charset, beam_width)[0] for row, w in enumerate(widths)]
 
+        def read(lines: Sequence[np.ndarray]) -> list[Decoded]:
+            batches = plan_batches([line.shape[1] for line in lines], self.batching)
+            results: list[Decoded | None] = [None] * len(lines)
+            for batch, decoded in zip(batches, map_fn(lambda b: run(lines, b), batches)):
+                for i, d in zip(batch, decoded):
+                    results[i] = d
+            return [r for r in results if r is not None]
+
         lines = list(map_fn(preprocess, crops))
-        batches = plan_batches([line.shape[1] for line in lines], self.batching)
-        results: list[Decoded | None] = [None] * len(lines)
-        for batch, decoded in zip(batches, map_fn(run, batches)):
-            for i, d in zip(batch, decoded):
-                results[i] = d
-        return [r for r in results if r is not None]
+        first = read(lines)
+        return reread_off_density(lines, first, read) if self.reread else first
 
     def ocr(self, image: np.ndarray, beam_width: int = 0, layout: Layout = "auto", orient: bool = True,
             stop: Stop | None = None) -> PageResult:

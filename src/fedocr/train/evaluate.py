@@ -33,8 +33,10 @@ def _bucket_name(low: int, high: int) -> str:
 
 
 def evaluate(logits_fn: LogitsFn, charset: Charset, dataset: LineDataset, batch_size: int = 32,
-             beam_width: int = 0, limit: int | None = None) -> EvalReport:
-    """Read every line of `dataset` and score it against its label."""
+             beam_width: int = 0, limit: int | None = None, reread: bool = False) -> EvalReport:
+    """Read every line of `dataset` and score it against its label. `reread`: read lines set off
+    the model's density again, as the service does (`fedocr.model.reread_off_density`); training
+    and federated validation read once."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     samples = [dataset[i] for i in range(count)]
     unknown = UnknownCounter()
@@ -44,7 +46,7 @@ def evaluate(logits_fn: LogitsFn, charset: Charset, dataset: LineDataset, batch_
         references.append(charset.normalise(text, keep_unknown=True))
     start = time.perf_counter()
     lines = [preprocess(image) for image, _ in samples]
-    predictions = [d.text for d in recognize_lines(lines, logits_fn, charset, batch_size, beam_width)]
+    predictions = [d.text for d in recognize_lines(lines, logits_fn, charset, batch_size, beam_width, reread)]
     elapsed = time.perf_counter() - start
     pairs = list(zip(predictions, references))
     overall = score(pairs)
