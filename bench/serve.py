@@ -39,6 +39,14 @@ RESULTS = Path(__file__).parent / "results" / "serve.json"
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "base.pt"
 
 
+def shown_path(path: Path) -> str:
+    """The model's path as results should show it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(SHIPPED.parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def lines_per_second(logits_fn, charset, lines, batch_size: int, repeat: int) -> float:
     recognize_lines(lines[:batch_size], logits_fn, charset, batch_size=batch_size)  # warm-up
     start = time.perf_counter()
@@ -172,7 +180,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
                     "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                     "load_avg_1m": os.getloadavg()[0]},
-        "model": {"source": f"random {args.size}" if args.random else str(args.model),
+        "model": {"source": f"random {args.size}" if args.random else shown_path(args.model),
                   "params": ckpt.model.num_parameters(), "classes": len(charset)},
         "lines_per_s": per_line,
         "speedup_onnx_vs_pytorch": {b: per_line["onnx-fp32"][b] / per_line["pytorch"][b] for b in ("b1", "b32")},

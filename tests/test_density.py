@@ -36,12 +36,26 @@ def test_a_second_reading_is_kept_only_when_more_confident_and_its_spans_map_bac
 
     def read(lines: list[np.ndarray]) -> list[Decoded]:
         asked.extend(line.shape[1] for line in lines)
-        return [decoded("abcdefghiij", 0.7, ((30, 31),)), decoded("abcdefghi", 0.6)]
+        return [decoded("abcdefghiij", 0.7, ((20, 21), (29, 29))), decoded("abcdefghi", 0.6)][:len(lines)]
 
     kept = reread_off_density([near, dense, wide], first, read)
     assert asked == [120, 120]                 # the dense line widened 1.2x, the wide one narrowed 0.6x
     assert kept[0] is first[0] and kept[2] is first[2]    # near the target, or less confident again
-    assert kept[1].text == "abcdefghiij" and kept[1].char_spans == ((25, 25),)   # steps of the line as given
+    # Spans in steps of the line as given: the columns they covered, none past its last step (24).
+    assert kept[1].text == "abcdefghiij" and kept[1].char_spans == ((16, 18), (24, 24))
+
+    def reads_nothing(lines: list[np.ndarray]) -> list[Decoded]:
+        return [decoded("", 0.99) for _ in lines]    # a blank's confidence is high on anything
+
+    assert reread_off_density([dense], [first[1]], reads_nothing) == [first[1]]
+
+
+def test_a_line_too_narrow_to_rescale_is_not_read_again():
+    def read(lines: list[np.ndarray]) -> list[Decoded]:
+        raise AssertionError("read again for nothing")
+
+    tiny = np.zeros((32, 4), np.float32)
+    assert reread_off_density([tiny], [decoded("a", 0.5)], read)[0].text == "a"   # 12 px per char wanted: 4 stays 4
 
 
 def test_rescale_line_keeps_the_height_and_a_width_the_network_takes():

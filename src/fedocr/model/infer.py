@@ -116,13 +116,26 @@ def rescale_line(line: np.ndarray, factor: float) -> np.ndarray:
 
 def reread_off_density(lines: Sequence[np.ndarray], decoded: Sequence[Decoded], read: ReadFn) -> list[Decoded]:
     """Read again, with `read`, each line whose first reading puts it off the model's density,
-    rescaled towards it, and keep whichever reading is more confident. A kept second reading's
-    character spans are mapped back to the timesteps of the line as given."""
-    factors = [density_rescale(line.shape[1], d.text) for line, d in zip(lines, decoded)]
-    again = [i for i, factor in enumerate(factors) if factor != 1.0]
+    rescaled towards it, and keep whichever reading is more confident, unless the second read
+    nothing (an empty reading's confidence is the blank's, high on anything). A kept second
+    reading's character spans are mapped back to the timesteps of the line as given."""
+    rescaled: dict[int, np.ndarray] = {}
+    for i, (line, first) in enumerate(zip(lines, decoded)):
+        factor = density_rescale(line.shape[1], first.text)
+        if factor != 1.0:
+            again = rescale_line(line, factor)
+            if again.shape[1] != line.shape[1]:   # a line a few columns wide may not change at all
+                rescaled[i] = again
     kept = list(decoded)
-    for i, second in zip(again, read([rescale_line(lines[i], factors[i]) for i in again]) if again else []):
-        if second.confidence > decoded[i].confidence:
-            spans = tuple((int(a / factors[i]), int(b / factors[i])) for a, b in second.char_spans)
-            kept[i] = replace(second, char_spans=spans)
+    for i, second in zip(rescaled, read(list(rescaled.values())) if rescaled else []):
+        if second.text.strip() and second.confidence > decoded[i].confidence:
+            kept[i] = replace(second, char_spans=spans_on(second.char_spans, rescaled[i].shape[1], lines[i].shape[1]))
     return kept
+
+
+def spans_on(spans: Sequence[tuple[int, int]], read_width: int, width: int) -> tuple[tuple[int, int], ...]:
+    """CTC timestep spans read on a line `read_width` columns wide, as timesteps of the same line
+    `width` columns wide: each span covers the columns it covered, within the line's last step."""
+    ratio, last = read_width / width, max(width // WIDTH_STRIDE, 1) - 1
+    return tuple((min(int(np.floor(first / ratio)), last), min(max(int(np.ceil((end + 1) / ratio)) - 1, 0), last))
+                 for first, end in spans)

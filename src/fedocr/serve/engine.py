@@ -114,8 +114,8 @@ class PageResult:
 # Page orientation: a page read with at least ORIENT_BELOW confidence is taken as upright; otherwise
 # the image is also read turned by 90, 180 and 270 degrees, on a sample of its largest lines, and a
 # turn that reads ORIENT_MARGIN more confidently than upright, and at least LOW_CONFIDENCE, wins (a
-# model that reads nothing well turns nothing). Measured with the shipped model on rendered forms:
-# upright 0.99-1.00, upside down 0.71-0.78, sideways 0.37-0.57 (bench/orientation.py).
+# model that reads nothing well turns nothing). Measured with the shipped model on rendered forms,
+# read as served: upright 0.99-1.00, upside down 0.69-0.76, sideways 0.48-0.65 (bench/orientation.py).
 ORIENT_BELOW = 0.85
 ORIENT_MARGIN = 0.1
 ORIENT_SAMPLE = 12        # lines per orientation: bounds the extra work (3 x 12 lines at most)
@@ -238,7 +238,8 @@ class Engine:
         self.batching = batching or Batching()
         self.segment = segment or SegmentConfig()
 
-    def recognize(self, crops: Sequence[np.ndarray], beam_width: int = 0, stop: Stop | None = None) -> list[Decoded]:
+    def recognize(self, crops: Sequence[np.ndarray], beam_width: int = 0, stop: Stop | None = None,
+                  reread: bool | None = None) -> list[Decoded]:
         """Line images (any size, gray or colour) -> decoded lines, in input order.
 
         Lines run in the batches `plan_batches` cuts, up to `batching.workers` at a time. Each
@@ -247,17 +248,18 @@ class Engine:
         the network itself at batch 32. A line's result does not depend on its batch (the
         graph masks padding and an int8 export quantises per line, see `fedocr.export`).
         `stop` is asked before each batch (a server's time budget, or a client that left).
-        With `reread`, lines whose first reading says they are set much denser or wider than
-        the model reads best are read once more, rescaled (`reread_off_density`).
+        With `reread` (default: the engine's), lines whose first reading says they are set much
+        denser or wider than the model reads best are read once more, rescaled (`reread_off_density`).
         """
+        reread = self.reread if reread is None else reread
         workers = min(self.batching.workers, len(crops))
         if workers <= 1:
-            return self._recognize(crops, beam_width, map, stop)
+            return self._recognize(crops, beam_width, map, stop, reread)
         with ThreadPoolExecutor(workers, thread_name_prefix="fedocr-batch") as pool:
-            return self._recognize(crops, beam_width, pool.map, stop)
+            return self._recognize(crops, beam_width, pool.map, stop, reread)
 
     def _recognize(self, crops: Sequence[np.ndarray], beam_width: int,
-                   map_fn: Callable[..., Iterable[Any]], stop: Stop | None) -> list[Decoded]:
+                   map_fn: Callable[..., Iterable[Any]], stop: Stop | None, reread: bool) -> list[Decoded]:
         def run(lines: Sequence[np.ndarray], batch: list[int]) -> list[Decoded]:
             check_stop(stop)
             images, widths = pad_lines([lines[i] for i in batch])
@@ -275,7 +277,7 @@ class Engine:
 
         lines = list(map_fn(preprocess, crops))
         first = read(lines)
-        return reread_off_density(lines, first, read) if self.reread else first
+        return reread_off_density(lines, first, read) if reread else first
 
     def ocr(self, image: np.ndarray, beam_width: int = 0, layout: Layout = "auto", orient: bool = True,
             stop: Stop | None = None) -> PageResult:
@@ -306,7 +308,8 @@ class Engine:
         except TooManyLines:
             return 0.0
         sample = _orientation_sample(crops)
-        decoded = self.recognize([crops[i].image for i in sample], stop=stop) if sample else []
+        # One reading a line: a turn is judged, not read out, and this bounds its work.
+        decoded = self.recognize([crops[i].image for i in sample], stop=stop, reread=False) if sample else []
         return float(np.mean([d.confidence for d in decoded])) if decoded else 0.0
 
     def _read(self, image: np.ndarray, beam_width: int, layout: Layout,
