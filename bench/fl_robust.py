@@ -11,18 +11,25 @@ prints and writes bench/results/fl_robust.json:
   positives) and of malicious node-rounds flagged;
 - seconds per round.
 
+With --seeds, every run is made once per seed (a seed draws the data, the initial weights of a
+from-scratch run and the attacks' randomness); each run is compared with the clean FedAvg run
+of its own seed, and the table and `checks` give the median and range over seeds of those
+ratios (`checks` on the medians, `..._every_seed` where a target must hold in every seed).
+
 Attacks (`attack.nodes`): sign flip, boost (x `attack.scale`, just under the norm bound), Gaussian
 noise, free rider, two colluders, label shuffling, backdoor + boost (model replacement). The
 malicious nodes are bank-2 (1 of 10) and bank-2 + school-2 (2 of 10). Defences (`robust.*`, f = the
 number of malicious nodes, min-accepted = 2f + 3 so that every rule can run): FedAvg, clip to 2x the
 median norm, coordinate median, trimmed mean, Multi-Krum, FLTrust (`trust`, the server's update on
-its 64 root lines) and the default (robust.RECOMMENDED). Every row but `default+bound` turns the
+its 64 root lines), the default (robust.RECOMMENDED: clip, trimmed mean, then again without updates
+opposed to its step) and `clip+trimmed` (the default before that last pass). Every row but `default+bound` turns the
 adaptive norm bound of the server's check off (`max-norm-ratio = 0`) to measure the rules alone;
 `default+bound` is the recommended rule with every screen a run has by default.
 Runs are cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_robust.py [--rounds 12] [--lines 16] [--start scratch|warm]
-        [--malicious 1,2] [--attacks clean,boost,...] [--defences fedavg,default,...] [--out DIR] [--cached-only]
+        [--malicious 1,2] [--attacks clean,boost,...] [--defences fedavg,default,...] [--seeds 0,1,2]
+        [--out DIR] [--cached-only]
 """
 from __future__ import annotations
 
@@ -32,9 +39,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from _common import print_table, simulated_run, write_result
+from _common import print_table, simulated_run, spread, write_result
 
 from fedocr.data import ConcatLines
 from fedocr.federated.config import SCRATCH_LR, FlConfig
@@ -54,6 +62,8 @@ DEFENCES: dict[str, dict[str, Any]] = {
     "trimmed mean": {"robust.rule": "trimmed-mean"}, "multi-krum": {"robust.rule": "multi-krum"},
     "trust": {"robust.rule": "trust"},
     "default": {k: v for k, v in RECOMMENDED.items() if k != "robust.f"},
+    # the recommended rule before it dropped updates opposed to its step (until 2026-12-05)
+    "clip+trimmed": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "robust.drop-opposed": False},
     # the recommended rule behind every screen a run has by default (the adaptive norm bound too)
     "default+bound": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "max-norm-ratio": 10.0},
 }
@@ -66,20 +76,25 @@ def run_name(attack: str, defence: str, malicious: int) -> str:
     return name.replace(" ", "_")
 
 
-def run_one(attack: str, defence: str, malicious: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_one(attack: str, defence: str, malicious: int, seed: int, args: argparse.Namespace,
+            out: Path) -> dict[str, Any]:
     """One federation (cached as out/ATTACK-DEFENCE-mN.json); a clean run has no malicious node."""
     bad = MALICIOUS[malicious] if ATTACKS[attack] else []
     name = run_name(attack, defence, malicious)
     cached = out / f"{name}.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        found = json.loads(cached.read_text())
+        if found.get("defence_settings") != DEFENCES[defence]:
+            raise SystemExit(f"bench: {cached} was run with other settings for {defence!r} "
+                             f"({found.get('defence_settings')} against {DEFENCES[defence]}): use another --out")
+        return found
     run_dir = out / name
     warm = args.start == "warm"
     cfg = FlConfig.from_run_config(
         {"federation": FEDERATION, "charset": "mini", "initial-model": str(WARM_MINI) if warm else "scratch",
          **({"lr": SCRATCH_LR} if warm else {}),  # the warm model is 9 rounds into a from-scratch run
          "num-rounds": args.rounds, "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
-         "fraction-train": 1.0, "min-accepted": 2 * malicious + 3, "round-deadline-s": 600.0, "seed": args.seed,
+         "fraction-train": 1.0, "min-accepted": 2 * malicious + 3, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), "robust.f": malicious,
          "max-norm-ratio": 0.0,   # the rules alone: the adaptive norm bound would reject crafted updates first
          **DEFENCES[defence],
@@ -92,7 +107,8 @@ def run_one(attack: str, defence: str, malicious: int, args: argparse.Namespace,
     scores = [s for r in rounds for s in r["steps"] if s["step"] == "score"]
     honest = [s["flagged"] for s in scores if s["client"] not in bad]
     caught = [s["flagged"] for s in scores if s["client"] in bad]
-    result = {"attack": attack, "defence": defence, "malicious": bad, "rounds": len(rounds),
+    result = {"attack": attack, "defence": defence, "defence_settings": DEFENCES[defence], "malicious": bad,
+              "rounds": len(rounds),
               "own_test_cer": statistics.mean(own.values()), "per_node": own,
               "backdoor_success": backdoor_success_rate(last.model, last.charset, ConcatLines(list(test.values()))),
               "honest_flag_rate": statistics.mean(honest) if honest else None,
@@ -105,46 +121,96 @@ def run_one(attack: str, defence: str, malicious: int, args: argparse.Namespace,
     return result
 
 
+def relative(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run with its CER as a multiple of the clean FedAvg run of the same seed (`x_clean`)."""
+    clean = {r["seed"]: r["own_test_cer"] for r in rows if r["attack"] == "clean" and r["defence"] == "fedavg"}
+    return [{**r, "x_clean": r["own_test_cer"] / max(clean[r["seed"]], 1e-9) if r["seed"] in clean else None}
+            for r in rows]
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(attack, defence, malicious) -> median and range over seeds of each measure."""
+    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["attack"], r["defence"], r["m"]), []).append(r)
+    return {key: {measure: spread([r[measure] for r in runs])
+                  for measure in ("own_test_cer", "x_clean", "backdoor_success", "honest_flag_rate",
+                                  "malicious_flag_rate", "seconds_per_round")} | {"seeds": [r["seed"] for r in runs]}
+            for key, runs in cells.items()}
+
+
 def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One boolean per target of issue 12 (None: the runs it needs were not part of this benchmark)."""
-    at = {(r["attack"], r["defence"], r["m"]): r for r in rows}
-    clean = {m: at.get(("clean", "fedavg", m)) for m in MALICIOUS}
+    """One boolean per target of issue 12 on the medians over seeds, and `..._every_seed` on each
+    seed's own runs (None: the runs it needs were not part of this benchmark, or a seed lacks
+    its clean FedAvg run)."""
+    by_seed: dict[int, dict[tuple[str, str, int], dict[str, Any]]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], {})[(r["attack"], r["defence"], r["m"])] = r
+    keys = {k for runs in by_seed.values() for k in runs}
 
-    def rel(r: dict[str, Any]) -> float:
-        base = clean.get(r["m"])
-        return r["own_test_cer"] / max(base["own_test_cer"], 1e-9) if base else float("nan")
+    def value(runs: dict[tuple[str, str, int], dict[str, Any]], key: tuple[str, str, int], measure: str) -> float | None:
+        return runs[key][measure] if key in runs else None
 
-    default2 = [r for r in rows if r["defence"] == "default" and r["m"] == 2 and r["attack"] != "clean"]
-    backdoor, fedavg_backdoor = at.get(("backdoor", "default", 2)), at.get(("backdoor", "fedavg", 2))
-    fedavg_boost = at.get(("boost", "fedavg", 2))
-    clean_default = [r for r in rows if r["attack"] == "clean" and r["defence"] == "default"]
-    return {
-        "default_cer_within_1_1x_clean_every_attack_2_of_10":
-            all(rel(r) <= 1.1 for r in default2) if default2 and clean.get(2) else None,
-        "default_backdoor_success_at_most_5pct_2_of_10": backdoor["backdoor_success"] <= 0.05 if backdoor else None,
-        # without it the previous check holds trivially (too few rounds to implant the backdoor at all)
-        "backdoor_measurable_without_defence_2_of_10":
-            fedavg_backdoor["backdoor_success"] > 0.05 if fedavg_backdoor else None,
-        "fedavg_fails_on_boost_and_backdoor_2_of_10":
-            (rel(fedavg_boost) > 1.1 and (fedavg_backdoor["backdoor_success"] > 0.05 or rel(fedavg_backdoor) > 1.1))
-            if fedavg_boost and fedavg_backdoor and clean.get(2) else None,
-        "default_clean_cost_at_most_5pct": all(rel(r) <= 1.05 for r in clean_default) if clean_default else None,
-        "default_clean_flags_under_5pct_of_honest":
-            all((r["honest_flag_rate"] or 0) < 0.05 for r in clean_default) if clean_default else None,
-    }
+    def targets(get: Callable[[tuple[str, str, int], str], float | None]) -> dict[str, bool | None]:
+        """The targets on one set of figures: `get(key, measure)`, a seed's or the medians."""
+        def test(key: tuple[str, str, int], measure: str, ok: Callable[[float], bool]) -> bool | None:
+            found = get(key, measure)
+            return None if found is None else ok(found)
+
+        def every(tests: list[bool | None]) -> bool | None:
+            return None if not tests or None in tests else all(tests)
+
+        attacked = sorted(k for k in keys if k[1] == "default" and k[2] == 2 and k[0] != "clean")
+        clean_default = sorted(k for k in keys if k[0] == "clean" and k[1] == "default")
+        measurable = test(("backdoor", "fedavg", 2), "backdoor_success", lambda v: v > 0.05)
+        hurts = test(("backdoor", "fedavg", 2), "x_clean", lambda v: v > 1.1)
+        boost = test(("boost", "fedavg", 2), "x_clean", lambda v: v > 1.1)
+        return {
+            "default_cer_within_1_1x_clean_every_attack_2_of_10": every([test(k, "x_clean", lambda v: v <= 1.1)
+                                                                          for k in attacked]),
+            "default_backdoor_success_at_most_5pct_2_of_10":
+                test(("backdoor", "default", 2), "backdoor_success", lambda v: v <= 0.05),
+            # without it the previous check holds trivially (too few rounds to implant the backdoor at all)
+            "backdoor_measurable_without_defence_2_of_10": measurable,
+            "fedavg_fails_on_boost_and_backdoor_2_of_10":
+                None if None in (boost, measurable, hurts) else bool(boost and (measurable or hurts)),
+            "default_clean_cost_at_most_5pct": every([test(k, "x_clean", lambda v: v <= 1.05) for k in clean_default]),
+            "default_clean_flags_under_5pct_of_honest":
+                every([test(k, "honest_flag_rate", lambda v: v < 0.05) for k in clean_default]),
+        }
+
+    def median(key: tuple[str, str, int], measure: str) -> float | None:
+        known = [v for runs in by_seed.values() if (v := value(runs, key, measure)) is not None]
+        return statistics.median(known) if known else None
+
+    per_seed = [targets(lambda key, measure, runs=runs: value(runs, key, measure)) for runs in by_seed.values()]
+    result: dict[str, Any] = dict(targets(median))
+    for name in result.copy():
+        found = [seed[name] for seed in per_seed]
+        result[f"{name}_every_seed"] = None if not found or None in found else all(found)
+    return result
 
 
-def table(rows: list[dict[str, Any]]) -> None:
-    clean = {r["m"]: r["own_test_cer"] for r in rows if r["attack"] == "clean" and r["defence"] == "fedavg"}
-
+def table(cells: dict[tuple[str, str, int], dict[str, Any]]) -> None:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.0f}%"
 
-    headers = ["attack", "malicious", "defence", "own-test CER", "x clean FedAvg", "backdoor ASR",
+    def cell(measure: dict[str, Any], fmt: Callable[[float | None], str]) -> str:
+        if measure["median"] is None:
+            return "-"
+        if measure["min"] == measure["max"]:
+            return fmt(measure["median"])
+        return f"{fmt(measure['median'])} [{fmt(measure['min'])}, {fmt(measure['max'])}]"
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    headers = ["attack", "malicious", "defence", "seeds", "own-test CER", "x clean FedAvg", "backdoor ASR",
                "honest flagged", "malicious flagged", "s/round"]
-    body = [[r["attack"], f"{len(r['malicious'])}/10", r["defence"], f"{r['own_test_cer']:.4f}",
-             f"{r['own_test_cer'] / clean[r['m']]:.2f}" if r["m"] in clean else "-", pct(r["backdoor_success"]),
-             pct(r["honest_flag_rate"]), pct(r["malicious_flag_rate"]), r["seconds_per_round"]] for r in rows]
+    body = [[attack, f"{m}/10", defence, len(c["seeds"]), cell(c["own_test_cer"], lambda v: f"{v:.4f}"),
+             cell(c["x_clean"], ratio), cell(c["backdoor_success"], pct), cell(c["honest_flag_rate"], pct),
+             cell(c["malicious_flag_rate"], pct), f"{c['seconds_per_round']['median']:.1f}"]
+            for (attack, defence, m), c in cells.items()]
     print_table(headers, body)
 
 
@@ -158,30 +224,38 @@ def main() -> int:
     parser.add_argument("--malicious", default="1,2", help="numbers of malicious nodes of 10 (1 and/or 2)")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--defences", default=",".join(DEFENCES))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (each run once per seed)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-robust"), help="run folders and the run cache")
     parser.add_argument("--cached-only", action="store_true",
                         help="run nothing: tabulate the runs of the grid already in the cache")
     args = parser.parse_args()
     counts = [int(m) for m in args.malicious.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
     attacks = [a.strip() for a in args.attacks.split(",")]
     defences = [d.strip() for d in args.defences.split(",")]
     unknown = [a for a in attacks if a not in ATTACKS] + [d for d in defences if d not in DEFENCES] + \
         [str(m) for m in counts if m not in MALICIOUS]
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
-    out = (args.out / f"{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}-s{args.seed}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
     plan = [("clean", "fedavg")] + [(a, d) for a in attacks for d in defences if (a, d) != ("clean", "fedavg")]
-    if args.cached_only:
-        plan_m = [(a, d, m) for m in counts for a, d in plan if (out / f"{run_name(a, d, m)}.json").is_file()]
-    else:
-        plan_m = [(a, d, m) for m in counts for a, d in plan]
-    rows = [{**run_one(attack, defence, m, args, out), "m": m} for attack, defence, m in plan_m]
-    table(rows)
+    rows = []
+    for seed in seeds:   # seed by seed, so an interrupted benchmark has whole seeds to show
+        out = (args.out / f"{args.start}-r{args.rounds}-l{args.lines}-t{args.test_lines}-s{seed}").resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        plan_m = [(a, d, m) for m in counts for a, d in plan
+                  if not args.cached_only or (out / f"{run_name(a, d, m)}.json").is_file()]
+        rows += [{**run_one(attack, defence, m, seed, args, out), "m": m, "seed": seed}
+                 for attack, defence, m in plan_m]
+    if not rows:
+        parser.error(f"no cached runs of this grid under {args.out}")
+    rows = relative(rows)
+    cells = summary(rows)
+    table(cells)
     result = {"federation": FEDERATION, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "seed": args.seed, "defences": {d: DEFENCES[d] for d in defences},
-              "attacks": {a: ATTACKS[a] for a in attacks}, "rows": rows, "checks": checks(rows),
+              "test_lines": args.test_lines, "seeds": seeds, "defences": {d: DEFENCES[d] for d in defences},
+              "attacks": {a: ATTACKS[a] for a in attacks}, "rows": rows,
+              "summary": [{"attack": a, "defence": d, "malicious": m, **c} for (a, d, m), c in cells.items()],
+              "checks": checks(rows),
               "command": " ".join(["bench/fl_robust.py", *sys.argv[1:]])}
     path = write_result("fl_robust", result)
     print(json.dumps(result["checks"], indent=1))

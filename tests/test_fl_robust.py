@@ -107,6 +107,37 @@ def test_trimmed_mean_down_weights_a_sign_flipped_node() -> None:
     assert scores["n6"]["contribution"] == 0                      # every value of it was trimmed
 
 
+def test_drop_opposed_leaves_out_a_sign_flipped_node_the_trimmed_mean_kept_in_part() -> None:
+    # Two coordinates; five honest updates and one flipped. Per coordinate the flipped value is
+    # not always an extreme, so the trimmed mean (f=1) keeps some of it; it still opposes the step.
+    rows = [[1.0, 1.0], [1.2, 0.8], [0.8, 1.2], [1.1, 0.9], [0.9, 1.1], [-3.0, 0.95]]
+    plain = RobustAggregate(RobustConfig(rule="trimmed-mean", f=1, min_accepted=3))(_updates(rows), _ctx())
+    ctx = _ctx()
+    dropped = RobustAggregate(RobustConfig(rule="trimmed-mean", f=1, min_accepted=3, drop_opposed=True))(
+        _updates(rows), ctx)
+    assert plain.shares["n5"] > 0 and "n5" not in plain.left_out
+    assert dropped.shares["n5"] == 0 and "opposed to the trimmed-mean step" in dropped.left_out["n5"]
+    # ...and the step is the trimmed mean of the five honest rows: (1.0 + 1.1 + 0.9) / 3 per coordinate
+    assert dropped.step["w"].tolist() == pytest.approx([1.0, 1.0])
+    scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
+    assert scores["n5"]["verdict"] == "left out" and scores["n5"]["flagged"]
+    assert not any(scores[f"n{i}"]["flagged"] for i in range(5))
+
+
+def test_drop_opposed_keeps_everyone_when_too_few_would_remain_and_refuses_trust() -> None:
+    rows = [[1.0, 1.0], [1.0, 0.9], [-1.0, -1.0]]      # dropping one would leave 2 < 2f + 1 = 3
+    result = RobustAggregate(RobustConfig(rule="trimmed-mean", f=1, min_accepted=3, drop_opposed=True))(
+        _updates(rows), _ctx())
+    assert not result.left_out
+    with pytest.raises(ConfigError, match="robust.drop-opposed"):
+        FlConfig.from_run_config({"robust.rule": "trust", "robust.drop-opposed": True})
+    # On its own (FedAvg) it is a robust aggregation too: it needs each node's update.
+    alone = FlConfig.from_run_config({"robust.drop-opposed": True}).to_run_config()
+    assert isinstance(build_server_chain(alone).aggregator, RobustAggregate)
+    with pytest.raises(ConfigError, match="drop-opposed"):
+        FlConfig.from_run_config({"robust.drop-opposed": True, "secure.method": "secagg+"})
+
+
 def test_the_builder_picks_the_aggregator_from_the_run_config() -> None:
     assert isinstance(build_server_chain(FlConfig().to_run_config()).aggregator, FedAvg)
     chain = build_server_chain(FlConfig.from_run_config({"min-accepted": 5, **RECOMMENDED}).to_run_config())
@@ -252,7 +283,9 @@ def test_a_sign_flipping_and_a_boosted_branch_are_down_weighted_and_the_model_st
     capsys.readouterr()
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out
-    assert "bank-2       flagged: opposed" in shown and "school-3     flagged: clipped" in shown
+    # The recommended rule leaves the flipped branch out (robust.drop-opposed) and says why.
+    assert "bank-2       flagged: left out" in shown and "school-3     flagged: clipped" in shown
+    assert "rejected: left out: opposed to the trimmed-mean step" in shown
 
 
 def test_fltrust_gives_a_sign_flipping_branch_no_trust_on_the_servers_root_lines(

@@ -330,7 +330,7 @@ def refuse_combinations(rc: Mapping[str, Any]) -> None:
     if quarantine.QuarantineConfig.from_run_config(rc).after and not rule.active:
         raise bad("quarantine.after", "quarantine acts on the robust rule's flags (left out, clipped, opposed): set "
                                       "robust.rule or robust.clip-median, e.g. the recommended trimmed mean")
-    if dp.level == "client" and (rule.rule != "fedavg" or rule.clip_norm or rule.clip_median):
+    if dp.level == "client" and rule.active:
         raise bad("dp.level", f"client-level DP calibrates its noise to an equal-weight sum of updates clipped to "
                               f"dp.clip; robust.rule={rule.rule} (or a robust clip) changes what one node can do to "
                               f"the step, so the accounting would not hold: use dp.level=record with a robust rule")
@@ -344,8 +344,8 @@ def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
     if method == "none":
         return
     rule, packed = robust.RobustConfig.from_run_config(rc), CompressConfig.from_run_config(rc)
-    if rule.rule != "fedavg" or rule.clip_norm or rule.clip_median:
-        raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip) needs each node's update, and under "
+    if rule.active:
+        raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip, or robust.drop-opposed) needs each node's update, and under "
                                  f"secure.method={method} the server sees only their sum")
     if quarantine.QuarantineConfig.from_run_config(rc).after:
         raise bad("quarantine.after", f"quarantine acts on per-node flags, and under secure.method={method} the "

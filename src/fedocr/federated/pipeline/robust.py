@@ -37,9 +37,11 @@ others' data (it takes more local steps, so its values are the extremes), which 
 malice, and a flag is what a quarantine would act on.
 
 The recommended defence (`RECOMMENDED`): clip to 2x the median norm, then the trimmed mean with
-f = the number of malicious nodes to tolerate. Clipping first bounds what a boosted update can
-do to any coordinate; the trimmed mean then drops a sign-flipped or noisy update's extreme
-values. Unlike Krum it does not exclude f honest nodes every round (on non-IID data the node
+f = the number of malicious nodes to tolerate, then the same again without any update opposed to
+that step (`drop_opposed`). Clipping first bounds what a boosted update can do to any coordinate;
+the trimmed mean then drops a sign-flipped or noisy update's extreme values, and the second pass
+what is left of a sign-flipped one (bench/fl_robust.py: at 12 rounds a sign flip by 2 of 10
+branches cost the trimmed mean alone 1.25x the clean CER, more than FedAvg's 1.14x). Unlike Krum it does not exclude f honest nodes every round (on non-IID data the node
 unlike the others is often an honest minority domain), and it needs only n >= 2f + 1 updates,
 not 2f + 3. It still cannot tell small, coordinated shifts that stay inside the honest spread
 ("a little is enough", Baruch et al. 2019) from honest variety, nor a backdoor that the
@@ -59,7 +61,7 @@ from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import Aggregate, StepContext, StepRecord, Update, Weights
 
 RULES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "trust")
-RECOMMENDED = {"robust.rule": "trimmed-mean", "robust.f": 2, "robust.clip-median": 2.0}
+RECOMMENDED = {"robust.rule": "trimmed-mean", "robust.f": 2, "robust.clip-median": 2.0, "robust.drop-opposed": True}
 DOWN_WEIGHTED = 0.5   # a contribution below half of a fair 1/n share of the step is "down-weighted"
 SUSPECT = ("left out", "clipped", "opposed")   # the verdicts that flag a node
 SCORE = "score"       # the step name of the per-node anomaly records
@@ -162,7 +164,8 @@ def trust_weighted(tensors: Sequence[Mapping[str, np.ndarray]], root: Mapping[st
 class RobustConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"robust.rule": "rule", "robust.f": "f", "robust.multi-krum-m": "m",
                                       "robust.clip-norm": "clip_norm", "robust.clip-median": "clip_median",
-                                      "robust.root-lines": "root_lines", "min-accepted": "min_accepted",
+                                      "robust.root-lines": "root_lines", "robust.drop-opposed": "drop_opposed",
+                                      "min-accepted": "min_accepted",
                                       "max-examples-ratio": "examples_ratio"}
 
     rule: str = "fedavg"       # `robust.rule`: fedavg, median, trimmed-mean, krum, multi-krum or trust
@@ -171,6 +174,7 @@ class RobustConfig(StepConfig):
     clip_norm: float = 0.0     # `robust.clip-norm`: scale updates down to this L2 norm (0: off)
     clip_median: float = 0.0   # `robust.clip-median`: ... or to this multiple of the round's median norm (0: off)
     root_lines: int = 64       # `robust.root-lines`: the server's clean root set for `trust` (its public lines)
+    drop_opposed: bool = False  # `robust.drop-opposed`: leave out updates opposed to the rule's step, then aggregate again
     min_accepted: int = 2      # `min-accepted`: a round is applied with as few updates as this
     examples_ratio: float = 0.0   # `max-examples-ratio` (checks): the fedavg rule caps claims at this x the median
 
@@ -185,6 +189,8 @@ class RobustConfig(StepConfig):
             raise bad("robust.clip-norm" if self.clip_norm < 0 else "robust.clip-median", "must be 0 (off) or positive")
         if 0 < self.clip_median < 1:
             raise bad("robust.clip-median", "below 1 would clip the typical honest update")
+        if self.drop_opposed and self.rule == "trust":
+            raise bad("robust.drop-opposed", "robust.rule=trust already leaves out updates opposed to its root update")
         need = needed(self.rule, self.f)
         if self.min_accepted < need:
             raise bad("robust.rule", f"{self.rule} with robust.f={self.f} needs at least {need} updates per round "
@@ -196,7 +202,7 @@ class RobustConfig(StepConfig):
 
     @property
     def active(self) -> bool:
-        return self.rule != "fedavg" or self.clip_norm > 0 or self.clip_median > 0
+        return self.rule != "fedavg" or self.clip_norm > 0 or self.clip_median > 0 or self.drop_opposed
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,8 @@ class RobustAggregate:
                 "multi-krum": f"Multi-Krum with f={c.f}, m={c.m or 'n - f'} (Blanchard et al. 2017)",
                 "trust": f"FLTrust: trust = max(0, cosine to the server's update on {c.root_lines} root lines), "
                          f"rescaled to its norm (Cao et al. 2021)"}[c.rule]
-        return head + rule + "; score each node"
+        drop = "; leave out updates opposed to that step and aggregate the rest again" if c.drop_opposed else ""
+        return head + rule + drop + "; score each node"
 
     def _bound(self, norms: np.ndarray) -> float:
         bounds = [self.config.clip_norm] if self.config.clip_norm else []
@@ -252,6 +259,27 @@ class RobustAggregate:
         flat = _flat(step)
         return step, weights, np.array([w * (_flat(t) @ flat) for t, w in zip(tensors, weights)]), left
 
+    def _without_opposed(self, updates: Sequence[Update], first: tuple[Weights, np.ndarray, np.ndarray, dict[str, str]],
+                         ctx: StepContext, first_notes: int) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
+        """The rule again without the updates that pull against its first step (negative cosine):
+        a sign-flipped update is rarely extreme in enough coordinates for a trimmed mean to drop
+        it, yet it opposes the step as a whole. Kept as it was when too few updates would remain.
+        The second pass trims f per side again. Its records replace the first pass's (from
+        `first_notes` on in ctx.notes), so each round records one aggregation."""
+        step, _, _, left = first
+        opposed = {i: cosine(u.tensors, step) for i, u in enumerate(updates) if u.client not in left}
+        opposed = {i: c for i, c in opposed.items() if c < 0}
+        keep = [i for i in range(len(updates)) if i not in opposed]
+        if not opposed or len(keep) < max(needed(self.config.rule, self.config.f), 1):
+            return first
+        del ctx.notes[first_notes:]
+        step, kept_weights, kept_dots, kept_left = self._rule([updates[i] for i in keep], ctx)
+        weights, dots = np.zeros(len(updates)), np.zeros(len(updates))
+        weights[keep], dots[keep] = kept_weights, kept_dots
+        return step, weights, dots, {**kept_left, **{
+            updates[i].client: f"left out: opposed to the {self.config.rule} step (cosine {c:.3g})"
+            for i, c in opposed.items()}}
+
     def _trust(self, updates: Sequence[Update], ctx: StepContext) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
         """FLTrust against the server's own update on its root lines (see `trust_weighted`)."""
         if ctx.server_update is None:
@@ -271,7 +299,11 @@ class RobustAggregate:
         norms = np.array([l2_norm(u.tensors) for u in ordered])
         bound = self._bound(norms)
         clipped = [clip(u.tensors, bound) for u in ordered]
+        first_notes = len(ctx.notes)
         step, weights, dots, left = self._rule([u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)], ctx)
+        if self.config.drop_opposed:
+            step, weights, dots, left = self._without_opposed(
+                [u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)], (step, weights, dots, left), ctx, first_notes)
         # A node's contribution: the share of the step that its (kept part of its) update makes up,
         # projected on the step; the contributions sum to 1, and a node pulling against the rest is negative.
         contributions = dots / max(float(_flat(step) @ _flat(step)), 1e-30)
