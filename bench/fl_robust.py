@@ -42,7 +42,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from _common import print_table, simulated_run, spread, write_result
+from _common import cached, print_table, simulated_run, spread, write_result
 
 from fedocr.data import ConcatLines
 from fedocr.federated.config import SCRATCH_LR, FlConfig
@@ -78,17 +78,16 @@ def run_name(attack: str, defence: str, malicious: int) -> str:
 
 def run_one(attack: str, defence: str, malicious: int, seed: int, args: argparse.Namespace,
             out: Path) -> dict[str, Any]:
-    """One federation (cached as out/ATTACK-DEFENCE-mN.json); a clean run has no malicious node."""
-    bad = MALICIOUS[malicious] if ATTACKS[attack] else []
+    """One federation (cached as out/ATTACK-DEFENCE-mN.json with the defence's settings, which a
+    cached run must match); a clean run has no malicious node."""
     name = run_name(attack, defence, malicious)
-    cached = out / f"{name}.json"
-    if cached.is_file():
-        found = json.loads(cached.read_text())
-        if found.get("defence_settings") != DEFENCES[defence]:
-            raise SystemExit(f"bench: {cached} was run with other settings for {defence!r} "
-                             f"({found.get('defence_settings')} against {DEFENCES[defence]}): use another --out")
-        return found
-    run_dir = out / name
+    return cached(out / f"{name}.json", DEFENCES[defence],
+                  lambda: federation(attack, defence, malicious, seed, args, out / name))
+
+
+def federation(attack: str, defence: str, malicious: int, seed: int, args: argparse.Namespace,
+               run_dir: Path) -> dict[str, Any]:
+    bad = MALICIOUS[malicious] if ATTACKS[attack] else []
     warm = args.start == "warm"
     cfg = FlConfig.from_run_config(
         {"federation": FEDERATION, "charset": "mini", "initial-model": str(WARM_MINI) if warm else "scratch",
@@ -100,25 +99,22 @@ def run_one(attack: str, defence: str, malicious: int, seed: int, args: argparse
          **DEFENCES[defence],
          "attack.nodes": ",".join(f"{node}:{ATTACKS[attack]}" for node in bad)})
     started = time.time()
-    report, last = simulated_run(cfg, name)
+    report, last = simulated_run(cfg, run_dir.name)
     rounds = report["rounds"]
     test = test_sets(cfg, last.charset)
     own = {node: evaluate(torch_logits_fn(last.model), last.charset, lines).cer for node, lines in test.items()}
     scores = [s for r in rounds for s in r["steps"] if s["step"] == "score"]
     honest = [s["flagged"] for s in scores if s["client"] not in bad]
     caught = [s["flagged"] for s in scores if s["client"] in bad]
-    result = {"attack": attack, "defence": defence, "defence_settings": DEFENCES[defence], "malicious": bad,
-              "rounds": len(rounds),
-              "own_test_cer": statistics.mean(own.values()), "per_node": own,
-              "backdoor_success": backdoor_success_rate(last.model, last.charset, ConcatLines(list(test.values()))),
-              "honest_flag_rate": statistics.mean(honest) if honest else None,
-              "malicious_flag_rate": statistics.mean(caught) if caught else None,
-              "val_cer": [r["val_cer"] for r in rounds],
-              # a round as the server saw it (collect, aggregate, validate); the wall time adds Ray's start-up
-              "seconds_per_round": statistics.mean(r["seconds"] + (r.get("val_seconds") or 0) for r in rounds),
-              "wall_seconds": time.time() - started}
-    cached.write_text(json.dumps(result, indent=1))
-    return result
+    return {"attack": attack, "defence": defence, "malicious": bad, "rounds": len(rounds),
+            "own_test_cer": statistics.mean(own.values()), "per_node": own,
+            "backdoor_success": backdoor_success_rate(last.model, last.charset, ConcatLines(list(test.values()))),
+            "honest_flag_rate": statistics.mean(honest) if honest else None,
+            "malicious_flag_rate": statistics.mean(caught) if caught else None,
+            "val_cer": [r["val_cer"] for r in rounds],
+            # a round as the server saw it (collect, aggregate, validate); the wall time adds Ray's start-up
+            "seconds_per_round": statistics.mean(r["seconds"] + (r.get("val_seconds") or 0) for r in rounds),
+            "wall_seconds": time.time() - started}
 
 
 def relative(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,9 @@ from _common import external_set_dirs, print_table, write_result  # noqa: E402
 
 from fedocr.data import LineDataset, SyntheticLines, open_dataset  # noqa: E402
 from fedocr.data.preprocess import preprocess  # noqa: E402
+from fedocr.model.infer import half_widths  # noqa: E402
 
 SEED = 5  # of the synthetic lines; the external sets are read whole
-
-
-def half_widths(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def pixels_per_character(dataset: LineDataset) -> np.ndarray:

@@ -157,7 +157,7 @@ def main() -> int:
     fp32 = export_onnx(pt, work / "model.onnx", lines=verify).path
     # Random weights give near-uniform outputs whose argmax int8 rounding flips, so the text check
     # means nothing there; the log-prob check still applies.
-    loose = None if not args.random else Tolerance(max_logprob_diff=INT8_TOLERANCE.max_logprob_diff, min_text_agreement=0.0)
+    loose = Tolerance(max_logprob_diff=INT8_TOLERANCE.max_logprob_diff, min_text_agreement=0.0) if args.random else None
     int8 = export_onnx(pt, work / "model.int8.onnx", int8=True, lines=verify, tolerance=loose).path
 
     backends = {"pytorch": torch_logits_fn(ckpt.model),

@@ -27,7 +27,7 @@ LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ReadFn = Callable[[list[np.ndarray]], list[Decoded]]
 
 # Character density. The models learned to read about 12 px per half-width character at 32 px
-# high (bench/line_density.py: medians 10.4-12.0 over the training presets) and read much denser or
+# high (bench/line_density.py: medians 10.1-12.0 over the training presets) and read much denser or
 # wider setting poorly: at a stride of 4 a narrow run of letters gets too few CTC steps (`ll` ->
 # `l`), and a hanzi drawn half as wide again is read as its two halves. A line whose first
 # reading says it is set more than DENSITY_BAND off the target is read once more, resized
@@ -81,8 +81,6 @@ def recognize_lines(lines: Sequence[np.ndarray], logits_fn: LogitsFn, charset: C
 
 def _read_sorted(lines: Sequence[np.ndarray], logits_fn: LogitsFn, charset: Charset, batch_size: int,
                  beam_width: int) -> list[Decoded]:
-    if not lines:
-        return []
     order = sorted(range(len(lines)), key=lambda i: lines[i].shape[1])
     results: list[Decoded | None] = [None] * len(lines)
     for start in range(0, len(order), batch_size):

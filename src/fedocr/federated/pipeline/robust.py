@@ -41,8 +41,8 @@ f = the number of malicious nodes to tolerate, then the same again without any u
 that step (`drop_opposed`). Clipping first bounds what a boosted update can do to any coordinate;
 the trimmed mean then drops a sign-flipped or noisy update's extreme values, and the second pass
 what is left of a sign-flipped one (bench/fl_robust.py: at 12 rounds a sign flip by 2 of 10
-branches cost the trimmed mean alone 1.25x the clean CER, more than FedAvg's 1.14x). Unlike Krum it does not exclude f honest nodes every round (on non-IID data the node
-unlike the others is often an honest minority domain), and it needs only n >= 2f + 1 updates,
+branches cost the trimmed mean alone 1.25x the clean CER, more than FedAvg's 1.14x). Unlike
+Krum it does not exclude f honest nodes every round (on non-IID data the node unlike the others is often an honest minority domain), and it needs only n >= 2f + 1 updates,
 not 2f + 3. It still cannot tell small, coordinated shifts that stay inside the honest spread
 ("a little is enough", Baruch et al. 2019) from honest variety, nor a backdoor that the
 attacker's update hides inside its honest part.
@@ -299,11 +299,11 @@ class RobustAggregate:
         norms = np.array([l2_norm(u.tensors) for u in ordered])
         bound = self._bound(norms)
         clipped = [clip(u.tensors, bound) for u in ordered]
+        bounded = [u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)]
         first_notes = len(ctx.notes)
-        step, weights, dots, left = self._rule([u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)], ctx)
+        step, weights, dots, left = self._rule(bounded, ctx)
         if self.config.drop_opposed:
-            step, weights, dots, left = self._without_opposed(
-                [u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)], (step, weights, dots, left), ctx, first_notes)
+            step, weights, dots, left = self._without_opposed(bounded, (step, weights, dots, left), ctx, first_notes)
         # A node's contribution: the share of the step that its (kept part of its) update makes up,
         # projected on the step; the contributions sum to 1, and a node pulling against the rest is negative.
         contributions = dots / max(float(_flat(step) @ _flat(step)), 1e-30)
