@@ -62,8 +62,12 @@ DEFENCES: dict[str, dict[str, Any]] = {
     "trimmed mean": {"robust.rule": "trimmed-mean"}, "multi-krum": {"robust.rule": "multi-krum"},
     "trust": {"robust.rule": "trust"},
     "default": {k: v for k, v in RECOMMENDED.items() if k != "robust.f"},
-    # the recommended rule before it dropped updates opposed to its step (until 2026-12-05)
-    "clip+trimmed": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "robust.drop-opposed": False},
+    # the recommended rule before it left out colluders (robust.collusion-cosine, until 2026-12-05)...
+    "clip+trimmed+opposed": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"},
+                             "robust.collusion-cosine": 0.0},
+    # ...and before it also dropped updates opposed to its step (earlier on 2026-12-05)
+    "clip+trimmed": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "robust.drop-opposed": False,
+                     "robust.collusion-cosine": 0.0},
     # the recommended rule behind every screen a run has by default (the adaptive norm bound too)
     "default+bound": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "max-norm-ratio": 10.0},
 }

@@ -3,6 +3,7 @@ settings that cannot work, the attack steps, data poisoning, and a ten-branch fe
 a sign-flipping and a boosted node are down-weighted while the model still improves."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from fedocr.data.organisations import FEDERATIONS, get_federation, named_charset, synthetic_org_data
 from fedocr.federated.config import ConfigError, FlConfig
+from fedocr.federated.pipeline import collusion
 from fedocr.federated.pipeline.aggregate import FedAvg
 from fedocr.federated.pipeline.attacks import Attack, AttackConfig
 from fedocr.federated.pipeline.build import build_client_chain, build_server_chain
@@ -136,6 +138,62 @@ def test_drop_opposed_keeps_everyone_when_too_few_would_remain_and_refuses_trust
     assert isinstance(build_server_chain(alone).aggregator, RobustAggregate)
     with pytest.raises(ConfigError, match="drop-opposed"):
         FlConfig.from_run_config({"robust.drop-opposed": True, "secure.method": "secagg+"})
+
+
+def test_colluders_sending_the_same_update_are_left_out_and_stay_matched_when_sampled_alone() -> None:
+    rng = np.random.default_rng(3)
+    honest = [rng.normal(1.0, 1.0, size=200) for _ in range(5)]
+    crafted = rng.normal(0.5, 1.0, size=200)   # inside the honest spread: a trimmed mean keeps much of it
+    config = RobustConfig(rule="trimmed-mean", f=2, min_accepted=5, drop_opposed=True, collusion_cosine=0.99)
+    state: dict = {}
+    ctx = _ctx(state=state)
+    result = RobustAggregate(config)(_updates([*(h.tolist() for h in honest), crafted.tolist(), crafted.tolist()]), ctx)
+    assert set(result.left_out) == {"n5", "n6"} and "point the same way as n" in result.left_out["n5"]
+    assert result.shares["n5"] == result.shares["n6"] == 0
+    # ...and the step is the trimmed mean of the honest five alone
+    expected = trimmed_mean([{"w": h.astype(np.float32)} for h in honest], 2)[0]["w"]
+    assert result.step["w"] == pytest.approx(expected)
+    scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
+    assert scores["n5"]["history_cosine"] == pytest.approx(1.0) and scores["n5"]["flagged"]
+    assert max(scores[f"n{i}"]["history_cosine"] for i in range(5)) < 0.9
+    # Next round one colluder comes alone (with fresh honest updates): its history still matches.
+    later = [rng.normal(1.0, 1.0, size=200) for _ in range(5)]
+    alone = RobustAggregate(config)([*_updates([h.tolist() for h in later]),
+                                     Update("n6", {"w": crafted.astype(np.float32)}, 10)], _ctx(state=state, rnd=2))
+    assert set(alone.left_out) == {"n6"}
+    # Without the check the pair is not left out, and the trimmed mean keeps part of it.
+    plain = RobustAggregate(RobustConfig(rule="trimmed-mean", f=2, min_accepted=5))(
+        _updates([*(h.tolist() for h in honest), crafted.tolist(), crafted.tolist()]), _ctx())
+    assert not plain.left_out and plain.shares["n5"] > 0
+
+
+def test_colluders_are_kept_when_leaving_them_out_would_drop_below_the_participation_threshold() -> None:
+    rows = [[1.0, 0.0, 0.2], [0.0, 1.0, 0.1], [0.3, 0.3, 1.0], [-1.0, 2.0, 0.5], [-1.0, 2.0, 0.5]]
+    config = RobustConfig(rule="trimmed-mean", f=1, min_accepted=4, collusion_cosine=0.99)
+    assert not RobustAggregate(config)(_updates(rows), _ctx()).left_out
+    assert set(RobustAggregate(replace(config, min_accepted=3))(_updates(rows), _ctx()).left_out) == {"n3", "n4"}
+
+
+def test_the_history_sketch_keeps_cosines_and_maps_identical_updates_alike() -> None:
+    rng = np.random.default_rng(0)
+    a = {"conv.weight": rng.normal(size=(64, 9)).astype(np.float32), "bn.running_var": np.ones(64, np.float32)}
+    b = {k: (v + rng.normal(size=v.shape).astype(np.float32) if k == "conv.weight" else v) for k, v in a.items()}
+    true_cos = float(np.dot(a["conv.weight"].ravel(), b["conv.weight"].ravel())
+                     / np.linalg.norm(a["conv.weight"]) / np.linalg.norm(b["conv.weight"]))
+    sa, sb = collusion.sketch(a), collusion.sketch(b)
+    assert float(sa @ sb / np.linalg.norm(sa) / np.linalg.norm(sb)) == pytest.approx(true_cos, abs=0.05)
+    assert np.array_equal(collusion.sketch(dict(a)), sa)
+    # BatchNorm's running statistics are no direction: they do not enter the sketch
+    assert np.array_equal(collusion.sketch({**a, "bn.running_var": np.full(64, 9, np.float32)}), sa)
+
+
+def test_a_collusion_threshold_that_would_catch_honest_branches_is_refused() -> None:
+    with pytest.raises(ConfigError, match="robust.collusion-cosine"):
+        FlConfig.from_run_config({"robust.collusion-cosine": 0.5})
+    with pytest.raises(ConfigError, match="collusion-cosine"):
+        FlConfig.from_run_config({"robust.collusion-cosine": 0.99, "secure.method": "secagg+"})
+    alone = FlConfig.from_run_config({"robust.collusion-cosine": 0.99}).to_run_config()
+    assert isinstance(build_server_chain(alone).aggregator, RobustAggregate)
 
 
 def test_the_builder_picks_the_aggregator_from_the_run_config() -> None:
@@ -280,6 +338,10 @@ def test_a_sign_flipping_and_a_boosted_branch_are_down_weighted_and_the_model_st
         assert scores["school-3"]["verdict"] == "clipped" and scores["school-3"]["clip"] < 0.5
         assert scores["school-3"]["contribution"] < sorted(s["contribution"] for s in honest)[len(honest) // 2]
         assert not any(s["flagged"] for s in honest)
+        assert max(s["history_cosine"] for s in scores.values()) < RECOMMENDED["robust.collusion-cosine"]
+        # the round's count of accepted updates is what the aggregator kept, as the node records say
+        kept = [c for c in r["clients"] if c["accepted"]]
+        assert r["accepted"] == len(kept) == 10 - (scores["bank-2"]["verdict"] == "left out")
     capsys.readouterr()
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out

@@ -345,8 +345,9 @@ def refuse_with_secure_aggregation(rc: Mapping[str, Any]) -> None:
         return
     rule, packed = robust.RobustConfig.from_run_config(rc), CompressConfig.from_run_config(rc)
     if rule.active:
-        raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip, or robust.drop-opposed) needs each "
-                                 f"node's update, and under secure.method={method} the server sees only their sum")
+        raise bad("robust.rule", f"robust.rule={rule.rule} (or a robust clip, robust.drop-opposed or "
+                                 f"robust.collusion-cosine) needs each node's update, and under "
+                                 f"secure.method={method} the server sees only their sum")
     if quarantine.QuarantineConfig.from_run_config(rc).after:
         raise bad("quarantine.after", f"quarantine acts on per-node flags, and under secure.method={method} the "
                                       f"server sees only the sum of the updates")

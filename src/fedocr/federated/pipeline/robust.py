@@ -36,16 +36,18 @@ not flagged: a trimmed mean drops most coordinates of an honest branch with thre
 others' data (it takes more local steps, so its values are the extremes), which is no sign of
 malice, and a flag is what a quarantine would act on.
 
-The recommended defence (`RECOMMENDED`): clip to 2x the median norm, then the trimmed mean with
-f = the number of malicious nodes to tolerate, then the same again without any update opposed to
-that step (`drop_opposed`). Clipping first bounds what a boosted update can do to any coordinate;
-the trimmed mean then drops a sign-flipped or noisy update's extreme values, and the second pass
-what is left of a sign-flipped one (bench/fl_robust.py: at 12 rounds a sign flip by 2 of 10
-branches cost the trimmed mean alone 1.25x the clean CER, more than FedAvg's 1.14x). Unlike
-Krum it does not exclude f honest nodes every round (on non-IID data the node unlike the others is often an honest minority domain), and it needs only n >= 2f + 1 updates,
-not 2f + 3. It still cannot tell small, coordinated shifts that stay inside the honest spread
-("a little is enough", Baruch et al. 2019) from honest variety, nor a backdoor that the
-attacker's update hides inside its honest part.
+The recommended defence (`RECOMMENDED`): clip to 2x the median norm, leave out nodes whose
+accumulated updates point the same way as another node's (`collusion_cosine`, module
+`collusion`), then the trimmed mean with f = the number of malicious nodes to tolerate, then the same again
+without any update opposed to that step (`drop_opposed`). Clipping first bounds what a boosted
+update can do to any coordinate; the trimmed mean then drops a sign-flipped or noisy update's
+extreme values, and the second pass what is left of a sign-flipped one (bench/fl_robust.py: at
+12 rounds a sign flip by 2 of 10 branches cost the trimmed mean alone 1.25x the clean CER, more
+than FedAvg's 1.14x). Unlike Krum it does not exclude f honest nodes every round (on non-IID data
+the node unlike the others is often an honest minority domain), and it needs only n >= 2f + 1
+updates, not 2f + 3. It still cannot tell small shifts that stay inside the honest spread ("a
+little is enough", Baruch et al. 2019) from honest variety unless colluders send them alike
+round after round, nor a backdoor that the attacker's update hides inside its honest part.
 """
 from __future__ import annotations
 
@@ -55,13 +57,16 @@ from typing import ClassVar
 
 import numpy as np
 
+from fedocr.federated.pipeline import collusion
 from fedocr.federated.pipeline.aggregate import example_weights, weighted_average
 from fedocr.federated.pipeline.checks import is_float, is_statistic, l2_norm
 from fedocr.federated.pipeline.settings import StepConfig, bad
 from fedocr.federated.pipeline.types import Aggregate, StepContext, StepRecord, Update, Weights
 
 RULES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "trust")
-RECOMMENDED = {"robust.rule": "trimmed-mean", "robust.f": 2, "robust.clip-median": 2.0, "robust.drop-opposed": True}
+RECOMMENDED = {"robust.rule": "trimmed-mean", "robust.f": 2, "robust.clip-median": 2.0, "robust.drop-opposed": True,
+               "robust.collusion-cosine": 0.99}
+LOWEST_COLLUSION_COSINE = 0.9   # honest branches of one organisation: up to 0.86 (pipeline/collusion.py)
 DOWN_WEIGHTED = 0.5   # a contribution below half of a fair 1/n share of the step is "down-weighted"
 SUSPECT = ("left out", "clipped", "opposed")   # the verdicts that flag a node
 SCORE = "score"       # the step name of the per-node anomaly records
@@ -165,6 +170,7 @@ class RobustConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"robust.rule": "rule", "robust.f": "f", "robust.multi-krum-m": "m",
                                       "robust.clip-norm": "clip_norm", "robust.clip-median": "clip_median",
                                       "robust.root-lines": "root_lines", "robust.drop-opposed": "drop_opposed",
+                                      "robust.collusion-cosine": "collusion_cosine",
                                       "min-accepted": "min_accepted",
                                       "max-examples-ratio": "examples_ratio"}
 
@@ -175,6 +181,7 @@ class RobustConfig(StepConfig):
     clip_median: float = 0.0   # `robust.clip-median`: ... or to this multiple of the round's median norm (0: off)
     root_lines: int = 64       # `robust.root-lines`: the server's clean root set for `trust` (its public lines)
     drop_opposed: bool = False  # `robust.drop-opposed`: leave out updates opposed to the rule's step, then aggregate again
+    collusion_cosine: float = 0.0   # `robust.collusion-cosine`: leave out nodes whose update history matches another's this closely (0: off)
     min_accepted: int = 2      # `min-accepted`: a round is applied with as few updates as this
     examples_ratio: float = 0.0   # `max-examples-ratio` (checks): the fedavg rule caps claims at this x the median
 
@@ -189,6 +196,9 @@ class RobustConfig(StepConfig):
             raise bad("robust.clip-norm" if self.clip_norm < 0 else "robust.clip-median", "must be 0 (off) or positive")
         if 0 < self.clip_median < 1:
             raise bad("robust.clip-median", "below 1 would clip the typical honest update")
+        if self.collusion_cosine and not LOWEST_COLLUSION_COSINE <= self.collusion_cosine <= 1:
+            raise bad("robust.collusion-cosine", f"must be 0 (off) or in [{LOWEST_COLLUSION_COSINE:g}, 1]: below that "
+                                                 f"it would leave out honest branches of one organisation")
         if self.drop_opposed and self.rule == "trust":
             raise bad("robust.drop-opposed", "robust.rule=trust already leaves out updates opposed to its root update")
         need = needed(self.rule, self.f)
@@ -202,7 +212,14 @@ class RobustConfig(StepConfig):
 
     @property
     def active(self) -> bool:
-        return self.rule != "fedavg" or self.clip_norm > 0 or self.clip_median > 0 or self.drop_opposed
+        return (self.rule != "fedavg" or self.clip_norm > 0 or self.clip_median > 0 or self.drop_opposed
+                or self.collusion_cosine > 0)
+
+    @property
+    def fewest(self) -> int:
+        """The fewest updates the rule may be left with after leaving some out: what it needs, and
+        never below the participation threshold."""
+        return max(needed(self.rule, self.f), self.min_accepted, 1)
 
 
 @dataclass(frozen=True)
@@ -223,7 +240,9 @@ class RobustAggregate:
                 "trust": f"FLTrust: trust = max(0, cosine to the server's update on {c.root_lines} root lines), "
                          f"rescaled to its norm (Cao et al. 2021)"}[c.rule]
         drop = "; leave out updates opposed to that step and aggregate the rest again" if c.drop_opposed else ""
-        return head + rule + drop + "; score each node"
+        sybils = (f"leave out nodes whose update history matches another node's (cosine >= {c.collusion_cosine:g}, "
+                  f"FoolsGold's signal, Fung et al. 2020); " if c.collusion_cosine else "")
+        return head + sybils + rule + drop + "; score each node"
 
     def _bound(self, norms: np.ndarray) -> float:
         bounds = [self.config.clip_norm] if self.config.clip_norm else []
@@ -259,24 +278,47 @@ class RobustAggregate:
         flat = _flat(step)
         return step, weights, np.array([w * (_flat(t) @ flat) for t, w in zip(tensors, weights)]), left
 
-    def _without_opposed(self, updates: Sequence[Update], first: tuple[Weights, np.ndarray, np.ndarray, dict[str, str]],
+    def _rule_on(self, updates: Sequence[Update], keep: Sequence[int],
+                 ctx: StepContext) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
+        """The rule on the updates at `keep`, with weights and dots for all of `updates` (0 elsewhere)."""
+        if len(keep) == len(updates):
+            return self._rule(updates, ctx)
+        step, kept_weights, kept_dots, left = self._rule([updates[i] for i in keep], ctx)
+        weights, dots = np.zeros(len(updates)), np.zeros(len(updates))
+        weights[list(keep)], dots[list(keep)] = kept_weights, kept_dots
+        return step, weights, dots, left
+
+    def _colluding(self, updates: Sequence[Update], ctx: StepContext) -> tuple[dict[str, str], dict[str, float]]:
+        """Add this round's updates to each node's history (`collusion`), then the nodes whose
+        history matches another's at `robust.collusion-cosine` or above (with why), and each node's
+        closest cosine for its score record."""
+        history = ctx.state.setdefault("history", {})
+        for u in updates:
+            collusion.remember(history, u.client, u.tensors)
+        matches = collusion.closest(history, [u.client for u in updates])
+        threshold = self.config.collusion_cosine
+        left = {client: f"left out: its updates so far point the same way as {other}'s (cosine {cos:.4f} >= "
+                        f"{threshold:g}): colluding" for client, (other, cos) in matches.items() if cos >= threshold}
+        return left, {client: cos for client, (_, cos) in matches.items()}
+
+    def _without_opposed(self, updates: Sequence[Update], keep: list[int],
+                         first: tuple[Weights, np.ndarray, np.ndarray, dict[str, str]],
                          ctx: StepContext, first_notes: int) -> tuple[Weights, np.ndarray, np.ndarray, dict[str, str]]:
         """The rule again without the updates that pull against its first step (negative cosine):
         a sign-flipped update is rarely extreme in enough coordinates for a trimmed mean to drop
-        it, yet it opposes the step as a whole. Kept as it was when too few updates would remain.
-        The second pass trims f per side again. Its records replace the first pass's (from
-        `first_notes` on in ctx.notes), so each round records one aggregation."""
+        it, yet it opposes the step as a whole. Kept as it was when fewer updates than the rule
+        needs or the participation threshold would remain. The second pass trims f per side
+        again. Its records replace the first pass's (from `first_notes` on in ctx.notes), so each
+        round records one aggregation."""
         step, _, _, left = first
-        opposed = {i: cosine(u.tensors, step) for i, u in enumerate(updates) if u.client not in left}
+        opposed = {i: cosine(updates[i].tensors, step) for i in keep if updates[i].client not in left}
         opposed = {i: c for i, c in opposed.items() if c < 0}
-        keep = [i for i in range(len(updates)) if i not in opposed]
-        if not opposed or len(keep) < max(needed(self.config.rule, self.config.f), 1):
+        rest = [i for i in keep if i not in opposed]
+        if not opposed or len(rest) < self.config.fewest:
             return first
         del ctx.notes[first_notes:]
-        step, kept_weights, kept_dots, kept_left = self._rule([updates[i] for i in keep], ctx)
-        weights, dots = np.zeros(len(updates)), np.zeros(len(updates))
-        weights[keep], dots[keep] = kept_weights, kept_dots
-        return step, weights, dots, {**kept_left, **{
+        step, weights, dots, rest_left = self._rule_on(updates, rest, ctx)
+        return step, weights, dots, {**rest_left, **{
             updates[i].client: f"left out: opposed to the {self.config.rule} step (cosine {c:.3g})"
             for i, c in opposed.items()}}
 
@@ -300,10 +342,16 @@ class RobustAggregate:
         bound = self._bound(norms)
         clipped = [clip(u.tensors, bound) for u in ordered]
         bounded = [u.with_tensors(t) for u, (t, _) in zip(ordered, clipped)]
+        colluding, closest = self._colluding(bounded, ctx) if self.config.collusion_cosine else ({}, {})
+        keep = [i for i, u in enumerate(bounded) if u.client not in colluding]
+        if len(keep) < self.config.fewest:   # too few would remain: the rule alone has to bear them
+            keep, colluding = list(range(len(bounded))), {}
         first_notes = len(ctx.notes)
-        step, weights, dots, left = self._rule(bounded, ctx)
+        step, weights, dots, left = self._rule_on(bounded, keep, ctx)
         if self.config.drop_opposed:
-            step, weights, dots, left = self._without_opposed(bounded, (step, weights, dots, left), ctx, first_notes)
+            step, weights, dots, left = self._without_opposed(bounded, keep, (step, weights, dots, left), ctx,
+                                                              first_notes)
+        left = {**left, **colluding}
         # A node's contribution: the share of the step that its (kept part of its) update makes up,
         # projected on the step; the contributions sum to 1, and a node pulling against the rest is negative.
         contributions = dots / max(float(_flat(step) @ _flat(step)), 1e-30)
@@ -316,7 +364,8 @@ class RobustAggregate:
                        else "down-weighted" if share < low else "kept")
             ctx.notes.append(StepRecord(SCORE, u.client, {
                 "norm": float(norm), "clip": float(factor), "weight": float(weight), "contribution": float(share),
-                "cosine": similarity, "verdict": verdict, "flagged": verdict in SUSPECT}))
+                "cosine": similarity, "verdict": verdict, "flagged": verdict in SUSPECT,
+                **({"history_cosine": closest.get(u.client)} if self.config.collusion_cosine else {})}))
         ctx.note(self.name, clip_bound=None if bound == float("inf") else bound, median_norm=float(np.median(norms)))
         return Aggregate(step, {u.client: float(w) for u, w in zip(ordered, weights)}, left)
 
