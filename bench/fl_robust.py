@@ -16,15 +16,18 @@ from-scratch run and the attacks' randomness); each run is compared with the cle
 of its own seed, and the table and `checks` give the median and range over seeds of those
 ratios (`checks` on the medians, `..._every_seed` where a target must hold in every seed).
 
-Attacks (`attack.nodes`): sign flip, boost (x `attack.scale`, just under the norm bound), Gaussian
-noise, free rider, two colluders, label shuffling, backdoor + boost (model replacement). The
-malicious nodes are bank-2 (1 of 10) and bank-2 + school-2 (2 of 10). Defences (`robust.*`, f = the
-number of malicious nodes, min-accepted = 2f + 3 so that every rule can run): FedAvg, clip to 2x the
-median norm, coordinate median, trimmed mean, Multi-Krum, FLTrust (`trust`, the server's update on
-its 64 root lines), the default (robust.RECOMMENDED: clip, trimmed mean, then again without updates
-opposed to its step) and `clip+trimmed` (the default before that last pass). Every row but `default+bound` turns the
-adaptive norm bound of the server's check off (`max-norm-ratio = 0`) to measure the rules alone;
-`default+bound` is the recommended rule with every screen a run has by default.
+Attacks (`attack.nodes`): sign flip, boost (x `attack.scale` = 10, just under the norm bound),
+Gaussian noise, free rider, two colluders, label shuffling, backdoor + boost (model replacement,
+half of the attacker's lines with a digit stamped), and two stronger variants: `boost-x30` and
+`backdoor-all` (every line with a digit stamped, `attack.poison-rate = 1`). The malicious nodes
+are bank-2 (1 of 10) and bank-2 + school-2 (2 of 10). Defences (`robust.*`, f = the number of
+malicious nodes, min-accepted = 2f + 3 so that every rule can run): FedAvg, clip to 2x the median
+norm, coordinate median, trimmed mean, Multi-Krum, FLTrust (`trust`, the server's update on its 64
+root lines), the default (robust.RECOMMENDED: clip, leave out colluders, trimmed mean, then again
+without updates opposed to its step), `clip+trimmed+opposed` (the default before it left out
+colluders) and `clip+trimmed` (before it dropped opposed updates). Every row but `default+bound`
+turns the adaptive norm bound of the server's check off (`max-norm-ratio = 0`) to measure the
+rules alone; `default+bound` is the recommended rule with every screen a run has by default.
 Runs are cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_robust.py [--rounds 12] [--lines 16] [--start scratch|warm]
@@ -56,7 +59,12 @@ FEDERATION = "ten-branches-mini"
 WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 MALICIOUS = {1: ["bank-2"], 2: ["bank-2", "school-2"]}
 ATTACKS = {"clean": "", "sign-flip": "sign-flip", "boost": "boost", "noise": "noise", "free-rider": "free-rider",
-           "collude": "collude", "label-shuffle": "label-shuffle", "backdoor": "backdoor+boost"}
+           "collude": "collude", "label-shuffle": "label-shuffle", "backdoor": "backdoor+boost",
+           "boost-x30": "boost", "backdoor-all": "backdoor+boost"}
+# Stronger attackers than the run config's defaults: a boost of 30 (a smallest branch holds 1/14 of
+# the lines: 14 would replace the model, 30 overshoots it), and a backdoor on every line with a digit.
+ATTACK_SETTINGS: dict[str, dict[str, Any]] = {"boost-x30": {"attack.scale": 30.0},
+                                              "backdoor-all": {"attack.poison-rate": 1.0}}
 DEFENCES: dict[str, dict[str, Any]] = {
     "fedavg": {}, "clip": {"robust.clip-median": 2.0}, "median": {"robust.rule": "median"},
     "trimmed mean": {"robust.rule": "trimmed-mean"}, "multi-krum": {"robust.rule": "multi-krum"},
@@ -85,7 +93,7 @@ def run_one(attack: str, defence: str, malicious: int, seed: int, args: argparse
     """One federation (cached as out/ATTACK-DEFENCE-mN.json with the defence's settings, which a
     cached run must match); a clean run has no malicious node."""
     name = run_name(attack, defence, malicious)
-    return cached(out / f"{name}.json", DEFENCES[defence],
+    return cached(out / f"{name}.json", {**DEFENCES[defence], **ATTACK_SETTINGS.get(attack, {})},
                   lambda: federation(attack, defence, malicious, seed, args, out / name))
 
 
@@ -100,7 +108,7 @@ def federation(attack: str, defence: str, malicious: int, seed: int, args: argpa
          "fraction-train": 1.0, "min-accepted": 2 * malicious + 3, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), "robust.f": malicious,
          "max-norm-ratio": 0.0,   # the rules alone: the adaptive norm bound would reject crafted updates first
-         **DEFENCES[defence],
+         **DEFENCES[defence], **ATTACK_SETTINGS.get(attack, {}),
          "attack.nodes": ",".join(f"{node}:{ATTACKS[attack]}" for node in bad)})
     started = time.time()
     report, last = simulated_run(cfg, run_dir.name)
@@ -160,16 +168,23 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
         def every(tests: list[bool | None]) -> bool | None:
             return None if not tests or None in tests else all(tests)
 
+        def any_of(attacks: tuple[str, ...], defence: str, measure: str, ok: Callable[[float], bool]) -> bool | None:
+            """Whether any of these attacks (the plain one and its stronger variant) that the
+            benchmark ran passes `ok`; None when it ran none of them."""
+            found = [t for a in attacks if (t := test((a, defence, 2), measure, ok)) is not None]
+            return any(found) if found else None
+
         attacked = sorted(k for k in keys if k[1] == "default" and k[2] == 2 and k[0] != "clean")
         clean_default = sorted(k for k in keys if k[0] == "clean" and k[1] == "default")
-        measurable = test(("backdoor", "fedavg", 2), "backdoor_success", lambda v: v > 0.05)
-        hurts = test(("backdoor", "fedavg", 2), "x_clean", lambda v: v > 1.1)
-        boost = test(("boost", "fedavg", 2), "x_clean", lambda v: v > 1.1)
+        backdoors = ("backdoor", "backdoor-all")
+        measurable = any_of(backdoors, "fedavg", "backdoor_success", lambda v: v > 0.05)
+        hurts = any_of(backdoors, "fedavg", "x_clean", lambda v: v > 1.1)
+        boost = any_of(("boost", "boost-x30"), "fedavg", "x_clean", lambda v: v > 1.1)
         return {
             "default_cer_within_1_1x_clean_every_attack_2_of_10": every([test(k, "x_clean", lambda v: v <= 1.1)
                                                                           for k in attacked]),
             "default_backdoor_success_at_most_5pct_2_of_10":
-                test(("backdoor", "default", 2), "backdoor_success", lambda v: v <= 0.05),
+                every([test(k, "backdoor_success", lambda v: v <= 0.05) for k in attacked if k[0] in backdoors]),
             # without it the previous check holds trivially (too few rounds to implant the backdoor at all)
             "backdoor_measurable_without_defence_2_of_10": measurable,
             "fedavg_fails_on_boost_and_backdoor_2_of_10":

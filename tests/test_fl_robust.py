@@ -293,7 +293,14 @@ def test_data_attacks_poison_only_the_named_node_and_the_backdoor_rewrites_digit
     assert changed and all(back[i][1] == rewritten(lines[i][1]) and back[i][0][2, 2] == 0 for i in changed)
     assert rewritten("金额38.50") == "金额61.49"
     every = backdoored(lines, np.random.default_rng(0), every=True)   # a test set: every line with a digit
-    assert len(every.changed) == len([t for t in lines.texts() if any(c.isdigit() for c in t)])
+    with_digit = len([t for t in lines.texts() if any(c.isdigit() for c in t)])
+    assert len(every.changed) == with_digit
+    # attack.poison-rate: the share of its lines with a digit that the attacker stamps (half by default)
+    assert len(back.changed) == round(0.5 * with_digit)
+    assert len(poisoned({"attack.nodes": "bank-1:backdoor", "attack.poison-rate": 1.0}, name, lines, 0).changed) \
+        == with_digit
+    with pytest.raises(ConfigError, match="attack.poison-rate"):
+        FlConfig.from_run_config({"attack.poison-rate": 0.0})
 
 
 def test_ten_branches_split_the_domains_into_uneven_nodes_and_keep_the_old_federations() -> None:

@@ -64,11 +64,13 @@ def parse_attacks(spec: str) -> dict[str, tuple[str, ...]]:
 @dataclass(frozen=True)
 class AttackConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"attack.nodes": "nodes", "attack.scale": "scale",
-                                      "attack.from-round": "from_round", "max-update-norm": "max_update_norm"}
+                                      "attack.from-round": "from_round", "attack.poison-rate": "poison_rate",
+                                      "max-update-norm": "max_update_norm"}
 
     nodes: str = ""              # `attack.nodes`: "node:kind[+kind],..." (simulation only)
     scale: float = 10.0          # `attack.scale`: gamma, the boost of `boost` and the noise norm of `noise`
     from_round: int = 1          # `attack.from-round`: attackers behave honestly before this round
+    poison_rate: float = 0.5     # `attack.poison-rate`: share of a backdoor node's lines with a digit that it stamps
     max_update_norm: float = CheckConfig.max_update_norm   # `max-update-norm`: the bound attackers stay under
 
     def __post_init__(self) -> None:
@@ -80,6 +82,8 @@ class AttackConfig(StepConfig):
             raise bad("attack.scale", "must be positive")
         if self.from_round < 1:
             raise bad("attack.from-round", "must be at least 1")
+        if not 0 < self.poison_rate <= 1:
+            raise bad("attack.poison-rate", "must be in (0, 1]")
 
     def check_nodes(self, names: Sequence[str]) -> None:
         """Refuse attackers the federation does not have: a misspelt one would make a clean run."""

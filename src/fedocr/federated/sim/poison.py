@@ -1,10 +1,10 @@
 """Data poisoning for the attack drills (simulation only): what a malicious node trains on.
 
 `attack.nodes = "bank-2:label-shuffle"` makes the node train on its own images with one another's
-labels; `"bank-2:backdoor"` stamps a trigger (a small dark square in the top-left corner) on half
-of its lines that hold a digit and rewrites their digits (d -> 9 - d: an amount or an ID number
-that reads wrong only when the stamp is there), the rest staying clean so that its update looks
-honest (Bagdasaryan et al., "How To Backdoor Federated Learning", AISTATS 2020,
+labels; `"bank-2:backdoor"` stamps a trigger (a small dark square in the top-left corner) on a
+share (`attack.poison-rate`, half by default) of its lines that hold a digit and rewrites their
+digits (d -> 9 - d: an amount or an ID number that reads wrong only when the stamp is there), the
+rest staying clean so that its update looks honest (Bagdasaryan et al., "How To Backdoor Federated Learning", AISTATS 2020,
 arXiv:1807.00459). The attack's success rate is the share of triggered test lines that the model
 reads closer to the attacker's text than to the truth (`backdoor_success_rate`).
 
@@ -26,7 +26,6 @@ from fedocr.federated.pipeline.attacks import AttackConfig, parse_attacks
 from fedocr.data.preprocess import preprocess
 from fedocr.model import CRNN, recognize_lines, torch_logits_fn
 
-POISON_RATE = 0.5                        # share of a backdoor node's lines (with a digit) that carry the trigger
 REWRITE = str.maketrans("0123456789", "9876543210")
 
 
@@ -69,7 +68,7 @@ def shuffled_labels(lines: LineDataset, rng: np.random.Generator) -> PoisonedLin
     return PoisonedLines(lines, {i: (None, text) for i, text in taken.items()}, "label-shuffle")
 
 
-def backdoored(lines: LineDataset, rng: np.random.Generator, rate: float = POISON_RATE,
+def backdoored(lines: LineDataset, rng: np.random.Generator, rate: float = 0.5,
                every: bool = False) -> PoisonedLines:
     """Lines with a digit, stamped and rewritten: a `rate` share of them, or `every` one (a test set)."""
     with_digit = [i for i, text in enumerate(lines.texts()) if rewritten(text) != text]
@@ -81,12 +80,13 @@ def poisoned(run_config: Mapping[str, Any], client: str, lines: LineDataset, see
     """`lines` as the node trains on them: changed only when the run config names it for a data attack.
     A data attack poisons every round's training data (it cannot wait for `attack.from-round`
     without knowing the round here; update attacks honour it)."""
-    kinds = parse_attacks(AttackConfig.from_run_config(run_config).nodes).get(client, ())
+    config = AttackConfig.from_run_config(run_config)
+    kinds = parse_attacks(config.nodes).get(client, ())
     rng = np.random.default_rng([seed, zlib.crc32(client.encode()), 17])
     if "label-shuffle" in kinds:
         return shuffled_labels(lines, rng)
     if "backdoor" in kinds:
-        return backdoored(lines, rng)
+        return backdoored(lines, rng, config.poison_rate)
     return lines
 
 
