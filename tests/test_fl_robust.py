@@ -12,13 +12,12 @@ import torch
 
 from fedocr.data.organisations import FEDERATIONS, get_federation, named_charset, synthetic_org_data
 from fedocr.federated.config import ConfigError, FlConfig
-from fedocr.federated.pipeline import collusion
 from fedocr.federated.pipeline.aggregate import FedAvg
 from fedocr.federated.pipeline.attacks import Attack, AttackConfig
 from fedocr.federated.pipeline.build import build_client_chain, build_server_chain
 from fedocr.federated.pipeline.checks import AdaptiveNormBound, CheckConfig, capped_examples, l2_norm
 from fedocr.federated.pipeline.robust import (RECOMMENDED, RobustAggregate, RobustConfig, coordinate_median,
-                                              krum_scores, trimmed_mean, trust_weighted)
+                                              krum_scores, trimmed_mean, trust_weighted, twin_cosines)
 from fedocr.federated.pipeline.types import StepContext, Update
 from fedocr.federated.sim.poison import backdoored, poisoned, rewritten
 
@@ -140,51 +139,63 @@ def test_drop_opposed_keeps_everyone_when_too_few_would_remain_and_refuses_trust
         FlConfig.from_run_config({"robust.drop-opposed": True, "secure.method": "secagg+"})
 
 
-def test_colluders_sending_the_same_update_are_left_out_and_stay_matched_when_sampled_alone() -> None:
+def test_colluders_sending_the_same_update_are_left_out_and_the_trimmed_mean_runs_on_the_rest() -> None:
     rng = np.random.default_rng(3)
     honest = [rng.normal(1.0, 1.0, size=200) for _ in range(5)]
     crafted = rng.normal(0.5, 1.0, size=200)   # inside the honest spread: a trimmed mean keeps much of it
+    rows = [*(h.tolist() for h in honest), crafted.tolist(), crafted.tolist()]
     config = RobustConfig(rule="trimmed-mean", f=2, min_accepted=5, drop_opposed=True, collusion_cosine=0.99)
-    state: dict = {}
-    ctx = _ctx(state=state)
-    result = RobustAggregate(config)(_updates([*(h.tolist() for h in honest), crafted.tolist(), crafted.tolist()]), ctx)
-    assert set(result.left_out) == {"n5", "n6"} and "point the same way as n" in result.left_out["n5"]
+    ctx = _ctx()
+    result = RobustAggregate(config)(_updates(rows), ctx)
+    assert set(result.left_out) == {"n5", "n6"} and "matches n6's around the round's median" in result.left_out["n5"]
     assert result.shares["n5"] == result.shares["n6"] == 0
     # ...and the step is the trimmed mean of the honest five alone
     expected = trimmed_mean([{"w": h.astype(np.float32)} for h in honest], 2)[0]["w"]
     assert result.step["w"] == pytest.approx(expected)
     scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
-    assert scores["n5"]["history_cosine"] == pytest.approx(1.0) and scores["n5"]["flagged"]
-    assert max(scores[f"n{i}"]["history_cosine"] for i in range(5)) < 0.9
-    # Next round one colluder comes alone (with fresh honest updates): its history still matches.
-    later = [rng.normal(1.0, 1.0, size=200) for _ in range(5)]
-    alone = RobustAggregate(config)([*_updates([h.tolist() for h in later]),
-                                     Update("n6", {"w": crafted.astype(np.float32)}, 10)], _ctx(state=state, rnd=2))
-    assert set(alone.left_out) == {"n6"}
+    assert scores["n5"]["twin_cosine"] == pytest.approx(1.0) and scores["n5"]["flagged"]
+    assert max(scores[f"n{i}"]["twin_cosine"] for i in range(5)) < 0.9
+    assert not any(scores[f"n{i}"]["flagged"] for i in range(5))
     # Without the check the pair is not left out, and the trimmed mean keeps part of it.
-    plain = RobustAggregate(RobustConfig(rule="trimmed-mean", f=2, min_accepted=5))(
-        _updates([*(h.tolist() for h in honest), crafted.tolist(), crafted.tolist()]), _ctx())
+    plain = RobustAggregate(RobustConfig(rule="trimmed-mean", f=2, min_accepted=5))(_updates(rows), _ctx())
     assert not plain.left_out and plain.shares["n5"] > 0
 
 
-def test_colluders_are_kept_when_leaving_them_out_would_drop_below_the_participation_threshold() -> None:
+def test_colluders_are_kept_and_flagged_when_leaving_them_out_would_drop_below_the_participation_threshold() -> None:
     rows = [[1.0, 0.0, 0.2], [0.0, 1.0, 0.1], [0.3, 0.3, 1.0], [-1.0, 2.0, 0.5], [-1.0, 2.0, 0.5]]
     config = RobustConfig(rule="trimmed-mean", f=1, min_accepted=4, collusion_cosine=0.99)
-    assert not RobustAggregate(config)(_updates(rows), _ctx()).left_out
+    ctx = _ctx()
+    assert not RobustAggregate(config)(_updates(rows), ctx).left_out
+    scores = {r.client: r.info for r in ctx.notes if r.step == "score"}
+    assert scores["n3"]["verdict"] == scores["n4"]["verdict"] == "colluding" and scores["n3"]["flagged"]
+    assert any(r.info.get("colluders_kept") == ["n3", "n4"] for r in ctx.notes)
     assert set(RobustAggregate(replace(config, min_accepted=3))(_updates(rows), _ctx()).left_out) == {"n3", "n4"}
+    # drop-opposed alike: n2 opposes the step, but leaving it out would leave 3 < min-accepted = 4
+    opposed = [[1.0, 1.0], [1.2, 0.8], [0.8, 1.2], [-3.0, -3.0]]
+    kept = RobustAggregate(RobustConfig(rule="trimmed-mean", f=1, min_accepted=4, drop_opposed=True))(
+        _updates(opposed), _ctx())
+    assert not kept.left_out
+    assert RobustAggregate(RobustConfig(rule="trimmed-mean", f=1, min_accepted=3, drop_opposed=True))(
+        _updates(opposed), _ctx()).left_out.keys() == {"n3"}
 
 
-def test_the_history_sketch_keeps_cosines_and_maps_identical_updates_alike() -> None:
+def test_twin_cosines_remove_what_every_node_shares_and_keep_what_colluders_share() -> None:
     rng = np.random.default_rng(0)
-    a = {"conv.weight": rng.normal(size=(64, 9)).astype(np.float32), "bn.running_var": np.ones(64, np.float32)}
-    b = {k: (v + rng.normal(size=v.shape).astype(np.float32) if k == "conv.weight" else v) for k, v in a.items()}
-    true_cos = float(np.dot(a["conv.weight"].ravel(), b["conv.weight"].ravel())
-                     / np.linalg.norm(a["conv.weight"]) / np.linalg.norm(b["conv.weight"]))
-    sa, sb = collusion.sketch(a), collusion.sketch(b)
-    assert float(sa @ sb / np.linalg.norm(sa) / np.linalg.norm(sb)) == pytest.approx(true_cos, abs=0.05)
-    assert np.array_equal(collusion.sketch(dict(a)), sa)
-    # BatchNorm's running statistics are no direction: they do not enter the sketch
-    assert np.array_equal(collusion.sketch({**a, "bn.running_var": np.full(64, 9, np.float32)}), sa)
+    common = rng.normal(size=(64, 9)) * 10           # the shared descent, far larger than any node's own part
+    honest = [{"conv.weight": (common + rng.normal(size=common.shape)).astype(np.float32)} for _ in range(6)]
+    crafted = {"conv.weight": (common + rng.normal(size=common.shape)).astype(np.float32)}
+    raw = _flat_cos(honest[0], honest[1])
+    cos = twin_cosines([*honest, crafted, dict(crafted)])
+    assert raw > 0.98 and cos[0, 1] < 0.5                   # alike raw, unlike around the median
+    assert cos[6, 7] == pytest.approx(1.0) and cos[:6, 6].max() < 0.5
+    # BatchNorm's running statistics are no direction: they do not count
+    with_stats = [{**t, "bn.running_var": np.full(4, i, np.float32)} for i, t in enumerate([*honest, crafted, crafted])]
+    assert np.allclose(twin_cosines(with_stats), cos)
+
+
+def _flat_cos(a: dict, b: dict) -> float:
+    x, y = a["conv.weight"].ravel(), b["conv.weight"].ravel()
+    return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
 
 def test_a_collusion_threshold_that_would_catch_honest_branches_is_refused() -> None:
@@ -345,16 +356,17 @@ def test_a_sign_flipping_and_a_boosted_branch_are_down_weighted_and_the_model_st
         assert scores["school-3"]["verdict"] == "clipped" and scores["school-3"]["clip"] < 0.5
         assert scores["school-3"]["contribution"] < sorted(s["contribution"] for s in honest)[len(honest) // 2]
         assert not any(s["flagged"] for s in honest)
-        assert max(s["history_cosine"] for s in scores.values()) < RECOMMENDED["robust.collusion-cosine"]
-        # the round's count of accepted updates is what the aggregator kept, as the node records say
-        kept = [c for c in r["clients"] if c["accepted"]]
-        assert r["accepted"] == len(kept) == 10 - (scores["bank-2"]["verdict"] == "left out")
+        assert max(s["twin_cosine"] for s in scores.values()) < RECOMMENDED["robust.collusion-cosine"]
+        # the round counts every update that passed the checks; the node's record says the rule left it out
+        by_id = {c["id"]: c for c in r["clients"]}
+        assert r["accepted"] == 10 and by_id["bank-2"]["accepted"] == (scores["bank-2"]["verdict"] != "left out")
     capsys.readouterr()
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out
     # The recommended rule leaves the flipped branch out (robust.drop-opposed) and says why.
     assert "bank-2       flagged: left out" in shown and "school-3     flagged: clipped" in shown
     assert "rejected: left out: opposed to the trimmed-mean step" in shown
+    assert "accepted 10/10 (1 left out by the aggregator)" in shown
 
 
 def test_fltrust_gives_a_sign_flipping_branch_no_trust_on_the_servers_root_lines(

@@ -294,8 +294,11 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"run {run_id} ({report['name']}), {report['preset']}, {report['status']}")
     for r in report["rounds"]:
         cer = f"{r['val_cer']:.4f}" if r["val_cer"] is not None else "-"
-        print(f"round {r['round']}: accepted {r['accepted']}/{r['sampled']}  val CER {cer}  {r['seconds']:.1f} s"
-              + ("" if r["applied"] else f"  [{r['note']}]"))
+        # `accepted` counts what passed the checks; a robust rule may then leave some out (their records say why)
+        left = sum(1 for c in r["clients"] if (c["reason"] or "").startswith("left out"))
+        print(f"round {r['round']}: accepted {r['accepted']}/{r['sampled']}"
+              + (f" ({left} left out by the aggregator)" if left else "")
+              + f"  val CER {cer}  {r['seconds']:.1f} s" + ("" if r["applied"] else f"  [{r['note']}]"))
         for c in r["clients"]:
             status = "accepted" if c["accepted"] else f"rejected: {c['reason']}"
             norm = f"{c['update_norm']:.3g}" if c["update_norm"] is not None else "-"

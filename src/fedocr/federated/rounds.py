@@ -423,9 +423,7 @@ class FederatedServer:
         busy = [r.busy for r in received if r.busy is not None and r.training is not None]
         training = [r.training for r in received if r.busy is not None and r.training is not None]
         train_s, busy_s = union_seconds(training, t0, t1), union_seconds(busy, t0, t1)  # type: ignore[arg-type]
-        # accepted: the nodes whose update the round kept, after an aggregator left any out (their records say why)
-        accepted = sum(r.record.accepted for r in received)
-        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=cohort.sampled, accepted=accepted, applied=applied,
+        return RoundRecord(round=rnd, seconds=t1 - t0, sampled=cohort.sampled, accepted=got.accepted, applied=applied,
                            lr=lr, train_seconds=train_s, overhead_seconds=max(0.0, (t1 - t0) - busy_s),
                            val_seconds=val_seconds, val_cer=val_cer, val_loss=val_loss, note=note,
                            clients=sorted((r.record for r in received), key=lambda c: c.client), steps=steps)

@@ -129,6 +129,7 @@ class Attack:
 
     def describe(self) -> str:
         return (f"attacks {self.config.nodes!r} from round {self.config.from_round}, gamma {self.config.scale:g}, "
+                f"backdoor on {self.config.poison_rate:g} of the lines with a digit, "
                 f"under norm {UNDER_BOUND:g} x {self.config.max_update_norm:g} (simulation only)")
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:

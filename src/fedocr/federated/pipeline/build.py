@@ -322,9 +322,11 @@ def refuse_combinations(rc: Mapping[str, Any]) -> None:
                                      "combine with aggregate=backbone or fedbn, which already keep part of the model local")
     dp, rule = privacy.DpConfig.from_run_config(rc), robust.RobustConfig.from_run_config(rc)
     contrib = contribution.ContributionConfig.from_run_config(rc)
-    if contrib.method != "off" and contrib.subsets == "in-round" and rule.rule != "fedavg":
+    if contrib.method != "off" and contrib.subsets == "in-round" and rule.active:
+        # the robust steps look at every update: zeros are votes to a rule, and alike to the collusion check
         raise bad("contribution.subsets", f"in-round coalitions stand in zeros for the nodes outside them, and "
-                                          f"robust.rule={rule.rule} would count those zeros as votes: use alone")
+                                          f"robust.rule={rule.rule} (or a robust clip, drop-opposed or "
+                                          f"collusion-cosine) would count those zeros as votes: use alone")
     refuse_with_secure_aggregation(rc)
     refuse_with_clusters(rc)
     if quarantine.QuarantineConfig.from_run_config(rc).after and not rule.active:

@@ -4,8 +4,8 @@
 labels; `"bank-2:backdoor"` stamps a trigger (a small dark square in the top-left corner) on a
 share (`attack.poison-rate`, half by default) of its lines that hold a digit and rewrites their
 digits (d -> 9 - d: an amount or an ID number that reads wrong only when the stamp is there), the
-rest staying clean so that its update looks honest (Bagdasaryan et al., "How To Backdoor Federated Learning", AISTATS 2020,
-arXiv:1807.00459). The attack's success rate is the share of triggered test lines that the model
+rest staying clean so that its update looks honest (Bagdasaryan et al., "How To Backdoor
+Federated Learning", AISTATS 2020, arXiv:1807.00459). The attack's success rate is the share of triggered test lines that the model
 reads closer to the attacker's text than to the truth (`backdoor_success_rate`).
 
 The update attacks live in the pipeline (`federated.pipeline.attacks`); this module only wraps a
@@ -68,7 +68,7 @@ def shuffled_labels(lines: LineDataset, rng: np.random.Generator) -> PoisonedLin
     return PoisonedLines(lines, {i: (None, text) for i, text in taken.items()}, "label-shuffle")
 
 
-def backdoored(lines: LineDataset, rng: np.random.Generator, rate: float = 0.5,
+def backdoored(lines: LineDataset, rng: np.random.Generator, rate: float = AttackConfig.poison_rate,
                every: bool = False) -> PoisonedLines:
     """Lines with a digit, stamped and rewritten: a `rate` share of them, or `every` one (a test set)."""
     with_digit = [i for i, text in enumerate(lines.texts()) if rewritten(text) != text]
