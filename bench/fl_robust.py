@@ -93,8 +93,21 @@ def run_one(attack: str, defence: str, malicious: int, seed: int, args: argparse
     """One federation (cached as out/ATTACK-DEFENCE-mN.json with the defence's settings, which a
     cached run must match); a clean run has no malicious node."""
     name = run_name(attack, defence, malicious)
-    return cached(out / f"{name}.json", {**DEFENCES[defence], **ATTACK_SETTINGS.get(attack, {})},
-                  lambda: federation(attack, defence, malicious, seed, args, out / name))
+    row = cached(out / f"{name}.json", {**DEFENCES[defence], **ATTACK_SETTINGS.get(attack, {})},
+                 lambda: federation(attack, defence, malicious, seed, args, out / name))
+    return {**row, "honest_twin_cosine": honest_twin_cosine(out / name / "report.json", row["malicious"])}
+
+
+def honest_twin_cosine(report: Path, malicious: list[str]) -> float | None:
+    """The highest cosine, around the round's median, of an honest node's update to another's
+    over the run (the score records of robust.collusion-cosine): how near honest branches come to
+    the threshold. None when the run did not check, or its folder is gone."""
+    if not report.is_file():
+        return None
+    rounds = json.loads(report.read_text(encoding="utf-8"))["rounds"]
+    found = [s["twin_cosine"] for r in rounds for s in r["steps"]
+             if s["step"] == "score" and s["client"] not in malicious and s.get("twin_cosine") is not None]
+    return max(found) if found else None
 
 
 def federation(attack: str, defence: str, malicious: int, seed: int, args: argparse.Namespace,
@@ -143,7 +156,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, 
         cells.setdefault((r["attack"], r["defence"], r["m"]), []).append(r)
     return {key: {measure: spread([r[measure] for r in runs])
                   for measure in ("own_test_cer", "x_clean", "backdoor_success", "honest_flag_rate",
-                                  "malicious_flag_rate", "seconds_per_round")} | {"seeds": [r["seed"] for r in runs]}
+                                  "malicious_flag_rate", "honest_twin_cosine", "seconds_per_round")} | {"seeds": [r["seed"] for r in runs]}
             for key, runs in cells.items()}
 
 

@@ -67,7 +67,7 @@ from fedocr.federated.pipeline.types import Aggregate, StepContext, StepRecord, 
 RULES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "trust")
 RECOMMENDED = {"robust.rule": "trimmed-mean", "robust.f": 2, "robust.clip-median": 2.0, "robust.drop-opposed": True,
                "robust.collusion-cosine": 0.99}
-LOWEST_COLLUSION_COSINE = 0.9   # honest branches, median-centred: at most 0.64 (see `twin_cosines`)
+LOWEST_COLLUSION_COSINE = 0.9   # honest branches stay far below (bench/fl_robust.py: honest_twin_cosine)
 SUSPECT_TWINS = "colluding"      # the verdict of colluders kept because too few others remained
 DOWN_WEIGHTED = 0.5   # a contribution below half of a fair 1/n share of the step is "down-weighted"
 SUSPECT = ("left out", SUSPECT_TWINS, "clipped", "opposed")   # the verdicts that flag a node
@@ -150,9 +150,10 @@ def twin_cosines(tensors: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
     """Pairwise cosine similarity of the updates after subtracting the round's coordinate-wise
     median: what every node shares (the common descent, AdamW's weight decay) is removed and each
     node's own part remains. Colluders sending one crafted update have the same own part (cosine
-    1); honest nodes differ by their data (branches of one organisation reached at most 0.64 on
-    ten-branches-mini, where their raw updates reached 0.95 by round 12 and their accumulated
-    ones 0.86, rising round by round, so neither can tell them from colluders for long).
+    1); honest nodes differ by their data. Their raw updates do not: on ten-branches-mini those of
+    two branches of one organisation grew alike round by round as the learning rate fell, and so
+    did their accumulated updates (FoolsGold's signal), so neither tells them from colluders for
+    long (bench/fl_robust.py records the honest maximum of this cosine: honest_twin_cosine).
     Computed tensor by tensor: memory of one tensor per node, not of whole models."""
     n = len(tensors)
     gram = np.zeros((n, n))
