@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--initial-model", help="auto, scratch or an absolute .pt path")
     p.add_argument("--lines", type=int, help="training lines per node (a branch of size k has k times as many)")
     p.add_argument("--test-lines", type=int, help="test lines per organisation for the final table")
-    p.add_argument("--val-lines", type=int, help="the server's validation lines (public preset)")
+    p.add_argument("--val-lines", type=int, help="the server's synthetic validation lines")
+    p.add_argument("--val-data", help="what the server validates on: public (default), members (the members' "
+                                      "styles and devices) or an absolute path to a data set")
     p.add_argument("--deadline", type=float, help="round deadline in seconds")
     p.add_argument("--seed", type=int, help="run seed: data order, sampling, every step's randomness")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key")
@@ -134,7 +136,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     for flag, key in [("local_epochs", "local-epochs"), ("lr", "lr"), ("lr_decay", "lr-decay"), ("batch_size", "batch-size"),
                       ("fraction", "fraction-train"), ("min_accepted", "min-accepted"), ("aggregate", "aggregate"),
                       ("initial_model", "initial-model"), ("lines", "lines-per-client"), ("test_lines", "test-lines"),
-                      ("val_lines", "val-lines"), ("deadline", "round-deadline-s"), ("seed", "seed")]:
+                      ("val_lines", "val-lines"), ("val_data", "val-data"), ("deadline", "round-deadline-s"),
+                      ("seed", "seed")]:
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
     values.update(_settings(args.set))

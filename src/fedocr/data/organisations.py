@@ -29,13 +29,14 @@ test set is ever trained on.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedocr.charset import Charset, default_charset
-from fedocr.data import PRESETS, InMemoryLines, LineDataset, SyntheticLines, open_dataset
+from fedocr.data import PRESETS, ConcatLines, InMemoryLines, LineDataset, SubsetLines, SyntheticLines, open_dataset
 from fedocr.data.presets import Preset, with_device
 from fedocr.data.render import Conditions
 
@@ -203,6 +204,27 @@ def public_lines(federation: str, n: int, seed: int, charset_version: str, chars
     the root set it trains on for FLTrust ("root"), drawn apart from each other."""
     preset = get_federation(federation).public_preset()
     return InMemoryLines(SyntheticLines(preset, n, seed=_seed(seed, 99, split), charset=charset))
+
+
+# Member lines are seeded as if by nodes past any preset's last (many-clients-mini-1000 has 1,000).
+_MEMBERS_INDEX = 5_000
+
+
+@functools.lru_cache(maxsize=4)
+def member_lines(federation: str, n: int, seed: int, charset_version: str, charset: Charset) -> InMemoryLines:
+    """A validation set in the members' own styles: about n / k lines from each of the federation's
+    k organisations, with its device, drawn apart from every node's train and test lines, as if each
+    member had given the server a few consented lines. What the server validates on decides what a
+    round, the best round and each node's contribution are judged by; the `public` mix never shows
+    the members' devices, so a model they improve can look unchanged on it."""
+    fed = get_federation(federation)
+    orgs = list(dict.fromkeys(node.org for node in fed.nodes))
+    parts = ConcatLines([SyntheticLines(fed.preset(org), n // len(orgs) + (k < n % len(orgs)),
+                                        seed=_seed(seed, _MEMBERS_INDEX + k, "val"), charset=charset)
+                         for k, org in enumerate(orgs)])
+    # Interleaved, so that the first m lines (what a contribution probe reads) hold every member alike.
+    order = sorted(range(n), key=lambda i: (i - parts.offsets[bisect.bisect_right(parts.offsets, i) - 1], i))
+    return InMemoryLines(SubsetLines(parts, order, f"members-{federation}"))
 
 
 def folder_data(path: str | Path) -> LineDataset:

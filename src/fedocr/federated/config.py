@@ -33,6 +33,8 @@ SCRATCH_LR, FINETUNE_LR = 3e-3, 1e-4  # AdamW rates for local training from scra
 MIN_LR_RATIO = 0.05                   # where `lr-decay = cosine` ends, as a share of the local rate
 
 Aggregate = Literal["all", "backbone", "fedbn"]
+# The server's synthetic validation sets (data.organisations): the public mix, or the members' own styles.
+VAL_SETS = ("public", "members")
 
 
 class ConfigError(StepConfigError):
@@ -63,7 +65,8 @@ class FlConfig:
     federation: str = "three-orgs"     # synthetic organisations in simulation (see data.organisations)
     lines_per_client: int = 400        # synthetic training lines per node (x its size in ten-branches; simulation)
     test_lines: int = 100              # synthetic test lines per organisation (final report)
-    val_lines: int = 200               # server-side validation lines of the `public` set
+    val_lines: int = 200               # server-side validation lines (synthetic sets)
+    val_data: str = "public"           # what the server validates on: "public", "members" or an absolute data path
     round_deadline_s: float = 300.0    # replies later than this are dropped as stragglers
     wait_for_nodes_s: float = 120.0    # how long a round waits for enough connected nodes
     max_update_norm: float = CheckConfig.max_update_norm   # L2 bound on an update's float tensors
@@ -123,6 +126,12 @@ class FlConfig:
         for key in ("lines_per_client", "test_lines", "val_lines"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
+        if self.val_data not in VAL_SETS:
+            path = Path(self.val_data).expanduser()
+            if not path.is_absolute():
+                raise bad("val_data", f"{self.val_data!r} is not {' or '.join(map(repr, VAL_SETS))} nor an absolute path")
+            if not path.exists():
+                raise bad("val_data", f"{path} does not exist")
         try:
             # the steps' own checks, e.g. compress.top-k in [0, 1)
             validate_run_config({k: v for k, v in self.to_run_config().items() if not AuditConfig.owns(k)})

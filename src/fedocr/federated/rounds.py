@@ -48,7 +48,8 @@ from fedocr.federated.root_update import RootTrainer
 from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
-from fedocr.federated.validate import ValidationProbe, server_validates, server_validation, validate
+from fedocr.federated.validate import (ValidationProbe, server_validates, server_validation, validate,
+                                      validation_lines)
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, save_checkpoint
@@ -194,7 +195,7 @@ class FederatedServer:
                               "model_resolved": self.model.config.to_dict(), "vocabulary_resolved": cfg.vocabulary(),
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
         try:
-            self.val: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+            self.val: LineDataset = validation_lines(cfg, charset)
             # The contribution scorer evaluates a candidate per subset of nodes: on its own (smaller) slice
             # of the validation lines, prepared once. None where the server validates nothing.
             contrib = ContributionConfig.from_run_config(cfg.steps)

@@ -3,15 +3,28 @@ probe that scores the many candidate models of the contribution scorer."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, SubsetLines, collate
+from fedocr.data.organisations import folder_data, member_lines, public_lines
+from fedocr.federated.config import FlConfig
 from fedocr.federated.pipeline.types import Weights
 from fedocr.federated.weights import load_weights
 from fedocr.model import CRNN, decode_logits, torch_logits_fn
 from fedocr.train import evaluate, score
+
+
+def validation_lines(cfg: FlConfig, charset: Charset) -> LineDataset:
+    """The server's validation set, as `val-data` names it: the federation's synthetic `public` mix,
+    the members' own styles (simulation), or a data set on disk (a consortium's agreed lines), whole."""
+    if cfg.val_data == "public":
+        return public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+    if cfg.val_data == "members":
+        return member_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+    return folder_data(Path(cfg.val_data).expanduser())
 
 
 def validation_loss(model: CRNN, charset: Charset, dataset: LineDataset, batch_size: int = 32) -> float:

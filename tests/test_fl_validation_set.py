@@ -1,0 +1,52 @@
+"""What the server validates on (`val-data`): the public mix, the members' own styles, or a data set
+on disk; the choice decides how rounds, the best round and each node's contribution are judged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedocr.data import write_line_set
+from fedocr.data.organisations import MINI_ALPHABET, member_lines, named_charset, org_lines
+from fedocr.federated.config import ConfigError, FlConfig
+from fedocr.federated.validate import validate, validation_lines
+from fedocr.model import load_checkpoint
+from fl_inprocess import WARM, run_in_process
+
+MINI = named_charset("mini")
+OWN_HANZI = {"hospital": set("医院日期"), "bank": set("银行金额"), "school": set("学校中国人民")}
+
+
+def test_the_members_set_takes_turns_between_the_organisations_and_shares_no_line_with_any_node() -> None:
+    lines = member_lines("three-orgs-mini", 30, 0, MINI.version, MINI)
+    assert len(lines) == 30
+    for i, (_, text) in enumerate(lines):   # interleaved: the first k lines already hold every member
+        org = ("hospital", "bank", "school")[i % 3]
+        assert set(text) - set(MINI_ALPHABET[:10]) <= OWN_HANZI[org], (i, text)
+    for org in OWN_HANZI:
+        for split in ("train", "test"):
+            node_images = [image for image, _ in org_lines("three-orgs-mini", org, split, 48, 0, MINI.version, MINI)]
+            assert not any(image.shape == own.shape and np.array_equal(image, own)
+                           for image, _ in lines for own in node_images), (org, split)
+
+
+@pytest.mark.parametrize("value, why", [("relative/lines", "nor an absolute path"),
+                                        ("/nonexistent/fedocr-lines", "does not exist")])
+def test_a_validation_set_that_cannot_be_found_is_refused_by_name(value: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"val-data: .*{why}"):
+        FlConfig.from_run_config({"federation": "three-orgs-mini", "val-data": value})
+
+
+def test_the_server_validates_on_the_folder_it_is_given_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "consortium-val"
+    write_line_set(folder, list(member_lines("three-orgs-mini", 10, 7, MINI.version, MINI)))
+    cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "val-data": str(folder), "val-lines": 3})
+    assert len(validation_lines(cfg, MINI)) == 10   # val-lines counts synthetic lines only
+    start = load_checkpoint(WARM)
+    expected, _ = validate(start.model, start.charset, validation_lines(cfg, start.charset))
+    printed: list[str] = []
+    report, _ = run_in_process(tmp_path, monkeypatch, rounds=1, printer=printed.append, **{"val-data": str(folder)})
+    assert report["config"]["val_data"] == str(folder)
+    assert any(line.startswith("round 0: initial model") and line.endswith(f"val CER {expected:.4f}")
+               for line in printed)
