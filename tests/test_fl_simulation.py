@@ -96,24 +96,13 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     log = (tmp_path / "first.log").open("w")
     # Its own session, so the kill below reaches the run's Ray processes too.
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    started: dict[int, psutil.Process] = {}  # the SuperLink starts its runtimes detached: remember them by PID
+    started: dict[int, psutil.Process] = {}
     try:
-        deadline = time.time() + 300
-        # A round is committed when the server state is saved, just after its store row.
-        while _committed_round(out) < 1 and proc.poll() is None and time.time() < deadline:
-            started.update((c.pid, c) for c in psutil.Process(proc.pid).children(recursive=True))
-            time.sleep(1)
-        assert _committed_round(out) >= 1, (tmp_path / "first.log").read_text()[-3000:]
+        _until_round_one(proc, out, started, tmp_path / "first.log")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the server dies mid-run, like a crashed host
-        for child in started.values():
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(list(started.values()), timeout=30)
-        proc.wait(timeout=30)
+        _stop(proc, started)
         log.close()
     first = _round_one(store)
     hospital = first["hospital"]
@@ -132,6 +121,53 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     assert _round_one(store) == first  # the completed round was kept, not redone
     assert report["rounds"][1]["accepted"] == 3
     assert report["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_terminated_simulation_stops_every_process_it_started(tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM) of `fedocr fl simulate` mid-run: it exits 143 and leaves no SuperLink,
+    Flower runtime or Ray process behind."""
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "fedocr", "fl", "simulate", *SMALL, "--rounds", "50", "--out", str(out),
+            "--store", str(tmp_path / "runs.db"), "--no-baselines"]
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    started: dict[int, psutil.Process] = {}
+    try:
+        _until_round_one(proc, out, started, tmp_path / "run.log")
+        started.update((c.pid, c) for c in psutil.Process(proc.pid).children(recursive=True))
+        assert any("flower-superlink" in " ".join(c.cmdline()) for c in started.values() if c.is_running())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(list(started.values()), timeout=30)
+        assert not alive, [" ".join(p.cmdline())[:120] for p in alive if p.is_running()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _stop(proc, started)
+        log.close()
+
+
+def _until_round_one(proc: subprocess.Popen, out: Path, started: dict[int, psutil.Process], log: Path) -> None:
+    """Wait until the run's first round is committed (its server state saved, just after the store
+    row), remembering every process of the run by PID meanwhile: the SuperLink starts its runtimes
+    detached, so they must be known before anything is killed."""
+    deadline = time.time() + 300
+    while _committed_round(out) < 1 and proc.poll() is None and time.time() < deadline:
+        started.update((c.pid, c) for c in psutil.Process(proc.pid).children(recursive=True))
+        time.sleep(1)
+    assert _committed_round(out) >= 1, log.read_text()[-3000:]
+
+
+def _stop(proc: subprocess.Popen, started: dict[int, psutil.Process]) -> None:
+    """Kill every remembered process of the run that still lives, by PID, and reap the run."""
+    for child in started.values():
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(started.values()), timeout=30)
+    proc.wait(timeout=30)
 
 
 def _round_one(store: Path) -> dict[str, tuple[bool, str]]:

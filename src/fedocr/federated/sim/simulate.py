@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,6 +83,26 @@ def write_app(folder: Path, cfg: FlConfig) -> Path:
         'serverapp = "fedocr.federated.server_app:app"\nclientapp = "fedocr.federated.client_app:app"\n\n'
         f"[tool.flwr.app.config]\n{config}\n", encoding="utf-8")
     return folder
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a service manager) ends Python without running `finally`
+    blocks, which would leave the SuperLink and its Ray processes running: while this lasts, it
+    raises SystemExit in the main thread instead, so the clean-up runs. A handler someone else
+    installed is left alone, as is a thread that cannot take signals."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextmanager
@@ -202,18 +223,23 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
     federation = federation_config(len(fed.nodes), actors)
     try:
         app = write_app(home / "app", cfg)
-        with local_superlink(home, env):
+        with sigterm_as_exit(), local_superlink(home, env):
             proc = subprocess.Popen([str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
                                      "--federation-config", federation], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}, cwd=home)
             assert proc.stdout is not None
             tail: list[str] = []
-            for line in proc.stdout:
-                tail = (tail + [ANSI.sub("", line.rstrip())])[-20:]
-                shown = readable(line)
-                if shown is not None:
-                    printer(shown)
-            code = proc.wait()
+            try:
+                for line in proc.stdout:
+                    tail = (tail + [ANSI.sub("", line.rstrip())])[-20:]
+                    shown = readable(line)
+                    if shown is not None:
+                        printer(shown)
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:   # interrupted: the client of the SuperLink goes with it
+                    proc.terminate()
+                    proc.wait(timeout=15)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     fresh = report_path.is_file() and report_path.stat().st_mtime >= started - 1
