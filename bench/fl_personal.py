@@ -7,6 +7,8 @@ Runs one federation per method and seed on Flower's simulation engine, with the 
 - fedper: the shared backbone with each node's own CTC head (aggregate = backbone);
 - fedbn: each node's own BatchNorm layers (aggregate = fedbn);
 - ditto: each node's personal model, lambda = --ditto-lambda (personal.method = ditto);
+- ditto-mix: the same personal model served as --ditto-mix of it plus the rest of the global model
+  (personal.mix, WiSE-FT's weight-space interpolation);
 - local-only: each organisation alone, same recipe and budget (the final table's baseline).
 
 A personalised model is scored as its node would serve it (node state on the node's disk, read
@@ -14,7 +16,8 @@ by the final table). Prints the median and range over seeds and writes
 bench/results/fl_personal.json with a `checks` object. Runs are cached in --out.
 
     .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
-        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto] [--start base|warm|scratch] [--out DIR]
+        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix] [--ditto-lambda 10] [--ditto-mix 0.5]
+        [--start base|warm|scratch] [--out DIR]
 
 Targets: the best personalised model <= 0.8x the global model's own-test CER for every
 organisation, with others'-test CER <= 1.1x the global's.
@@ -32,19 +35,30 @@ from _federations import add_federation_arguments, run_federation, runs_folder
 
 METHODS: dict[str, dict[str, Any]] = {
     "global": {}, "fedper": {"aggregate": "backbone"}, "fedbn": {"aggregate": "fedbn"},
-    "ditto": {"personal.method": "ditto"},
+    "ditto": {"personal.method": "ditto"}, "ditto-mix": {"personal.method": "ditto"},
 }
-PERSONAL = ("fedper", "fedbn", "ditto")
+PERSONAL = ("fedper", "fedbn", "ditto", "ditto-mix")
+
+
+def method_settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(the name its cached runs go under, its run-config settings) with this run's Ditto parameters."""
+    settings = dict(METHODS[method])
+    if method.startswith("ditto"):
+        settings["personal.lambda"] = args.ditto_lambda
+    if method == "ditto-mix":
+        settings["personal.mix"] = args.ditto_mix
+        return f"ditto-mix{args.ditto_mix:g}", settings
+    return method, settings
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """{org: {own: {kind: cer}, others: {kind: cer}}} of one federation (cached)."""
-    cached = out / f"{method}-s{seed}.json"
+    stem, settings = method_settings(method, args)
+    cached = out / f"{stem}-s{seed}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    run_dir = out / f"{method}-s{seed}"
-    settings = {**METHODS[method], **({"personal.lambda": args.ditto_lambda} if method == "ditto" else {})}
-    report = run_federation(args, seed, run_dir, settings, f"{method} s{seed}")
+    run_dir = out / f"{stem}-s{seed}"
+    report = run_federation(args, seed, run_dir, settings, f"{stem} s{seed}")
     clients = report["final"]["clients"]
     model_kind = "personalized" if method in PERSONAL else "federated"
     result = {org: {"own": {method: c["own_test_cer"][model_kind], "local-only": c["own_test_cer"]["local_only"]},
@@ -81,12 +95,18 @@ def checks(table: dict[str, Any]) -> dict[str, Any]:
     if not present or any(med(o, "own", "global") is None for o in table):
         return {"best_personal_own_at_most_0_8x_global": None, "its_others_at_most_1_1x_global": None}
     best = {o: min(present, key=lambda k: med(o, "own", k)) for o in table}   # type: ignore[arg-type, return-value]
+    def meets_both(org: str, kind: str) -> bool:
+        return (med(org, "own", kind) <= 0.8 * med(org, "own", "global")  # type: ignore[operator]
+                and med(org, "others", kind) <= 1.1 * med(org, "others", "global"))  # type: ignore[operator]
+
     return {
         "best_personal_own_at_most_0_8x_global": all(med(o, "own", best[o]) <= 0.8 * med(o, "own", "global")
                                                      for o in table),  # type: ignore[operator]
         "its_others_at_most_1_1x_global": all(med(o, "others", best[o]) <= 1.1 * med(o, "others", "global")
                                               for o in table),  # type: ignore[operator]
         "best_method_per_org": best,
+        # One method to recommend: at most 0.8x the global's own-test CER and 1.1x its others' everywhere.
+        "methods_meeting_both_targets_for_every_org": [k for k in present if all(meets_both(o, k) for o in table)],
     }
 
 
@@ -94,6 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "four-orgs", "base", 400, Path("/tmp/fl-personal"))
     parser.add_argument("--ditto-lambda", type=float, default=0.1)
+    parser.add_argument("--ditto-mix", type=float, default=0.5, help="personal.mix of the ditto-mix method")
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
@@ -109,8 +130,8 @@ def main() -> int:
                     [[org, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]" for k in kinds)]
                      for org, sides in table.items() for c in [sides[side]]])
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "seeds": seeds,
-              "methods": {m: METHODS[m] for m in methods}, "table": table, "checks": checks(table),
+              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_mix": args.ditto_mix,
+              "seeds": seeds, "methods": {m: method_settings(m, args)[1] for m in methods}, "table": table, "checks": checks(table),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
     path = write_result("fl_personal", result)
     print(json.dumps(result["checks"], indent=1))

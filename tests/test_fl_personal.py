@@ -57,6 +57,27 @@ def test_ditto_is_refused_with_a_partial_aggregate_and_its_settings_are_checked(
         validate_run_config({"personal.method": "pfedme-typo"})
 
 
+def test_a_mixed_personal_model_lies_between_the_global_and_the_personal_one() -> None:
+    global_weights = _weights()
+    personal = {k: v + 1 if v.dtype.kind == "f" else v + 5 for k, v in global_weights.items()}
+    served = {}
+    for mix in (1.0, 0.25):
+        chain, states = build_client_chain({"personal.method": "ditto", "personal.mix": mix}), {}
+        before = chain.personal_weights(global_weights, states)   # no personal model yet: the global one
+        assert all(np.array_equal(before[k], v) for k, v in global_weights.items())
+        chain.keep_personal(personal, states)
+        served[mix] = chain.personal_weights(global_weights, states)
+    key = next(k for k, v in global_weights.items() if v.dtype.kind == "f")
+    counter = next(k for k, v in global_weights.items() if v.dtype.kind != "f")
+    np.testing.assert_allclose(served[1.0][key], personal[key])
+    np.testing.assert_allclose(served[0.25][key], global_weights[key] + 0.25, rtol=1e-6)
+    assert served[0.25][key].dtype == global_weights[key].dtype
+    assert served[0.25][counter] == personal[counter]   # a count is not averaged
+    for bad_mix in (0, 1.5):
+        with pytest.raises(StepConfigError, match="personal.mix"):
+            validate_run_config({"personal.method": "ditto", "personal.mix": bad_mix})
+
+
 def test_the_proximal_term_holds_the_model_near_its_anchor() -> None:
     charset = named_charset("mini")
     _, lines = synthetic_org_data("three-orgs-mini", 1, "train", 32, 0, charset)
