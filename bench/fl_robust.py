@@ -65,19 +65,19 @@ ATTACKS = {"clean": "", "sign-flip": "sign-flip", "boost": "boost", "noise": "no
 # the lines: 14 would replace the model, 30 overshoots it), and a backdoor on every line with a digit.
 ATTACK_SETTINGS: dict[str, dict[str, Any]] = {"boost-x30": {"attack.scale": 30.0},
                                               "backdoor-all": {"attack.poison-rate": 1.0}}
+DEFAULT: dict[str, Any] = {k: v for k, v in RECOMMENDED.items() if k != "robust.f"}
+# the recommended rule before it left out colluders (robust.collusion-cosine, until 2026-12-05)...
+BEFORE_COLLUSION: dict[str, Any] = {**DEFAULT, "robust.collusion-cosine": 0.0}
 DEFENCES: dict[str, dict[str, Any]] = {
     "fedavg": {}, "clip": {"robust.clip-median": 2.0}, "median": {"robust.rule": "median"},
     "trimmed mean": {"robust.rule": "trimmed-mean"}, "multi-krum": {"robust.rule": "multi-krum"},
     "trust": {"robust.rule": "trust"},
-    "default": {k: v for k, v in RECOMMENDED.items() if k != "robust.f"},
-    # the recommended rule before it left out colluders (robust.collusion-cosine, until 2026-12-05)...
-    "clip+trimmed+opposed": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"},
-                             "robust.collusion-cosine": 0.0},
+    "default": DEFAULT,
+    "clip+trimmed+opposed": BEFORE_COLLUSION,
     # ...and before it also dropped updates opposed to its step (earlier on 2026-12-05)
-    "clip+trimmed": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "robust.drop-opposed": False,
-                     "robust.collusion-cosine": 0.0},
+    "clip+trimmed": {**BEFORE_COLLUSION, "robust.drop-opposed": False},
     # the recommended rule behind every screen a run has by default (the adaptive norm bound too)
-    "default+bound": {**{k: v for k, v in RECOMMENDED.items() if k != "robust.f"}, "max-norm-ratio": 10.0},
+    "default+bound": {**DEFAULT, "max-norm-ratio": 10.0},
 }
 
 
