@@ -39,7 +39,7 @@ from typing import Any
 from _common import print_table, simulated_run, spread, write_json, write_result
 from _federations import STARTS
 
-from fedocr.federated.config import FINETUNE_LR, SCRATCH_LR, FlConfig
+from fedocr.federated.config import FINETUNE_LR, SCRATCH_LR, VAL_SETS, FlConfig
 
 RUNS: dict[str, tuple[str, str, str]] = {   # name -> (federation under --start base, attacker, attack)
     "three-free": ("three-orgs", "bank", "free-rider"),
@@ -64,18 +64,24 @@ def run_one(name: str, subsets: str, lr: float, val_data: str, seed: int, args: 
     # Runs of the first version (warm, one seed, public) are cached under the label without the rest.
     label = (f"{name}-{subsets}-lr{lr:g}" + ("" if val_data == "public" else f"-val{val_data}")
              + ("" if args.start == "warm" and seed == 0 else f"-seed{seed}"))
-    # A finished run is summarised again from its report, so a change to the summary needs no new run.
     summary, run_dir = out / f"{label}.json", out / label
-    if summary.is_file() and (run_dir / "report.json").is_file():
-        report = json.loads((run_dir / "report.json").read_text())
-        return summarise(report, name, seed, json.loads(summary.read_text())["wall_seconds"])
     cfg = FlConfig.from_run_config(
         {"federation": federation, **STARTS[args.start], "lr": lr,
          "num-rounds": args.rounds, "lines-per-client": args.lines, "val-lines": 100, "fraction-train": 1.0,
          "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed, "out-dir": str(run_dir), "val-data": val_data,
+         "baselines": False,
          "store": str(run_dir / "runs.db"), "attack.nodes": f"{attacker}:{attack}",
          "contribution.method": "both", "contribution.lines": args.eval_lines,
          "contribution.samples": args.samples, "contribution.subsets": subsets})
+    # A finished run is summarised again from its report, so a change to the summary needs no new run;
+    # it must have been made with these settings (the label does not hold them all).
+    if summary.is_file() and (run_dir / "report.json").is_file():
+        report = json.loads((run_dir / "report.json").read_text())
+        made = {**report["config"], **report["config"]["steps"]}
+        wanted = {**cfg.to_dict(), **cfg.steps}
+        if differ := sorted(k for k in made.keys() & wanted.keys() if k != "steps" and made[k] != wanted[k]):
+            raise SystemExit(f"bench: {run_dir} was made with other settings ({', '.join(differ)}); use another --out")
+        return summarise(report, name, seed, json.loads(summary.read_text())["wall_seconds"])
     started = time.time()
     report, _ = simulated_run(cfg, label)
     result = summarise(report, name, seed, time.time() - started)
@@ -137,12 +143,15 @@ def main() -> int:
                              f"{SCRATCH_LR:g}, which overshoots on the validation set from there)")
     parser.add_argument("--subsets", default="alone,in-round", help="contribution.subsets to compare")
     parser.add_argument("--val-data", default="public",
-                        help="what the server validates (and so values contributions) on: public, members or both")
+                        help="what the server validates (and so values contributions) on: public, members, "
+                             "or both comma-separated")
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/fedocr-bench-contribution"))
-    parser.add_argument("--result", help="name of the results JSON (default: fl_contribution, or "
-                                         "fl_contribution_base with --start base)")
+    parser.add_argument("--result", help="name of the results JSON (default: fl_contribution, or with --start base "
+                                         "fl_contribution_base, _public when it validates on public only)")
     args = parser.parse_args()
+    if unknown := set(args.val_data.split(",")) - set(VAL_SETS):
+        parser.error(f"--val-data: {', '.join(sorted(unknown))} is not one of {', '.join(VAL_SETS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = [run_one(name, subsets, float(lr), val_data, int(seed), args, args.out)
                for val_data in args.val_data.split(",") for lr in args.lr.split(",")
@@ -172,7 +181,8 @@ def main() -> int:
                       "seconds_per_round": spread([r["seconds_per_round"] for r in rs]),
                       "train_seconds_per_round": spread([r["train_seconds_per_round"] for r in rs])}
                   for k, rs in by_key.items()}
-    name = args.result or ("fl_contribution" if args.start == "warm" else f"fl_contribution_{args.start}")
+    name = args.result or ("fl_contribution" if args.start == "warm" else
+                           f"fl_contribution_{args.start}" + ("_public" if args.val_data == "public" else ""))
     path = write_result(name, {"config": vars(args) | {"out": str(args.out)}, "runs": results,
                                "over_seeds": over_seeds, "checks": checks})
     print(json.dumps(checks, indent=1))

@@ -21,7 +21,7 @@ import pytest
 
 from fedocr.cli import main
 from fedocr.federated.config import FlConfig
-from fedocr.federated.sim.simulate import simulate
+from fedocr.federated.sim.simulate import sigterm_as_exit, simulate
 from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
 
@@ -121,6 +121,21 @@ def test_round_survives_a_hung_client_and_server_restart_resumes_from_last_round
     assert _round_one(store) == first  # the completed round was kept, not redone
     assert report["rounds"][1]["accepted"] == 3
     assert report["status"] == "finished"
+
+
+def test_sigterm_ends_a_simulation_once_and_a_second_one_cannot_cut_its_clean_up_short() -> None:
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # else sigterm_as_exit leaves it alone
+    during_clean_up = []
+    with pytest.raises(SystemExit) as stopped:
+        with sigterm_as_exit():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)   # the handler raises here, long before the sleep ends
+            finally:
+                during_clean_up.append(signal.getsignal(signal.SIGTERM))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert during_clean_up == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 @pytest.mark.slow

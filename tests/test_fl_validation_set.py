@@ -10,7 +10,10 @@ import pytest
 from fedocr.data import write_line_set
 from fedocr.data.organisations import MINI_ALPHABET, member_lines, named_charset, org_lines
 from fedocr.federated.config import ConfigError, FlConfig
-from fedocr.federated.validate import validate, validation_lines
+from fedocr.federated.rounds import FederatedServer
+from fedocr.federated.state import ServerState
+from fedocr.federated.validate import validate, validation_lines, validation_source
+from fedocr.federated.weights import model_weights
 from fedocr.model import load_checkpoint
 from fl_inprocess import WARM, run_in_process
 
@@ -31,11 +34,33 @@ def test_the_members_set_takes_turns_between_the_organisations_and_shares_no_lin
                            for image, _ in lines for own in node_images), (org, split)
 
 
-@pytest.mark.parametrize("value, why", [("relative/lines", "nor an absolute path"),
-                                        ("/nonexistent/fedocr-lines", "does not exist")])
-def test_a_validation_set_that_cannot_be_found_is_refused_by_name(value: str, why: str) -> None:
-    with pytest.raises(ConfigError, match=f"val-data: .*{why}"):
-        FlConfig.from_run_config({"federation": "three-orgs-mini", "val-data": value})
+def test_a_validation_set_is_checked_where_it_is_read_the_server() -> None:
+    with pytest.raises(ConfigError, match="val-data: .*nor an absolute path"):
+        FlConfig.from_run_config({"federation": "three-orgs-mini", "val-data": "relative/lines"})
+    # A node builds the same config from the run config and has no copy of the server's lines.
+    cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "val-data": "/nonexistent/fedocr-lines"})
+    with pytest.raises(ConfigError, match="val-data: /nonexistent/fedocr-lines does not exist on the server"):
+        validation_lines(cfg, MINI)
+
+
+def test_a_validation_set_the_vocabulary_cannot_read_is_refused(tmp_path: Path) -> None:
+    """Lines nobody can encode would be skipped, and an empty set scores every model CER 0."""
+    image = next(iter(member_lines("three-orgs-mini", 1, 0, MINI.version, MINI)))[0]
+    write_line_set(tmp_path / "latin", [(image, "ABC"), (image, "xyz")])
+    cfg = FlConfig.from_run_config({"federation": "three-orgs-mini", "val-data": str(tmp_path / "latin")})
+    with pytest.raises(ConfigError, match="none of its 2 lines can be written in the model's vocabulary"):
+        validation_lines(cfg, MINI)
+
+
+def test_a_run_resumed_with_another_validation_set_is_refused(tmp_path: Path) -> None:
+    settings = {"federation": "three-orgs-mini", "charset": "mini", "initial-model": str(WARM), "val-lines": 8,
+                "out-dir": str(tmp_path / "out"), "store": str(tmp_path / "runs.db")}
+    first = FlConfig.from_run_config(settings)
+    state = ServerState.fresh(model_weights(load_checkpoint(WARM).model), MINI.version)
+    state.round, state.val_source = 1, validation_source(first)
+    state.save(first.out_path())
+    with pytest.raises(RuntimeError, match="validated on public x 8, seed 0.* on members x 8"):
+        FederatedServer(FlConfig.from_run_config({**settings, "val-data": "members"}), printer=lambda _: None)
 
 
 def test_the_server_validates_on_the_folder_it_is_given_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

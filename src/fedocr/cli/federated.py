@@ -126,7 +126,7 @@ def _store_path(arg: Path | None) -> Path:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from fedocr.federated.config import ConfigError, FlConfig
+    from fedocr.federated.config import VAL_SETS, ConfigError, FlConfig
     from fedocr.data.organisations import FEDERATIONS
 
     if args.preset not in FEDERATIONS:
@@ -144,6 +144,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     try:
         cfg = FlConfig.from_run_config(values)
         start = cfg.initial_model_path()
+        # The simulated server runs here: a missing validation set is a bad argument, not a failed run.
+        if cfg.val_data not in VAL_SETS and not cfg.val_data_path().exists():
+            raise ConfigError(f"run config val-data: {cfg.val_data_path()} does not exist")
     except ConfigError as exc:
         raise CliError(str(exc), 2) from exc
     if args.dry_run:

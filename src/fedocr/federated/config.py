@@ -126,12 +126,8 @@ class FlConfig:
         for key in ("lines_per_client", "test_lines", "val_lines"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
-        if self.val_data not in VAL_SETS:
-            path = Path(self.val_data).expanduser()
-            if not path.is_absolute():
-                raise bad("val_data", f"{self.val_data!r} is not {' or '.join(map(repr, VAL_SETS))} nor an absolute path")
-            if not path.exists():
-                raise bad("val_data", f"{path} does not exist")
+        if self.val_data not in VAL_SETS and not self.val_data_path().is_absolute():
+            raise bad("val_data", f"{self.val_data!r} is not {' or '.join(map(repr, VAL_SETS))} nor an absolute path")
         try:
             # the steps' own checks, e.g. compress.top-k in [0, 1)
             validate_run_config({k: v for k, v in self.to_run_config().items() if not AuditConfig.owns(k)})
@@ -202,6 +198,14 @@ class FlConfig:
         which the base model's 6,946 classes cannot serve."""
         base = base_checkpoint()
         return self.initial_model == "auto" and self.vocabulary() != "mini" and base is not None and base.is_file()
+
+    def val_data_path(self) -> Path:
+        """`val-data` as a path (when it names no synthetic set). Only the server reads it, so only
+        the server checks that it exists: a node has no copy of the consortium's validation lines."""
+        try:
+            return Path(self.val_data).expanduser()
+        except RuntimeError as exc:   # "~someone/..." for a user this machine does not know
+            raise ConfigError(f"run config val-data: {exc}") from None
 
     def vocabulary(self) -> str:
         """The named vocabulary: "auto" is the mini one for a mini federation (its tiny model from

@@ -49,7 +49,7 @@ from fedocr.federated.state import ServerState
 from fedocr.federated.runs.store import ClientRecord, RoundRecord, RunStore
 from fedocr.federated.runs.timing import union_seconds
 from fedocr.federated.validate import (ValidationProbe, server_validates, server_validation, validate,
-                                      validation_lines)
+                                      validation_lines, validation_source)
 from fedocr.federated.vocab import initial_model
 from fedocr.federated.weights import load_weights, model_weights
 from fedocr.model import CRNN, save_checkpoint
@@ -166,6 +166,9 @@ class FederatedServer:
             if state.charset_version != charset.version:
                 raise RuntimeError(f"{self.out}: holds a run on charset {state.charset_version}, this config uses "
                                    f"{charset.version}; use another out-dir")
+            if state.val_source and state.val_source != validation_source(cfg):
+                raise RuntimeError(f"{self.out}: holds a run validated on {state.val_source}, this config validates "
+                                   f"on {validation_source(cfg)}; use another out-dir")
             self.state = state
         else:
             # A fresh state is saved before round 1, so a server stopped before its first commit restarts
@@ -176,6 +179,7 @@ class FederatedServer:
                           and tensor_digest(state.weights) == tensor_digest(weights))
             self.state = ServerState.fresh(weights, charset.version,
                                            run_id=state.run_id if state is not None and same_start else None)
+            self.state.val_source = validation_source(cfg)
             self.state.save(self.out)
         self.simulated = False   # all nodes are virtual SuperNodes of synthetic organisations (set by introduce)
         self.impostors: dict[str, str] = {}   # node id -> why it takes no part (it claims another's name)

@@ -41,6 +41,7 @@ class ServerState:
     # Clustered runs after the split: cluster index -> its committed model and validation scores
     # ({"weights", "cer", "loss"}); empty while the run trains one model.
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    val_source: str = ""                        # what the run validates on ("": a state from before it was kept)
 
     @classmethod
     def fresh(cls, weights: Weights, charset_version: str, run_id: str | None = None) -> "ServerState":
@@ -50,7 +51,7 @@ class ServerState:
         payload = {"run_id": self.run_id, "round": self.round, "charset_version": self.charset_version,
                    "best_round": self.best_round, "best_cer": self.best_cer, "committed_cer": self.committed_cer,
                    "committed_loss": self.committed_loss, "names": self.names, "weights": _to_torch(self.weights),
-                   "steps": _to_torch(self.steps), "clusters": _to_torch(self.clusters)}
+                   "steps": _to_torch(self.steps), "clusters": _to_torch(self.clusters), "val_source": self.val_source}
         atomic_write(out_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
 
     @classmethod

@@ -3,14 +3,13 @@ probe that scores the many candidate models of the contribution scorer."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 
 from fedocr.charset import Charset
 from fedocr.data import EncodedLines, LineDataset, SubsetLines, collate
 from fedocr.data.organisations import folder_data, member_lines, public_lines
-from fedocr.federated.config import FlConfig
+from fedocr.federated.config import VAL_SETS, ConfigError, FlConfig
 from fedocr.federated.pipeline.types import Weights
 from fedocr.federated.weights import load_weights
 from fedocr.model import CRNN, decode_logits, torch_logits_fn
@@ -19,12 +18,29 @@ from fedocr.train import evaluate, score
 
 def validation_lines(cfg: FlConfig, charset: Charset) -> LineDataset:
     """The server's validation set, as `val-data` names it: the federation's synthetic `public` mix,
-    the members' own styles (simulation), or a data set on disk (a consortium's agreed lines), whole."""
+    the members' own styles (simulation), or a data set on disk (a consortium's agreed lines), whole.
+    A set the vocabulary cannot read a line of is refused: it would score every model CER 0."""
     if cfg.val_data == "public":
-        return public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
-    if cfg.val_data == "members":
-        return member_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
-    return folder_data(Path(cfg.val_data).expanduser())
+        lines: LineDataset = public_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+    elif cfg.val_data == "members":
+        lines = member_lines(cfg.federation, cfg.val_lines, cfg.seed, charset.version, charset)
+    else:
+        path = cfg.val_data_path()
+        if not path.exists():
+            raise ConfigError(f"run config val-data: {path} does not exist on the server")
+        lines = folder_data(path)
+    if len(EncodedLines(lines, charset)) == 0:
+        raise ConfigError(f"run config val-data: {cfg.val_data}: none of its {len(lines)} lines can be written "
+                          f"in the model's vocabulary ({len(charset)} characters)")
+    return lines
+
+
+def validation_source(cfg: FlConfig) -> str:
+    """What a run validates on, as its server state records it: a resumed run must not change it,
+    or its rollback gate and best round would compare CERs of two different sets."""
+    if cfg.val_data in VAL_SETS:
+        return f"{cfg.val_data} x {cfg.val_lines}, seed {cfg.seed}"
+    return str(cfg.val_data_path().resolve())
 
 
 def validation_loss(model: CRNN, charset: Charset, dataset: LineDataset, batch_size: int = 32) -> float:

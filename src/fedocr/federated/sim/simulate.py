@@ -96,6 +96,7 @@ def sigterm_as_exit() -> Iterator[None]:
         return
 
     def stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM must not cut the clean-up short
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
@@ -239,7 +240,11 @@ def simulate(cfg: FlConfig, baselines: bool = True, printer: Callable[[str], Non
             finally:
                 if proc.poll() is None:   # interrupted: the client of the SuperLink goes with it
                     proc.terminate()
-                    proc.wait(timeout=15)
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     fresh = report_path.is_file() and report_path.stat().st_mtime >= started - 1
