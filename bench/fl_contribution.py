@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, simulated_run, spread, write_json, write_result
+from _common import cached, print_table, simulated_run, spread, starting_weights, write_result
 from _federations import STARTS
 
 from fedocr.federated.config import FINETUNE_LR, SCRATCH_LR, VAL_SETS, FlConfig
@@ -73,20 +73,18 @@ def run_one(name: str, subsets: str, lr: float, val_data: str, seed: int, args: 
          "store": str(run_dir / "runs.db"), "attack.nodes": f"{attacker}:{attack}",
          "contribution.method": "both", "contribution.lines": args.eval_lines,
          "contribution.samples": args.samples, "contribution.subsets": subsets})
-    # A finished run is summarised again from its report, so a change to the summary needs no new run;
-    # it must have been made with these settings (the label does not hold them all).
-    if summary.is_file() and (run_dir / "report.json").is_file():
-        report = json.loads((run_dir / "report.json").read_text())
-        made = {**report["config"], **report["config"]["steps"]}
-        wanted = {**cfg.to_dict(), **cfg.steps}
-        if differ := sorted(k for k in made.keys() & wanted.keys() if k != "steps" and made[k] != wanted[k]):
-            raise SystemExit(f"bench: {run_dir} was made with other settings ({', '.join(differ)}); use another --out")
-        return summarise(report, name, seed, json.loads(summary.read_text())["wall_seconds"])
-    started = time.time()
-    report, _ = simulated_run(cfg, label)
-    result = summarise(report, name, seed, time.time() - started)
-    write_json(summary, result)
-    return result
+    # The run is cached by its report (summarised again on every call, so a change to the summary
+    # needs no new run) and its settings, which must match: the label does not hold them all.
+    if not (run_dir / "report.json").is_file():
+        summary.unlink(missing_ok=True)
+
+    def run() -> dict[str, Any]:
+        started = time.time()
+        simulated_run(cfg, label)
+        return {"wall_seconds": time.time() - started}
+
+    made = cached(summary, {**cfg.to_dict(), "initial_weights": starting_weights(cfg)}, run)
+    return summarise(json.loads((run_dir / "report.json").read_text()), name, seed, made["wall_seconds"])
 
 
 def summarise(report: dict[str, Any], name: str, seed: int, wall_seconds: float) -> dict[str, Any]:

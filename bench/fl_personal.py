@@ -38,6 +38,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "ditto": {"personal.method": "ditto"}, "ditto-mix": {"personal.method": "ditto"},
 }
 PERSONAL = ("fedper", "fedbn", "ditto", "ditto-mix")
+TARGETS = {"own": 0.8, "others": 1.1}   # a personalised model's CER at most this x the global model's
 
 
 def method_settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -95,18 +96,18 @@ def checks(table: dict[str, Any]) -> dict[str, Any]:
     if not present or any(med(o, "own", "global") is None for o in table):
         return {"best_personal_own_at_most_0_8x_global": None, "its_others_at_most_1_1x_global": None}
     best = {o: min(present, key=lambda k: med(o, "own", k)) for o in table}   # type: ignore[arg-type, return-value]
-    def meets_both(org: str, kind: str) -> bool:
-        return (med(org, "own", kind) <= 0.8 * med(org, "own", "global")  # type: ignore[operator]
-                and med(org, "others", kind) <= 1.1 * med(org, "others", "global"))  # type: ignore[operator]
+
+    def within(org: str, side: str, kind: str) -> bool:
+        """`kind`'s median CER on `side` within the target's multiple of the global model's."""
+        return med(org, side, kind) <= TARGETS[side] * med(org, side, "global")  # type: ignore[operator]
 
     return {
-        "best_personal_own_at_most_0_8x_global": all(med(o, "own", best[o]) <= 0.8 * med(o, "own", "global")
-                                                     for o in table),  # type: ignore[operator]
-        "its_others_at_most_1_1x_global": all(med(o, "others", best[o]) <= 1.1 * med(o, "others", "global")
-                                              for o in table),  # type: ignore[operator]
+        "best_personal_own_at_most_0_8x_global": all(within(o, "own", best[o]) for o in table),
+        "its_others_at_most_1_1x_global": all(within(o, "others", best[o]) for o in table),
         "best_method_per_org": best,
         # One method to recommend: at most 0.8x the global's own-test CER and 1.1x its others' everywhere.
-        "methods_meeting_both_targets_for_every_org": [k for k in present if all(meets_both(o, k) for o in table)],
+        "methods_meeting_both_targets_for_every_org": [k for k in present
+                                                       if all(within(o, side, k) for o in table for side in TARGETS)],
     }
 
 
@@ -131,7 +132,8 @@ def main() -> int:
                      for org, sides in table.items() for c in [sides[side]]])
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
               "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_mix": args.ditto_mix,
-              "seeds": seeds, "methods": {m: method_settings(m, args)[1] for m in methods}, "table": table, "checks": checks(table),
+              "seeds": seeds, "methods": {m: method_settings(m, args)[1] for m in methods}, "table": table,
+              "checks": checks(table),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
     path = write_result("fl_personal", result)
     print(json.dumps(result["checks"], indent=1))

@@ -36,20 +36,20 @@ not flagged: a trimmed mean drops most coordinates of an honest branch with thre
 others' data (it takes more local steps, so its values are the extremes), which is no sign of
 malice, and a flag is what a quarantine would act on.
 
-The recommended defence (`RECOMMENDED`): clip to 2x the median norm, leave out updates that
-match another one around the round's median (`collusion_cosine`, `twin_cosines`: colluders
-sending one crafted update), then the trimmed mean with f = the number of malicious nodes to
-tolerate, then the same again without any update opposed to that step (`drop_opposed`).
-Clipping first bounds what a boosted update can do to any coordinate; the trimmed mean then drops a sign-flipped or noisy update's
-extreme values, and the second pass what is left of a sign-flipped one (bench/fl_robust.py: at
-12 rounds a sign flip by 2 of 10 branches cost the trimmed mean alone 1.25x the clean CER, more
+The recommended defence (`RECOMMENDED`): clip to 2x the median norm, leave out updates that match
+another one around the round's median (`collusion_cosine`, `twin_cosines`: colluders sending one
+crafted update), then the trimmed mean with f = the number of malicious nodes to tolerate, then the
+same again without any update opposed to that step (`drop_opposed`). Clipping first bounds what a
+boosted update can do to any coordinate; the trimmed mean then drops a sign-flipped or noisy
+update's extreme values, and the second pass what is left of a sign-flipped one (bench/fl_robust.py:
+at 12 rounds a sign flip by 2 of 10 branches cost the trimmed mean alone 1.25x the clean CER, more
 than FedAvg's 1.14x). Unlike Krum it does not exclude f honest nodes every round (on non-IID data
 the node unlike the others is often an honest minority domain), and it needs only n >= 2f + 1
-updates, not 2f + 3. It still cannot tell small shifts that stay inside the honest spread ("a
-little is enough", Baruch et al. 2019) from honest variety unless colluders send them alike,
-nor colluders who add enough noise of their own to stay under the threshold (FoolsGold, Fung et
-al., RAID 2020, catches those by their accumulated updates, but honest branches' accumulated
-updates grow alike too), nor a backdoor that the attacker's update hides inside its honest part.
+updates, not 2f + 3. It still cannot tell small shifts that stay inside the honest spread ("a little
+is enough", Baruch et al. 2019) from honest variety unless colluders send them alike, nor colluders
+who add enough noise of their own to stay under the threshold (FoolsGold, Fung et al., RAID 2020,
+catches those by their accumulated updates, but honest branches' accumulated updates grow alike
+too), nor a backdoor that the attacker's update hides inside its honest part.
 """
 from __future__ import annotations
 
