@@ -36,14 +36,19 @@ def runs_folder(args: argparse.Namespace, suffix: str) -> Path:
     return out
 
 
-def run_federation(args: argparse.Namespace, seed: int, run_dir: Path, settings: dict[str, Any],
-                   label: str) -> dict[str, Any]:
-    """The finished run's report (with the final table); a run that does not finish stops the benchmark."""
-    cfg = FlConfig.from_run_config(
+def federation_config(args: argparse.Namespace, seed: int, run_dir: Path, settings: dict[str, Any]) -> FlConfig:
+    """The run config of one benchmark federation in `run_dir`, with the method's `settings`."""
+    return FlConfig.from_run_config(
         {"federation": args.preset, **STARTS[args.start], "num-rounds": args.rounds, "lines-per-client": args.lines,
          "test-lines": args.test_lines, "val-lines": 100, "fraction-train": 1.0, "min-accepted": 2,
          "round-deadline-s": 1800.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
          **settings})
+
+
+def run_federation(args: argparse.Namespace, seed: int, run_dir: Path, settings: dict[str, Any],
+                   label: str) -> dict[str, Any]:
+    """The finished run's report (with the final table); a run that does not finish stops the benchmark."""
+    cfg = federation_config(args, seed, run_dir, settings)
     report = simulate(cfg, printer=lambda s: print(f"  [{label}] {s}", flush=True))
     if report["status"] != "finished":
         raise SystemExit(f"bench: {label}: run {report['status']}: {report.get('error')}")

@@ -2,9 +2,10 @@
 
 The `hidden-groups` presets are six sites of two kinds that their names do not reveal: three
 hospital-like (the hospital's words and dot-matrix prints), three school-like (handwriting). Per
-seed, on Flower's simulation engine, two federations: FedAvg's one model, and IFCA with k = 2
+seed, on Flower's simulation engine, two federations: FedAvg's one model, and IFCA with k = --k
 (`cluster.method = ifca`, split at round `--split-round` by the similarity of the updates, then
-each node picks its model by loss). The final table scores every site on its own test lines with
+each node picks its model by loss; `--k 0`: the split finds k, `cluster.k = 0`). Any federation
+preset runs the same way: its organisations are the truth (`--preset ten-branches-mini`: three). The final table scores every site on its own test lines with
 the global model, its cluster's model and its local-only model (same recipe and budget).
 
 Cluster recovery is the adjusted Rand index of the final membership against the true kinds.
@@ -12,9 +13,9 @@ Prints the median and range over seeds and writes bench/results/fl_clusters.json
 object. Runs are cached in --out.
 
     .venv/bin/python bench/fl_clusters.py [--preset hidden-groups-mini] [--start warm|scratch|base]
-        [--rounds 5] [--lines 200] [--split-round 1] [--seeds 0,1,2] [--out DIR]
+        [--rounds 5] [--lines 200] [--split-round 1] [--k 2|0] [--seeds 0,1,2] [--out DIR]
 
-Target: ARI >= 0.9 (here: on every seed). Also shown: the cluster models' own-test CER against
+Target: ARI >= 0.9 (here: on every seed); with --k 0, also the number of clusters found. Also shown: the cluster models' own-test CER against
 the global model's (clustering is for organisations one model serves badly).
 """
 from __future__ import annotations
@@ -32,20 +33,30 @@ from _federations import add_federation_arguments, run_federation, runs_folder
 from fedocr.data.organisations import get_federation
 from fedocr.federated.pipeline.cluster import adjusted_rand_index
 
-METHODS: dict[str, dict[str, Any]] = {"global": {}, "ifca": {"cluster.method": "ifca", "cluster.k": 2}}
+METHODS = ("global", "ifca")
+
+
+def stem(method: str, args: argparse.Namespace) -> str:
+    """The name a method's cached runs go under (IFCA's with its k, unless the default 2)."""
+    return f"ifca-k{args.k}" if method == "ifca" and args.k != 2 else method
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """{"own": {site: {kind: cer}}, "membership": {site: cluster} or None, "seconds": [...]} (cached)."""
-    cached = out / f"{method}-s{seed}.json"
+    cached = out / f"{stem(method, args)}-s{seed}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    run_dir = out / f"{method}-s{seed}"
-    settings = {**METHODS[method], **({"cluster.split-round": args.split_round} if method == "ifca" else {})}
+    run_dir = out / f"{stem(method, args)}-s{seed}"
+    settings = ({"cluster.method": "ifca", "cluster.k": args.k, "cluster.split-round": args.split_round}
+                if method == "ifca" else {})
     report = run_federation(args, seed, run_dir, settings, f"{method} s{seed}")
     final = report["final"]
-    kind = "cluster" if method == "ifca" else "federated"
-    result = {"own": {site: {method: c["own_test_cer"][kind], "local-only": c["own_test_cer"]["local_only"]}
+
+    def served(cer: dict[str, float]) -> float:
+        """The site's model: its cluster's, or the one model (FedAvg, or a run whose split never came)."""
+        return cer.get("cluster", cer["federated"]) if method == "ifca" else cer["federated"]
+
+    result = {"own": {site: {method: served(c["own_test_cer"]), "local-only": c["own_test_cer"]["local_only"]}
                       for site, c in final["clients"].items()},
               "membership": final.get("clusters", {}).get("membership"),
               "seconds": [r["seconds"] + (r["val_seconds"] or 0) for r in report["rounds"]]}
@@ -69,13 +80,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "hidden-groups-mini", "warm", 200, Path("/tmp/fl-clusters"))
     parser.add_argument("--split-round", type=int, default=1)
+    parser.add_argument("--k", type=int, default=2, help="cluster.k: the number of cluster models; 0: found by the split")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = runs_folder(args, f"-split{args.split_round}")
     runs = {(m, s): run_one(m, s, args, out) for m in METHODS for s in seeds}
     truth = {node.name: node.org for node in get_federation(args.preset).nodes}
-    ari = {s: adjusted_rand_index(runs[("ifca", s)]["membership"] or {}, truth) for s in seeds}
-    moved = {s: moves(json.loads((out / f"ifca-s{s}" / "report.json").read_text())) for s in seeds}
+    members = {s: runs[("ifca", s)]["membership"] or {} for s in seeds}   # empty: never split, one cluster
+    ari = {s: adjusted_rand_index(members[s], truth) if members[s] else 0.0 for s in seeds}
+    moved = {s: moves(json.loads((out / f"{stem('ifca', args)}-s{s}" / "report.json").read_text())) for s in seeds}
+    k_found = {s: len(set(members[s].values())) or 1 for s in seeds}
 
     groups = sorted(set(truth.values()))
 
@@ -90,15 +104,19 @@ def main() -> int:
     print(f"\nown-test CER, mean over each kind's sites; median [min, max] over seeds {seeds}")
     print_table(["hidden kind", *kinds], [[g, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]"
                                                for k in kinds)] for g, c in table.items()])
-    print_table(["seed", "ARI", "moves after the split", "membership"],
-                [[s, f"{ari[s]:.3f}", moved[s], json.dumps(runs[("ifca", s)]["membership"])] for s in seeds])
+    print_table(["seed", "ARI", "clusters", "moves after the split", "membership"],
+                [[s, f"{ari[s]:.3f}", k_found[s], moved[s], json.dumps(runs[("ifca", s)]["membership"])]
+                 for s in seeds])
     checks = {"ari_at_least_0_9_every_seed": all(a >= 0.9 for a in ari.values()),
               "ari_median_at_least_0_9": float(np.median(list(ari.values()))) >= 0.9,
               "cluster_own_below_global_every_kind": all(table[g]["ifca"]["median"] < table[g]["global"]["median"]
                                                          for g in groups)}
+    if args.k == 0:
+        checks["k_found_is_the_number_of_kinds_every_seed"] = all(k == len(groups) for k in k_found.values())
     seconds = {m: spread([float(np.median(runs[(m, s)]["seconds"])) for s in seeds]) for m in METHODS}
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "split_round": args.split_round, "seeds": seeds, "truth": truth,
+              "test_lines": args.test_lines, "split_round": args.split_round, "k": args.k, "seeds": seeds,
+              "truth": truth, "clusters": {str(s): k for s, k in k_found.items()},
               "ari": {str(s): a for s, a in ari.items()}, "moves_after_split": {str(s): m for s, m in moved.items()},
               "table": table, "round_seconds": seconds,
               "checks": checks, "command": " ".join(["bench/fl_clusters.py", *sys.argv[1:]])}

@@ -8,7 +8,9 @@ Runs one federation per method and seed on Flower's simulation engine, with the 
 - fedbn: each node's own BatchNorm layers (aggregate = fedbn);
 - ditto: each node's personal model, lambda = --ditto-lambda (personal.method = ditto);
 - ditto-mix: the same personal model served as --ditto-mix of it plus the rest of the global model
-  (personal.mix, WiSE-FT's weight-space interpolation);
+  (personal.mix, WiSE-FT's weight-space interpolation); one column per mix in the comma list. The
+  mix changes only what a node serves, not its training, so each mix re-scores the ditto run's node
+  states instead of training again;
 - local-only: each organisation alone, same recipe and budget (the final table's baseline).
 
 A personalised model is scored as its node would serve it (node state on the node's disk, read
@@ -16,7 +18,7 @@ by the final table). Prints the median and range over seeds and writes
 bench/results/fl_personal.json with a `checks` object. Runs are cached in --out.
 
     .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
-        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix] [--ditto-lambda 10] [--ditto-mix 0.5]
+        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix] [--ditto-lambda 10] [--ditto-mix 0.3,0.5]
         [--start base|warm|scratch] [--out DIR]
 
 Targets: the best personalised model <= 0.8x the global model's own-test CER for every
@@ -27,62 +29,91 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import print_table, spread, write_result
-from _federations import add_federation_arguments, run_federation, runs_folder
+from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
+
+from fedocr.federated.sim.baselines import own_and_others_cer, personal_models, test_sets
+from fedocr.model import load_checkpoint
 
 METHODS: dict[str, dict[str, Any]] = {
     "global": {}, "fedper": {"aggregate": "backbone"}, "fedbn": {"aggregate": "fedbn"},
     "ditto": {"personal.method": "ditto"}, "ditto-mix": {"personal.method": "ditto"},
 }
-PERSONAL = ("fedper", "fedbn", "ditto", "ditto-mix")
 TARGETS = {"own": 0.8, "others": 1.1}   # a personalised model's CER at most this x the global model's
 
 
-def method_settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """(the name its cached runs go under, its run-config settings) with this run's Ditto parameters."""
+def columns(methods: list[str], mixes: list[float]) -> list[str]:
+    """The table's model columns: each method, with ditto-mix as one column per mix."""
+    return [c for m in methods for c in ([f"ditto-mix{x:g}" for x in mixes] if m == "ditto-mix" else [m])]
+
+
+def column_settings(column: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config settings of a column, with this run's Ditto parameters."""
+    method = "ditto-mix" if column.startswith("ditto-mix") else column
     settings = dict(METHODS[method])
     if method.startswith("ditto"):
         settings["personal.lambda"] = args.ditto_lambda
     if method == "ditto-mix":
-        settings["personal.mix"] = args.ditto_mix
-        return f"ditto-mix{args.ditto_mix:g}", settings
-    return method, settings
+        settings["personal.mix"] = float(column.removeprefix("ditto-mix"))
+    return settings
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """{org: {own: {kind: cer}, others: {kind: cer}}} of one federation (cached)."""
-    stem, settings = method_settings(method, args)
-    cached = out / f"{stem}-s{seed}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    run_dir = out / f"{stem}-s{seed}"
-    report = run_federation(args, seed, run_dir, settings, f"{stem} s{seed}")
-    clients = report["final"]["clients"]
-    model_kind = "personalized" if method in PERSONAL else "federated"
-    result = {org: {"own": {method: c["own_test_cer"][model_kind], "local-only": c["own_test_cer"]["local_only"]},
-                    "others": {method: c["other_test_cer"][model_kind],
-                               "local-only": c["other_test_cer"]["local_only"]}}
-              for org, c in clients.items()}
-    cached.write_text(json.dumps(result, indent=1))
+def _cache(path: Path, score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = score()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
     return result
 
 
-def collect(methods: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """{org: {side: {kind: spread over seeds}}} with kind = each method and local-only."""
-    runs = {(m, s): run_one(m, s, args, out) for m in methods for s in seeds}
+def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """{org: {own: {column: cer, local-only: cer}, others: {...}}} of one federation (cached)."""
+    if column.startswith("ditto-mix"):
+        return _cache(out / f"{column}-s{seed}.json", lambda: rescore_mix(column, seed, args, out))
+
+    def train() -> dict[str, Any]:
+        report = run_federation(args, seed, out / f"{column}-s{seed}", column_settings(column, args),
+                                f"{column} s{seed}")
+        model_kind = "federated" if column == "global" else "personalized"
+        return {org: {side: {column: c[key][model_kind], "local-only": c[key]["local_only"]}
+                      for side, key in (("own", "own_test_cer"), ("others", "other_test_cer"))}
+                for org, c in report["final"]["clients"].items()}
+
+    return _cache(out / f"{column}-s{seed}.json", train)
+
+
+def rescore_mix(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The ditto run of this seed (trained first if need be) scored with what each node would serve
+    at this column's personal.mix: its node state on disk mixed with the run's final global model."""
+    ditto = run_one("ditto", seed, args, out)
+    run_dir = out / f"ditto-s{seed}"
+    cfg = federation_config(args, seed, run_dir, column_settings(column, args))
+    report = json.loads((run_dir / "report.json").read_text())
+    final = load_checkpoint(Path(report["final"]["federated_model"]))
+    test = test_sets(cfg, final.charset)
+    served = personal_models(cfg, final.model, final.provenance.get("run_id"))
+    scores = {org: own_and_others_cer(model, final.charset, test, org) for org, model in served.items()}
+    return {org: {side: {column: scores[org][i], "local-only": ditto[org][side]["local-only"]}
+                  for i, side in enumerate(("own", "others"))} for org in ditto}
+
+
+def collect(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """{org: {side: {kind: spread over seeds}}} with kind = each column and local-only."""
+    runs = {(c, s): run_one(c, s, args, out) for c in cols for s in seeds}
     orgs = list(next(iter(runs.values())))
-    kinds = [*methods, "local-only"]
     table: dict[str, Any] = {}
     for org in orgs:
         table[org] = {}
         for side in ("own", "others"):
-            values = {k: [runs[(m, s)][org][side][k] for s in seeds for m in methods if k in runs[(m, s)][org][side]]
-                      for k in kinds}
+            values = {c: [runs[(c, s)][org][side][c] for s in seeds] for c in cols}
             # local-only is measured in every run of a seed (same recipe): one value per seed
-            values["local-only"] = [runs[(methods[0], s)][org][side]["local-only"] for s in seeds]
+            values["local-only"] = [runs[(cols[0], s)][org][side]["local-only"] for s in seeds]
             table[org][side] = {k: spread(v) for k, v in values.items()}
     return table
 
@@ -92,7 +123,7 @@ def checks(table: dict[str, Any]) -> dict[str, Any]:
         cell = table[org][side].get(kind)
         return cell["median"] if cell else None
 
-    present = [k for k in PERSONAL if all(med(o, "own", k) is not None for o in table)]
+    present = [k for k in next(iter(table.values()))["own"] if k not in ("global", "local-only")]
     if not present or any(med(o, "own", "global") is None for o in table):
         return {"best_personal_own_at_most_0_8x_global": None, "its_others_at_most_1_1x_global": None}
     best = {o: min(present, key=lambda k: med(o, "own", k)) for o in table}   # type: ignore[arg-type, return-value]
@@ -115,24 +146,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "four-orgs", "base", 400, Path("/tmp/fl-personal"))
     parser.add_argument("--ditto-lambda", type=float, default=0.1)
-    parser.add_argument("--ditto-mix", type=float, default=0.5, help="personal.mix of the ditto-mix method")
+    parser.add_argument("--ditto-mix", default="0.5", help="personal.mix of the ditto-mix method (a comma list)")
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := [m for m in methods if m not in METHODS]:
         parser.error(f"unknown methods: {unknown}")
+    mixes = [float(x) for x in args.ditto_mix.split(",")]
+    if bad := [x for x in mixes if not 0 < x <= 1]:
+        parser.error(f"--ditto-mix must be in (0, 1]: {bad}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = runs_folder(args, f"-dl{args.ditto_lambda:g}")
-    table = collect(methods, seeds, args, out)
-    kinds = [*methods, "local-only"]
+    cols = columns(methods, mixes)
+    table = collect(cols, seeds, args, out)
+    kinds = [*cols, "local-only"]
     for side in ("own", "others"):
         print(f"\n{side}-test CER, median [min, max] over seeds {seeds}")
         print_table(["organisation", *kinds],
                     [[org, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]" for k in kinds)]
                      for org, sides in table.items() for c in [sides[side]]])
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_mix": args.ditto_mix,
-              "seeds": seeds, "methods": {m: method_settings(m, args)[1] for m in methods}, "table": table,
+              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_mix": mixes,
+              "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}, "table": table,
               "checks": checks(table),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
     path = write_result("fl_personal", result)

@@ -13,9 +13,10 @@ from fedocr.cli import main
 from fedocr.data.organisations import get_federation
 from fedocr.federated import clusters
 from fedocr.federated.pipeline.build import build_server_chain, validate_run_config
-from fedocr.federated.pipeline.cluster import PICK, ClusterConfig, adjusted_rand_index, pick, split
+from fedocr.federated.pipeline.cluster import (PICK, ClusterConfig, adjusted_rand_index, find_split, pick,
+                                               silhouette, split)
 from fedocr.federated.pipeline.settings import StepConfigError
-from fedocr.federated.pipeline.types import StepRecord, Update
+from fedocr.federated.pipeline.types import SERVER, StepRecord, Update
 from fedocr.federated.protocol import Received
 from fedocr.federated.rounds import screen
 from fedocr.federated.runs.store import ClientRecord
@@ -25,13 +26,14 @@ from fedocr.serve.app import ServeConfig, create_app
 from fl_inprocess import run_in_process
 
 
-def _updates(seed: int = 0) -> tuple[list[Update], dict[str, str]]:
-    """Six updates sharing one large direction, plus one of two group directions, plus noise."""
+def _updates(seed: int = 0, groups: int = 2, n: int = 6, spread: float = 0.2) -> tuple[list[Update], dict[str, str]]:
+    """n updates sharing one large direction, plus one of `groups` group directions, plus noise."""
     rng = np.random.default_rng(seed)
-    common, a, b = (rng.normal(size=200) for _ in range(3))
-    truth = {f"n{i}": "a" if i % 2 else "b" for i in range(6)}
-    updates = [Update(n, {"w": (5 * common + (a if g == "a" else b) + 0.2 * rng.normal(size=200)).reshape(10, 20)}, 10)
-               for n, g in truth.items()]
+    common, *directions = (rng.normal(size=200) for _ in range(groups + 1))
+    truth = {f"n{i}": "abcdefgh"[i % groups] for i in range(n)}
+    updates = [Update(name, {"w": (5 * common + directions["abcdefgh".index(g)]
+                                   + spread * rng.normal(size=200)).reshape(10, 20)}, 10)
+               for name, g in truth.items()]
     return updates, truth
 
 
@@ -42,6 +44,28 @@ def test_the_split_finds_groups_that_a_shared_direction_hides() -> None:
     assert found["n0"] == 0   # groups are numbered by their first member's name
     assert set(split(updates, 3).values()) == {0, 1, 2}
     assert split(updates[:1], 2) == {"n0": 0}
+
+
+def test_a_split_that_finds_k_finds_the_hidden_groups_and_none_in_noise() -> None:
+    for groups, n in ((2, 6), (3, 9), (3, 10)):
+        updates, truth = _updates(seed=groups, groups=groups, n=n)
+        found = find_split(updates, max_k=5, min_silhouette=0.25, min_size=2)
+        assert found.groups is not None and len(set(found.groups.values())) == groups
+        assert adjusted_rand_index(found.groups, truth) == 1.0
+        assert max(found.silhouettes, key=lambda k: found.silhouettes[k]) == groups
+    # nodes of one kind: nothing but noise on the shared direction, so no cut is clear enough
+    alike, _ = _updates(seed=4, groups=1, n=8, spread=1.0)
+    found = find_split(alike, max_k=5, min_silhouette=0.25, min_size=2)
+    assert found.groups is None and max(found.silhouettes.values()) < 0.1
+    # no cut into groups of min_size each: nothing to score
+    assert find_split(_updates(n=3)[0], max_k=4, min_silhouette=0.25, min_size=2) == type(found)(None, {})
+
+
+def test_silhouette_is_one_for_far_apart_tight_groups_and_zero_for_a_point_alone() -> None:
+    distances = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [2, 2, 0, 0], [2, 2, 0, 0]], dtype=float)
+    assert silhouette(distances, [0, 0, 1, 1]) == 1.0
+    assert silhouette(distances, [0, 0, 1, 2]) == 0.5    # two points alone in their groups score 0
+    assert silhouette(distances, [0, 1, 0, 1]) < 0       # each point nearer the other group
 
 
 def test_adjusted_rand_index_ignores_labels_and_scores_chance_below_zero() -> None:
@@ -64,6 +88,9 @@ def test_a_node_picks_the_lowest_finite_loss_and_refuses_when_none_is() -> None:
 def test_clustering_refuses_settings_it_cannot_honour() -> None:
     with pytest.raises(StepConfigError, match="cluster.k"):
         validate_run_config({"cluster.method": "ifca", "cluster.k": 1})
+    for key, value in (("cluster.max-k", 1), ("cluster.min-silhouette", 0.0), ("cluster.min-silhouette", 1.0)):
+        with pytest.raises(StepConfigError, match=key):
+            validate_run_config({"cluster.method": "ifca", "cluster.k": 0, key: value})
     with pytest.raises(StepConfigError, match="cluster.method"):
         validate_run_config({"cluster.method": "kmeans"})
     for clash in ({"secure.method": "secagg+"}, {"server-momentum": 0.9}, {"personal.method": "ditto"},
@@ -113,18 +140,37 @@ def test_a_split_waits_for_k_groups_of_min_accepted_and_membership_is_the_server
     assert found["n0"] == 0 and "n9" not in found and found["n8"] == 1
 
 
-def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
+def test_a_split_that_finds_k_records_its_silhouettes_and_waits_while_the_updates_show_no_groups() -> None:
+    state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=0)
+    updates, truth = _updates(groups=3, n=9)
+    grouping = clusters.group(state, config, updates, 1, 2)
+    assert grouping is not None and grouping.splits and len(grouping.groups) == 3
+    server = next(r.info for r in grouping.records if r.client == SERVER)
+    assert server["k"] == 3 and max(server["silhouette"], key=server["silhouette"].get) == "3"
+    assert adjusted_rand_index(clusters.membership(grouping.records, 3), truth) == 1.0
+    # min-accepted 4: three groups of three are too small, and a cut into two splits one of them
+    too_small = clusters.group(state, config, updates, 1, 4)
+    assert too_small is not None and not too_small.splits
+    assert "has at least min-accepted=4 in each" in str(too_small.postponed)
+    alike, _ = _updates(seed=4, groups=1, n=8, spread=1.0)
+    waiting = clusters.group(state, config, alike, 1, 2)
+    assert waiting is not None and not waiting.splits and "show no clear groups" in str(waiting.postponed)
+    assert max(waiting.records[0].info["silhouette"].values()) < 0.25
+
+
+def test_ifca_finds_k_recovers_hidden_groups_and_records_membership_every_round(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     fed = get_federation("hidden-groups-mini")
     report, cfg = run_in_process(tmp_path, monkeypatch, rounds=2, node_configs=[{"partition-id": i} for i in range(6)],
-                                 federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 2,
+                                 federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 0,
                                                                      "cluster.pick-lines": 16, "lines-per-client": 160})
     truth = {node.name: node.org for node in fed.nodes}
     membership = report["final"]["clusters"]["membership"]
-    assert report["final"]["clusters"]["k"] == 2 and set(membership) == set(truth)
+    assert report["final"]["clusters"]["k"] == 2 and set(membership) == set(truth)   # two kinds, found
     assert adjusted_rand_index(membership, truth) == 1.0
     split_round, picked_round = (r["steps"] for r in report["rounds"])
-    assert any(s["step"] == "cluster" and s.get("split") for s in split_round)
+    split = next(s for s in split_round if s["step"] == "cluster" and s["client"] == "*" and s.get("split"))
+    assert split["k"] == 2 and max(split["silhouette"], key=split["silhouette"].get) == "2"
     # round 2: the models had specialised: each node's own kind's model had the lower loss on its lines
     picks = {s["client"]: s["losses"] for s in picked_round if s["step"] == PICK}
     assert set(picks) == set(truth)
@@ -141,7 +187,8 @@ def test_ifca_recovers_hidden_groups_and_records_membership_every_round(
     capsys.readouterr()
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out
-    assert "cluster split" in shown and "clusters (2): 0: site-1, site-3, site-5; 1: site-2, site-4, site-6" in shown
+    assert "cluster split by update similarity (k found: silhouette 2: " in shown
+    assert "clusters (2): 0: site-1, site-3, site-5; 1: site-2, site-4, site-6" in shown
     with TestClient(create_app(ServeConfig(model=None, runs=tmp_path / "runs.db"))) as client:
         detail = client.get(f"/api/runs/{report['run_id']}").json()
     assert {c["client"]: c["cluster"] for c in detail["clients"]} == membership

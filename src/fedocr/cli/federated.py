@@ -320,9 +320,13 @@ def run_show(args: argparse.Namespace) -> int:
             print(f"    {e['client']:<12} held-out CER {e['cer']:.4f}  line accuracy {e['line_accuracy']:.3f}  "
                   f"({e.get('lines', 0):.0f} lines){shared}{local}")
         for cl in (s for s in r.get("steps", []) if s["step"] == "cluster" and s["client"] == "*"):
+            found = (" (k found: silhouette " + ", ".join(f"{k}: {v:.2f}" for k, v in cl["silhouette"].items()) + ")"
+                     if "silhouette" in cl else "")
             if cl.get("split"):
-                print(f"    {'cluster split':<12} by update similarity: " + "; ".join(
+                print(f"    {'cluster split':<12} by update similarity{found}: " + "; ".join(
                     f"{c}: {', '.join(members)}" for c, members in cl["groups"].items()))
+            elif "postponed" in cl:
+                print(f"    {'cluster split':<12} {cl['postponed']}")
             else:
                 cer = f"{cl['val_cer']:.4f}" if cl.get("val_cer") is not None else "-"
                 print(f"    {'cluster ' + str(cl['cluster']):<12} {', '.join(cl['members'])}  val CER {cer}"

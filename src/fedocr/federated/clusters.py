@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from fedocr.federated.pipeline.cluster import STEP, ClusterConfig, split
+from fedocr.federated.pipeline.cluster import STEP, ClusterConfig, find_split, split
 from fedocr.federated.pipeline.types import SERVER, StepRecord, Update, Weights
 from fedocr.federated.state import ServerState
 
@@ -75,7 +76,8 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
     """The round's updates by cluster; at the split round (the first with clusters due and none
     yet) the updates' similarity decides, and every group starts from the shared model. None
     before the split round; a Grouping with `postponed` when the split is due but the round's
-    updates do not make k groups of `min_accepted` each (too few sampled, or all alike)."""
+    updates do not make k groups of `min_accepted` each (too few sampled, or all alike; with k to
+    find, no cut groups them clearly enough)."""
     found = models(state)
     if found:
         groups = by_cluster(updates, {u.client: int(u.metrics["cluster"]) for u in updates})
@@ -83,17 +85,32 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
         return Grouping(groups, {c: found[c] for c in groups}, records)
     if not config.active or server_round < config.split_round:
         return None
-    by_client = split(updates, config.k)
+    how: dict[str, Any] = {}   # with k to find: each tried k's silhouette
+    if config.finds_k:
+        cut = find_split(updates, config.max_k, config.min_silhouette, min_accepted)
+        how = {"silhouette": {str(k): round(v, 4) for k, v in cut.silhouettes.items()}}
+        if cut.groups is None:
+            why = (f"split postponed: {len(updates)} accepted update(s) show no clear groups (best silhouette "
+                   f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g})"
+                   if cut.silhouettes else
+                   f"split postponed: no cut of {len(updates)} accepted update(s) into 2-{config.max_k} groups "
+                   f"has at least min-accepted={min_accepted} in each")
+            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why, **how})],
+                            postponed=why)
+        by_client, k = cut.groups, len(set(cut.groups.values()))
+    else:
+        by_client, k = split(updates, config.k), config.k
     groups = by_cluster(updates, by_client)
     sizes = sorted(len(g) for g in groups.values())
-    if len(groups) < config.k or sizes[0] < min_accepted:
+    if len(groups) < k or sizes[0] < min_accepted:
         why = (f"split postponed: {len(updates)} accepted update(s) made groups of {sizes}, the split needs "
-               f"{config.k} groups of at least min-accepted={min_accepted}")
+               f"{k} groups of at least min-accepted={min_accepted}")
         return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why})], postponed=why)
     shared = ClusterModel(state.weights, state.committed_cer, state.committed_loss)
     records = [StepRecord(STEP, u.client, {"cluster": by_client[u.client], "split": True}) for u in updates]
-    records.append(StepRecord(STEP, SERVER, {"split": True, "groups": {str(c): sorted(u.client for u in g)
-                                                                        for c, g in sorted(groups.items())}}))
+    records.append(StepRecord(STEP, SERVER, {"split": True, "k": k, **how,
+                                             "groups": {str(c): sorted(u.client for u in g)
+                                                        for c, g in sorted(groups.items())}}))
     return Grouping(groups, {c: shared for c in groups}, records, splits=True)
 
 
