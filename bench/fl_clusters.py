@@ -9,11 +9,11 @@ preset runs the same way: its organisations are the truth (`--preset ten-branche
 the global model, its cluster's model and its local-only model (same recipe and budget).
 
 Cluster recovery is the adjusted Rand index of the final membership against the true kinds.
-Prints the median and range over seeds and writes bench/results/fl_clusters.json with a `checks`
-object. Runs are cached in --out.
+Prints the median and range over seeds and writes bench/results/fl_clusters.json (or --result's
+name) with a `checks` object. Runs are cached in --out.
 
     .venv/bin/python bench/fl_clusters.py [--preset hidden-groups-mini] [--start warm|scratch|base]
-        [--rounds 5] [--lines 200] [--split-round 1] [--k 2|0] [--seeds 0,1,2] [--out DIR]
+        [--rounds 5] [--lines 200] [--split-round 1] [--k 2|0] [--seeds 0,1,2] [--out DIR] [--result NAME]
 
 Target: ARI >= 0.9 (here: on every seed); with --k 0, also the number of clusters found. Also shown: the cluster models' own-test CER against
 the global model's (clustering is for organisations one model serves badly).
@@ -81,6 +81,7 @@ def main() -> int:
     add_federation_arguments(parser, "hidden-groups-mini", "warm", 200, Path("/tmp/fl-clusters"))
     parser.add_argument("--split-round", type=int, default=1)
     parser.add_argument("--k", type=int, default=2, help="cluster.k: the number of cluster models; 0: found by the split")
+    parser.add_argument("--result", default="fl_clusters", help="name of the results JSON in bench/results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = runs_folder(args, f"-split{args.split_round}")
@@ -120,7 +121,7 @@ def main() -> int:
               "ari": {str(s): a for s, a in ari.items()}, "moves_after_split": {str(s): m for s, m in moved.items()},
               "table": table, "round_seconds": seconds,
               "checks": checks, "command": " ".join(["bench/fl_clusters.py", *sys.argv[1:]])}
-    path = write_result("fl_clusters", result)
+    path = write_result(args.result, result)
     print(json.dumps(checks, indent=1))
     print(f"wrote {path}")
     return 0

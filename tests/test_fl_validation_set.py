@@ -75,3 +75,15 @@ def test_the_server_validates_on_the_folder_it_is_given_whole(tmp_path: Path, mo
     assert report["config"]["val_data"] == str(folder)
     assert any(line.startswith("round 0: initial model") and line.endswith(f"val CER {expected:.4f}")
                for line in printed)
+
+
+def test_a_deployment_validating_on_the_members_lines_fails_with_a_reason_before_any_round(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real SuperNodes (a data-path each): the server has none of the members' lines to validate on.
+    nodes = []
+    for org in ("hospital", "bank"):
+        write_line_set(tmp_path / org, list(org_lines("three-orgs-mini", org, "train", 12, 0, MINI.version, MINI)))
+        nodes.append({"data-path": str(tmp_path / org), "name": org, "threads": 1})
+    report, _ = run_in_process(tmp_path, monkeypatch, rounds=1, node_configs=nodes, **{"val-data": "members"})
+    assert report["status"] == "failed" and report["rounds"] == []
+    assert "val-data: members is the simulated organisations' lines" in report["error"]

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from fedocr.charset import Charset
 from fedocr.data import LineDataset
-from fedocr.federated.config import FlConfig
+from fedocr.federated.config import ConfigError, FlConfig
 from fedocr.federated.identity import STEP as IDENTITY, Registry
 from fedocr.data.organisations import get_federation, public_lines
 from fedocr.federated import clusters
@@ -547,6 +547,9 @@ class FederatedServer:
                                  f"({', '.join(sorted(a.client for a in answers)) or 'none answered'}); with `flwr run` "
                                  f"pass --federation-config num-supernodes={len(orgs)}")
         self.print(f"nodes: {name_list(sorted(self.state.names.values())) or 'none answered'}")
+        if self.cfg.val_data == "members" and answers and not self.simulated:
+            raise ConfigError("run config val-data: members is the simulated organisations' lines, which a "
+                              "deployment's server does not have: use public or an absolute path to agreed lines")
 
     def federated_evaluation(self, grid: Grid, rnd: int) -> list[StepRecord]:
         """Every connected node scores the committed model on its own held-out lines (docs/ARCHITECTURE.md:
@@ -673,7 +676,7 @@ class FederatedServer:
         except NotEnoughNodes as exc:
             status, error = "stalled", str(exc)
             self.print(f"run stopped after round {state.round}: {exc}")
-        except NoRoundApplied as exc:  # not a crash: recorded as failed, no traceback, nothing published
+        except (NoRoundApplied, ConfigError) as exc:  # not a crash: recorded as failed, no traceback, nothing published
             status, error = "failed", str(exc)
             self.print(f"run failed: {exc}")
         except BaseException as exc:  # recorded, then re-raised: a dead run must not stay "running"
