@@ -5,8 +5,9 @@ hospital-like (the hospital's words and dot-matrix prints), three school-like (h
 seed, on Flower's simulation engine, two federations: FedAvg's one model, and IFCA with k = --k
 (`cluster.method = ifca`, split at round `--split-round` by the similarity of the updates, then
 each node picks its model by loss; `--k 0`: the split finds k, `cluster.k = 0`). Any federation
-preset runs the same way: its organisations are the truth (`--preset ten-branches-mini`: three). The final table scores every site on its own test lines with
-the global model, its cluster's model and its local-only model (same recipe and budget).
+preset runs the same way: its organisations are the truth (`--preset ten-branches-mini`: three).
+The final table scores every site on its own test lines with the global model, its cluster's
+model and its local-only model (same recipe and budget).
 
 Cluster recovery is the adjusted Rand index of the final membership against the true kinds.
 Prints the median and range over seeds and writes bench/results/fl_clusters.json (or --result's
@@ -15,8 +16,9 @@ name) with a `checks` object. Runs are cached in --out.
     .venv/bin/python bench/fl_clusters.py [--preset hidden-groups-mini] [--start warm|scratch|base]
         [--rounds 5] [--lines 200] [--split-round 1] [--k 2|0] [--seeds 0,1,2] [--out DIR] [--result NAME]
 
-Target: ARI >= 0.9 (here: on every seed); with --k 0, also the number of clusters found. Also shown: the cluster models' own-test CER against
-the global model's (clustering is for organisations one model serves badly).
+Target: ARI >= 0.9 (here: on every seed); with --k 0, also the number of clusters found. Also
+shown: the cluster models' own-test CER against the global model's (clustering is for
+organisations one model serves badly).
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def stem(method: str, args: argparse.Namespace) -> str:
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """{"own": {site: {kind: cer}}, "membership": {site: cluster} or None, "seconds": [...]} (cached)."""
+    """{"own": {site: {kind: cer}}, "membership": {site: cluster} or None, "k": clusters made,
+    "seconds": [...]} (cached)."""
     cached = out / f"{stem(method, args)}-s{seed}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -59,6 +62,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict
     result = {"own": {site: {method: served(c["own_test_cer"]), "local-only": c["own_test_cer"]["local_only"]}
                       for site, c in final["clients"].items()},
               "membership": final.get("clusters", {}).get("membership"),
+              "k": final.get("clusters", {}).get("k", 1),   # the clusters the run made (1: it never split)
               "seconds": [r["seconds"] + (r["val_seconds"] or 0) for r in report["rounds"]]}
     cached.write_text(json.dumps(result, indent=1))
     return result
@@ -80,7 +84,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "hidden-groups-mini", "warm", 200, Path("/tmp/fl-clusters"))
     parser.add_argument("--split-round", type=int, default=1)
-    parser.add_argument("--k", type=int, default=2, help="cluster.k: the number of cluster models; 0: found by the split")
+    parser.add_argument("--k", type=int, default=2, help="cluster.k: the number of cluster models; 0: found")
     parser.add_argument("--result", default="fl_clusters", help="name of the results JSON in bench/results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -90,7 +94,7 @@ def main() -> int:
     members = {s: runs[("ifca", s)]["membership"] or {} for s in seeds}   # empty: never split, one cluster
     ari = {s: adjusted_rand_index(members[s], truth) if members[s] else 0.0 for s in seeds}
     moved = {s: moves(json.loads((out / f"{stem('ifca', args)}-s{s}" / "report.json").read_text())) for s in seeds}
-    k_found = {s: len(set(members[s].values())) or 1 for s in seeds}
+    k_found = {s: runs[("ifca", s)].get("k", len(set(members[s].values())) or 1) for s in seeds}
 
     groups = sorted(set(truth.values()))
 

@@ -74,8 +74,8 @@ def _cache(path: Path, score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """{org: {own: {column: cer, local-only: cer}, others: {...}}} of one federation (cached)."""
-    if column.startswith("ditto-mix"):
-        return _cache(out / f"{column}-s{seed}.json", lambda: rescore_mix(column, seed, args, out))
+    if column.startswith("ditto-mix"):   # (the name differs from the trained ditto-mix runs of before)
+        return _cache(out / f"{column}-rescored-s{seed}.json", lambda: rescore_mix(column, seed, args, out))
 
     def train() -> dict[str, Any]:
         report = run_federation(args, seed, out / f"{column}-s{seed}", column_settings(column, args),

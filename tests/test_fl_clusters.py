@@ -66,6 +66,7 @@ def test_silhouette_is_one_for_far_apart_tight_groups_and_zero_for_a_point_alone
     assert silhouette(distances, [0, 0, 1, 1]) == 1.0
     assert silhouette(distances, [0, 0, 1, 2]) == 0.5    # two points alone in their groups score 0
     assert silhouette(distances, [0, 1, 0, 1]) < 0       # each point nearer the other group
+    assert silhouette(distances, [0, 0, 0, 0]) == 0.0
 
 
 def test_adjusted_rand_index_ignores_labels_and_scores_chance_below_zero() -> None:
@@ -156,6 +157,33 @@ def test_a_split_that_finds_k_records_its_silhouettes_and_waits_while_the_update
     waiting = clusters.group(state, config, alike, 1, 2)
     assert waiting is not None and not waiting.splits and "show no clear groups" in str(waiting.postponed)
     assert max(waiting.records[0].info["silhouette"].values()) < 0.25
+
+
+def test_a_split_that_does_not_commit_leaves_no_node_in_a_cluster_that_never_came_to_be() -> None:
+    updates, _ = _updates(groups=3, n=9)
+    grouping = clusters.group(ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"),
+                              ClusterConfig(method="ifca", k=0), updates, 1, 2)
+    assert grouping is not None and grouping.splits
+    kept = clusters.unsplit(grouping.records, "split postponed: not every group's model committed")
+    assert [r.client for r in kept] == [SERVER] and kept[0].info["split"] is False
+    assert kept[0].info["k"] == 3 and "postponed" in kept[0].info   # what was proposed, and why not
+    # a later split into 2: a record naming cluster 2 of an earlier, failed split of 3 counts for nothing
+    later = [StepRecord("cluster", "n1", {"cluster": 0, "split": True}), StepRecord("evaluate", "n5", {"cluster": 1.0})]
+    stale = StepRecord("cluster", "n5", {"cluster": 2, "split": True})
+    assert clusters.membership([stale, *later], 2) == {"n1": 0, "n5": 1}
+
+
+def test_a_run_whose_updates_show_no_clear_groups_keeps_one_model_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    report, _ = run_in_process(tmp_path, monkeypatch, rounds=1, node_configs=[{"partition-id": i} for i in range(6)],
+                               federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 0,
+                                                                   "cluster.min-silhouette": 0.99,
+                                                                   "cluster.pick-lines": 16, "lines-per-client": 32})
+    assert report["status"] == "finished" and "clusters" not in report["final"] and report["rounds"][0]["applied"]
+    capsys.readouterr()
+    assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
+    shown = capsys.readouterr().out
+    assert "cluster split postponed: 6 accepted update(s) show no clear groups (best silhouette" in shown
 
 
 def test_ifca_finds_k_recovers_hidden_groups_and_records_membership_every_round(

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "organisation, then train the local-only and centralized baselines and write "
                                       "OUT/report.json, OUT/round-N.pt and OUT/model.pt. Re-running with the same "
                                       "--out resumes after the last completed round.")
-    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches(-mini), many-clients(-mini), hidden-groups(-mini)")
+    p.add_argument("--preset", required=True, help="federation: three-orgs, four-orgs, three-orgs-mini, ten-branches(-mini), many-clients(-mini), hidden-groups(-mini), one-kind-mini")
     p.add_argument("--rounds", type=int, required=True, help="federated rounds (num-rounds)")
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
@@ -326,7 +326,7 @@ def run_show(args: argparse.Namespace) -> int:
                 print(f"    {'cluster split':<12} by update similarity{found}: " + "; ".join(
                     f"{c}: {', '.join(members)}" for c, members in cl["groups"].items()))
             elif "postponed" in cl:
-                print(f"    {'cluster split':<12} {cl['postponed']}")
+                print(f"    {'cluster split':<12} {cl['postponed'].removeprefix('split ')}")
             else:
                 cer = f"{cl['val_cer']:.4f}" if cl.get("val_cer") is not None else "-"
                 print(f"    {'cluster ' + str(cl['cluster']):<12} {', '.join(cl['members'])}  val CER {cer}"

@@ -22,7 +22,8 @@ and robust rules such as Krum (n >= 2f + 3) have enough nodes to work with. `man
 device fleet: 100 small nodes over the organisations with a long tail of sizes (a few large
 sites, most with the smallest share), meant to be sampled at 30-50% per round. `hidden-groups`
 (and `-mini`) is six sites of two kinds that their names do not reveal, three hospital-like and
-three school-like, for clustered federated learning to find.
+three school-like, for clustered federated learning to find; `one-kind-mini` is six hospital-like
+sites, the case where it should find none.
 
 Data seeds are disjoint per node and per split (train / test / validation), so no line of a
 test set is ever trained on.
@@ -151,6 +152,8 @@ FEDERATIONS: dict[str, Federation] = {
     # Six nodes of two hidden kinds: hospital-like (dot-matrix slips) and school-like (handwriting).
     "hidden-groups": _hidden_groups("hidden-groups", ("hospital", "school"), 3, mini=False),
     "hidden-groups-mini": _hidden_groups("hidden-groups-mini", ("hospital", "school"), 3, mini=True),
+    # Six sites of one kind: no hidden groups (a clustered run that finds k should not split).
+    "one-kind-mini": _hidden_groups("one-kind-mini", ("hospital",), 6, mini=True),
     "many-clients": _long_tail("many-clients", ("hospital", "bank", "school", "logistics"), 100, mini=False),
     **{name: _long_tail(name, ("hospital", "bank", "school"), n, mini=True)
        for name, n in (("many-clients-mini", 100), ("many-clients-mini-10", 10), ("many-clients-mini-1000", 1000))},

@@ -85,17 +85,20 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
         return Grouping(groups, {c: found[c] for c in groups}, records)
     if not config.active or server_round < config.split_round:
         return None
-    how: dict[str, Any] = {}   # with k to find: each tried k's silhouette
+    split_info: dict[str, Any] = {}   # with k to find: each tried k's silhouette
     if config.finds_k:
         cut = find_split(updates, config.max_k, config.min_silhouette, min_accepted)
-        how = {"silhouette": {str(k): round(v, 4) for k, v in cut.silhouettes.items()}}
+        split_info = {"silhouette": {str(k): round(v, 4) for k, v in cut.silhouettes.items()}}
         if cut.groups is None:
-            why = (f"split postponed: {len(updates)} accepted update(s) show no clear groups (best silhouette "
-                   f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g})"
-                   if cut.silhouettes else
-                   f"split postponed: no cut of {len(updates)} accepted update(s) into 2-{config.max_k} groups "
-                   f"has at least min-accepted={min_accepted} in each")
-            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why, **how})],
+            why = ("split postponed: " + (
+                f"{len(updates)} accepted update(s) show no clear groups (best silhouette "
+                f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g})"
+                if cut.silhouettes else
+                f"{len(updates)} accepted update(s) cannot make 2 groups of at least min-accepted={min_accepted}"
+                if len(updates) < max(2 * min_accepted, 3) else
+                f"no cut of {len(updates)} accepted update(s) into 2-{config.max_k} groups has at least "
+                f"min-accepted={min_accepted} in each (an update unlike all others, or all alike)"))
+            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why, **split_info})],
                             postponed=why)
         by_client, k = cut.groups, len(set(cut.groups.values()))
     else:
@@ -108,10 +111,18 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
         return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why})], postponed=why)
     shared = ClusterModel(state.weights, state.committed_cer, state.committed_loss)
     records = [StepRecord(STEP, u.client, {"cluster": by_client[u.client], "split": True}) for u in updates]
-    records.append(StepRecord(STEP, SERVER, {"split": True, "k": k, **how,
+    records.append(StepRecord(STEP, SERVER, {"split": True, "k": k, **split_info,
                                              "groups": {str(c): sorted(u.client for u in g)
                                                         for c, g in sorted(groups.items())}}))
     return Grouping(groups, {c: shared for c in groups}, records, splits=True)
+
+
+def unsplit(records: Sequence[StepRecord], why: str) -> list[StepRecord]:
+    """A split round's records when not every group's model committed: the server's record says
+    why and which groups it had proposed; the nodes' records go, as they would name clusters that
+    never came to be."""
+    return [StepRecord(STEP, SERVER, {**r.info, "split": False, "postponed": why}) for r in records
+            if r.client == SERVER]
 
 
 def keep(state: ServerState, committed: dict[int, ClusterModel]) -> None:
@@ -128,11 +139,11 @@ def keep(state: ServerState, committed: dict[int, ClusterModel]) -> None:
 def membership(records: Sequence[StepRecord], k: int) -> dict[str, int]:
     """Each node's cluster from the run's records in round order: where the server last aggregated
     its update, or, for a node it never aggregated after the split, the cluster the node picked
-    in its latest federated evaluation (a pick outside 0..k-1 counts for nothing)."""
+    in its latest federated evaluation (a cluster outside 0..k-1 counts for nothing)."""
     trained: dict[str, int] = {}
     evaluated: dict[str, int] = {}
     for r in records:
-        if r.step == STEP and r.client != SERVER and "cluster" in r.info:
+        if r.step == STEP and r.client != SERVER and r.info.get("cluster") in range(k):
             trained[r.client] = int(r.info["cluster"])
         elif r.step == "evaluate" and r.info.get("cluster") in range(k):
             evaluated[r.client] = int(r.info["cluster"])

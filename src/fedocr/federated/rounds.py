@@ -64,6 +64,10 @@ class NotEnoughNodes(RuntimeError):
     """Fewer nodes connected than the participation threshold, for longer than allowed."""
 
 
+class RunRefused(ConfigError):
+    """A run config that the nodes that answered show cannot run (recorded as failed, no traceback)."""
+
+
 class NoRoundApplied(RuntimeError):
     """Every round ended below the threshold or rolled back: the run's model is the one it started from."""
 
@@ -455,7 +459,8 @@ class FederatedServer:
         or the split waits (a cluster seeded with the shared model would never be picked).
         (applied, note, records)."""
         committed: dict[int, clusters.ClusterModel] = {}
-        notes, steps = [], list(grouping.records)
+        notes: list[str] = []
+        steps: list[StepRecord] = []
         for c, updates in sorted(grouping.groups.items()):
             base, members = grouping.bases[c], sorted(u.client for u in updates)
             if len(updates) < self.cfg.min_accepted:
@@ -470,11 +475,14 @@ class FederatedServer:
                 self.state.steps = proposal.candidate.states
             else:
                 notes.append(f"cluster {c}: {proposal.verdict.reason}")
+        grouped = list(grouping.records)
         if grouping.splits and len(committed) < len(grouping.groups):
-            notes.append("split postponed: not every group's model committed; the run keeps its one model")
-            committed = {}
+            why = "split postponed: not every group's model committed; the run keeps its one model"
+            notes.append(why)
+            grouped, committed = clusters.unsplit(grouping.records, why), {}
         elif committed:
             clusters.keep(self.state, committed)
+        steps = grouped + steps
         load_weights(self.model, self.state.weights)
         note = "; ".join(notes) or None
         if note:
@@ -548,7 +556,7 @@ class FederatedServer:
                                  f"pass --federation-config num-supernodes={len(orgs)}")
         self.print(f"nodes: {name_list(sorted(self.state.names.values())) or 'none answered'}")
         if self.cfg.val_data == "members" and answers and not self.simulated:
-            raise ConfigError("run config val-data: members is the simulated organisations' lines, which a "
+            raise RunRefused("run config val-data: members is the simulated organisations' lines, which a "
                               "deployment's server does not have: use public or an absolute path to agreed lines")
 
     def federated_evaluation(self, grid: Grid, rnd: int) -> list[StepRecord]:
@@ -676,7 +684,7 @@ class FederatedServer:
         except NotEnoughNodes as exc:
             status, error = "stalled", str(exc)
             self.print(f"run stopped after round {state.round}: {exc}")
-        except (NoRoundApplied, ConfigError) as exc:  # not a crash: recorded as failed, no traceback, nothing published
+        except (NoRoundApplied, RunRefused) as exc:  # not a crash: recorded as failed, no traceback, nothing published
             status, error = "failed", str(exc)
             self.print(f"run failed: {exc}")
         except BaseException as exc:  # recorded, then re-raised: a dead run must not stay "running"

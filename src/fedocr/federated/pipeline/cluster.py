@@ -14,9 +14,10 @@ centred on their mean so the direction every node shares does not hide the ones 
 into k groups (average-linkage, SciPy). With `cluster.k = 0` the split also finds k: the cut of
 the same tree, from 2 to `cluster.max-k` groups of at least `min-accepted` updates each, with the
 highest mean silhouette (Rousseeuw 1987), and no split while even that one's silhouette is below
-`cluster.min-silhouette` (updates with no groups in them score about 0). Each group's aggregate (the configured rule) seeds its
-cluster's model, once every group has `min-accepted` updates and commits (else the split waits
-for a later round); from the next round on, the nodes choose (and may change) their cluster by loss.
+`cluster.min-silhouette` (updates with no groups in them score about 0). Each group's aggregate
+(the configured rule) seeds its cluster's model, once every group has `min-accepted` updates and
+commits (else the split waits for a later round); from the next round on, the nodes choose (and
+may change) their cluster by loss.
 
 Membership is the server's to know (IFCA reveals it by design): the server records where it
 aggregated each accepted update (`cluster`), and a node's own record of its losses is kept apart
@@ -55,7 +56,8 @@ class ClusterConfig(StepConfig):
         if self.method not in METHODS:
             raise bad("cluster.method", f"{self.method!r} is not one of {', '.join(METHODS)}")
         if self.k < 2 and self.k != 0:
-            raise bad("cluster.k", "must be 2 or more, or 0 to find it (one cluster is plain FedAvg: cluster.method=none)")
+            raise bad("cluster.k", "must be 2 or more, or 0 to find it "
+                                   "(one cluster is plain FedAvg: cluster.method=none)")
         if self.max_k < 2:
             raise bad("cluster.max-k", "must be 2 or more")
         if not 0 < self.min_silhouette < 1:
@@ -133,8 +135,10 @@ def split(updates: Sequence[Update], k: int) -> dict[str, int]:
 
 def silhouette(distances: np.ndarray, labels: Sequence[int]) -> float:
     """The mean silhouette of a grouping (Rousseeuw 1987): per point, how much nearer its own
-    group is than the next one, from -1 to 1; 0 for a point alone in its group."""
+    group is than the next one, from -1 to 1; 0 for a point alone in its group (and for one group)."""
     groups = np.asarray(labels)
+    if len(set(groups.tolist())) < 2:
+        return 0.0   # one group: nothing to be nearer to
     scores = np.zeros(len(groups))
     for i, g in enumerate(groups):
         own = groups == g
