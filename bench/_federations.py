@@ -46,10 +46,11 @@ def federation_config(args: argparse.Namespace, seed: int, run_dir: Path, settin
 
 
 def run_federation(args: argparse.Namespace, seed: int, run_dir: Path, settings: dict[str, Any],
-                   label: str) -> dict[str, Any]:
-    """The finished run's report (with the final table); a run that does not finish stops the benchmark."""
+                   label: str, baselines: bool = True) -> dict[str, Any]:
+    """The finished run's report (with the final table unless `baselines` is off); a run that does
+    not finish stops the benchmark."""
     cfg = federation_config(args, seed, run_dir, settings)
-    report = simulate(cfg, printer=lambda s: print(f"  [{label}] {s}", flush=True))
+    report = simulate(cfg, baselines=baselines, printer=lambda s: print(f"  [{label}] {s}", flush=True))
     if report["status"] != "finished":
         raise SystemExit(f"bench: {label}: run {report['status']}: {report.get('error')}")
     return report

@@ -1,7 +1,7 @@
 """Benchmark: personalisation for very different organisations (issue 15, item 1).
 
-Runs one federation per method and seed on Flower's simulation engine, with the final table
-(`baselines`): each organisation's CER on its own test lines and on the others', for
+Runs one federation per method and seed on Flower's simulation engine and scores each
+organisation's CER on its own test lines and on the others', for
 
 - global: FedAvg's one model (aggregate = all);
 - fedper: the shared backbone with each node's own CTC head (aggregate = backbone);
@@ -11,15 +11,17 @@ Runs one federation per method and seed on Flower's simulation engine, with the 
   (personal.mix, WiSE-FT's weight-space interpolation); one column per mix in the comma list. The
   mix changes only what a node serves, not its training, so each mix re-scores the ditto run's node
   states instead of training again;
-- local-only: each organisation alone, same recipe and budget (the final table's baseline).
+- local-only: each organisation alone, same recipe and budget (the global run's final-table
+  baseline; the personalised runs skip the baselines, which would be the same models again).
 
-A personalised model is scored as its node would serve it (node state on the node's disk, read
-by the final table). Prints the median and range over seeds and writes
-bench/results/fl_personal.json with a `checks` object. Runs are cached in --out.
+A personalised model is scored as its node would serve it: its node state on the node's disk
+over the run's last-round model (`sim.baselines.personal_models`, as the final table does).
+Prints the median and range over seeds and writes bench/results/fl_personal.json (or --result's
+name) with a `checks` object. Runs are cached in --out.
 
     .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
         [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix] [--ditto-lambda 10] [--ditto-mix 0.3,0.5]
-        [--start base|warm|scratch] [--out DIR]
+        [--start base|warm|scratch] [--out DIR] [--result NAME]
 
 Targets: the best personalised model <= 0.8x the global model's own-test CER for every
 organisation, with others'-test CER <= 1.1x the global's.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,35 +75,47 @@ def _cache(path: Path, score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """{org: {own: {column: cer, local-only: cer}, others: {...}}} of one federation (cached)."""
-    if column.startswith("ditto-mix"):   # (the name differs from the trained ditto-mix runs of before)
-        return _cache(out / f"{column}-rescored-s{seed}.json", lambda: rescore_mix(column, seed, args, out))
+def trained_run(method: str, seed: int, args: argparse.Namespace, out: Path) -> Path:
+    """The folder of `method`'s finished federation for this seed, trained if need be. Only the
+    global run trains the local-only baselines: a personalised run's would be the same models."""
+    run_dir = out / f"{method}-s{seed}"
+    report = run_dir / "report.json"
+    if report.is_file() and json.loads(report.read_text())["status"] == "finished":
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)   # an interrupted run starts again
+    run_federation(args, seed, run_dir, column_settings(method, args), f"{method} s{seed}",
+                   baselines=method == "global")
+    return run_dir
 
-    def train() -> dict[str, Any]:
-        report = run_federation(args, seed, out / f"{column}-s{seed}", column_settings(column, args),
-                                f"{column} s{seed}")
-        model_kind = "federated" if column == "global" else "personalized"
-        return {org: {side: {column: c[key][model_kind], "local-only": c[key]["local_only"]}
+
+def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """{org: {own: {column: cer, local-only: cer}, others: {...}}} of one column and seed (cached)."""
+    if column != "global":
+        return _cache(out / f"{column}-served-s{seed}.json", lambda: score_served(column, seed, args, out))
+
+    def from_report() -> dict[str, Any]:
+        report = json.loads((trained_run("global", seed, args, out) / "report.json").read_text())
+        return {org: {side: {column: c[key]["federated"], "local-only": c[key]["local_only"]}
                       for side, key in (("own", "own_test_cer"), ("others", "other_test_cer"))}
                 for org, c in report["final"]["clients"].items()}
 
-    return _cache(out / f"{column}-s{seed}.json", train)
+    return _cache(out / f"global-s{seed}.json", from_report)
 
 
-def rescore_mix(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """The ditto run of this seed (trained first if need be) scored with what each node would serve
-    at this column's personal.mix: its node state on disk mixed with the run's final global model."""
-    ditto = run_one("ditto", seed, args, out)
-    run_dir = out / f"ditto-s{seed}"
+def score_served(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """What each node would serve in `column` (its node state on disk over the run's last-round
+    model; a ditto-mix column reads the ditto run's states at its mix), on its own test lines and
+    the others', the way the final table scores it; local-only from the global run."""
+    method = "ditto" if column.startswith("ditto") else column
+    run_dir = trained_run(method, seed, args, out)
+    local = run_one("global", seed, args, out)
     cfg = federation_config(args, seed, run_dir, column_settings(column, args))
-    report = json.loads((run_dir / "report.json").read_text())
-    final = load_checkpoint(Path(report["final"]["federated_model"]))
+    final = load_checkpoint(run_dir / f"round-{args.rounds}.pt")
     test = test_sets(cfg, final.charset)
     served = personal_models(cfg, final.model, final.provenance.get("run_id"))
     scores = {org: own_and_others_cer(model, final.charset, test, org) for org, model in served.items()}
-    return {org: {side: {column: scores[org][i], "local-only": ditto[org][side]["local-only"]}
-                  for i, side in enumerate(("own", "others"))} for org in ditto}
+    return {org: {side: {column: scores[org][i], "local-only": local[org][side]["local-only"]}
+                  for i, side in enumerate(("own", "others"))} for org in local}
 
 
 def collect(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -148,10 +163,13 @@ def main() -> int:
     parser.add_argument("--ditto-lambda", type=float, default=0.1)
     parser.add_argument("--ditto-mix", default="0.5", help="personal.mix of the ditto-mix method (a comma list)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--result", default="fl_personal", help="name of the results JSON in bench/results")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := [m for m in methods if m not in METHODS]:
         parser.error(f"unknown methods: {unknown}")
+    if "global" not in methods:
+        parser.error("--methods needs global: the targets compare with it, and its run trains the local-only models")
     mixes = [float(x) for x in args.ditto_mix.split(",")]
     if bad := [x for x in mixes if not 0 < x <= 1]:
         parser.error(f"--ditto-mix must be in (0, 1]: {bad}")
@@ -170,7 +188,7 @@ def main() -> int:
               "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}, "table": table,
               "checks": checks(table),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
-    path = write_result("fl_personal", result)
+    path = write_result(args.result, result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0
