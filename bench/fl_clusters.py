@@ -80,6 +80,20 @@ def moves(report: dict[str, Any]) -> int:
     return changed
 
 
+def split_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The split the run made: its round, k and each tried k's silhouette (with k to find); for a
+    run that never split, the best silhouette of each round that scored its updates."""
+    tried = [(rnd["round"], rec) for rnd in report["rounds"] for rec in rnd["steps"]
+             if rec["step"] == "cluster" and rec["client"] == "*" and ("split" in rec)
+             and (rec["split"] or "postponed" in rec or "declined" in rec)]
+    done = [(r, rec) for r, rec in tried if rec["split"]]
+    if done:
+        r, rec = done[0]
+        return {"round": r, "k": rec.get("k"), "silhouette": rec.get("silhouette")}
+    return {"round": None, "best_silhouette_per_round": [max(rec["silhouette"].values(), default=None)
+                                                          for _, rec in tried if "silhouette" in rec]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "hidden-groups-mini", "warm", 200, Path("/tmp/fl-clusters"))
@@ -93,7 +107,9 @@ def main() -> int:
     truth = {node.name: node.org for node in get_federation(args.preset).nodes}
     members = {s: runs[("ifca", s)]["membership"] or {} for s in seeds}   # empty: never split, one cluster
     ari = {s: adjusted_rand_index(members[s], truth) if members[s] else 0.0 for s in seeds}
-    moved = {s: moves(json.loads((out / f"{stem('ifca', args)}-s{s}" / "report.json").read_text())) for s in seeds}
+    reports = {s: json.loads((out / f"{stem('ifca', args)}-s{s}" / "report.json").read_text()) for s in seeds}
+    moved = {s: moves(reports[s]) for s in seeds}
+    splits = {s: split_summary(reports[s]) for s in seeds}
     k_found = {s: runs[("ifca", s)].get("k", len(set(members[s].values())) or 1) for s in seeds}
 
     groups = sorted(set(truth.values()))
@@ -109,9 +125,9 @@ def main() -> int:
     print(f"\nown-test CER, mean over each kind's sites; median [min, max] over seeds {seeds}")
     print_table(["hidden kind", *kinds], [[g, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]"
                                                for k in kinds)] for g, c in table.items()])
-    print_table(["seed", "ARI", "clusters", "moves after the split", "membership"],
-                [[s, f"{ari[s]:.3f}", k_found[s], moved[s], json.dumps(runs[("ifca", s)]["membership"])]
-                 for s in seeds])
+    print_table(["seed", "ARI", "clusters", "split", "moves after the split", "membership"],
+                [[s, f"{ari[s]:.3f}", k_found[s], json.dumps(splits[s]), moved[s],
+                  json.dumps(runs[("ifca", s)]["membership"])] for s in seeds])
     checks = {"ari_at_least_0_9_every_seed": all(a >= 0.9 for a in ari.values()),
               "ari_median_at_least_0_9": float(np.median(list(ari.values()))) >= 0.9,
               "cluster_own_below_global_every_kind": all(table[g]["ifca"]["median"] < table[g]["global"]["median"]
@@ -123,6 +139,7 @@ def main() -> int:
               "test_lines": args.test_lines, "split_round": args.split_round, "k": args.k, "seeds": seeds,
               "truth": truth, "clusters": {str(s): k for s, k in k_found.items()},
               "ari": {str(s): a for s, a in ari.items()}, "moves_after_split": {str(s): m for s, m in moved.items()},
+              "split": {str(s): v for s, v in splits.items()},
               "table": table, "round_seconds": seconds,
               "checks": checks, "command": " ".join(["bench/fl_clusters.py", *sys.argv[1:]])}
     path = write_result(args.result, result)

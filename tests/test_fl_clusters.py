@@ -141,7 +141,7 @@ def test_a_split_waits_for_k_groups_of_min_accepted_and_membership_is_the_server
     assert found["n0"] == 0 and "n9" not in found and found["n8"] == 1
 
 
-def test_a_split_that_finds_k_records_its_silhouettes_and_waits_while_the_updates_show_no_groups() -> None:
+def test_a_split_that_finds_k_records_its_silhouettes_and_declines_for_good_when_the_updates_show_no_groups() -> None:
     state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=0)
     updates, truth = _updates(groups=3, n=9)
     grouping = clusters.group(state, config, updates, 1, 2)
@@ -154,9 +154,12 @@ def test_a_split_that_finds_k_records_its_silhouettes_and_waits_while_the_update
     assert too_small is not None and not too_small.splits
     assert "has at least min-accepted=4 in each" in str(too_small.postponed)
     alike, _ = _updates(seed=4, groups=1, n=8, spread=1.0)
-    waiting = clusters.group(state, config, alike, 1, 2)
-    assert waiting is not None and not waiting.splits and "show no clear groups" in str(waiting.postponed)
-    assert max(waiting.records[0].info["silhouette"].values()) < 0.25
+    declined = clusters.group(state, config, alike, 1, 2)
+    assert declined is not None and not declined.splits and "split declined" in str(declined.postponed)
+    assert max(declined.records[0].info["silhouette"].values()) < 0.25
+    # decided once: later rounds train the one model, even on updates that would now split
+    assert clusters.group(state, config, updates, 2, 2) is None
+    assert state.steps["cluster"] == {"declined": 1}
 
 
 def test_a_split_that_does_not_commit_leaves_no_node_in_a_cluster_that_never_came_to_be() -> None:
@@ -183,7 +186,7 @@ def test_a_run_whose_updates_show_no_clear_groups_keeps_one_model_and_says_why(
     capsys.readouterr()
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out
-    assert "cluster split postponed: 6 accepted update(s) show no clear groups (best silhouette" in shown
+    assert "cluster split declined: 6 accepted update(s) show no clear groups (best silhouette" in shown
 
 
 def test_ifca_finds_k_recovers_hidden_groups_and_records_membership_every_round(

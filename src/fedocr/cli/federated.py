@@ -325,8 +325,8 @@ def run_show(args: argparse.Namespace) -> int:
             if cl.get("split"):
                 print(f"    {'cluster split':<12} by update similarity{found}: " + "; ".join(
                     f"{c}: {', '.join(members)}" for c, members in cl["groups"].items()))
-            elif "postponed" in cl:
-                print(f"    {'cluster split':<12} {cl['postponed'].removeprefix('split ')}")
+            elif "postponed" in cl or "declined" in cl:
+                print(f"    {'cluster split':<12} {cl.get('declined', cl.get('postponed', '')).removeprefix('split ')}")
             else:
                 cer = f"{cl['val_cer']:.4f}" if cl.get("val_cer") is not None else "-"
                 print(f"    {'cluster ' + str(cl['cluster']):<12} {', '.join(cl['members'])}  val CER {cer}"

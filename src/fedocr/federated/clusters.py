@@ -60,7 +60,7 @@ class Grouping:
     bases: dict[int, ClusterModel]
     records: list[StepRecord] = field(default_factory=list)
     splits: bool = False          # this round's groups become the k clusters (if every one commits)
-    postponed: str | None = None  # why a due split waits: the round trains the one model
+    postponed: str | None = None  # why a due split waits or was declined: the round trains the one model
 
 
 def by_cluster(updates: Sequence[Update], assigned: dict[str, int]) -> dict[int, list[Update]]:
@@ -76,24 +76,32 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
     """The round's updates by cluster; at the split round (the first with clusters due and none
     yet) the updates' similarity decides, and every group starts from the shared model. None
     before the split round; a Grouping with `postponed` when the split is due but the round's
-    updates do not make k groups of `min_accepted` each (too few sampled, or all alike; with k to
-    find, no cut groups them clearly enough)."""
+    updates do not make k groups of `min_accepted` each (too few sampled, or all alike). With k to
+    find, the first round whose updates can be scored decides: no cut clear enough declines the
+    split for good (recorded in the state's `cluster` entry), and later rounds return None."""
     found = models(state)
     if found:
         groups = by_cluster(updates, {u.client: int(u.metrics["cluster"]) for u in updates})
         records = [StepRecord(STEP, u.client, {"cluster": int(u.metrics["cluster"])}) for u in updates]
         return Grouping(groups, {c: found[c] for c in groups}, records)
-    if not config.active or server_round < config.split_round:
+    decided = state.steps.setdefault(STEP, {})   # with k to find: the round that found no groups, if one did
+    if not config.active or server_round < config.split_round or "declined" in decided:
         return None
     split_info: dict[str, Any] = {}   # with k to find: each tried k's silhouette
     if config.finds_k:
         cut = find_split(updates, config.max_k, config.min_silhouette, min_accepted)
         split_info = {"silhouette": {str(k): round(v, 4) for k, v in cut.silhouettes.items()}}
+        if cut.groups is None and cut.silhouettes:
+            # Decided once: as a federation of one kind trains, its shared direction fades and chance
+            # groups of sites score higher (retried every round, one-kind-mini once split at round 5).
+            decided["declined"] = server_round
+            why = (f"split declined: {len(updates)} accepted update(s) show no clear groups (best silhouette "
+                   f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g}); "
+                   f"the run keeps one model")
+            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "declined": why, **split_info})],
+                            postponed=why)
         if cut.groups is None:
             why = ("split postponed: " + (
-                f"{len(updates)} accepted update(s) show no clear groups (best silhouette "
-                f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g})"
-                if cut.silhouettes else
                 f"{len(updates)} accepted update(s) cannot make 2 groups of at least min-accepted={min_accepted}"
                 if len(updates) < max(2 * min_accepted, 3) else
                 f"no cut of {len(updates)} accepted update(s) into 2-{config.max_k} groups has at least "
