@@ -128,10 +128,12 @@ def main() -> int:
     print_table(["seed", "ARI", "clusters", "split", "moves after the split", "membership"],
                 [[s, f"{ari[s]:.3f}", k_found[s], json.dumps(splits[s]), moved[s],
                   json.dumps(runs[("ifca", s)]["membership"])] for s in seeds])
-    checks = {"ari_at_least_0_9_every_seed": all(a >= 0.9 for a in ari.values()),
-              "ari_median_at_least_0_9": float(np.median(list(ari.values()))) >= 0.9,
-              "cluster_own_below_global_every_kind": all(table[g]["ifca"]["median"] < table[g]["global"]["median"]
-                                                         for g in groups)}
+    # One kind (one-kind-mini): nothing to recover, so only whether the run kept one model applies.
+    checks: dict[str, bool | None] = {
+        "ari_at_least_0_9_every_seed": all(a >= 0.9 for a in ari.values()) if len(groups) > 1 else None,
+        "ari_median_at_least_0_9": float(np.median(list(ari.values()))) >= 0.9 if len(groups) > 1 else None,
+        "cluster_own_below_global_every_kind": all(table[g]["ifca"]["median"] < table[g]["global"]["median"]
+                                                   for g in groups) if len(groups) > 1 else None}
     if args.k == 0:
         checks["k_found_is_the_number_of_kinds_every_seed"] = all(k == len(groups) for k in k_found.values())
     seconds = {m: spread([float(np.median(runs[(m, s)]["seconds"])) for s in seeds]) for m in METHODS}
