@@ -84,9 +84,8 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
         groups = by_cluster(updates, {u.client: int(u.metrics["cluster"]) for u in updates})
         records = [StepRecord(STEP, u.client, {"cluster": int(u.metrics["cluster"])}) for u in updates]
         return Grouping(groups, {c: found[c] for c in groups}, records)
-    decided = state.steps.setdefault(STEP, {})   # with k to find: the round that found no groups, if one did
-    if not config.active or server_round < config.split_round or "declined" in decided:
-        return None
+    if not config.active or server_round < config.split_round or "declined" in state.steps.get(STEP, {}):
+        return None   # (declined: with k to find, the round that found no groups)
     split_info: dict[str, Any] = {}   # with k to find: each tried k's silhouette
     if config.finds_k:
         cut = find_split(updates, config.max_k, config.min_silhouette, min_accepted)
@@ -94,7 +93,7 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
         if cut.groups is None and cut.silhouettes:
             # Decided once: as a federation of one kind trains, its shared direction fades and chance
             # groups of sites score higher (retried every round, one-kind-mini once split at round 5).
-            decided["declined"] = server_round
+            state.steps.setdefault(STEP, {})["declined"] = server_round
             why = (f"split declined: {len(updates)} accepted update(s) show no clear groups (best silhouette "
                    f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g}); "
                    f"the run keeps one model")
