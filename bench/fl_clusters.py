@@ -90,8 +90,9 @@ def split_summary(report: dict[str, Any]) -> dict[str, Any]:
     if done:
         r, rec = done[0]
         return {"round": r, "k": rec.get("k"), "silhouette": rec.get("silhouette")}
-    return {"round": None, "best_silhouette_per_round": [max(rec["silhouette"].values(), default=None)
-                                                          for _, rec in tried if "silhouette" in rec]}
+    return {"round": None, "declined": next((r for r, rec in tried if "declined" in rec), None),
+            "best_silhouette_per_round": [max(rec["silhouette"].values(), default=None)
+                                          for _, rec in tried if "silhouette" in rec]}
 
 
 def main() -> int:
@@ -136,6 +137,8 @@ def main() -> int:
                                                    for g in groups) if len(groups) > 1 else None}
     if args.k == 0:
         checks["k_found_is_the_number_of_kinds_every_seed"] = all(k == len(groups) for k in k_found.values())
+        if len(groups) == 1:   # kept one model because it found no groups, not because it never could score
+            checks["declined_every_seed"] = all(splits[s].get("declined") is not None for s in seeds)
     seconds = {m: spread([float(np.median(runs[(m, s)]["seconds"])) for s in seeds]) for m in METHODS}
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
               "test_lines": args.test_lines, "split_round": args.split_round, "k": args.k, "seeds": seeds,

@@ -40,6 +40,7 @@ from _common import print_table, spread, write_result
 from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
 
 from fedocr.federated.sim.baselines import own_and_others_cer, personal_models, test_sets
+from fedocr.federated.state import ServerState
 from fedocr.model import load_checkpoint
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -110,7 +111,8 @@ def score_served(column: str, seed: int, args: argparse.Namespace, out: Path) ->
     run_dir = trained_run(method, seed, args, out)
     local = run_one("global", seed, args, out)
     cfg = federation_config(args, seed, run_dir, column_settings(column, args))
-    final = load_checkpoint(run_dir / f"round-{args.rounds}.pt")
+    last = ServerState.load(run_dir)   # the round the run ended at (a run may stop before --rounds)
+    final = load_checkpoint(run_dir / f"round-{last.round if last else args.rounds}.pt")
     test = test_sets(cfg, final.charset)
     served = personal_models(cfg, final.model, final.provenance.get("run_id"))
     scores = {org: own_and_others_cer(model, final.charset, test, org) for org, model in served.items()}
@@ -127,7 +129,7 @@ def collect(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Pa
         table[org] = {}
         for side in ("own", "others"):
             values = {c: [runs[(c, s)][org][side][c] for s in seeds] for c in cols}
-            # local-only is measured in every run of a seed (same recipe): one value per seed
+            # local-only: the global run's baselines (same recipe and budget), one value per seed
             values["local-only"] = [runs[(cols[0], s)][org][side]["local-only"] for s in seeds]
             table[org][side] = {k: spread(v) for k, v in values.items()}
     return table

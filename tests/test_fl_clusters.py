@@ -160,6 +160,19 @@ def test_a_split_that_finds_k_records_its_silhouettes_and_declines_for_good_when
     # decided once: later rounds train the one model, even on updates that would now split
     assert clusters.group(state, config, updates, 2, 2) is None
     assert state.steps["cluster"] == {"declined": 1}
+    # ... a run resumed with k given is not bound by it
+    assert clusters.group(state, replace(config, k=2), updates, 3, 2).splits
+
+
+def test_only_a_round_with_every_nodes_update_declines_and_an_unclustered_run_keeps_no_cluster_state() -> None:
+    alike, _ = _updates(seed=4, groups=1, n=8, spread=1.0)
+    state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=0)
+    sample = clusters.group(state, config, alike, 1, 2, available=20)    # 8 of 20 nodes: one kind by chance?
+    assert sample is not None and "split postponed: no clear groups among 8 of 20 nodes" in str(sample.postponed)
+    assert "cluster" not in state.steps
+    assert "split declined" in str(clusters.group(state, config, alike, 2, 2, available=8).postponed)
+    plain = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1")
+    assert clusters.group(plain, ClusterConfig(), alike, 1, 2, available=8) is None and plain.steps == {}
 
 
 def test_a_split_that_does_not_commit_leaves_no_node_in_a_cluster_that_never_came_to_be() -> None:
@@ -178,11 +191,16 @@ def test_a_split_that_does_not_commit_leaves_no_node_in_a_cluster_that_never_cam
 
 def test_a_run_whose_updates_show_no_clear_groups_keeps_one_model_and_says_why(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    report, _ = run_in_process(tmp_path, monkeypatch, rounds=1, node_configs=[{"partition-id": i} for i in range(6)],
-                               federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 0,
-                                                                   "cluster.min-silhouette": 0.99,
-                                                                   "cluster.pick-lines": 16, "lines-per-client": 32})
-    assert report["status"] == "finished" and "clusters" not in report["final"] and report["rounds"][0]["applied"]
+    report, cfg = run_in_process(tmp_path, monkeypatch, rounds=2, node_configs=[{"partition-id": i} for i in range(6)],
+                                 federation="hidden-groups-mini", **{"cluster.method": "ifca", "cluster.k": 0,
+                                                                     "cluster.min-silhouette": 0.99,
+                                                                     "cluster.pick-lines": 16, "lines-per-client": 32})
+    assert report["status"] == "finished" and "clusters" not in report["final"]
+    assert all(r["applied"] for r in report["rounds"])
+    # declined at round 1 for good: round 2 does not try again, and the server state keeps the decision
+    assert not [s for s in report["rounds"][1]["steps"] if s["step"] == "cluster" and s["client"] == "*"]
+    saved = ServerState.load(cfg.out_path())
+    assert saved is not None and saved.steps["cluster"] == {"declined": 1}
     capsys.readouterr()
     assert main(["fl", "show", report["run_id"], "--store", str(tmp_path / "runs.db")]) == 0
     shown = capsys.readouterr().out

@@ -72,24 +72,33 @@ def by_cluster(updates: Sequence[Update], assigned: dict[str, int]) -> dict[int,
 
 
 def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], server_round: int,
-          min_accepted: int) -> Grouping | None:
+          min_accepted: int, available: int = 0) -> Grouping | None:
     """The round's updates by cluster; at the split round (the first with clusters due and none
     yet) the updates' similarity decides, and every group starts from the shared model. None
     before the split round; a Grouping with `postponed` when the split is due but the round's
     updates do not make k groups of `min_accepted` each (too few sampled, or all alike). With k to
-    find, the first round whose updates can be scored decides: no cut clear enough declines the
-    split for good (recorded in the state's `cluster` entry), and later rounds return None."""
+    find, a clear cut splits on any round, but no clear cut declines the split for good (recorded
+    in the state's `cluster` entry; later rounds return None) only on a round with an accepted
+    update from each of the `available` nodes: a sample of one kind must not decide for all."""
     found = models(state)
     if found:
         groups = by_cluster(updates, {u.client: int(u.metrics["cluster"]) for u in updates})
         records = [StepRecord(STEP, u.client, {"cluster": int(u.metrics["cluster"])}) for u in updates]
         return Grouping(groups, {c: found[c] for c in groups}, records)
-    if not config.active or server_round < config.split_round or "declined" in state.steps.get(STEP, {}):
-        return None   # (declined: with k to find, the round that found no groups)
+    if not config.active or server_round < config.split_round:
+        return None
+    if config.finds_k and "declined" in state.steps.get(STEP, {}):
+        return None   # with k to find, a round with every node's update found no groups
     split_info: dict[str, Any] = {}   # with k to find: each tried k's silhouette
     if config.finds_k:
         cut = find_split(updates, config.max_k, config.min_silhouette, min_accepted)
         split_info = {"silhouette": {str(k): round(v, 4) for k, v in cut.silhouettes.items()}}
+        if cut.groups is None and cut.silhouettes and len(updates) < available:
+            why = (f"split postponed: no clear groups among {len(updates)} of {available} nodes (best silhouette "
+                   f"{max(cut.silhouettes.values()):.3f}); cluster.k = 0 declines only on a round with every "
+                   f"node's update (fraction-train = 1 at the split round)")
+            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why, **split_info})],
+                            postponed=why)
         if cut.groups is None and cut.silhouettes:
             # Decided once: as a federation of one kind trains, its shared direction fades and chance
             # groups of sites score higher (retried every round, one-kind-mini once split at round 5).

@@ -402,7 +402,8 @@ class FederatedServer:
         note = None
         v0 = time.time()
         val_cer, val_loss = state.committed_cer, state.committed_loss
-        grouping = clusters.group(state, self.clustering, got.updates, rnd, cfg.min_accepted) if applied else None
+        grouping = (clusters.group(state, self.clustering, got.updates, rnd, cfg.min_accepted, cohort.available)
+                    if applied else None)
         if grouping is not None and grouping.postponed:   # the round trains the one model
             steps += grouping.records
             self.print(f"round {rnd}: {grouping.postponed}")
