@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import print_table, spread, write_result
+from _common import print_table, spread, write_json, write_result
 from _federations import add_federation_arguments, run_federation, runs_folder
 
 from fedocr.data.organisations import get_federation
@@ -64,7 +64,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict
               "membership": final.get("clusters", {}).get("membership"),
               "k": final.get("clusters", {}).get("k", 1),   # the clusters the run made (1: it never split)
               "seconds": [r["seconds"] + (r["val_seconds"] or 0) for r in report["rounds"]]}
-    cached.write_text(json.dumps(result, indent=1))
+    write_json(cached, result)
     return result
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, spread, write_result
+from _common import print_table, spread, write_json, write_result
 from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
 
 from fedocr.federated.sim.baselines import own_and_others_cer, personal_models, test_sets
@@ -70,9 +70,7 @@ def _cache(path: Path, score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
     result = score()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_json(path, result)
     return result
 
 

@@ -37,6 +37,11 @@ def _updates(seed: int = 0, groups: int = 2, n: int = 6, spread: float = 0.2) ->
     return updates, truth
 
 
+def _state() -> ServerState:
+    """A fresh server state for the (10, 20) updates of `_updates`."""
+    return ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1")
+
+
 def test_the_split_finds_groups_that_a_shared_direction_hides() -> None:
     updates, truth = _updates()
     found = split(updates, 2)
@@ -125,7 +130,7 @@ def test_an_update_naming_a_cluster_the_run_lacks_is_refused_and_the_state_keeps
 
 def test_a_split_waits_for_k_groups_of_min_accepted_and_membership_is_the_servers_word() -> None:
     updates, truth = _updates()
-    state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=2)
+    state, config = _state(), ClusterConfig(method="ifca", k=2)
     assert clusters.group(state, replace(config, split_round=2), updates, 1, 2) is None   # not due yet
     waiting = clusters.group(state, config, updates[:3], 1, 2)        # 3 updates cannot make 2 groups of 2
     assert waiting is not None and waiting.postponed and "split postponed" in waiting.postponed
@@ -142,7 +147,7 @@ def test_a_split_waits_for_k_groups_of_min_accepted_and_membership_is_the_server
 
 
 def test_a_split_that_finds_k_records_its_silhouettes_and_declines_for_good_when_the_updates_show_no_groups() -> None:
-    state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=0)
+    state, config = _state(), ClusterConfig(method="ifca", k=0)
     updates, truth = _updates(groups=3, n=9)
     grouping = clusters.group(state, config, updates, 1, 2)
     assert grouping is not None and grouping.splits and len(grouping.groups) == 3
@@ -166,18 +171,18 @@ def test_a_split_that_finds_k_records_its_silhouettes_and_declines_for_good_when
 
 def test_only_a_round_with_every_nodes_update_declines_and_an_unclustered_run_keeps_no_cluster_state() -> None:
     alike, _ = _updates(seed=4, groups=1, n=8, spread=1.0)
-    state, config = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"), ClusterConfig(method="ifca", k=0)
+    state, config = _state(), ClusterConfig(method="ifca", k=0)
     sample = clusters.group(state, config, alike, 1, 2, available=20)    # 8 of 20 nodes: one kind by chance?
     assert sample is not None and "split postponed: no clear groups among 8 of 20 nodes" in str(sample.postponed)
     assert "cluster" not in state.steps
     assert "split declined" in str(clusters.group(state, config, alike, 2, 2, available=8).postponed)
-    plain = ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1")
+    plain = _state()
     assert clusters.group(plain, ClusterConfig(), alike, 1, 2, available=8) is None and plain.steps == {}
 
 
 def test_a_split_that_does_not_commit_leaves_no_node_in_a_cluster_that_never_came_to_be() -> None:
     updates, _ = _updates(groups=3, n=9)
-    grouping = clusters.group(ServerState.fresh({"w": np.zeros((10, 20), np.float32)}, "v1"),
+    grouping = clusters.group(_state(),
                               ClusterConfig(method="ifca", k=0), updates, 1, 2)
     assert grouping is not None and grouping.splits
     kept = clusters.unsplit(grouping.records, "split postponed: not every group's model committed")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedocr.federated.pipeline.cluster import STEP, ClusterConfig, find_split, split
+from fedocr.federated.pipeline.cluster import STEP, ClusterConfig, can_split, find_split, split
 from fedocr.federated.pipeline.types import SERVER, StepRecord, Update, Weights
 from fedocr.federated.state import ServerState
 
@@ -90,41 +90,40 @@ def group(state: ServerState, config: ClusterConfig, updates: Sequence[Update], 
     if config.finds_k and "declined" in state.steps.get(STEP, {}):
         return None   # with k to find, a round with every node's update found no groups
     split_info: dict[str, Any] = {}   # with k to find: each tried k's silhouette
+
+    def no_split(why: str, outcome: str = "postponed") -> Grouping:
+        """The round trains the one model; the server's record says why (and what was tried)."""
+        return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, outcome: why, **split_info})],
+                        postponed=why)
+
     if config.finds_k:
         cut = find_split(updates, config.max_k, config.min_silhouette, min_accepted)
         split_info = {"silhouette": {str(k): round(v, 4) for k, v in cut.silhouettes.items()}}
         if cut.groups is None and cut.silhouettes and len(updates) < available:
-            why = (f"split postponed: no clear groups among {len(updates)} of {available} nodes (best silhouette "
-                   f"{max(cut.silhouettes.values()):.3f}); cluster.k = 0 declines only on a round with every "
-                   f"node's update (fraction-train = 1 at the split round)")
-            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why, **split_info})],
-                            postponed=why)
+            return no_split(f"split postponed: no clear groups among {len(updates)} of {available} nodes (best "
+                            f"silhouette {max(cut.silhouettes.values()):.3f}); cluster.k = 0 declines only on a "
+                            f"round with every node's update (fraction-train = 1 at the split round)")
         if cut.groups is None and cut.silhouettes:
             # Decided once: as a federation of one kind trains, its shared direction fades and chance
             # groups of sites score higher (retried every round, one-kind-mini once split at round 5).
             state.steps.setdefault(STEP, {})["declined"] = server_round
-            why = (f"split declined: {len(updates)} accepted update(s) show no clear groups (best silhouette "
-                   f"{max(cut.silhouettes.values()):.3f} < cluster.min-silhouette={config.min_silhouette:g}); "
-                   f"the run keeps one model")
-            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "declined": why, **split_info})],
-                            postponed=why)
+            return no_split(f"split declined: {len(updates)} accepted update(s) show no clear groups (best "
+                            f"silhouette {max(cut.silhouettes.values()):.3f} < cluster.min-silhouette="
+                            f"{config.min_silhouette:g}); the run keeps one model", outcome="declined")
         if cut.groups is None:
-            why = ("split postponed: " + (
-                f"{len(updates)} accepted update(s) cannot make 2 groups of at least min-accepted={min_accepted}"
-                if len(updates) < max(2 * min_accepted, 3) else
+            return no_split("split postponed: " + (
                 f"no cut of {len(updates)} accepted update(s) into 2-{config.max_k} groups has at least "
-                f"min-accepted={min_accepted} in each (an update unlike all others, or all alike)"))
-            return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why, **split_info})],
-                            postponed=why)
+                f"min-accepted={min_accepted} in each (an update unlike all others, or all alike)"
+                if can_split(len(updates), min_accepted) else
+                f"{len(updates)} accepted update(s) cannot make 2 groups of at least min-accepted={min_accepted}"))
         by_client, k = cut.groups, len(set(cut.groups.values()))
     else:
         by_client, k = split(updates, config.k), config.k
     groups = by_cluster(updates, by_client)
     sizes = sorted(len(g) for g in groups.values())
     if len(groups) < k or sizes[0] < min_accepted:
-        why = (f"split postponed: {len(updates)} accepted update(s) made groups of {sizes}, the split needs "
-               f"{k} groups of at least min-accepted={min_accepted}")
-        return Grouping({}, {}, [StepRecord(STEP, SERVER, {"split": False, "postponed": why})], postponed=why)
+        return no_split(f"split postponed: {len(updates)} accepted update(s) made groups of {sizes}, the split "
+                        f"needs {k} groups of at least min-accepted={min_accepted}")
     shared = ClusterModel(state.weights, state.committed_cer, state.committed_loss)
     records = [StepRecord(STEP, u.client, {"cluster": by_client[u.client], "split": True}) for u in updates]
     records.append(StepRecord(STEP, SERVER, {"split": True, "k": k, **split_info,

@@ -137,7 +137,8 @@ def silhouette(distances: np.ndarray, labels: Sequence[int]) -> float:
     """The mean silhouette of a grouping (Rousseeuw 1987): per point, how much nearer its own
     group is than the next one, from -1 to 1; 0 for a point alone in its group (and for one group)."""
     groups = np.asarray(labels)
-    if len(set(groups.tolist())) < 2:
+    names = set(groups.tolist())
+    if len(names) < 2:
         return 0.0   # one group: nothing to be nearer to
     scores = np.zeros(len(groups))
     for i, g in enumerate(groups):
@@ -145,7 +146,7 @@ def silhouette(distances: np.ndarray, labels: Sequence[int]) -> float:
         own[i] = False
         if own.any():
             inside = distances[i, own].mean()
-            nearest = min(distances[i, groups == h].mean() for h in set(groups.tolist()) if h != g)
+            nearest = min(distances[i, groups == h].mean() for h in names if h != g)
             scores[i] = (nearest - inside) / max(inside, nearest) if max(inside, nearest) > 0 else 0.0
     return float(scores.mean())
 
@@ -157,11 +158,16 @@ class FoundSplit:
     silhouettes: dict[int, float]
 
 
+def can_split(n: int, min_size: int) -> bool:
+    """Whether n updates can make two groups of `min_size` (and a silhouette needs three points)."""
+    return n >= max(2 * min_size, 3)
+
+
 def find_split(updates: Sequence[Update], max_k: int, min_silhouette: float, min_size: int) -> FoundSplit:
     """The tree's cut into 2..max_k groups of at least `min_size` updates with the highest
     silhouette, if that reaches `min_silhouette` (CFL's question "do these updates disagree?"
     answered by how clearly they group)."""
-    if len(updates) < 2 * min_size or len(updates) < 3:
+    if not can_split(len(updates), min_size):
         return FoundSplit(None, {})
     clients, distances, tree = _tree(updates)
     cuts = {k: _cut(clients, tree, k) for k in range(2, min(max_k, len(updates) - 1) + 1)}
