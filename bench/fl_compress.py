@@ -98,14 +98,14 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
         return json.loads(cached.read_text())
     setting = dict(SETTINGS[name])
     sync = int(setting.pop("sync", 1))
-    base = args.federation == "three-orgs"
+    base = args.start == "base"
     run_dir = out / f"{slug(name)}-s{seed}"
     initial = str(base_checkpoint()) if base else str(WARM_MINI) if args.start == "warm" else "scratch"
     cfg = FlConfig.from_run_config(
         {"federation": args.federation, "charset": "default" if base else "mini",
          "initial-model": initial, "num-rounds": args.rounds // sync,
          # the warm model is 9 rounds into a from-scratch run: it keeps the from-scratch rate
-         **({"lr": SCRATCH_LR} if args.start == "warm" and not base else {}),
+         **({"lr": SCRATCH_LR} if args.start == "warm" else {}),
          "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **setting})
@@ -245,8 +245,9 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--federation", choices=["three-orgs-mini", "three-orgs"], default="three-orgs-mini")
-    parser.add_argument("--start", choices=["scratch", "warm"], default="scratch",
-                        help="three-orgs-mini from scratch, or from a model past the blank plateau (tests/data)")
+    parser.add_argument("--start", choices=["scratch", "warm", "base"],
+                        help="three-orgs-mini from scratch (default) or from a model past the blank plateau "
+                             "(tests/data); three-orgs always from the shipped base model")
     parser.add_argument("--rounds", type=int, default=24, help="rounds at 1 local epoch (sync-3 runs a third)")
     parser.add_argument("--lines", type=int, default=160, help="training lines per organisation")
     parser.add_argument("--test-lines", type=int, default=200)
@@ -255,11 +256,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-compress"), help="run folders and the run cache")
     parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
+    if args.federation == "three-orgs" and args.start not in (None, "base"):
+        parser.error("three-orgs starts from the shipped base model (its full vocabulary): no --start")
+    if args.federation == "three-orgs-mini" and args.start == "base":
+        parser.error("three-orgs-mini has the mini vocabulary: --start scratch or warm")
+    args.start = args.start or ("base" if args.federation == "three-orgs" else "scratch")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
     for dense in sorted({reference(n) for n in names} - set(names), reverse=True):
         names.insert(0, dense)  # every comparison is against the dense run of its optimizer
-    variant = args.federation + ("-warm" if args.start == "warm" and args.federation == "three-orgs-mini" else "")
+    variant = args.federation + ("-warm" if args.start == "warm" else "")
     out = (args.out / variant).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.reuse:

@@ -11,16 +11,20 @@ organisation's CER on its own test lines and on the others', for
   (personal.mix, WiSE-FT's weight-space interpolation); one column per mix in the comma list. The
   mix changes only what a node serves, not its training, so each mix re-scores the ditto run's node
   states instead of training again;
+- clustered: clustered FL that finds k (cluster.method = ifca, cluster.k = 0: the round-1 updates
+  split into the groups with the best silhouette, or the run stays one model), each node serving
+  its cluster's model;
 - local-only: each organisation alone, same recipe and budget (the global run's final-table
   baseline; the personalised runs skip the baselines, which would be the same models again).
 
 A personalised model is scored as its node would serve it: its node state on the node's disk
 over the run's last-round model (`sim.baselines.personal_models`, as the final table does).
-Prints the median and range over seeds and writes bench/results/fl_personal.json (or --result's
-name) with a `checks` object. Runs are cached in --out.
+Prints the median and range over seeds and writes bench/results/fl_personal_PRESET_START.json (or
+--result's name) with a `checks` object. Runs are cached in --out; a scored column's cache names
+the run it scored, so a retrained run is scored again.
 
     .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
-        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix] [--ditto-lambda 10] [--ditto-mix 0.3,0.5]
+        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix,clustered] [--ditto-lambda 10] [--ditto-mix 0.3,0.5]
         [--start base|warm|scratch] [--out DIR] [--result NAME]
 
 Targets: the best personalised model <= 0.8x the global model's own-test CER for every
@@ -41,11 +45,12 @@ from _federations import add_federation_arguments, federation_config, run_federa
 
 from fedocr.federated.sim.baselines import own_and_others_cer, personal_models, test_sets
 from fedocr.federated.state import ServerState
-from fedocr.model import load_checkpoint
+from fedocr.model import CRNN, load_checkpoint
 
 METHODS: dict[str, dict[str, Any]] = {
     "global": {}, "fedper": {"aggregate": "backbone"}, "fedbn": {"aggregate": "fedbn"},
     "ditto": {"personal.method": "ditto"}, "ditto-mix": {"personal.method": "ditto"},
+    "clustered": {"cluster.method": "ifca", "cluster.k": 0},
 }
 TARGETS = {"own": 0.8, "others": 1.1}   # a personalised model's CER at most this x the global model's
 
@@ -66,11 +71,14 @@ def column_settings(column: str, args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _cache(path: Path, score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _cache(path: Path, score: Callable[[], dict[str, Any]], run_id: str | None = None) -> dict[str, Any]:
+    """`score()`, kept in `path`; with a `run_id`, a cache of another run is scored again."""
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if run_id is None or cached.pop("run_id", None) == run_id:
+            return cached
     result = score()
-    write_json(path, result)
+    write_json(path, {**result, "run_id": run_id} if run_id else result)
     return result
 
 
@@ -90,7 +98,9 @@ def trained_run(method: str, seed: int, args: argparse.Namespace, out: Path) -> 
 def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """{org: {own: {column: cer, local-only: cer}, others: {...}}} of one column and seed (cached)."""
     if column != "global":
-        return _cache(out / f"{column}-served-s{seed}.json", lambda: score_served(column, seed, args, out))
+        run_dir = trained_run(trained_method(column), seed, args, out)
+        run_id = json.loads((run_dir / "report.json").read_text())["run_id"]
+        return _cache(out / f"{column}-served-s{seed}.json", lambda: score_served(column, seed, args, out), run_id)
 
     def from_report() -> dict[str, Any]:
         report = json.loads((trained_run("global", seed, args, out) / "report.json").read_text())
@@ -105,17 +115,31 @@ def score_served(column: str, seed: int, args: argparse.Namespace, out: Path) ->
     """What each node would serve in `column` (its node state on disk over the run's last-round
     model; a ditto-mix column reads the ditto run's states at its mix), on its own test lines and
     the others', the way the final table scores it; local-only from the global run."""
-    method = "ditto" if column.startswith("ditto") else column
-    run_dir = trained_run(method, seed, args, out)
+    run_dir = trained_run(trained_method(column), seed, args, out)
     local = run_one("global", seed, args, out)
     cfg = federation_config(args, seed, run_dir, column_settings(column, args))
     last = ServerState.load(run_dir)   # the round the run ended at (a run may stop before --rounds)
     final = load_checkpoint(run_dir / f"round-{last.round if last else args.rounds}.pt")
     test = test_sets(cfg, final.charset)
-    served = personal_models(cfg, final.model, final.provenance.get("run_id"))
+    served = (cluster_models(run_dir, final.model, list(local)) if column == "clustered"
+              else personal_models(cfg, final.model, final.provenance.get("run_id")))
     scores = {org: own_and_others_cer(model, final.charset, test, org) for org, model in served.items()}
     return {org: {side: {column: scores[org][i], "local-only": local[org][side]["local-only"]}
                   for i, side in enumerate(("own", "others"))} for org in local}
+
+
+def trained_method(column: str) -> str:
+    """The method whose run a column scores (every Ditto mix scores the one Ditto run)."""
+    return "ditto" if column.startswith("ditto") else column
+
+
+def cluster_models(run_dir: Path, one_model: CRNN, orgs: list[str]) -> dict[str, CRNN]:
+    """Each organisation's cluster model by the run's final membership; the run's one model for a
+    node in no cluster (a run that declined to split has none)."""
+    final = json.loads((run_dir / "report.json").read_text()).get("final") or {}
+    membership: dict[str, int] = final.get("clusters", {}).get("membership") or {}
+    models = {c: load_checkpoint(run_dir / f"cluster-{c}.pt").model for c in set(membership.values())}
+    return {org: models[membership[org]] if org in membership else one_model for org in orgs}
 
 
 def collect(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -163,7 +187,8 @@ def main() -> int:
     parser.add_argument("--ditto-lambda", type=float, default=0.1)
     parser.add_argument("--ditto-mix", default="0.5", help="personal.mix of the ditto-mix method (a comma list)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--result", default="fl_personal", help="name of the results JSON in bench/results")
+    parser.add_argument("--result", help="name of the results JSON in bench/results "
+                        "(default fl_personal_PRESET_START, so that runs of other settings never overwrite it)")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := [m for m in methods if m not in METHODS]:
@@ -188,7 +213,7 @@ def main() -> int:
               "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}, "table": table,
               "checks": checks(table),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
-    path = write_result(args.result, result)
+    path = write_result(args.result or f"fl_personal_{args.preset}_{args.start}".replace("-", "_"), result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0
