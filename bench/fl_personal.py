@@ -6,7 +6,8 @@ organisation's CER on its own test lines and on the others', for
 - global: FedAvg's one model (aggregate = all);
 - fedper: the shared backbone with each node's own CTC head (aggregate = backbone);
 - fedbn: each node's own BatchNorm layers (aggregate = fedbn);
-- ditto: each node's personal model, lambda = --ditto-lambda (personal.method = ditto);
+- ditto: each node's personal model, lambda = --ditto-lambda (personal.method = ditto), trained
+  --ditto-epochs passes over the node's lines a round;
 - ditto-mix: the same personal model served as --ditto-mix of it plus the rest of the global model
   (personal.mix, WiSE-FT's weight-space interpolation); one column per mix in the comma list. The
   mix changes only what a node serves, not its training, so each mix re-scores the ditto run's node
@@ -24,7 +25,7 @@ Prints the median and range over seeds and writes bench/results/fl_personal_PRES
 the run it scored, so a retrained run is scored again.
 
     .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
-        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix,clustered] [--ditto-lambda 10] [--ditto-mix 0.3,0.5]
+        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix,clustered] [--ditto-lambda 10] [--ditto-epochs 1] [--ditto-mix 0.3,0.5]
         [--start base|warm|scratch] [--out DIR] [--result NAME]
 
 Targets: the best personalised model <= 0.8x the global model's own-test CER for every
@@ -66,6 +67,7 @@ def column_settings(column: str, args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(METHODS[method])
     if method.startswith("ditto"):
         settings["personal.lambda"] = args.ditto_lambda
+        settings["personal.epochs"] = args.ditto_epochs
     if method == "ditto-mix":
         settings["personal.mix"] = float(column.removeprefix("ditto-mix"))
     return settings
@@ -85,7 +87,7 @@ def _cache(path: Path, score: Callable[[], dict[str, Any]], run_id: str | None =
 def trained_run(method: str, seed: int, args: argparse.Namespace, out: Path) -> Path:
     """The folder of `method`'s finished federation for this seed, trained if need be. Only the
     global run trains the local-only baselines: a personalised run's would be the same models."""
-    run_dir = out / f"{method}-s{seed}"
+    run_dir = out / f"{stem(method, args)}-s{seed}"
     report = run_dir / "report.json"
     if report.is_file() and json.loads(report.read_text())["status"] == "finished":
         return run_dir
@@ -100,7 +102,8 @@ def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict
     if column != "global":
         run_dir = trained_run(trained_method(column), seed, args, out)
         run_id = json.loads((run_dir / "report.json").read_text())["run_id"]
-        return _cache(out / f"{column}-served-s{seed}.json", lambda: score_served(column, seed, args, out), run_id)
+        return _cache(out / f"{stem(column, args)}-served-s{seed}.json", lambda: score_served(column, seed, args, out),
+                      run_id)
 
     def from_report() -> dict[str, Any]:
         report = json.loads((trained_run("global", seed, args, out) / "report.json").read_text())
@@ -126,6 +129,12 @@ def score_served(column: str, seed: int, args: argparse.Namespace, out: Path) ->
     scores = {org: own_and_others_cer(model, final.charset, test, org) for org, model in served.items()}
     return {org: {side: {column: scores[org][i], "local-only": local[org][side]["local-only"]}
                   for i, side in enumerate(("own", "others"))} for org in local}
+
+
+def stem(name: str, args: argparse.Namespace) -> str:
+    """A run's or column's cache name: a Ditto one carries its personal epochs, unless the default 1
+    (lambda names the whole run folder)."""
+    return f"{name}-e{args.ditto_epochs:g}" if name.startswith("ditto") and args.ditto_epochs != 1 else name
 
 
 def trained_method(column: str) -> str:
@@ -185,6 +194,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "four-orgs", "base", 400, Path("/tmp/fl-personal"))
     parser.add_argument("--ditto-lambda", type=float, default=0.1)
+    parser.add_argument("--ditto-epochs", type=float, default=1.0, help="personal.epochs of Ditto's personal model")
     parser.add_argument("--ditto-mix", default="0.5", help="personal.mix of the ditto-mix method (a comma list)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--result", help="name of the results JSON in bench/results "
@@ -209,7 +219,8 @@ def main() -> int:
                     [[org, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]" for k in kinds)]
                      for org, sides in table.items() for c in [sides[side]]])
     result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_mix": mixes,
+              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda,
+              "ditto_epochs": args.ditto_epochs, "ditto_mix": mixes,
               "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}, "table": table,
               "checks": checks(table),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
