@@ -19,8 +19,9 @@ SGD; the table's last column is the share of the delta's squared norm Top-K kept
 runs with each seed; the table shows the median and [min, max] over seeds. Runs are cached in
 the --out folder, so an interrupted benchmark resumes where it stopped.
 
-    .venv/bin/python bench/fl_compress.py [--federation three-orgs-mini] [--rounds 24] [--lines 160]
-        [--start scratch|warm] [--seeds 0,1,2] [--out DIR] [--only NAME,...] [--reuse bench/results/fl_compress.json]
+    .venv/bin/python bench/fl_compress.py [--federation three-orgs-mini|three-orgs] [--rounds 24] [--lines 160]
+        [--start scratch|warm (three-orgs-mini; three-orgs starts from the base model)] [--seeds 0,1,2]
+        [--out DIR] [--only NAME,...] [--reuse bench/results/fl_compress.json]
 
 `--reuse` takes the runs an earlier result file recorded (same federation, rounds, lines and
 test lines) instead of running them again. Bytes are compared on the mean per client and round
@@ -145,7 +146,9 @@ def mean_bytes_up(run: dict[str, Any]) -> float:
 def seed_cache(result_file: Path, args: argparse.Namespace, out: Path) -> int:
     """Write the runs an earlier result recorded into the run cache, when its settings match."""
     earlier = json.loads(result_file.read_text())
-    same = (earlier.get("federation"), earlier.get("start", "scratch"), earlier.get("rounds_at_1_epoch"),
+    # three-orgs always started from the base model; results before 4129edc recorded it as "scratch"
+    start = "base" if earlier.get("federation") == "three-orgs" else earlier.get("start", "scratch")
+    same = (earlier.get("federation"), start, earlier.get("rounds_at_1_epoch"),
             earlier.get("lines"), earlier.get("test_lines"))
     if same != (args.federation, args.start, args.rounds, args.lines, args.test_lines):
         raise SystemExit(f"bench: {result_file} was run with other settings {same}")
@@ -257,7 +260,7 @@ def main() -> int:
     parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
     if args.federation == "three-orgs" and args.start not in (None, "base"):
-        parser.error("three-orgs starts from the shipped base model (its full vocabulary): no --start")
+        parser.error("three-orgs starts from the shipped base model (its full vocabulary): --start base or none")
     if args.federation == "three-orgs-mini" and args.start == "base":
         parser.error("three-orgs-mini has the mini vocabulary: --start scratch or warm")
     args.start = args.start or ("base" if args.federation == "three-orgs" else "scratch")

@@ -14,12 +14,14 @@ organisation's CER on its own test lines and on the others', for
   states instead of training again;
 - clustered: clustered FL that finds k (cluster.method = ifca, cluster.k = 0: the round-1 updates
   split into the groups with the best silhouette, or the run stays one model), each node serving
-  its cluster's model;
+  its cluster's model; the clusters each seed made are in the JSON's `clusters`. Each group needs
+  min-accepted (2) nodes, so a three-organisation preset can never split (four-orgs only 2 + 2);
 - local-only: each organisation alone, same recipe and budget (the global run's final-table
   baseline; the personalised runs skip the baselines, which would be the same models again).
 
 A personalised model is scored as its node would serve it: its node state on the node's disk
-over the run's last-round model (`sim.baselines.personal_models`, as the final table does).
+over the run's last-round model (`sim.baselines.personal_models`, as the final table does), or
+its cluster's model (`cluster-N.pt` by the report's final membership).
 Prints the median and range over seeds and writes bench/results/fl_personal_PRESET_START.json (or
 --result's name) with a `checks` object. Runs are cached in --out; a scored column's cache names
 the run it scored, so a retrained run is scored again.
@@ -41,9 +43,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, spread, write_json, write_result
+from _common import RESULTS, print_table, spread, write_json, write_result
 from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
 
+from fedocr.data.organisations import get_federation
 from fedocr.federated.sim.baselines import own_and_others_cer, personal_models, test_sets
 from fedocr.federated.state import ServerState
 from fedocr.model import CRNN, load_checkpoint
@@ -98,37 +101,35 @@ def trained_run(method: str, seed: int, args: argparse.Namespace, out: Path) -> 
 
 
 def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """{org: {own: {column: cer, local-only: cer}, others: {...}}} of one column and seed (cached)."""
+    """{org: {own: {column: cer}, others: {...}}} of one column and seed, with local-only beside
+    the global column's (cached, against the id of the run scored)."""
+    run_dir = trained_run(trained_method(column), seed, args, out)
+    report = json.loads((run_dir / "report.json").read_text())
     if column != "global":
-        run_dir = trained_run(trained_method(column), seed, args, out)
-        run_id = json.loads((run_dir / "report.json").read_text())["run_id"]
-        return _cache(out / f"{stem(column, args)}-served-s{seed}.json", lambda: score_served(column, seed, args, out),
-                      run_id)
+        return _cache(out / f"{stem(column, args)}-served-s{seed}.json",
+                      lambda: score_served(column, run_dir, args, seed), report["run_id"])
 
     def from_report() -> dict[str, Any]:
-        report = json.loads((trained_run("global", seed, args, out) / "report.json").read_text())
         return {org: {side: {column: c[key]["federated"], "local-only": c[key]["local_only"]}
                       for side, key in (("own", "own_test_cer"), ("others", "other_test_cer"))}
                 for org, c in report["final"]["clients"].items()}
 
-    return _cache(out / f"global-s{seed}.json", from_report)
+    return _cache(out / f"global-s{seed}.json", from_report, report["run_id"])
 
 
-def score_served(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """What each node would serve in `column` (its node state on disk over the run's last-round
-    model; a ditto-mix column reads the ditto run's states at its mix), on its own test lines and
-    the others', the way the final table scores it; local-only from the global run."""
-    run_dir = trained_run(trained_method(column), seed, args, out)
-    local = run_one("global", seed, args, out)
+def score_served(column: str, run_dir: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """What each node would serve in `column`, on its own test lines and the others', the way the
+    final table scores it: its node state on disk over the run's last-round model (a ditto-mix
+    column reads the ditto run's states at its mix), or in `clustered` its cluster's model."""
     cfg = federation_config(args, seed, run_dir, column_settings(column, args))
+    orgs = list(get_federation(cfg.federation).names)
     last = ServerState.load(run_dir)   # the round the run ended at (a run may stop before --rounds)
     final = load_checkpoint(run_dir / f"round-{last.round if last else args.rounds}.pt")
     test = test_sets(cfg, final.charset)
-    served = (cluster_models(run_dir, final.model, list(local)) if column == "clustered"
+    served = (cluster_models(run_dir, final.model, orgs) if column == "clustered"
               else personal_models(cfg, final.model, final.provenance.get("run_id")))
-    scores = {org: own_and_others_cer(model, final.charset, test, org) for org, model in served.items()}
-    return {org: {side: {column: scores[org][i], "local-only": local[org][side]["local-only"]}
-                  for i, side in enumerate(("own", "others"))} for org in local}
+    scores = {org: own_and_others_cer(served[org], final.charset, test, org) for org in orgs}
+    return {org: {side: {column: scores[org][i]} for i, side in enumerate(("own", "others"))} for org in orgs}
 
 
 def stem(name: str, args: argparse.Namespace) -> str:
@@ -143,8 +144,9 @@ def trained_method(column: str) -> str:
 
 
 def cluster_models(run_dir: Path, one_model: CRNN, orgs: list[str]) -> dict[str, CRNN]:
-    """Each organisation's cluster model by the run's final membership; the run's one model for a
-    node in no cluster (a run that declined to split has none)."""
+    """Each organisation's cluster model by the run's final membership; the run's last-round model
+    for a node in no cluster (a run that never split has none; with every node every round, as
+    here, a split run has every node in one)."""
     final = json.loads((run_dir / "report.json").read_text()).get("final") or {}
     membership: dict[str, int] = final.get("clusters", {}).get("membership") or {}
     models = {c: load_checkpoint(run_dir / f"cluster-{c}.pt").model for c in set(membership.values())}
@@ -161,7 +163,7 @@ def collect(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Pa
         for side in ("own", "others"):
             values = {c: [runs[(c, s)][org][side][c] for s in seeds] for c in cols}
             # local-only: the global run's baselines (same recipe and budget), one value per seed
-            values["local-only"] = [runs[(cols[0], s)][org][side]["local-only"] for s in seeds]
+            values["local-only"] = [runs[("global", s)][org][side]["local-only"] for s in seeds]
             table[org][side] = {k: spread(v) for k, v in values.items()}
     return table
 
@@ -190,6 +192,28 @@ def checks(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+IDENTITY = ("preset", "start", "rounds", "lines", "test_lines", "ditto_lambda", "ditto_epochs", "ditto_mix", "seeds")
+
+
+def identity(result: dict[str, Any]) -> dict[str, Any]:
+    """What a results file measured: its settings and columns (results from before --ditto-epochs
+    ran with 1)."""
+    return {**{k: result.get(k, 1.0 if k == "ditto_epochs" else None) for k in IDENTITY},
+            "columns": sorted(result.get("methods", {}))}
+
+
+def clusters_made(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Each seed's clustered run: the clusters it made and each node's (k 1: it never split)."""
+    if "clustered" not in cols:
+        return {}
+    made = {}
+    for seed in seeds:
+        final = json.loads((trained_run("clustered", seed, args, out) / "report.json").read_text()).get("final") or {}
+        made[str(seed)] = {"k": final.get("clusters", {}).get("k", 1),
+                           "membership": final.get("clusters", {}).get("membership")}
+    return made
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_federation_arguments(parser, "four-orgs", "base", 400, Path("/tmp/fl-personal"))
@@ -197,8 +221,8 @@ def main() -> int:
     parser.add_argument("--ditto-epochs", type=float, default=1.0, help="personal.epochs of Ditto's personal model")
     parser.add_argument("--ditto-mix", default="0.5", help="personal.mix of the ditto-mix method (a comma list)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--result", help="name of the results JSON in bench/results "
-                        "(default fl_personal_PRESET_START, so that runs of other settings never overwrite it)")
+    parser.add_argument("--result", help="name of the results JSON in bench/results (default fl_personal_PRESET_START; "
+                        "a file there from other settings or columns is not overwritten without --result)")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := [m for m in methods if m not in METHODS]:
@@ -209,8 +233,15 @@ def main() -> int:
     if bad := [x for x in mixes if not 0 < x <= 1]:
         parser.error(f"--ditto-mix must be in (0, 1]: {bad}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = runs_folder(args, f"-dl{args.ditto_lambda:g}")
     cols = columns(methods, mixes)
+    name = args.result or f"fl_personal_{args.preset}_{args.start}".replace("-", "_")
+    planned = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
+               "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_epochs": args.ditto_epochs,
+               "ditto_mix": mixes, "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}}
+    earlier = RESULTS / f"{name}.json"
+    if not args.result and earlier.is_file() and identity(json.loads(earlier.read_text())) != identity(planned):
+        parser.error(f"{earlier} holds a run of other settings or columns: name this one with --result")
+    out = runs_folder(args, f"-dl{args.ditto_lambda:g}")
     table = collect(cols, seeds, args, out)
     kinds = [*cols, "local-only"]
     for side in ("own", "others"):
@@ -218,13 +249,10 @@ def main() -> int:
         print_table(["organisation", *kinds],
                     [[org, *(f"{c[k]['median']:.4f} [{c[k]['min']:.4f}, {c[k]['max']:.4f}]" for k in kinds)]
                      for org, sides in table.items() for c in [sides[side]]])
-    result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda,
-              "ditto_epochs": args.ditto_epochs, "ditto_mix": mixes,
-              "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}, "table": table,
-              "checks": checks(table),
+    result = {**planned, "table": table, "checks": checks(table),
+              **({"clusters": made} if (made := clusters_made(cols, seeds, args, out)) else {}),
               "command": " ".join(["bench/fl_personal.py", *sys.argv[1:]])}
-    path = write_result(args.result or f"fl_personal_{args.preset}_{args.start}".replace("-", "_"), result)
+    path = write_result(name, result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0
