@@ -27,7 +27,8 @@ Prints the median and range over seeds and writes bench/results/fl_personal_PRES
 the run it scored, so a retrained run is scored again.
 
     .venv/bin/python bench/fl_personal.py [--preset four-orgs] [--rounds 5] [--lines 400]
-        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix,clustered] [--ditto-lambda 10] [--ditto-epochs 1] [--ditto-mix 0.3,0.5]
+        [--seeds 0,1,2] [--methods global,fedper,fedbn,ditto,ditto-mix,clustered]
+        [--ditto-lambda 10] [--ditto-epochs 1] [--ditto-mix 0.3,0.5]
         [--start base|warm|scratch] [--out DIR] [--result NAME]
 
 Targets: the best personalised model <= 0.8x the global model's own-test CER for every
