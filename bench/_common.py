@@ -101,17 +101,20 @@ def write_json(path: Path, payload: dict[str, Any], indent: int = 1) -> None:
     os.replace(tmp, path)
 
 
-def cached(path: Path, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def cached(path: Path, settings: dict[str, Any], compute: Callable[[], dict[str, Any]],
+           recompute_if_changed: bool = False) -> dict[str, Any]:
     """A benchmark run's result, from `path` when it was computed with these `settings` (so a
     stopped benchmark resumes where it left off), else computed and saved with them. A cache made
-    with other settings stops the benchmark rather than mixing runs."""
+    with other settings stops the benchmark rather than mixing runs, or, for a result that is
+    cheap to make again (a score of a run that was retrained), is computed again."""
     wanted = json.loads(json.dumps(settings))
     if path.is_file():
         result = json.loads(path.read_text(encoding="utf-8"))
-        if result.get("settings") != wanted:
+        if result.get("settings") == wanted:
+            return result
+        if not recompute_if_changed:
             raise SystemExit(f"{path} was run with other settings ({result.get('settings')}); "
                              "give these ones a --tag or another --out")
-        return result
     result = {**compute(), "settings": wanted}
     write_json(path, result)
     return result

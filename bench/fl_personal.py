@@ -40,11 +40,10 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, print_table, spread, write_json, write_result
+from _common import RESULTS, cached, print_table, spread, write_result
 from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
 
 from fedocr.data.organisations import get_federation
@@ -77,17 +76,6 @@ def column_settings(column: str, args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _cache(path: Path, score: Callable[[], dict[str, Any]], run_id: str | None = None) -> dict[str, Any]:
-    """`score()`, kept in `path`; with a `run_id`, a cache of another run is scored again."""
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if run_id is None or cached.pop("run_id", None) == run_id:
-            return cached
-    result = score()
-    write_json(path, {**result, "run_id": run_id} if run_id else result)
-    return result
-
-
 def trained_run(method: str, seed: int, args: argparse.Namespace, out: Path) -> Path:
     """The folder of `method`'s finished federation for this seed, trained if need be. Only the
     global run trains the local-only baselines: a personalised run's would be the same models."""
@@ -103,19 +91,19 @@ def trained_run(method: str, seed: int, args: argparse.Namespace, out: Path) -> 
 
 def run_one(column: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """{org: {own: {column: cer}, others: {...}}} of one column and seed, with local-only beside
-    the global column's (cached, against the id of the run scored)."""
+    the global column's (cached under the id of the run scored, and scored again for another)."""
     run_dir = trained_run(trained_method(column), seed, args, out)
     report = json.loads((run_dir / "report.json").read_text())
     if column != "global":
-        return _cache(out / f"{stem(column, args)}-served-s{seed}.json",
-                      lambda: score_served(column, run_dir, args, seed), report["run_id"])
+        return cached(out / f"{stem(column, args)}-served-s{seed}.json", {"run_id": report["run_id"]},
+                      lambda: score_served(column, run_dir, args, seed), recompute_if_changed=True)
 
     def from_report() -> dict[str, Any]:
         return {org: {side: {column: c[key]["federated"], "local-only": c[key]["local_only"]}
                       for side, key in (("own", "own_test_cer"), ("others", "other_test_cer"))}
                 for org, c in report["final"]["clients"].items()}
 
-    return _cache(out / f"global-s{seed}.json", from_report, report["run_id"])
+    return cached(out / f"global-s{seed}.json", {"run_id": report["run_id"]}, from_report, recompute_if_changed=True)
 
 
 def score_served(column: str, run_dir: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -157,7 +145,7 @@ def cluster_models(run_dir: Path, one_model: CRNN, orgs: list[str]) -> dict[str,
 def collect(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """{org: {side: {kind: spread over seeds}}} with kind = each column and local-only."""
     runs = {(c, s): run_one(c, s, args, out) for c in cols for s in seeds}
-    orgs = list(next(iter(runs.values())))
+    orgs = list(get_federation(args.preset).names)
     table: dict[str, Any] = {}
     for org in orgs:
         table[org] = {}
