@@ -21,7 +21,7 @@ the --out folder, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_compress.py [--federation three-orgs-mini|three-orgs] [--rounds 24] [--lines 160]
         [--start scratch|warm (three-orgs-mini; three-orgs starts from the base model)] [--seeds 0,1,2]
-        [--out DIR] [--only NAME,...] [--reuse bench/results/fl_compress.json]
+        [--out DIR] [--only NAME,...] [--sgd-lr RATE] [--reuse bench/results/fl_compress.json]
 
 `--reuse` takes the runs an earlier result file recorded (same federation, rounds, lines and
 test lines) instead of running them again. Bytes are compared on the mean per client and round
@@ -37,17 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, simulated_run, spread, write_result
+from _common import cached, print_table, simulated_run, spread, write_json, write_result
 
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
-from fedocr.federated.config import SCRATCH_LR, FlConfig
+from fedocr.federated.config import SCRATCH_LR, SGD_FINETUNE_LR, SGD_SCRATCH_LR, FlConfig
 from fedocr.model.shipped import base_checkpoint
 
 # The mini federation after 9 dense FedAvg rounds from scratch (this benchmark's dense seed-0 run):
 # past CTC's all-blank plateau, as any federation that starts from a trained model is.
 WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 THREE_ORGS = 3  # both federations here: three organisations, every one sampled each round
-SGD_LR = 0.1  # SGD with momentum 0.9: the best of 0.05, 0.1 and 0.3 (dense, seed 0) from the warm mini model
 TOP_K_VALUES = {"compress.quantize": "fp16"}  # Top-K rows send their kept values as float16
 SETTINGS: dict[str, dict[str, Any]] = {
     "dense fp32": {},
@@ -66,7 +65,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # its rate, so a local round moves all weights alike and the largest 10% hold little of the
 # delta; SGD's delta is heavy-tailed (the top-k step records the share it kept as
 # `kept_energy`). These rows compare with dense SGD, and keep k of all tensors together.
-SGD = {"client-optimizer": "sgd", "lr": SGD_LR}
+SGD = {"client-optimizer": "sgd"}  # at --sgd-lr
 
 
 def sgd_top_k(k: float, error_feedback: bool = True) -> dict[str, Any]:
@@ -83,6 +82,14 @@ SETTINGS |= {
 }
 
 
+def setting_for(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A setting's run-config overrides, with the SGD rows' rate from --sgd-lr."""
+    setting = dict(SETTINGS[name])
+    if setting.get("client-optimizer") == "sgd":
+        setting["lr"] = args.sgd_lr
+    return setting
+
+
 def reference(name: str) -> str:
     """The dense run a setting is compared with: the same client optimizer, uncompressed."""
     return "dense fp32 (SGD)" if SETTINGS[name].get("client-optimizer") == "sgd" else "dense fp32"
@@ -93,12 +100,14 @@ def slug(name: str) -> str:
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """One federation with one setting and seed (cached as out/NAME-sSEED.json)."""
-    cached = out / f"{slug(name)}-s{seed}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    setting = dict(SETTINGS[name])
-    sync = int(setting.pop("sync", 1))
+    """One federation with one setting and seed (cached as out/NAME-sSEED.json with its settings)."""
+    setting = setting_for(name, args)
+    return cached(out / f"{slug(name)}-s{seed}.json", setting, lambda: federate(name, setting, seed, args, out))
+
+
+def federate(name: str, setting: dict[str, Any], seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    run_config = dict(setting)
+    sync = int(run_config.pop("sync", 1))
     base = args.start == "base"
     run_dir = out / f"{slug(name)}-s{seed}"
     initial = str(base_checkpoint()) if base else str(WARM_MINI) if args.start == "warm" else "scratch"
@@ -109,25 +118,23 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[s
          **({"lr": SCRATCH_LR} if args.start == "warm" else {}),
          "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
-         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **setting})
+         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **run_config})
     started = time.time()
     report, last = simulated_run(cfg, f"{name} s{seed}")
     rounds = report["rounds"]
     test = test_sets(cfg, last.charset)
     scores = {org: own_and_others_cer(last.model, last.charset, test, org) for org in test}
     up = [c["bytes_up"] for r in rounds for c in r["clients"] if c["accepted"]]
-    result = {"setting": name, "seed": seed, "rounds": len(rounds), "local_epochs": float(sync),
-              "bytes_up_per_client_round": statistics.median(up), "bytes_up_total": sum(up),
-              "bytes_up_mean_per_client_round": statistics.mean(up),
-              "bytes_down_per_client_round": statistics.median(c["bytes_down"] for r in rounds for c in r["clients"]),
-              "kept_energy": kept_energy(rounds),
-              "val_cer": [r["val_cer"] for r in rounds],
-              "own_test_cer": statistics.mean(s[0] for s in scores.values()),
-              "others_test_cer": statistics.mean(s[1] for s in scores.values()),
-              "per_org": {org: {"own": s[0], "others": s[1]} for org, s in scores.items()},
-              "seconds": time.time() - started}
-    cached.write_text(json.dumps(result, indent=1))
-    return result
+    return {"setting": name, "seed": seed, "rounds": len(rounds), "local_epochs": float(sync),
+            "bytes_up_per_client_round": statistics.median(up), "bytes_up_total": sum(up),
+            "bytes_up_mean_per_client_round": statistics.mean(up),
+            "bytes_down_per_client_round": statistics.median(c["bytes_down"] for r in rounds for c in r["clients"]),
+            "kept_energy": kept_energy(rounds),
+            "val_cer": [r["val_cer"] for r in rounds],
+            "own_test_cer": statistics.mean(s[0] for s in scores.values()),
+            "others_test_cer": statistics.mean(s[1] for s in scores.values()),
+            "per_org": {org: {"own": s[0], "others": s[1]} for org, s in scores.items()},
+            "seconds": time.time() - started}
 
 
 def kept_energy(rounds: list[dict[str, Any]]) -> float | None:
@@ -154,12 +161,13 @@ def seed_cache(result_file: Path, args: argparse.Namespace, out: Path) -> int:
         raise SystemExit(f"bench: {result_file} was run with other settings {same}")
     written = 0
     for name, results in earlier.get("runs", {}).items():
-        if earlier.get("settings", {}).get(name, SETTINGS.get(name)) != SETTINGS.get(name):
-            continue  # the setting's meaning changed since
+        setting = setting_for(name, args) if name in SETTINGS else None
+        if setting is None or earlier.get("settings", {}).get(name, SETTINGS[name]) != setting:
+            continue  # the setting's meaning changed since, or it ran at another --sgd-lr
         for run in results:
-            cached = out / f"{slug(name)}-s{run['seed']}.json"
-            if not cached.is_file():
-                cached.write_text(json.dumps(run, indent=1))
+            path = out / f"{slug(name)}-s{run['seed']}.json"
+            if not path.is_file():
+                write_json(path, {**run, "settings": setting})
                 written += 1
     return written
 
@@ -257,6 +265,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", help="comma-separated setting names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-compress"), help="run folders and the run cache")
+    parser.add_argument("--sgd-lr", type=float, help=f"the SGD rows' local rate (momentum 0.9; default: fedocr's "
+                        f"for the start, {SGD_FINETUNE_LR:g} from the base model, else {SGD_SCRATCH_LR:g})")
     parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
     if args.federation == "three-orgs" and args.start not in (None, "base"):
@@ -264,6 +274,7 @@ def main() -> int:
     if args.federation == "three-orgs-mini" and args.start == "base":
         parser.error("three-orgs-mini has the mini vocabulary: --start scratch or warm")
     args.start = args.start or ("base" if args.federation == "three-orgs" else "scratch")
+    args.sgd_lr = args.sgd_lr or (SGD_FINETUNE_LR if args.start == "base" else SGD_SCRATCH_LR)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
     for dense in sorted({reference(n) for n in names} - set(names), reverse=True):
@@ -277,7 +288,7 @@ def main() -> int:
     rows = summarise(runs)
     table(rows)
     result = {"federation": args.federation, "start": args.start, "seeds": seeds, "rounds_at_1_epoch": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "settings": {n: SETTINGS[n] for n in names}, "rows": rows,
+              "test_lines": args.test_lines, "settings": {n: setting_for(n, args) for n in names}, "rows": rows,
               "checks": checks(rows), "runs": runs,
               "command": " ".join(["bench/fl_compress.py", *sys.argv[1:]])}
     names = {"three-orgs-mini": "fl_compress", "three-orgs-mini-warm": "fl_compress_warm", "three-orgs": "fl_compress_base"}

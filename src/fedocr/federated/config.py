@@ -30,6 +30,9 @@ from fedocr.train import TrainConfig
 # SuperLink's, which says nothing to the operator, so relative paths go under one known root.
 RUNS_ROOT_ENV = "FEDOCR_RUNS"
 SCRATCH_LR, FINETUNE_LR = 3e-3, 1e-4  # AdamW rates for local training from scratch / from a trained model
+# SGD's (momentum 0.9): the best of three for dense FedAvg in bench/fl_compress.py, 0.05/0.1/0.3 on
+# the mini model past its blank plateau, 0.01/0.03/0.1 from the base model (AdamW's 1e-4 barely moves SGD)
+SGD_SCRATCH_LR, SGD_FINETUNE_LR = 0.1, 0.03
 MIN_LR_RATIO = 0.05                   # where `lr-decay = cosine` ends, as a share of the local rate
 
 Aggregate = Literal["all", "backbone", "fedbn"]
@@ -49,7 +52,7 @@ def runs_root() -> Path:
 class FlConfig:
     num_rounds: int = 3                # federated rounds
     local_epochs: float = 1.0          # passes over its own data per client per round
-    lr: float = 0.0                    # local learning rate; 0: 3e-3 from scratch, 1e-4 from a trained model
+    lr: float = 0.0                    # local learning rate; 0: the client optimizer's default for the starting point
     client_optimizer: str = "adamw"    # "adamw", or "sgd" with momentum (FedAvg's original client optimizer)
     lr_decay: str = "cosine"           # local rate over the rounds: "cosine" decays it to 5% (the baselines too), or "none"
     # The update pipeline's flat keys: each step's config (federated.pipeline) validates and reads them.
@@ -218,12 +221,14 @@ class FlConfig:
 
     def local_lr(self) -> float:
         """The learning rate clients (and baselines) use. Fine-tuning a trained model at a
-        from-scratch rate wrecks it within a round (measured: public CER 0.35% -> 5%)."""
+        from-scratch rate wrecks it within a round (measured: public CER 0.35% -> 5%); each client
+        optimizer has its own pair of rates."""
         if self.lr:
             return self.lr
+        scratch, finetune = (SGD_SCRATCH_LR, SGD_FINETUNE_LR) if self.client_optimizer == "sgd" else (SCRATCH_LR, FINETUNE_LR)
         if self.initial_model == "auto":
-            return FINETUNE_LR if self.auto_starts_from_base() else SCRATCH_LR
-        return SCRATCH_LR if self.initial_model == "scratch" else FINETUNE_LR  # a named checkpoint is trained
+            return finetune if self.auto_starts_from_base() else scratch
+        return scratch if self.initial_model == "scratch" else finetune  # a named checkpoint is trained
 
     def decays(self) -> bool:
         """Whether the local rate changes over the run (a one-round run has nothing to decay over)."""
