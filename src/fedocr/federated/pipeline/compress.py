@@ -167,7 +167,8 @@ class TopK:
     def describe(self) -> str:
         feedback = "with error feedback" if self.config.error_feedback else "no error feedback"
         warmup = (f", denser in the first {self.config.warmup_rounds} round(s)" if self.config.warmup_rounds else "")
-        return f"keep {100 * self.config.top_k:g}% of entries per {self.config.scope}, {feedback}{warmup}"
+        scope = "of all tensors together" if self.config.scope == "global" else "per tensor"
+        return f"keep {100 * self.config.top_k:g}% of entries {scope}, {feedback}{warmup}"
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:
         residual: Mapping[str, np.ndarray] = ctx.state.get("residual", {}) if self.config.error_feedback else {}
