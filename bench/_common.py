@@ -114,7 +114,7 @@ def cached(path: Path, settings: dict[str, Any], compute: Callable[[], dict[str,
             return result
         if not recompute_if_changed:
             raise SystemExit(f"{path} was run with other settings ({result.get('settings')}); "
-                             "give these ones a --tag or another --out")
+                             "give these ones another --out (or --tag, where the benchmark has one)")
     result = {**compute(), "settings": wanted}
     write_json(path, result)
     return result

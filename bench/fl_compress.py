@@ -9,7 +9,9 @@ fl_compress_base.json for `--federation three-orgs`, from the shipped base model
 - the final (last round's) model's mean CER on each organisation's own test set and on the
   other organisations' test sets;
 - rounds until the server's validation CER first reaches the dense run's final validation CER
-  (same seed); and the local epochs trained until then.
+  (same seed); and the local epochs trained until then;
+- the server's validation CER at the start, after round 1 and at the end (from a trained model:
+  how far fine-tuning moves it off the general reading the validation mix measures).
 
 Settings: dense fp32, fp16, int8 (per-tensor scale), Top-10% and Top-1% with and without error
 feedback (their kept values sent as fp16), and periodic synchronisation: 3 local epochs between
@@ -21,7 +23,7 @@ the --out folder, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_compress.py [--federation three-orgs-mini|three-orgs] [--rounds 24] [--lines 160]
         [--start scratch|warm (three-orgs-mini; three-orgs starts from the base model)] [--seeds 0,1,2]
-        [--out DIR] [--only NAME,...] [--sgd-lr RATE] [--reuse bench/results/fl_compress.json]
+        [--out DIR] [--only NAME,...] [--sgd-lr RATE] [--result NAME] [--reuse bench/results/fl_compress.json]
 
 `--reuse` takes the runs an earlier result file recorded (same federation, rounds, lines and
 test lines) instead of running them again. Bytes are compared on the mean per client and round
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import cached, print_table, simulated_run, spread, write_json, write_result
+from _common import cached, print_table, simulated_run, spread, starting_weights, write_json, write_result
 
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.federated.config import SCRATCH_LR, SGD_FINETUNE_LR, SGD_SCRATCH_LR, FlConfig
@@ -99,19 +101,19 @@ def slug(name: str) -> str:
     return name.replace(" ", "_").replace("%", "pct").replace("+", "plus").replace(",", "")
 
 
-def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """One federation with one setting and seed (cached as out/NAME-sSEED.json with its settings)."""
-    setting = setting_for(name, args)
-    return cached(out / f"{slug(name)}-s{seed}.json", setting, lambda: federate(name, setting, seed, args, out))
+def stem(name: str, seed: int, args: argparse.Namespace) -> str:
+    """A run's name in the cache; SGD rows carry their rate, so a rate search shares one --out."""
+    rate = f"-lr{args.sgd_lr:g}" if SETTINGS[name].get("client-optimizer") == "sgd" else ""
+    return f"{slug(name)}{rate}-s{seed}"
 
 
-def federate(name: str, setting: dict[str, Any], seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    run_config = dict(setting)
+def run_config(name: str, seed: int, args: argparse.Namespace, out: Path) -> FlConfig:
+    run_config = setting_for(name, args)
     sync = int(run_config.pop("sync", 1))
     base = args.start == "base"
-    run_dir = out / f"{slug(name)}-s{seed}"
+    run_dir = out / stem(name, seed, args)
     initial = str(base_checkpoint()) if base else str(WARM_MINI) if args.start == "warm" else "scratch"
-    cfg = FlConfig.from_run_config(
+    return FlConfig.from_run_config(
         {"federation": args.federation, "charset": "default" if base else "mini",
          "initial-model": initial, "num-rounds": args.rounds // sync,
          # the warm model is 9 rounds into a from-scratch run: it keeps the from-scratch rate
@@ -119,22 +121,42 @@ def federate(name: str, setting: dict[str, Any], seed: int, args: argparse.Names
          "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
          "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **run_config})
+
+
+def cache_key(name: str, cfg: FlConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """What a run depends on besides its seed: its setting, the budget, and the weights and rate it starts from."""
+    return {**setting_for(name, args), "federation": args.federation, "start": args.start, "rounds": cfg.num_rounds,
+            "lines": args.lines, "test_lines": args.test_lines, "initial": starting_weights(cfg), "lr": cfg.local_lr()}
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One federation with one setting and seed (cached as out/STEM.json with what it depends on)."""
+    cfg = run_config(name, seed, args, out)
+    return cached(out / f"{stem(name, seed, args)}.json", cache_key(name, cfg, args), lambda: federate(name, cfg))
+
+
+def federate(name: str, cfg: FlConfig) -> dict[str, Any]:
     started = time.time()
-    report, last = simulated_run(cfg, f"{name} s{seed}")
+    report, last = simulated_run(cfg, f"{name} s{cfg.seed}")
     rounds = report["rounds"]
     test = test_sets(cfg, last.charset)
     scores = {org: own_and_others_cer(last.model, last.charset, test, org) for org in test}
     up = [c["bytes_up"] for r in rounds for c in r["clients"] if c["accepted"]]
-    return {"setting": name, "seed": seed, "rounds": len(rounds), "local_epochs": float(sync),
+    return {"setting": name, "seed": cfg.seed, "rounds": len(rounds), "local_epochs": cfg.local_epochs,
             "bytes_up_per_client_round": statistics.median(up), "bytes_up_total": sum(up),
             "bytes_up_mean_per_client_round": statistics.mean(up),
             "bytes_down_per_client_round": statistics.median(c["bytes_down"] for r in rounds for c in r["clients"]),
             "kept_energy": kept_energy(rounds),
-            "val_cer": [r["val_cer"] for r in rounds],
+            "val_cer": [r["val_cer"] for r in rounds], "start_val_cer": start_val_cer(rounds),
             "own_test_cer": statistics.mean(s[0] for s in scores.values()),
             "others_test_cer": statistics.mean(s[1] for s in scores.values()),
             "per_org": {org: {"own": s[0], "others": s[1]} for org, s in scores.items()},
             "seconds": time.time() - started}
+
+
+def start_val_cer(rounds: list[dict[str, Any]]) -> float:
+    """The starting model's validation CER: what round 1's commit step compared its candidate with."""
+    return next(s["committed_cer"] for s in rounds[0]["steps"] if s["step"] == "commit")
 
 
 def kept_energy(rounds: list[dict[str, Any]]) -> float | None:
@@ -165,9 +187,9 @@ def seed_cache(result_file: Path, args: argparse.Namespace, out: Path) -> int:
         if setting is None or earlier.get("settings", {}).get(name, SETTINGS[name]) != setting:
             continue  # the setting's meaning changed since, or it ran at another --sgd-lr
         for run in results:
-            path = out / f"{slug(name)}-s{run['seed']}.json"
+            path = out / f"{stem(name, run['seed'], args)}.json"
             if not path.is_file():
-                write_json(path, {**run, "settings": setting})
+                write_json(path, {**run, "settings": cache_key(name, run_config(name, run["seed"], args, out), args)})
                 written += 1
     return written
 
@@ -192,6 +214,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
                       "rounds_to_dense_final_val_cer": spread(reach), "local_epochs_to_dense_final_val_cer":
                           spread(epochs), "rounds": results[0]["rounds"], "local_epochs": results[0]["local_epochs"],
                       "never_reached": sum(n is None for n in reach), "compared_with": dense_name}
+        if all("start_val_cer" in r for r in results):  # how far round 1 moved the model off general reading
+            rows[name]["val_cer_start"] = spread([r["start_val_cer"] for r in results])
+            rows[name]["val_cer_round_1"] = spread([r["val_cer"][0] for r in results])
+            rows[name]["val_cer_final"] = spread([r["val_cer"][-1] for r in results])
         energy = [r["kept_energy"] for r in results if r.get("kept_energy") is not None]
         if energy:
             rows[name]["kept_energy"] = spread(energy)
@@ -240,7 +266,7 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
         return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if isinstance(m, float) else f"{m} [{lo}, {hi}]"
 
     headers = ["setting", "rounds x epochs", "KB up/client/round", "x fewer", "own-test CER", "rel. to dense",
-               "others'-test CER", "rounds to dense final", "energy kept"]
+               "others'-test CER", "rounds to dense final", "energy kept", "val CER start/r1/final"]
     body = []
     for name, r in rows.items():
         body.append([name, f"{r['rounds']} x {r['local_epochs']:g}",
@@ -249,7 +275,9 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
                      fmt(r["relative_own_cer_change"], 2) if "relative_own_cer_change" in r else "-",
                      fmt(r["others_test_cer"]), fmt(r["rounds_to_dense_final_val_cer"], 0)
                      + (f" ({r['never_reached']} never)" if r["never_reached"] else ""),
-                     fmt(r["kept_energy"], 2) if "kept_energy" in r else "-"])
+                     fmt(r["kept_energy"], 2) if "kept_energy" in r else "-",
+                     "/".join(f"{r[k]['median']:.4f}" for k in ("val_cer_start", "val_cer_round_1", "val_cer_final"))
+                     if "val_cer_start" in r else "-"])
     print_table(headers, body)
 
 
@@ -266,7 +294,10 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated setting names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-compress"), help="run folders and the run cache")
     parser.add_argument("--sgd-lr", type=float, help=f"the SGD rows' local rate (momentum 0.9; default: fedocr's "
-                        f"for the start, {SGD_FINETUNE_LR:g} from the base model, else {SGD_SCRATCH_LR:g})")
+                        f"SGD rates, {SGD_FINETUNE_LR:g} from the base model, {SGD_SCRATCH_LR:g} for the mini model "
+                        "from scratch or warm, which keeps the from-scratch rate)")
+    parser.add_argument("--result", help="name of the results JSON in bench/results (default: fl_compress, "
+                        "fl_compress_warm or fl_compress_base by federation and start)")
     parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
     if args.federation == "three-orgs" and args.start not in (None, "base"):
@@ -274,7 +305,10 @@ def main() -> int:
     if args.federation == "three-orgs-mini" and args.start == "base":
         parser.error("three-orgs-mini has the mini vocabulary: --start scratch or warm")
     args.start = args.start or ("base" if args.federation == "three-orgs" else "scratch")
-    args.sgd_lr = args.sgd_lr or (SGD_FINETUNE_LR if args.start == "base" else SGD_SCRATCH_LR)
+    if args.sgd_lr is None:
+        args.sgd_lr = SGD_FINETUNE_LR if args.start == "base" else SGD_SCRATCH_LR
+    elif not args.sgd_lr > 0:
+        parser.error("--sgd-lr must be positive")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
     for dense in sorted({reference(n) for n in names} - set(names), reverse=True):
@@ -292,7 +326,7 @@ def main() -> int:
               "checks": checks(rows), "runs": runs,
               "command": " ".join(["bench/fl_compress.py", *sys.argv[1:]])}
     names = {"three-orgs-mini": "fl_compress", "three-orgs-mini-warm": "fl_compress_warm", "three-orgs": "fl_compress_base"}
-    path = write_result(names[variant], result)
+    path = write_result(args.result or names[variant], result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0

@@ -49,7 +49,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                    val_lines=100, round_deadline_s=600, seed=seed, out_dir=str(run_dir), store=str(run_dir / "runs.db"))
     # What the run depends on besides its seed: the whole config (its folders aside) and the weights it starts from.
     settings = {**{k: v for k, v in cfg.to_dict().items() if k not in ("seed", "out_dir", "store")},
-                "initial_model": starting_weights(cfg)}
+                "initial_model": starting_weights(cfg), "lr": cfg.local_lr()}  # a rate of 0 resolves by optimizer
 
     def run() -> dict[str, Any]:
         started = time.time()
@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2.0, help="local epochs per round")
     parser.add_argument("--lines", type=int, default=320, help="training lines per organisation")
     parser.add_argument("--test-lines", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=0.0, help="0: 3e-3 from scratch, 1e-4 from the base model")
+    parser.add_argument("--lr", type=float, default=0.0, help="0: 3e-3 from scratch, 1e-4 from the base model (SGD: 0.1, 0.01)")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="client optimizer")
     parser.add_argument("--lr-decay", choices=["none", "cosine"], default="cosine",
                         help="cosine: local rate decays over the rounds (and over the baselines' training)")

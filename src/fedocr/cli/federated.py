@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (models, state, report.json)")
     p.add_argument("--store", type=Path, help="run store (default: $FEDOCR_RUNS/runs.db)")
     p.add_argument("--local-epochs", type=float, help="epochs each client trains per round")
-    p.add_argument("--lr", type=float, help="local learning rate (default: 3e-3 from scratch, 1e-4 from a trained model; SGD clients 0.1 and 0.03)")
+    p.add_argument("--lr", type=float, help="local learning rate (default: 3e-3 from scratch, 1e-4 from a trained model; SGD clients 0.1 and 0.01)")
     p.add_argument("--lr-decay", choices=["cosine", "none"], help="local rate over the rounds (default cosine, to 5%%)")
     p.add_argument("--batch-size", type=int, help="lines per local optimizer step")
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
