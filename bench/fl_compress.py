@@ -17,7 +17,8 @@ Settings: dense fp32, fp16, int8 (per-tensor scale), Top-10% and Top-1% with and
 feedback (their kept values sent as fp16), and periodic synchronisation: 3 local epochs between
 uploads for a third of the rounds (the same local compute as 1 epoch per round). The `(SGD global)`
 rows repeat Top-K with SGD clients (momentum 0.9) and k of all tensors together, against dense
-SGD; the table's last column is the share of the delta's squared norm Top-K kept. Every setting
+SGD; the table's last columns are the share of the delta's squared norm Top-K kept and the
+validation CER medians (start / round 1 / end). Every setting
 runs with each seed; the table shows the median and [min, max] over seeds. Runs are cached in
 the --out folder, so an interrupted benchmark resumes where it stopped.
 
@@ -108,8 +109,8 @@ def stem(name: str, seed: int, args: argparse.Namespace) -> str:
 
 
 def run_config(name: str, seed: int, args: argparse.Namespace, out: Path) -> FlConfig:
-    run_config = setting_for(name, args)
-    sync = int(run_config.pop("sync", 1))
+    overrides = setting_for(name, args)
+    sync = int(overrides.pop("sync", 1))
     base = args.start == "base"
     run_dir = out / stem(name, seed, args)
     initial = str(base_checkpoint()) if base else str(WARM_MINI) if args.start == "warm" else "scratch"
@@ -120,7 +121,7 @@ def run_config(name: str, seed: int, args: argparse.Namespace, out: Path) -> FlC
          **({"lr": SCRATCH_LR} if args.start == "warm" else {}),
          "local-epochs": float(sync), "lines-per-client": args.lines, "test-lines": args.test_lines, "val-lines": 100,
          "fraction-train": 1.0, "min-accepted": 2, "round-deadline-s": 600.0, "seed": seed,
-         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **run_config})
+         "out-dir": str(run_dir), "store": str(run_dir / "runs.db"), **overrides})
 
 
 def cache_key(name: str, cfg: FlConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -154,9 +155,10 @@ def federate(name: str, cfg: FlConfig) -> dict[str, Any]:
             "seconds": time.time() - started}
 
 
-def start_val_cer(rounds: list[dict[str, Any]]) -> float:
-    """The starting model's validation CER: what round 1's commit step compared its candidate with."""
-    return next(s["committed_cer"] for s in rounds[0]["steps"] if s["step"] == "commit")
+def start_val_cer(rounds: list[dict[str, Any]]) -> float | None:
+    """The starting model's validation CER: what round 1's commit step compared its candidate with
+    (None when round 1 formed no candidate)."""
+    return next((s["committed_cer"] for s in rounds[0]["steps"] if s["step"] == "commit"), None)
 
 
 def kept_energy(rounds: list[dict[str, Any]]) -> float | None:
@@ -188,8 +190,11 @@ def seed_cache(result_file: Path, args: argparse.Namespace, out: Path) -> int:
             continue  # the setting's meaning changed since, or it ran at another --sgd-lr
         for run in results:
             path = out / f"{stem(name, run['seed'], args)}.json"
+            key = cache_key(name, run_config(name, run["seed"], args, out), args)
+            if "settings" in run and run["settings"] != json.loads(json.dumps(key)):
+                continue  # recorded with other starting weights or rate (runs from before 33ee4b4 carry no key)
             if not path.is_file():
-                write_json(path, {**run, "settings": cache_key(name, run_config(name, run["seed"], args, out), args)})
+                write_json(path, {**run, "settings": key})
                 written += 1
     return written
 
@@ -214,10 +219,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
                       "rounds_to_dense_final_val_cer": spread(reach), "local_epochs_to_dense_final_val_cer":
                           spread(epochs), "rounds": results[0]["rounds"], "local_epochs": results[0]["local_epochs"],
                       "never_reached": sum(n is None for n in reach), "compared_with": dense_name}
-        if all("start_val_cer" in r for r in results):  # how far round 1 moved the model off general reading
-            rows[name]["val_cer_start"] = spread([r["start_val_cer"] for r in results])
-            rows[name]["val_cer_round_1"] = spread([r["val_cer"][0] for r in results])
-            rows[name]["val_cer_final"] = spread([r["val_cer"][-1] for r in results])
+        # how far round 1 moved the model off general reading (runs before bfaf35e lack the start)
+        rows[name]["val_cer_start"] = spread([r.get("start_val_cer") for r in results])
+        rows[name]["val_cer_round_1"] = spread([r["val_cer"][0] for r in results])
+        rows[name]["val_cer_final"] = spread([r["val_cer"][-1] for r in results])
         energy = [r["kept_energy"] for r in results if r.get("kept_energy") is not None]
         if energy:
             rows[name]["kept_energy"] = spread(energy)
@@ -276,8 +281,8 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
                      fmt(r["others_test_cer"]), fmt(r["rounds_to_dense_final_val_cer"], 0)
                      + (f" ({r['never_reached']} never)" if r["never_reached"] else ""),
                      fmt(r["kept_energy"], 2) if "kept_energy" in r else "-",
-                     "/".join(f"{r[k]['median']:.4f}" for k in ("val_cer_start", "val_cer_round_1", "val_cer_final"))
-                     if "val_cer_start" in r else "-"])
+                     "/".join("-" if r[k]["median"] is None else f"{r[k]['median']:.4f}"
+                              for k in ("val_cer_start", "val_cer_round_1", "val_cer_final"))])
     print_table(headers, body)
 
 
@@ -305,6 +310,8 @@ def main() -> int:
     if args.federation == "three-orgs-mini" and args.start == "base":
         parser.error("three-orgs-mini has the mini vocabulary: --start scratch or warm")
     args.start = args.start or ("base" if args.federation == "three-orgs" else "scratch")
+    if args.result and not args.result.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        parser.error("--result is a file name in bench/results: letters, digits, '.', '-' and '_'")
     if args.sgd_lr is None:
         args.sgd_lr = SGD_FINETUNE_LR if args.start == "base" else SGD_SCRATCH_LR
     elif not args.sgd_lr > 0:
@@ -326,7 +333,7 @@ def main() -> int:
               "checks": checks(rows), "runs": runs,
               "command": " ".join(["bench/fl_compress.py", *sys.argv[1:]])}
     names = {"three-orgs-mini": "fl_compress", "three-orgs-mini-warm": "fl_compress_warm", "three-orgs": "fl_compress_base"}
-    path = write_result(args.result or names[variant], result)
+    path = write_result(args.result.removesuffix(".json") if args.result else names[variant], result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0
