@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The mini federation after 9 dense FedAvg rounds from scratch (fl_compress's dense seed-0 run):
+# past CTC's all-blank plateau, as any federation that starts from a trained model is.
+WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 DATA = Path(__file__).resolve().parent / "data"  # the external check sets, one folder with labels.tsv each
 
 

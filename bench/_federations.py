@@ -7,10 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from _common import WARM_MINI
+
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.federated.sim.simulate import simulate
 
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 STARTS: dict[str, dict[str, Any]] = {
     "base": {"initial-model": "auto"}, "scratch": {"initial-model": "scratch"},
     "warm": {"initial-model": str(WARM_MINI), "lr": SCRATCH_LR, "charset": "mini"}}

@@ -40,15 +40,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import cached, print_table, simulated_run, spread, starting_weights, write_json, write_result
+from _common import WARM_MINI, cached, print_table, simulated_run, spread, starting_weights, write_json, write_result
 
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.federated.config import SCRATCH_LR, SGD_FINETUNE_LR, SGD_SCRATCH_LR, FlConfig
 from fedocr.model.shipped import base_checkpoint
 
-# The mini federation after 9 dense FedAvg rounds from scratch (this benchmark's dense seed-0 run):
-# past CTC's all-blank plateau, as any federation that starts from a trained model is.
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 THREE_ORGS = 3  # both federations here: three organisations, every one sampled each round
 TOP_K_VALUES = {"compress.quantize": "fp16"}  # Top-K rows send their kept values as float16
 SETTINGS: dict[str, dict[str, Any]] = {

@@ -22,11 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, simulated_run, spread, write_result
+from _common import WARM_MINI, print_table, simulated_run, spread, write_result
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 FEDERATION = "many-clients-mini"
 DELTA = 1e-5
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, cached, print_table, simulated_run, spread, starting_weights, write_result
+from _common import RESULTS, WARM_MINI, cached, print_table, simulated_run, spread, starting_weights, write_result
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.federated.sim.audit import audit_run
@@ -44,7 +44,6 @@ from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.model import load_checkpoint
 from fedocr.model.shipped import base_checkpoint
 
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 DELTA = 1e-5
 CANARY_ORG = "bank"
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from _common import cached, print_table, simulated_run, spread, write_result
+from _common import WARM_MINI, cached, print_table, simulated_run, spread, write_result
 
 from fedocr.data import ConcatLines
 from fedocr.federated.config import SCRATCH_LR, FlConfig
@@ -56,7 +56,6 @@ from fedocr.model import torch_logits_fn
 from fedocr.train import evaluate
 
 FEDERATION = "ten-branches-mini"
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 MALICIOUS = {1: ["bank-2"], 2: ["bank-2", "school-2"]}
 ATTACKS = {"clean": "", "sign-flip": "sign-flip", "boost": "boost", "noise": "noise", "free-rider": "free-rider",
            "collude": "collude", "label-shuffle": "label-shuffle", "backdoor": "backdoor+boost",

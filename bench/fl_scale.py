@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _common import print_table, simulated_run, write_result
-from _federations import WARM_MINI
+from _common import WARM_MINI, print_table, simulated_run, write_result
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 

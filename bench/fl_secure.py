@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import print_table, simulated_run, spread, write_result
+from _common import WARM_MINI, print_table, simulated_run, spread, write_result
 
 from fedocr.data.organisations import get_federation
 from fedocr.federated.config import FlConfig
 from fedocr.model import load_checkpoint
 
-WARM_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-mini-warm.pt"
 SETTINGS: dict[str, dict[str, Any]] = {"plain": {}, "secagg+": {"secure.method": "secagg+"},
                                        "ckks full": {"secure.method": "ckks"},
                                        "ckks top-10%": {"secure.method": "ckks", "he.top-k": 0.1}}
