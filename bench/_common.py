@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: timing, tables, result files with machine facts."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -95,6 +96,29 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     write_json(path, {"machine": machine(), **payload}, indent=2)
     return path
+
+
+def result_name(text: str) -> str:
+    """argparse type of --result: a file name in bench/results, without a folder (".json" optional)."""
+    name = text.removesuffix(".json")
+    if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise argparse.ArgumentTypeError(f"{text!r}: a file name in bench/results (letters, digits, '.', '-', '_')")
+    return name
+
+
+def refuse_to_replace(parser: argparse.ArgumentParser, name: str, planned: dict[str, Any], flag: str,
+                      predates: dict[str, Any] | None = None) -> None:
+    """Stop (a usage error naming `flag`, the way to choose another name) before a benchmark
+    overwrites bench/results/NAME.json made with other settings than `planned`. A setting the
+    file predates had the value `predates` gives (its default then), or, not given there, is not
+    compared."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return
+    then = {**(predates or {}), **json.loads(path.read_text(encoding="utf-8"))}
+    now = json.loads(json.dumps(planned))
+    if differ := [k for k, v in now.items() if k in then and then[k] != v]:
+        parser.error(f"{path} holds results of other settings ({', '.join(differ)}): name these with {flag}")
 
 
 def write_json(path: Path, payload: dict[str, Any], indent: int = 1) -> None:

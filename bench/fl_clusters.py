@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import print_table, spread, write_json, write_result
+from _common import print_table, refuse_to_replace, result_name, spread, write_json, write_result
 from _federations import add_federation_arguments, run_federation, runs_folder
 
 from fedocr.data.organisations import get_federation
@@ -100,8 +100,14 @@ def main() -> int:
     add_federation_arguments(parser, "hidden-groups-mini", "warm", 200, Path("/tmp/fl-clusters"))
     parser.add_argument("--split-round", type=int, default=1)
     parser.add_argument("--k", type=int, default=2, help="cluster.k: the number of cluster models; 0: found")
-    parser.add_argument("--result", default="fl_clusters", help="name of the results JSON in bench/results")
+    parser.add_argument("--result", type=result_name,
+                        help="name of the results JSON in bench/results (default fl_clusters; a file there from other "
+                             "settings is not overwritten without --result)")
     args = parser.parse_args()
+    planned = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
+               "test_lines": args.test_lines, "split_round": args.split_round, "k": args.k}
+    if not args.result:
+        refuse_to_replace(parser, "fl_clusters", planned, "--result", predates={"k": 2})   # k, before it was recorded
     seeds = [int(s) for s in args.seeds.split(",")]
     out = runs_folder(args, f"-split{args.split_round}")
     runs = {(m, s): run_one(m, s, args, out) for m in METHODS for s in seeds}
@@ -140,14 +146,13 @@ def main() -> int:
         if len(groups) == 1:   # kept one model because it found no groups, not because it never could score
             checks["declined_every_seed"] = all(splits[s].get("declined") is not None for s in seeds)
     seconds = {m: spread([float(np.median(runs[(m, s)]["seconds"])) for s in seeds]) for m in METHODS}
-    result = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "split_round": args.split_round, "k": args.k, "seeds": seeds,
+    result = {**planned, "seeds": seeds,
               "truth": truth, "clusters": {str(s): k for s, k in k_found.items()},
               "ari": {str(s): a for s, a in ari.items()}, "moves_after_split": {str(s): m for s, m in moved.items()},
               "split": {str(s): v for s, v in splits.items()},
               "table": table, "round_seconds": seconds,
               "checks": checks, "command": " ".join(["bench/fl_clusters.py", *sys.argv[1:]])}
-    path = write_result(args.result, result)
+    path = write_result(args.result or "fl_clusters", result)
     print(json.dumps(checks, indent=1))
     print(f"wrote {path}")
     return 0

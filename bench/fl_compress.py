@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import WARM_MINI, cached, print_table, simulated_run, spread, starting_weights, write_json, write_result
+from _common import (WARM_MINI, cached, print_table, result_name, simulated_run, spread, starting_weights,
+                     write_json, write_result)
 
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.federated.config import SCRATCH_LR, SGD_FINETUNE_LR, SGD_SCRATCH_LR, FlConfig
@@ -298,7 +299,7 @@ def main() -> int:
     parser.add_argument("--sgd-lr", type=float, help=f"the SGD rows' local rate (momentum 0.9; default: fedocr's "
                         f"SGD rates, {SGD_FINETUNE_LR:g} from the base model, {SGD_SCRATCH_LR:g} for the mini model "
                         "from scratch or warm, which keeps the from-scratch rate)")
-    parser.add_argument("--result", help="name of the results JSON in bench/results (default: fl_compress, "
+    parser.add_argument("--result", type=result_name, help="name of the results JSON in bench/results (default: fl_compress, "
                         "fl_compress_warm or fl_compress_base by federation and start)")
     parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
@@ -307,8 +308,6 @@ def main() -> int:
     if args.federation == "three-orgs-mini" and args.start == "base":
         parser.error("three-orgs-mini has the mini vocabulary: --start scratch or warm")
     args.start = args.start or ("base" if args.federation == "three-orgs" else "scratch")
-    if args.result and not args.result.replace("_", "").replace("-", "").replace(".", "").isalnum():
-        parser.error("--result is a file name in bench/results: letters, digits, '.', '-' and '_'")
     if args.sgd_lr is None:
         args.sgd_lr = SGD_FINETUNE_LR if args.start == "base" else SGD_SCRATCH_LR
     elif not args.sgd_lr > 0:
@@ -330,7 +329,7 @@ def main() -> int:
               "checks": checks(rows), "runs": runs,
               "command": " ".join(["bench/fl_compress.py", *sys.argv[1:]])}
     names = {"three-orgs-mini": "fl_compress", "three-orgs-mini-warm": "fl_compress_warm", "three-orgs": "fl_compress_base"}
-    path = write_result(args.result.removesuffix(".json") if args.result else names[variant], result)
+    path = write_result(args.result if args.result else names[variant], result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import cached, print_table, simulated_run, spread, starting_weights, write_result
+from _common import cached, print_table, result_name, simulated_run, spread, starting_weights, write_result
 from _federations import STARTS
 
 from fedocr.federated.config import FINETUNE_LR, SCRATCH_LR, VAL_SETS, FlConfig
@@ -145,7 +145,7 @@ def main() -> int:
                              "or both comma-separated")
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/fedocr-bench-contribution"))
-    parser.add_argument("--result", help="name of the results JSON (default: fl_contribution, or with --start base "
+    parser.add_argument("--result", type=result_name, help="name of the results JSON (default: fl_contribution, or with --start base "
                                          "fl_contribution_base, _public when it validates on public only)")
     args = parser.parse_args()
     if unknown := set(args.val_data.split(",")) - set(VAL_SETS):

@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, cached, print_table, spread, write_result
+from _common import RESULTS, cached, print_table, result_name, spread, write_result
 from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
 
 from fedocr.data.organisations import get_federation
@@ -210,7 +210,7 @@ def main() -> int:
     parser.add_argument("--ditto-epochs", type=float, default=1.0, help="personal.epochs of Ditto's personal model")
     parser.add_argument("--ditto-mix", default="0.5", help="personal.mix of the ditto-mix method (a comma list)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--result", help="name of the results JSON in bench/results (default fl_personal_PRESET_START; "
+    parser.add_argument("--result", type=result_name, help="name of the results JSON in bench/results (default fl_personal_PRESET_START; "
                         "a file there from other settings or columns is not overwritten without --result)")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]

@@ -8,7 +8,9 @@ training lines (`canary.org = bank`, each secret `canary.repeats` times). For ea
 - final mean CER of the last round's model on each organisation's own test lines;
 - the privacy audit of that model (`fedocr fl audit`): membership-inference AUC (loss threshold,
   training vs held-out lines, mean over nodes; 0.5 is chance) and the mean exposure in bits of
-  the planted canaries, beside never-planted controls (the audit's chance level);
+  the planted canaries, beside never-planted controls (the audit's chance level), each on the raw
+  loss and calibrated by the starting model's loss (both models are public: the attacker has them).
+  The checks take the strongest attack: DP must hold against both, the plain run is exposed by either;
 - the epsilon each node's ledger reached, and seconds per round.
 
 Client level (DP-FedAvg, `dp.level = "client"`) needs many clients: bench/fl_dp_clients.py
@@ -36,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, WARM_MINI, cached, print_table, simulated_run, spread, starting_weights, write_result
+from _common import (RESULTS, WARM_MINI, cached, print_table, refuse_to_replace, simulated_run, spread,
+                     starting_weights, write_result)
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.federated.sim.audit import audit_run
@@ -58,10 +61,11 @@ def settings(args: argparse.Namespace, cfg: FlConfig) -> dict[str, Any]:
     starting weights."""
     return {**{k: getattr(args, k) for k in ("rounds", "lines", "local_epochs", "test_lines", "batch_size",
                                              "candidates", "canaries")},
+            **({"lr": args.lr} if args.lr is not None else {}),
             "initial_model": starting_weights(cfg)}
 
 
-def result_name(args: argparse.Namespace) -> str:
+def results_file(args: argparse.Namespace) -> str:
     name = "fl_privacy" if args.federation == "three-orgs-mini" else "fl_privacy_base"
     return f"{name}_{args.tag}" if args.tag else name
 
@@ -78,7 +82,7 @@ def run_config(epsilon: float, seed: int, args: argparse.Namespace, run_dir: Pat
         {"federation": args.federation, "charset": "default" if base else "mini",
          "initial-model": str(base_checkpoint()) if base else str(WARM_MINI),
          # the warm model is 9 rounds into a from-scratch run: it keeps the from-scratch rate
-         **({} if base else {"lr": SCRATCH_LR}),
+         **({"lr": args.lr} if args.lr is not None else {} if base else {"lr": SCRATCH_LR}),
          "num-rounds": args.rounds, "local-epochs": args.local_epochs,
          "lines-per-client": args.lines, "test-lines": args.test_lines,
          "val-lines": 100, "batch-size": args.batch_size, "fraction-train": 1.0, "min-accepted": 2,
@@ -111,11 +115,14 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
         test = test_sets(cfg, last.charset)
         own = {org: own_and_others_cer(last.model, last.charset, test, org)[0] for org in test}
         spent = [s["epsilon"] for r in report["rounds"] for s in r["steps"] if s["step"] == "dp-sgd"]
-        exposed = audit["canaries"]["full"]
+        exposed, calibrated = audit["canaries"]["full"], audit["canaries"].get("calibrated", {})
         return {"epsilon_target": epsilon, "seed": seed, "rounds": len(report["rounds"]),
                 "own_test_cer": statistics.fmean(own.values()), "per_org": own,
                 "mia_auc": audit["membership"]["mean_auc"],
+                "mia_auc_calibrated": audit["membership"].get("calibrated_mean_auc"),
                 "canary_bits": exposed["planted_mean"], "control_bits": exposed["controls_mean"],
+                "canary_bits_calibrated": calibrated.get("planted_mean"),
+                "control_bits_calibrated": calibrated.get("controls_mean"),
                 "canary_max_bits": exposed["max_bits"],
                 "epsilon_spent": max(spent) if spent else None,
                 "seconds_per_round": statistics.median(r["seconds"] for r in report["rounds"]),
@@ -126,8 +133,10 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
 def summarise(runs: dict[str, list[dict[str, Any]]], start: dict[int, float]) -> dict[str, dict[str, Any]]:
     """Median and range over seeds per epsilon; CER ratios are taken seed by seed (each seed has
     its own test lines), against the run without DP and against the starting model."""
-    keys = ("own_test_cer", "mia_auc", "canary_bits", "control_bits", "epsilon_spent", "seconds_per_round")
-    rows = {eps: {k: spread([r[k] for r in results if r[k] is not None]) for k in keys} for eps, results in runs.items()}
+    keys = ("own_test_cer", "mia_auc", "mia_auc_calibrated", "canary_bits", "control_bits", "canary_bits_calibrated",
+            "control_bits_calibrated", "epsilon_spent", "seconds_per_round")
+    rows = {eps: {k: spread([r[k] for r in results if r.get(k) is not None]) for k in keys}
+            for eps, results in runs.items()}
     no_dp = {r["seed"]: r["own_test_cer"] for r in runs.get("inf", [])}
     for eps, results in runs.items():
         if eps != "inf" and no_dp:
@@ -137,18 +146,44 @@ def summarise(runs: dict[str, list[dict[str, Any]]], start: dict[int, float]) ->
     return rows
 
 
+ATTACKS = {"raw": "", "calibrated": "_calibrated"}   # attack -> suffix of its keys in a row
+
+
+def measured(row: dict[str, Any], key: str) -> list[str]:
+    """The attacks a row has `key` of for every seed: a run cached before the calibrated attack
+    existed leaves it out rather than deciding a check on fewer seeds."""
+    seeds = len(row["own_test_cer"]["values"])
+    return [a for a, suffix in ATTACKS.items() if len(row.get(key + suffix, {}).get("values", [])) == seeds]
+
+
+def exposed_by(row: dict[str, Any]) -> list[str]:
+    """The attacks under which the planted canaries are "above chance": more exposed (median) than
+    the most exposed never-planted control of the same format, by half a bit."""
+    return [a for a in measured(row, "canary_bits")
+            if row["canary_bits" + ATTACKS[a]]["median"] > row["control_bits" + ATTACKS[a]]["max"] + 0.5]
+
+
+def attacks_used(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Which attacks the checks rest on, and which of them exposed the run without DP."""
+    plain, at3 = rows.get("inf"), rows.get("3")
+    return {"eps3_membership": measured(at3, "mia_auc") if at3 else [],
+            "eps3_canaries": measured(at3, "canary_bits") if at3 else [],
+            "non_dp_canaries_exposed_by": exposed_by(plain) if plain else []}
+
+
 def checks(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One boolean per target. The strongest attack decides: DP must hold against every attack
+    measured, and the run without DP counts as exposed when any one of them exposes it."""
     plain, at3 = rows.get("inf"), rows.get("3")
     if not plain or not at3:
         return {"record_eps3_cer_within_1.5x": None, "record_eps3_mia_auc_at_most_0.55": None,
                 "record_eps3_no_canary_exposure_above_chance": None, "non_dp_shows_canary_exposure": None}
     return {
         "record_eps3_cer_within_1.5x": at3["cer_over_no_dp"]["median"] <= 1.5,
-        "record_eps3_mia_auc_at_most_0.55": at3["mia_auc"]["median"] <= 0.55,
-        # "above chance": planted canaries more exposed than never-planted controls of the same format
-        "record_eps3_no_canary_exposure_above_chance":
-            at3["canary_bits"]["median"] <= at3["control_bits"]["max"] + 0.5,
-        "non_dp_shows_canary_exposure": plain["canary_bits"]["median"] > plain["control_bits"]["max"] + 0.5,
+        "record_eps3_mia_auc_at_most_0.55": max(at3["mia_auc" + ATTACKS[a]]["median"]
+                                                for a in measured(at3, "mia_auc")) <= 0.55,
+        "record_eps3_no_canary_exposure_above_chance": not exposed_by(at3),
+        "non_dp_shows_canary_exposure": bool(exposed_by(plain)),
         **measured_elsewhere(),
     }
 
@@ -181,11 +216,12 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
         return f"{cell['median']:.{digits}f} [{cell['min']:.{digits}f}, {cell['max']:.{digits}f}]"
 
     none = {"median": None}
-    print_table(["epsilon (target)", "mean own CER", "x no DP", "x start", "MIA AUC", "canary bits", "control bits",
-                 "epsilon spent", "s/round"],
+    print_table(["epsilon (target)", "mean own CER", "x no DP", "x start", "MIA AUC (raw / calibrated)",
+                 "canary bits (raw / cal.)", "control bits (raw / cal.)", "epsilon spent", "s/round"],
                 [[eps, fmt(r["own_test_cer"]), fmt(r.get("cer_over_no_dp", none), 2), fmt(r.get("cer_over_start", none), 2),
-                  fmt(r["mia_auc"], 3), fmt(r["canary_bits"], 2), fmt(r["control_bits"], 2), fmt(r["epsilon_spent"], 2),
-                  fmt(r["seconds_per_round"], 0)]
+                  *(f"{fmt(r[k], d)} / {fmt(r.get(f'{k}_calibrated', none), d)}"
+                    for k, d in (("mia_auc", 3), ("canary_bits", 2), ("control_bits", 2))),
+                  fmt(r["epsilon_spent"], 2), fmt(r["seconds_per_round"], 0)]
                  for eps, r in rows.items()])
 
 
@@ -197,6 +233,8 @@ def main() -> int:
     parser.add_argument("--local-epochs", type=float, default=1.0)
     parser.add_argument("--canaries", default="4x30", help="COUNTxREPEATS: secrets planted in the bank's lines, "
                                                          "each repeated REPEATS times")
+    parser.add_argument("--lr", type=float, help="the clients' learning rate (default: 1e-4 from the base model, "
+                                                 "the from-scratch 3e-3 from the warm mini model)")
     parser.add_argument("--test-lines", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=200, help="|R| of the canary exposure")
@@ -212,18 +250,26 @@ def main() -> int:
     if not re.fullmatch(r"[A-Za-z0-9_-]*", args.tag):
         parser.error(f"--tag {args.tag!r}: letters, digits, _ and - only (it names a file)")
     if args.recheck:
-        name = result_name(args)
+        name = results_file(args)
         result = json.loads((RESULTS / f"{name}.json").read_text())
         result.pop("machine", None)
         start = dict(zip(result["seeds"], result.get("start_own_test_cer", {}).get("values", [])))
         result["rows"] = summarise(result["runs"], start)
-        result["checks"] = checks(result["rows"])
+        result["checks"], result["attacks_used"] = checks(result["rows"]), attacks_used(result["rows"])
         print(f"wrote {write_result(name, result)}")
         print(json.dumps(result["checks"], indent=1))
         return 0
+    if args.lr is not None and not args.lr > 0:
+        parser.error("--lr must be positive")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    head = {"federation": args.federation, "rounds": args.rounds, "lines": args.lines, "batch_size": args.batch_size,
+            "test_lines": args.test_lines, "local_epochs": args.local_epochs, "lr": args.lr, "delta": DELTA,
+            "canaries": canaries(args), "candidates": args.candidates, "seeds": seeds}
+    # what files from before these settings were recorded ran with (lr None: the bench's default rate)
+    refuse_to_replace(parser, results_file(args), head, "--tag",
+                      predates={"lr": None, "local_epochs": 1.0, "candidates": 200})
     out = args.out / (args.federation + (f"-{args.tag}" if args.tag else ""))
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
     epsilons = [float(e) for e in args.epsilons.split(",")]
     runs = {f"{eps:g}": [run_one(eps, seed, args, out) for seed in seeds] for eps in epsilons}
     start = {seed: start_cer(seed, args, out) for seed in seeds}
@@ -232,11 +278,9 @@ def main() -> int:
     at_start = spread(list(start.values()))
     print(f"the starting model itself (no round): mean own CER {at_start['median']:.4f} "
           f"[{at_start['min']:.4f}, {at_start['max']:.4f}]")
-    result = {"federation": args.federation, "rounds": args.rounds, "lines": args.lines, "batch_size": args.batch_size,
-              "test_lines": args.test_lines, "local_epochs": args.local_epochs, "delta": DELTA,
-              "canaries": canaries(args), "seeds": seeds, "start_own_test_cer": at_start,
-              "rows": rows, "checks": checks(rows), "runs": runs}
-    name = result_name(args)
+    result = {**head, "start_own_test_cer": at_start, "rows": rows, "checks": checks(rows),
+              "attacks_used": attacks_used(rows), "runs": runs}
+    name = results_file(args)
     print(f"wrote {write_result(name, result)}")
     print(json.dumps(result["checks"], indent=1))
     return 0

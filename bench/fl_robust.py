@@ -45,7 +45,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from _common import WARM_MINI, cached, print_table, simulated_run, spread, write_result
+from _common import (WARM_MINI, cached, print_table, refuse_to_replace, result_name, simulated_run, spread,
+                     write_result)
 
 from fedocr.data import ConcatLines
 from fedocr.federated.config import SCRATCH_LR, FlConfig
@@ -254,6 +255,9 @@ def main() -> int:
     parser.add_argument("--defences", default=",".join(DEFENCES))
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (each run once per seed)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fl-robust"), help="run folders and the run cache")
+    parser.add_argument("--result", type=result_name,
+                        help="name of the results JSON in bench/results (default fl_robust; a file there from other "
+                             "settings is not overwritten without --result)")
     parser.add_argument("--cached-only", action="store_true",
                         help="run nothing: tabulate the runs of the grid already in the cache")
     args = parser.parse_args()
@@ -265,6 +269,10 @@ def main() -> int:
         [str(m) for m in counts if m not in MALICIOUS]
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)}")
+    planned = {"federation": FEDERATION, "start": args.start, "rounds": args.rounds, "lines": args.lines,
+               "test_lines": args.test_lines}
+    if not args.result:
+        refuse_to_replace(parser, "fl_robust", planned, "--result")
     plan = [("clean", "fedavg")] + [(a, d) for a in attacks for d in defences if (a, d) != ("clean", "fedavg")]
     rows = []
     for seed in seeds:   # seed by seed, so an interrupted benchmark has whole seeds to show
@@ -279,14 +287,13 @@ def main() -> int:
     rows = relative(rows)
     cells = summary(rows)
     table(cells)
-    result = {"federation": FEDERATION, "start": args.start, "rounds": args.rounds, "lines": args.lines,
-              "test_lines": args.test_lines, "seeds": seeds, "defences": {d: DEFENCES[d] for d in defences},
+    result = {**planned, "seeds": seeds, "defences": {d: DEFENCES[d] for d in defences},
               "attacks": {a: {"attack.nodes kind": ATTACKS[a], **ATTACK_SETTINGS.get(a, {})} for a in attacks},
               "rows": rows,
               "summary": [{"attack": a, "defence": d, "malicious": m, **c} for (a, d, m), c in cells.items()],
               "checks": checks(rows),
               "command": " ".join(["bench/fl_robust.py", *sys.argv[1:]])}
-    path = write_result("fl_robust", result)
+    path = write_result(args.result or "fl_robust", result)
     print(json.dumps(result["checks"], indent=1))
     print(f"wrote {path}")
     return 0

@@ -45,13 +45,19 @@ def format_audit(audit: dict[str, Any]) -> str:
     lines = [f"privacy audit of {audit.get('model', 'the model')} ({audit.get('seconds', 0):.0f} s)",
              f"  membership inference AUC (chance 0.5): mean {mia['mean_auc']:.3f}  "
              + "  ".join(f"{node} {n['auc']:.3f}" for node, n in mia["nodes"].items())]
+    if "calibrated_mean_auc" in mia:
+        lines.append(f"  calibrated by {audit['reference']} (chance 0.5): mean {mia['calibrated_mean_auc']:.3f}  "
+                     + "  ".join(f"{node} {n['calibrated_auc']:.3f}" for node, n in mia["nodes"].items()))
+    elif audit.get("no_reference"):
+        lines.append(f"  no calibrated attacks: {audit['no_reference']}")
     canaries = audit.get("canaries")
     if canaries:
         lines.append(f"  canaries: {canaries['node']}, {canaries['format']}, {canaries['repeats']} repeats each")
-        for name in ("full", "occluded"):
+        what_of = {"full": "fresh renderings", "calibrated": f"fresh renderings, calibrated by {audit.get('reference')}"}
+        for name in ("full", "calibrated", "occluded"):
             v = canaries.get(name)
             if v:
-                what = f"last {v['hidden_digits']} digits hidden" if name == "occluded" else "fresh renderings"
+                what = f"last {v['hidden_digits']} digits hidden" if name == "occluded" else what_of[name]
                 lines.append(f"  exposure, {what} (bits; |R| {v['candidates']}, chance {v['chance_bits']:.2f}, "
                              f"max {v['max_bits']:.2f}): planted mean {v['planted_mean']:.2f} "
                              f"{v['planted']}  controls mean {v['controls_mean']:.2f} {v['controls']}")

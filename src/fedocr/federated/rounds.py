@@ -199,7 +199,9 @@ class FederatedServer:
         self.store = RunStore(cfg.store_path())
         self.store.start_run(self.state.run_id, cfg.run_name or self.out.name,
                              # lr_resolved: the peak local rate; each round records the rate it sent
-                             {**cfg.to_dict(), "initial_model_resolved": self.init_desc, "lr_resolved": cfg.local_lr(),
+                             # initial_model_digest: what the privacy audit's calibrated attacks subtract must be it
+                             {**cfg.to_dict(), "initial_model_resolved": self.init_desc,
+                              "initial_model_digest": tensor_digest(model_weights(model)), "lr_resolved": cfg.local_lr(),
                               "model_resolved": self.model.config.to_dict(), "vocabulary_resolved": cfg.vocabulary(),
                               "charset_version": charset.version}, cfg.federation, str(self.out), flower_run_id)
         try:

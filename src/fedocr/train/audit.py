@@ -19,6 +19,18 @@ rendering seed the canary was not trained on). What memorisation shows is then a
 loss on the trained secret compared with fresh numbers drawn the same way; averaging a text's
 loss over a few renderings keeps one rendering's noise from deciding its rank.
 
+**Difficulty calibration** (Watson et al., "On the Importance of Difficulty Calibration in
+Membership Attacks", ICLR 2022; the offline reference model of Carlini et al.'s LiRA, 2022): a
+line's loss says as much about how hard it is to read as about whether it was trained on. When
+the audited model was fine-tuned from a public starting model (fedocr's shipped base model is
+one anyone can download), the attacker holds that model too, and scores each line by the loss
+the training took off it: loss under the audited model minus loss under the reference. For a
+fine-tuned model most of a line's raw loss is how hard the line is, which the reference shares;
+from fedocr's base model the calibrated attack tells training lines from held-out ones where the
+raw one is at chance (bench/fl_privacy.py). It cannot help with a secret the starting model
+already reads: a line read correctly has almost no loss, so training gets no gradient from it
+and memorises nothing.
+
 The occluded variant (`occluded_exposure`) is Carlini's prefix-completion setting: the canary's
 last digits are painted over, one image is scored against every completion of its visible part,
 and only a model that remembers the digits can prefer the right ones. Measured on tiny CRNNs
@@ -61,6 +73,15 @@ def ctc_losses(model: CRNN, charset: Charset, samples: Sequence[tuple[np.ndarray
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def attack_scores(model: CRNN, charset: Charset, samples: Sequence[tuple[np.ndarray, str]],
+                  reference: CRNN | None = None) -> dict[str, np.ndarray]:
+    """What the attacker ranks lines by, lower meaning "more likely trained on": `raw`, the CTC
+    loss under `model`, and with a `reference`, `calibrated`: that loss less the reference's
+    (difficulty calibration, Watson et al. 2022)."""
+    raw = ctc_losses(model, charset, samples)
+    return {"raw": raw} if reference is None else {"raw": raw, "calibrated": raw - ctc_losses(reference, charset, samples)}
+
+
 def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """ROC AUC = P(a positive scores above a negative), ties counted half (Mann-Whitney U from
     midranks)."""
@@ -74,15 +95,18 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def membership_auc(model: CRNN, charset: Charset, members: LineDataset, non_members: LineDataset) -> float:
-    """Loss-threshold membership inference (Yeom et al. 2018): AUC of -loss, members vs non-members.
-    Lines with characters outside the vocabulary are left out of both sides."""
-    def losses(lines: LineDataset) -> np.ndarray:
+def membership_auc(model: CRNN, charset: Charset, members: LineDataset, non_members: LineDataset,
+                   reference: CRNN | None = None) -> dict[str, float]:
+    """Loss-threshold membership inference (Yeom et al. 2018): AUC of -score, members vs
+    non-members, per attack of `attack_scores`. Lines with characters outside the vocabulary are
+    left out of both sides."""
+    def scores(lines: LineDataset) -> dict[str, np.ndarray]:
         samples = [lines[i] for i in range(len(lines))]
         encoded = [charset.encode(text) for _, text in samples]
-        return ctc_losses(model, charset, [s for s, e in zip(samples, encoded) if e.ids and not e.unknown])
+        return attack_scores(model, charset, [s for s, e in zip(samples, encoded) if e.ids and not e.unknown], reference)
 
-    return auc(-losses(members), -losses(non_members))
+    inside, outside = scores(members), scores(non_members)
+    return {attack: auc(-inside[attack], -outside[attack]) for attack in inside}
 
 
 def exposure(canary_score: float, candidate_scores: np.ndarray) -> float:
@@ -105,14 +129,18 @@ def chance_exposure(candidates: int) -> float:
 
 
 def canary_exposure(model: CRNN, charset: Charset, canary: str, candidates: Sequence[str], preset: Preset,
-                    seed: int, n_renderings: int = 1) -> float:
-    """Exposure of `canary` among `candidates` (same format, canary excluded). Each text is scored
-    by its mean CTC loss over `n_renderings` renderings of itself in `preset`'s style, all texts
-    drawn with the same rendering seeds (pick one the canary was not trained on)."""
+                    seed: int, n_renderings: int = 1, reference: CRNN | None = None) -> dict[str, float]:
+    """Exposure of `canary` among `candidates` (same format, canary excluded), per attack of
+    `attack_scores`. Each text is scored by its mean over `n_renderings` renderings of itself in
+    `preset`'s style, all texts drawn with the same rendering seeds (pick one the canary was not
+    trained on)."""
     texts = [canary, *candidates]
     samples = [line for text in texts for line in renderings(preset, text, n_renderings, seed, charset)]
-    losses = ctc_losses(model, charset, samples).reshape(len(texts), n_renderings).mean(axis=1)
-    return exposure(float(losses[0]), losses[1:])
+    out = {}
+    for attack, scores in attack_scores(model, charset, samples, reference).items():
+        per_text = scores.reshape(len(texts), n_renderings).mean(axis=1)
+        out[attack] = exposure(float(per_text[0]), per_text[1:])
+    return out
 
 
 def occluded_exposure(model: CRNN, charset: Charset, canary: str, completions: Sequence[str], hidden: int,
