@@ -26,10 +26,10 @@ the audited model was fine-tuned from a public starting model (fedocr's shipped 
 one anyone can download), the attacker holds that model too, and scores each line by the loss
 the training took off it: loss under the audited model minus loss under the reference. For a
 fine-tuned model most of a line's raw loss is how hard the line is, which the reference shares;
-from fedocr's base model the calibrated attack tells training lines from held-out ones where the
-raw one is at chance (bench/fl_privacy.py). It cannot help with a secret the starting model
-already reads: a line read correctly has almost no loss, so training gets no gradient from it
-and memorises nothing.
+fine-tuned from fedocr's base model without DP, the calibrated attack reads AUC 0.54 where the
+raw one reads 0.50 (bench/fl_privacy.py). It cannot help with a secret the starting model
+already reads: a line read correctly has almost no loss, so training gets almost no gradient
+from it and memorises nothing to find.
 
 The occluded variant (`occluded_exposure`) is Carlini's prefix-completion setting: the canary's
 last digits are painted over, one image is scored against every completion of its visible part,
