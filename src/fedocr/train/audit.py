@@ -29,7 +29,9 @@ fine-tuned model most of a line's raw loss is how hard the line is, which the re
 fine-tuned from fedocr's base model, the calibrated attack reads AUC about 0.03 above the raw
 one, with or without DP (bench/fl_privacy.py). It cannot help with a secret the starting model
 already reads: a line read correctly has almost no loss, so training gets almost no gradient
-from it and memorises nothing to find.
+from it and memorises nothing to find. Neither score is neutral: the raw loss ranks numbers that
+are easy in the audit's renderings high, the difference ranks numbers with room to improve high;
+never-planted controls, drawn the same way, show what either bias alone does.
 
 The occluded variant (`occluded_exposure`) is Carlini's prefix-completion setting: the canary's
 last digits are painted over, one image is scored against every completion of its visible part,
