@@ -299,8 +299,9 @@ def main() -> int:
     parser.add_argument("--sgd-lr", type=float, help=f"the SGD rows' local rate (momentum 0.9; default: fedocr's "
                         f"SGD rates, {SGD_FINETUNE_LR:g} from the base model, {SGD_SCRATCH_LR:g} for the mini model "
                         "from scratch or warm, which keeps the from-scratch rate)")
-    parser.add_argument("--result", type=result_name, help="name of the results JSON in bench/results (default: fl_compress, "
-                        "fl_compress_warm or fl_compress_base by federation and start)")
+    parser.add_argument("--result", type=result_name,
+                        help="name of the results JSON in bench/results (default: fl_compress, fl_compress_warm or "
+                             "fl_compress_base by federation and start)")
     parser.add_argument("--reuse", type=Path, help="an earlier result file whose recorded runs are taken as they are")
     args = parser.parse_args()
     if args.federation == "three-orgs" and args.start not in (None, "base"):
