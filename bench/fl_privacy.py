@@ -11,6 +11,8 @@ training lines (`canary.org = bank`, each secret `canary.repeats` times). For ea
   the planted canaries, beside never-planted controls (the audit's chance level), each on the raw
   loss and calibrated by the starting model's loss (both models are public: the attacker has them).
   The checks take the strongest attack: DP must hold against both, the plain run is exposed by either;
+- the CER of the planted lines themselves under the starting model and the final one (how much
+  loss training could take off them);
 - the epsilon each node's ledger reached, and seconds per round.
 
 Client level (DP-FedAvg, `dp.level = "client"`) needs many clients: bench/fl_dp_clients.py
@@ -22,7 +24,8 @@ Every setting runs with each seed; the table shows the median and [min, max] ove
 cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_privacy.py [--federation three-orgs-mini] [--rounds 4] [--lines 200]
-        [--local-epochs 1] [--canaries 4x30] [--seeds 0,1,2] [--epsilons inf,8,3,1] [--out DIR] [--tag T]
+        [--local-epochs 1] [--canaries 4x30] [--lr R] [--dp-batch-size B] [--seeds 0,1,2] [--epsilons inf,8,3,1]
+        [--out DIR] [--tag T]
 
 Settings other than the defaults go with a --tag, which names their results file
 (bench/results/fl_privacy_T.json) and their run cache, so they never overwrite the defaults' figures.
@@ -59,8 +62,9 @@ def canaries(args: argparse.Namespace) -> dict[str, Any]:
 def settings(args: argparse.Namespace, cfg: FlConfig) -> dict[str, Any]:
     """What a cached run depends on besides its epsilon and seed: the benchmark's options and the
     starting weights."""
-    return {**{k: getattr(args, k) for k in ("rounds", "lines", "local_epochs", "test_lines", "batch_size",
-                                             "candidates", "canaries")},
+    return {**{k: getattr(args, k) for k in ("rounds", "lines", "local_epochs", "test_lines", "candidates",
+                                             "canaries")},
+            "batch_size": cfg.batch_size,   # this run's: --dp-batch-size keys only the DP runs
             **({"lr": args.lr} if args.lr is not None else {}),
             "initial_model": starting_weights(cfg)}
 
@@ -76,6 +80,12 @@ def setting(epsilon: float) -> dict[str, Any]:
     return {"dp.level": "record", "dp.target-epsilon": epsilon, "dp.delta": DELTA}
 
 
+def batch_size(epsilon: float, args: argparse.Namespace) -> int:
+    """The batch of the run at `epsilon`: DP runs may take their own (`--dp-batch-size`), since
+    DP-SGD practice tunes the batch with the budget; the run without DP keeps --batch-size."""
+    return args.batch_size if math.isinf(epsilon) or args.dp_batch_size is None else args.dp_batch_size
+
+
 def run_config(epsilon: float, seed: int, args: argparse.Namespace, run_dir: Path) -> FlConfig:
     base = args.federation == "three-orgs"
     return FlConfig.from_run_config(
@@ -85,7 +95,7 @@ def run_config(epsilon: float, seed: int, args: argparse.Namespace, run_dir: Pat
          **({"lr": args.lr} if args.lr is not None else {} if base else {"lr": SCRATCH_LR}),
          "num-rounds": args.rounds, "local-epochs": args.local_epochs,
          "lines-per-client": args.lines, "test-lines": args.test_lines,
-         "val-lines": 100, "batch-size": args.batch_size, "fraction-train": 1.0, "min-accepted": 2,
+         "val-lines": 100, "batch-size": batch_size(epsilon, args), "fraction-train": 1.0, "min-accepted": 2,
          "round-deadline-s": 1200.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
          "audit.candidates": args.candidates, **canaries(args), **setting(epsilon)})
 
@@ -116,6 +126,7 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
         own = {org: own_and_others_cer(last.model, last.charset, test, org)[0] for org in test}
         spent = [s["epsilon"] for r in report["rounds"] for s in r["steps"] if s["step"] == "dp-sgd"]
         exposed, calibrated = audit["canaries"]["full"], audit["canaries"].get("calibrated", {})
+        planted = audit["canaries"].get("planted_lines", {})
         return {"epsilon_target": epsilon, "seed": seed, "rounds": len(report["rounds"]),
                 "own_test_cer": statistics.fmean(own.values()), "per_org": own,
                 "mia_auc": audit["membership"]["mean_auc"],
@@ -124,6 +135,7 @@ def run_one(epsilon: float, seed: int, args: argparse.Namespace, out: Path) -> d
                 "canary_bits_calibrated": calibrated.get("planted_mean"),
                 "control_bits_calibrated": calibrated.get("controls_mean"),
                 "canary_max_bits": exposed["max_bits"],
+                "planted_cer_start": planted.get("start_cer"), "planted_cer_final": planted.get("final_cer"),
                 "epsilon_spent": max(spent) if spent else None,
                 "seconds_per_round": statistics.median(r["seconds"] for r in report["rounds"]),
                 "seconds": time.time() - started}
@@ -134,7 +146,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], start: dict[int, float]) ->
     """Median and range over seeds per epsilon; CER ratios are taken seed by seed (each seed has
     its own test lines), against the run without DP and against the starting model."""
     keys = ("own_test_cer", "mia_auc", "mia_auc_calibrated", "canary_bits", "control_bits", "canary_bits_calibrated",
-            "control_bits_calibrated", "epsilon_spent", "seconds_per_round")
+            "control_bits_calibrated", "planted_cer_start", "planted_cer_final", "epsilon_spent", "seconds_per_round")
     rows = {eps: {k: spread([r[k] for r in results if r.get(k) is not None]) for k in keys}
             for eps, results in runs.items()}
     no_dp = {r["seed"]: r["own_test_cer"] for r in runs.get("inf", [])}
@@ -217,10 +229,12 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
 
     none = {"median": None}
     print_table(["epsilon (target)", "mean own CER", "x no DP", "x start", "MIA AUC (raw / calibrated)",
-                 "canary bits (raw / cal.)", "control bits (raw / cal.)", "epsilon spent", "s/round"],
+                 "canary bits (raw / cal.)", "control bits (raw / cal.)", "planted lines CER (start / end)",
+                 "epsilon spent", "s/round"],
                 [[eps, fmt(r["own_test_cer"]), fmt(r.get("cer_over_no_dp", none), 2), fmt(r.get("cer_over_start", none), 2),
                   *(f"{fmt(r[k], d)} / {fmt(r.get(f'{k}_calibrated', none), d)}"
                     for k, d in (("mia_auc", 3), ("canary_bits", 2), ("control_bits", 2))),
+                  f"{fmt(r['planted_cer_start'], 3)} / {fmt(r['planted_cer_final'], 3)}",
                   fmt(r["epsilon_spent"], 2), fmt(r["seconds_per_round"], 0)]
                  for eps, r in rows.items()])
 
@@ -237,6 +251,8 @@ def main() -> int:
                                                  "the from-scratch 3e-3 from the warm mini model)")
     parser.add_argument("--test-lines", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dp-batch-size", type=int, help="the DP runs' batch (default: --batch-size); the run "
+                                                          "without DP keeps --batch-size")
     parser.add_argument("--candidates", type=int, default=200, help="|R| of the canary exposure")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epsilons", default="inf,8,3,1")
@@ -261,13 +277,16 @@ def main() -> int:
         return 0
     if args.lr is not None and not args.lr > 0:
         parser.error("--lr must be positive")
+    if args.dp_batch_size is not None and args.dp_batch_size < 1:
+        parser.error("--dp-batch-size must be positive")
     seeds = [int(s) for s in args.seeds.split(",")]
     head = {"federation": args.federation, "rounds": args.rounds, "lines": args.lines, "batch_size": args.batch_size,
-            "test_lines": args.test_lines, "local_epochs": args.local_epochs, "lr": args.lr, "delta": DELTA,
+            "dp_batch_size": args.dp_batch_size, "test_lines": args.test_lines, "local_epochs": args.local_epochs,
+            "lr": args.lr, "delta": DELTA,
             "canaries": canaries(args), "candidates": args.candidates, "seeds": seeds}
     # what files from before these settings were recorded ran with (lr None: the bench's default rate)
     refuse_to_replace(parser, results_file(args), head, "--tag",
-                      predates={"lr": None, "local_epochs": 1.0, "candidates": 200})
+                      predates={"lr": None, "local_epochs": 1.0, "candidates": 200, "dp_batch_size": None})
     out = args.out / (args.federation + (f"-{args.tag}" if args.tag else ""))
     out.mkdir(parents=True, exist_ok=True)
     epsilons = [float(e) for e in args.epsilons.split(",")]

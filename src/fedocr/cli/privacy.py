@@ -53,6 +53,10 @@ def format_audit(audit: dict[str, Any]) -> str:
     canaries = audit.get("canaries")
     if canaries:
         lines.append(f"  canaries: {canaries['node']}, {canaries['format']}, {canaries['repeats']} repeats each")
+        if read := canaries.get("planted_lines"):
+            start = f"{read['start_cer']:.4f} under the start, " if "start_cer" in read else ""
+            lines.append(f"  planted lines ({read['lines']}) read at CER {start}"
+                         f"{read['final_cer']:.4f} under the model")
         what_of = {"full": "fresh renderings", "calibrated": f"fresh renderings, calibrated by {audit.get('reference')}"}
         for name in ("full", "calibrated", "occluded"):
             v = canaries.get(name)

@@ -7,7 +7,8 @@ model (OUT/model.pt) learns about the organisations' training lines.
 - canary exposure: each planted secret and each never-planted control ranked among
   `audit.candidates` random secrets of the same format, on fresh renderings (`full`) and with its
   last `audit.hidden-digits` digits painted over (`occluded`). Methods and their OCR adaptation:
-  `fedocr.train.audit`.
+  `fedocr.train.audit`;
+- how the planted lines themselves read (CER) under the audited model and the starting one.
 
 Membership inference and the full exposure run twice when the run started from a checkpoint (the
 shipped base model, or any `initial-model`): on the raw loss, and calibrated by that starting
@@ -36,11 +37,12 @@ from fedocr.federated.config import FlConfig
 from fedocr.federated.pipeline.checks import tensor_digest
 from fedocr.federated.runs.report import write_json
 from fedocr.federated.runs.store import RunStore
-from fedocr.federated.sim.canaries import AuditConfig, Secrets, run_secrets, write_secrets
+from fedocr.federated.sim.canaries import AuditConfig, Secrets, planted_lines, run_secrets, write_secrets
 from fedocr.federated.weights import model_weights
-from fedocr.model import CRNN, CheckpointError, load_checkpoint
+from fedocr.model import CRNN, CheckpointError, load_checkpoint, torch_logits_fn
 from fedocr.train.audit import (canary_exposure, chance_exposure, max_exposure, membership_auc,
                                 occluded_exposure)
+from fedocr.train.evaluate import evaluate
 
 AUDIT_RENDER_OFFSET = 1_000_003   # audit renderings: a seed none of the planted lines was drawn with
 
@@ -109,6 +111,19 @@ def _variant(values: dict[str, list[float]], candidates: int, **extra: Any) -> d
             **{f"{group}_mean": statistics.fmean(vals) for group, vals in values.items()}}
 
 
+def planted_reading(model: CRNN, charset: Charset, cfg: FlConfig, secrets: Secrets,
+                    reference: CRNN | None = None) -> dict[str, Any]:
+    """How well the planted lines themselves (the renderings the node trained on) are read: CER
+    under the audited model and, with a reference, under the starting model. A start that already
+    reads them leaves training little loss to take off them, hence little to memorise."""
+    lines = planted_lines(cfg.federation, secrets, charset)
+
+    def cer(m: CRNN) -> float:
+        return evaluate(torch_logits_fn(m), charset, lines).cer
+    return {"lines": len(lines), **({"start_cer": cer(reference)} if reference is not None else {}),
+            "final_cer": cer(model)}
+
+
 def exposures(model: CRNN, charset: Charset, cfg: FlConfig, secrets: Secrets,
               reference: CRNN | None = None) -> dict[str, Any]:
     """Exposure of each planted secret and each control, full, calibrated against `reference`
@@ -134,6 +149,7 @@ def exposures(model: CRNN, charset: Charset, cfg: FlConfig, secrets: Secrets,
                 tails = draw_secrets(SecretFormat(secret[:-hidden], hidden), n_tails, rng, exclude=[secret])
                 occluded[group].append(occluded_exposure(model, charset, secret, tails, hidden, preset, seed))
     block = {"node": secrets.org, "format": secrets.format.describe(), "repeats": secrets.repeats,
+             "planted_lines": planted_reading(model, charset, cfg, secrets, reference),
              "full": _variant(full, n, renderings=cfg.audit.renderings)}
     if reference is not None:
         block["calibrated"] = _variant(calibrated, n, renderings=cfg.audit.renderings)

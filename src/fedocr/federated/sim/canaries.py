@@ -116,7 +116,8 @@ def run_secrets(cfg: "FlConfig") -> Secrets | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _planted_lines(federation: str, secrets: Secrets, charset: Charset) -> LineDataset:
+def planted_lines(federation: str, secrets: Secrets, charset: Charset) -> LineDataset:
+    """The lines the canary node trains on besides its own: each planted secret's renderings."""
     fed = get_federation(federation)
     preset = fed.preset(fed.node(secrets.org).org)
     return canary_lines(preset, secrets.planted, secrets.repeats, secrets.render_seed, charset)
@@ -127,7 +128,7 @@ def plant(cfg: "FlConfig", org: str, data: LineDataset, charset: Charset) -> Lin
     secrets = run_secrets(cfg)
     if secrets is None or org != secrets.org:
         return data
-    return with_lines(data, _planted_lines(cfg.federation, secrets, charset))
+    return with_lines(data, planted_lines(cfg.federation, secrets, charset))
 
 
 def write_secrets(out: Path, secrets: Secrets) -> Path:
