@@ -24,8 +24,8 @@ Every setting runs with each seed; the table shows the median and [min, max] ove
 cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_privacy.py [--federation three-orgs-mini] [--rounds 4] [--lines 200]
-        [--local-epochs 1] [--canaries 4x30] [--lr R] [--dp-batch-size B] [--seeds 0,1,2] [--epsilons inf,8,3,1]
-        [--out DIR] [--tag T]
+        [--local-epochs 1] [--canaries 4x30] [--lr R] [--dp-batch-size B] [--dp-train all|sequence|head]
+        [--seeds 0,1,2] [--epsilons inf,8,3,1] [--out DIR] [--tag T]
 
 Settings other than the defaults go with a --tag, which names their results file
 (bench/results/fl_privacy_T.json) and their run cache, so they never overwrite the defaults' figures.
@@ -45,6 +45,7 @@ from _common import (RESULTS, WARM_MINI, cached, print_table, refuse_to_replace,
                      starting_weights, write_result)
 
 from fedocr.federated.config import SCRATCH_LR, FlConfig
+from fedocr.federated.pipeline.privacy import DP_TRAIN
 from fedocr.federated.sim.audit import audit_run
 from fedocr.federated.sim.baselines import own_and_others_cer, test_sets
 from fedocr.model import load_checkpoint
@@ -65,6 +66,7 @@ def settings(args: argparse.Namespace, cfg: FlConfig) -> dict[str, Any]:
     return {**{k: getattr(args, k) for k in ("rounds", "lines", "local_epochs", "test_lines", "candidates",
                                              "canaries")},
             "batch_size": cfg.batch_size,   # this run's: --dp-batch-size keys only the DP runs
+            **({"dp_train": cfg.steps["dp.train"]} if cfg.steps.get("dp.train", "all") != "all" else {}),
             **({"lr": args.lr} if args.lr is not None else {}),
             "initial_model": starting_weights(cfg)}
 
@@ -74,10 +76,10 @@ def results_file(args: argparse.Namespace) -> str:
     return f"{name}_{args.tag}" if args.tag else name
 
 
-def setting(epsilon: float) -> dict[str, Any]:
+def setting(epsilon: float, args: argparse.Namespace) -> dict[str, Any]:
     if math.isinf(epsilon):
         return {}
-    return {"dp.level": "record", "dp.target-epsilon": epsilon, "dp.delta": DELTA}
+    return {"dp.level": "record", "dp.target-epsilon": epsilon, "dp.delta": DELTA, "dp.train": args.dp_train}
 
 
 def batch_size(epsilon: float, args: argparse.Namespace) -> int:
@@ -97,7 +99,7 @@ def run_config(epsilon: float, seed: int, args: argparse.Namespace, run_dir: Pat
          "lines-per-client": args.lines, "test-lines": args.test_lines,
          "val-lines": 100, "batch-size": batch_size(epsilon, args), "fraction-train": 1.0, "min-accepted": 2,
          "round-deadline-s": 1200.0, "seed": seed, "out-dir": str(run_dir), "store": str(run_dir / "runs.db"),
-         "audit.candidates": args.candidates, **canaries(args), **setting(epsilon)})
+         "audit.candidates": args.candidates, **canaries(args), **setting(epsilon, args)})
 
 
 def start_cer(seed: int, args: argparse.Namespace, out: Path) -> float:
@@ -251,6 +253,8 @@ def main() -> int:
                                                  "the from-scratch 3e-3 from the warm mini model)")
     parser.add_argument("--test-lines", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dp-train", default="all", choices=list(DP_TRAIN),
+                        help="what the DP runs train (run config dp.train): all, sequence (LSTM, skip, head) or head")
     parser.add_argument("--dp-batch-size", type=int, help="the DP runs' batch (default: --batch-size); the run "
                                                           "without DP keeps --batch-size")
     parser.add_argument("--candidates", type=int, default=200, help="|R| of the canary exposure")
@@ -281,12 +285,13 @@ def main() -> int:
         parser.error("--dp-batch-size must be positive")
     seeds = [int(s) for s in args.seeds.split(",")]
     head = {"federation": args.federation, "rounds": args.rounds, "lines": args.lines, "batch_size": args.batch_size,
-            "dp_batch_size": args.dp_batch_size, "test_lines": args.test_lines, "local_epochs": args.local_epochs,
-            "lr": args.lr, "delta": DELTA,
+            "dp_batch_size": args.dp_batch_size, "dp_train": args.dp_train, "test_lines": args.test_lines,
+            "local_epochs": args.local_epochs, "lr": args.lr, "delta": DELTA,
             "canaries": canaries(args), "candidates": args.candidates, "seeds": seeds}
     # what files from before these settings were recorded ran with (lr None: the bench's default rate)
     refuse_to_replace(parser, results_file(args), head, "--tag",
-                      predates={"lr": None, "local_epochs": 1.0, "candidates": 200, "dp_batch_size": None})
+                      predates={"lr": None, "local_epochs": 1.0, "candidates": 200, "dp_batch_size": None,
+                                "dp_train": "all"})
     out = args.out / (args.federation + (f"-{args.tag}" if args.tag else ""))
     out.mkdir(parents=True, exist_ok=True)
     epsilons = [float(e) for e in args.epsilons.split(",")]

@@ -38,6 +38,8 @@ def test_epsilon_grows_with_steps_and_falls_with_noise_and_calibration_hits_the_
     ({"dp.level": "record", "dp.noise-multiplier": 1.0, "dp.delta": 1.0}, "dp.delta"),
     ({"dp.level": "record", "dp.noise-multiplier": 1.0, "dp.clip": 0.0}, "dp.clip"),
     ({"dp.level": "local"}, "dp.level"),
+    ({"dp.level": "record", "dp.noise-multiplier": 1.0, "dp.train": "cnn"}, "dp.train"),   # no such part
+    ({"dp.level": "client", "dp.noise-multiplier": 1.0, "dp.train": "head"}, "dp.train"),  # DP-SGD's, not DP-FedAvg's
     ({"dp.level": "client", "dp.noise-multiplier": 1.0, "robust.rule": "median", "min-accepted": 3}, "dp.level"),
 ])
 def test_impossible_privacy_settings_are_refused_by_name(settings: dict, key: str) -> None:
@@ -144,6 +146,27 @@ def test_dp_sgd_bounds_the_step_by_the_clip_whatever_one_line_does(tmp_path: Pat
     # A batch averages per-line gradients each clipped to `clip`, over the expected batch size:
     # Poisson batches may be larger than expected, hence the slack.
     assert 0 < moved <= lr * clip * 3
+
+
+def test_dp_train_head_moves_the_head_and_leaves_every_other_weight_as_it_arrived() -> None:
+    from fedocr.data import EncodedLines
+    from fedocr.data.organisations import named_charset, org_lines
+    from fedocr.model import load_checkpoint
+    from fedocr.train import TrainConfig, Trainer
+
+    ckpt = load_checkpoint(Path(__file__).parent / "data" / "tiny-mini-warm.pt")
+    lines = EncodedLines(org_lines("three-orgs-mini", "bank", "train", 32, 0, ckpt.charset.version,
+                                   named_charset("mini")), ckpt.charset)
+    before = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+    config = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, warmup_steps=0, schedule="constant",
+                         dp_noise_multiplier=1.0, dp_trainable=RecordLedger(DpConfig(
+                             level="record", noise_multiplier=1.0, train="head")).prepare(
+                             StepContext(1, np.random.default_rng(0), {}), 32, 0.25, 2)[0]["dp_trainable"],
+                         log_every=10**9)
+    Trainer(ckpt.model, ckpt.charset, lines, config, log=lambda _: None).fit()
+    after = ckpt.model.state_dict()
+    moved = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert moved == {"head.weight", "head.bias"}
 
 
 # -- a federation with DP (the real round loop and client handler, in one process) -------------------

@@ -30,6 +30,7 @@ class TrainConfig:
     time_budget_s: float | None = None   # fit the schedule's length to this many seconds of training
     dp_noise_multiplier: float = 0.0     # > 0: DP-SGD (train.private): Poisson batches, per-line clip, noise
     dp_max_grad_norm: float = 1.0        # DP-SGD's per-line gradient L2 bound
+    dp_trainable: tuple[str, ...] = ()   # DP-SGD trains only parameters named with these prefixes (empty: all)
     prox_mu: float = 0.0                 # > 0: add mu/2 * ||w - anchor||^2 to the loss (Ditto's personal model, FedProx)
 
     def __post_init__(self) -> None:

@@ -74,12 +74,16 @@ class Trainer:
         if config.dp_noise_multiplier:
             from fedocr.train import private as dp  # Opacus takes ~3 s to import: only when asked for
             dp.make_dp_trainable(model)  # before the optimizer: DPLSTM brings new parameter objects
+            if config.dp_trainable:   # the rest stay as they arrived: no gradient, no noise
+                for name, parameter in model.named_parameters():
+                    parameter.requires_grad_(name.startswith(config.dp_trainable))
         model.to(self.device)  # before the optimizer, whose state then lives on the same device
+        trained = [p for p in model.parameters() if p.requires_grad]
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+                trained, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
         # The module batches run through: the model, or its per-sample-gradient wrapper under DP-SGD.
         self.net: torch.nn.Module = model
         if config.dp_noise_multiplier:

@@ -118,10 +118,10 @@ class ClientChain:
         return ditto.personal_weights(weights, self._ctx(ditto, states)) if ditto else weights
 
     def prepare(self, states: States, server_round: int, lines: int, sample_rate: float,
-                steps: int) -> tuple[dict[str, float], str | None]:
+                steps: int) -> tuple[dict[str, Any], str | None]:
         """Before local training: settings the steps need the trainer to use (DP-SGD's noise and
         clip) and why this node must not train this round (a spent privacy budget), if so."""
-        settings: dict[str, float] = {}
+        settings: dict[str, Any] = {}
         for step in self.steps:
             if hasattr(step, "prepare"):
                 ctx = StepContext(server_round, np.random.default_rng(0), states.setdefault(step.name, {}))

@@ -97,23 +97,35 @@ def clip_to(tensors: Mapping[str, np.ndarray], bound: float) -> tuple[Weights, f
     return {k: (v * scale).astype(v.dtype) if is_float(v) else v for k, v in tensors.items()}, norm
 
 
+# `dp.train`: the parameters record-level DP-SGD trains (by name prefix; the rest stay as they
+# arrived). The noise vector's norm grows with the square root of the parameters it covers, while
+# the clipped signal does not, so training fewer parameters keeps more of the signal (Tramèr &
+# Boneh, "Differentially Private Learning Needs Better Features (or Much More Data)", ICLR 2021).
+DP_TRAIN: dict[str, tuple[str, ...]] = {"all": (), "sequence": ("rnn.", "skip.", "head."), "head": ("head.",)}
+
+
 @dataclass(frozen=True)
 class DpConfig(StepConfig):
     KEYS: ClassVar[dict[str, str]] = {"dp.level": "level", "dp.noise-multiplier": "noise_multiplier",
                                       "dp.clip": "clip", "dp.delta": "delta", "dp.target-epsilon": "target_epsilon",
-                                      "num-rounds": "rounds", "secure.method": "secure_method"}
+                                      "dp.train": "train", "num-rounds": "rounds", "secure.method": "secure_method"}
 
     level: Level = "none"          # `dp.level`: "none", "record" (DP-SGD per line) or "client" (DP-FedAvg per node)
     noise_multiplier: float = 0.0  # `dp.noise-multiplier`: noise std / clip; 0: calibrated to dp.target-epsilon
     clip: float = 1.0              # `dp.clip`: L2 bound of a line's gradient (record) or of an update (client)
     delta: float = 1e-5            # `dp.delta`: the delta of the (epsilon, delta) guarantee
     target_epsilon: float = 0.0    # `dp.target-epsilon`: the budget; 0: none (then a noise multiplier is needed)
+    train: str = "all"             # `dp.train`: what DP-SGD trains: all, sequence (LSTM, skip, head) or head
     rounds: int = 3                # `num-rounds`: the planned rounds a calibrated noise spreads the budget over
     secure_method: str = "none"    # `secure.method`: under secure aggregation, client-level noise is distributed
 
     def __post_init__(self) -> None:
         if self.level not in ("none", "record", "client"):
             raise bad("dp.level", f"{self.level!r} is not 'none', 'record' or 'client'")
+        if self.train not in DP_TRAIN:
+            raise bad("dp.train", f"{self.train!r} is not one of {', '.join(DP_TRAIN)}")
+        if self.train != "all" and self.level != "record":
+            raise bad("dp.train", "chooses what record-level DP-SGD trains: it needs dp.level = \"record\"")
         if self.level == "none":
             return
         if self.noise_multiplier < 0 or (self.noise_multiplier == 0 and self.target_epsilon <= 0):
@@ -181,15 +193,18 @@ class RecordLedger:
     name: str = "dp-sgd"
 
     def describe(self) -> str:
-        return (f"record-level DP-SGD in local training: per-line gradient clip {self.config.clip:g}, "
+        parts = ", ".join(prefix.rstrip(".") for prefix in DP_TRAIN[self.config.train])
+        trains = f", training only {parts}" if parts else ""
+        return (f"record-level DP-SGD in local training: per-line gradient clip {self.config.clip:g}{trains}, "
                 f"{self.config.ledger_terms()}")
 
-    def prepare(self, ctx: StepContext, lines: int, q: float, steps: int) -> tuple[dict[str, float], str | None]:
+    def prepare(self, ctx: StepContext, lines: int, q: float, steps: int) -> tuple[dict[str, Any], str | None]:
         """Before local training: DP-SGD's settings for the trainer (the noise multiplier is fixed
         at the node's first round) and why this round must not run, if it would pass the budget."""
         self.config.check_population(lines, "training lines on this node")
         z = self.config.fixed_noise(ctx.state, q, steps * self.config.rounds)
-        settings = {"dp_noise_multiplier": z, "dp_max_grad_norm": self.config.clip}
+        settings = {"dp_noise_multiplier": z, "dp_max_grad_norm": self.config.clip,
+                    "dp_trainable": DP_TRAIN[self.config.train]}
         return settings, self.config.refusal(ctx.state.get("ledger", []), q, z, steps)
 
     def __call__(self, update: Update, ctx: StepContext) -> Update:
