@@ -115,12 +115,17 @@ def canary_model() -> tuple[CRNN, Charset, list[str], list[str]]:
     return train_on_canaries()
 
 
+def candidates_for(secret: str, planted: list[str], controls: list[str]) -> list[str]:
+    """The 100 random secrets of the format `secret` is ranked among (none planted or a control)."""
+    return draw_secrets(FORMAT, 100, random.Random(secret), exclude=planted + controls)
+
+
 def raw_exposures(model: CRNN, charset: Charset, planted: list[str],
                   controls: list[str]) -> tuple[list[float], list[float]]:
-    """Raw exposure of each planted secret and each control among 100 candidates, on renderings
-    of seed 999, which the planted lines (seeds 500 + 7919 i) never used."""
+    """Raw exposure of each planted secret and each control among its 100 candidates, on
+    renderings of seed 999, which the planted lines (seeds 500 + 7919 i) never used."""
     def exposed(secret: str) -> float:
-        candidates = draw_secrets(FORMAT, 100, random.Random(secret), exclude=planted + controls)
+        candidates = candidates_for(secret, planted, controls)
         return canary_exposure(model, charset, secret, candidates, BANK, seed=999, n_renderings=3)["raw"]
     return [exposed(s) for s in planted], [exposed(s) for s in controls]
 
@@ -141,7 +146,7 @@ def test_dp_sgd_brings_the_repeated_canarys_exposure_down(  # type: ignore[no-un
     """The same lines, steps and rate under DP-SGD (clip 1, noise multiplier 1.5: epsilon 2.8 at
     delta 1e-5 for 200 steps at q = 16/300) expose the planted secrets far less. Not necessarily
     down to chance: the guarantee is per line, and a secret on 50 lines is a group of 50, whose
-    bound is 50 epsilon. The noise is seeded here (it comes from the OS's entropy in a real run) so
+    bound, (50 epsilon, 50 e^(49 epsilon) delta), promises nothing here. The noise is seeded here (it comes from the OS's entropy in a real run) so
     the test reads the same every time."""
     from fedocr.train import private   # Opacus with it: ~3 s of import only the DP tests pay
 
@@ -256,8 +261,8 @@ def test_calibrated_exposure_ranks_what_training_took_the_loss_off_first(canary_
     torch.manual_seed(0)
     start = CRNN(ModelConfig(len(charset), "tiny")).eval()
     secret = planted[0]
-    candidates = draw_secrets(FORMAT, 100, random.Random(secret), exclude=planted + controls)
-    bits = canary_exposure(model, charset, secret, candidates, BANK, seed=999, n_renderings=3, reference=start)
+    bits = canary_exposure(model, charset, secret, candidates_for(secret, planted, controls), BANK, seed=999,
+                           n_renderings=3, reference=start)
     assert bits["calibrated"] > chance_exposure(100) + 1.5, bits
 
 
