@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, cached, print_table, result_name, spread, write_result
+from _common import cached, print_table, refuse_to_replace, result_name, spread, write_result
 from _federations import add_federation_arguments, federation_config, run_federation, runs_folder
 
 from fedocr.data.organisations import get_federation
@@ -181,16 +181,6 @@ def checks(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-IDENTITY = ("preset", "start", "rounds", "lines", "test_lines", "ditto_lambda", "ditto_epochs", "ditto_mix", "seeds")
-
-
-def identity(result: dict[str, Any]) -> dict[str, Any]:
-    """What a results file measured: its settings and columns (results from before --ditto-epochs
-    ran with 1)."""
-    return {**{k: result.get(k, 1.0 if k == "ditto_epochs" else None) for k in IDENTITY},
-            "columns": sorted(result.get("methods", {}))}
-
-
 def clusters_made(cols: list[str], seeds: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Each seed's clustered run: the clusters it made and each node's (k 1: it never split)."""
     if "clustered" not in cols:
@@ -227,9 +217,8 @@ def main() -> int:
     planned = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
                "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_epochs": args.ditto_epochs,
                "ditto_mix": mixes, "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}}
-    earlier = RESULTS / f"{name}.json"
-    if not args.result and earlier.is_file() and identity(json.loads(earlier.read_text())) != identity(planned):
-        parser.error(f"{earlier} holds a run of other settings or columns: name this one with --result")
+    if not args.result:   # files from before --ditto-epochs ran with 1
+        refuse_to_replace(parser, name, planned, "--result", predates={"ditto_epochs": 1.0})
     out = runs_folder(args, f"-dl{args.ditto_lambda:g}")
     table = collect(cols, seeds, args, out)
     kinds = [*cols, "local-only"]

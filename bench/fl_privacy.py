@@ -3,7 +3,7 @@
 Record level (DP-SGD in each node's local training, `dp.level = "record"`): the three-organisation
 federation on Flower's simulation engine for epsilon in {inf, 8, 3, 1} at delta 1e-5 (the noise
 multiplier calibrated so the planned rounds end at the target), canaries planted in the bank's
-training lines (`canary.org = bank`, each secret `canary.repeats` times). For each run:
+training lines (`canary.org = bank`, or `--canary-org`; each secret `canary.repeats` times). For each run:
 
 - final mean CER of the last round's model on each organisation's own test lines;
 - the privacy audit of that model (`fedocr fl audit`): membership-inference AUC (loss threshold,
@@ -52,12 +52,12 @@ from fedocr.model import load_checkpoint
 from fedocr.model.shipped import base_checkpoint
 
 DELTA = 1e-5
-CANARY_ORG = "bank"
+CANARY_ORG = "bank"   # the default; every results file before --canary-org planted there
 
 
 def canaries(args: argparse.Namespace) -> dict[str, Any]:
     count, _, repeats = args.canaries.partition("x")
-    return {"canary.org": CANARY_ORG, "canary.count": int(count), "canary.repeats": int(repeats)}
+    return {"canary.org": args.canary_org, "canary.count": int(count), "canary.repeats": int(repeats)}
 
 
 def settings(args: argparse.Namespace, cfg: FlConfig) -> dict[str, Any]:
@@ -68,6 +68,7 @@ def settings(args: argparse.Namespace, cfg: FlConfig) -> dict[str, Any]:
             "batch_size": cfg.batch_size,   # this run's: --dp-batch-size keys only the DP runs
             **({"dp_train": cfg.steps["dp.train"]} if cfg.steps.get("dp.train", "all") != "all" else {}),
             **({"lr": args.lr} if args.lr is not None else {}),
+            **({"canary_org": args.canary_org} if args.canary_org != CANARY_ORG else {}),
             "initial_model": starting_weights(cfg)}
 
 
@@ -247,8 +248,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--lines", type=int, default=200)
     parser.add_argument("--local-epochs", type=float, default=1.0)
-    parser.add_argument("--canaries", default="4x30", help="COUNTxREPEATS: secrets planted in the bank's lines, "
-                                                         "each repeated REPEATS times")
+    parser.add_argument("--canaries", default="4x30", help="COUNTxREPEATS: secrets planted in --canary-org's "
+                                                         "lines, each repeated REPEATS times")
+    parser.add_argument("--canary-org", default=CANARY_ORG, choices=["hospital", "bank", "school"],
+                        help="the organisation whose training lines get the canaries")
     parser.add_argument("--lr", type=float, help="the clients' learning rate (default: 1e-4 from the base model, "
                                                  "the from-scratch 3e-3 from the warm mini model)")
     parser.add_argument("--test-lines", type=int, default=100)
