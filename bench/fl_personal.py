@@ -217,8 +217,9 @@ def main() -> int:
     planned = {"preset": args.preset, "start": args.start, "rounds": args.rounds, "lines": args.lines,
                "test_lines": args.test_lines, "ditto_lambda": args.ditto_lambda, "ditto_epochs": args.ditto_epochs,
                "ditto_mix": mixes, "seeds": seeds, "methods": {c: column_settings(c, args) for c in cols}}
-    if not args.result:   # files from before --ditto-epochs ran with 1
-        refuse_to_replace(parser, name, planned, "--result", predates={"ditto_epochs": 1.0})
+    if not args.result:
+        refuse_to_replace(parser, name, planned, "--result",
+                          predates={"ditto_epochs": 1.0})   # files from before --ditto-epochs ran with 1
     out = runs_folder(args, f"-dl{args.ditto_lambda:g}")
     table = collect(cols, seeds, args, out)
     kinds = [*cols, "local-only"]

@@ -24,7 +24,8 @@ Every setting runs with each seed; the table shows the median and [min, max] ove
 cached in --out, so an interrupted benchmark resumes where it stopped.
 
     .venv/bin/python bench/fl_privacy.py [--federation three-orgs-mini] [--rounds 4] [--lines 200]
-        [--local-epochs 1] [--canaries 4x30] [--lr R] [--dp-batch-size B] [--dp-train all|sequence|head]
+        [--local-epochs 1] [--canaries 4x30] [--canary-org bank|hospital|school] [--lr R]
+        [--dp-batch-size B] [--dp-train all|sequence|head]
         [--seeds 0,1,2] [--epsilons inf,8,3,1] [--out DIR] [--tag T]
 
 Settings other than the defaults go with a --tag, which names their results file
