@@ -45,6 +45,7 @@ from typing import Any
 from _common import (RESULTS, WARM_MINI, cached, print_table, refuse_to_replace, simulated_run, spread,
                      starting_weights, write_result)
 
+from fedocr.data.organisations import get_federation
 from fedocr.federated.config import SCRATCH_LR, FlConfig
 from fedocr.federated.pipeline.privacy import DP_TRAIN
 from fedocr.federated.sim.audit import audit_run
@@ -251,7 +252,8 @@ def main() -> int:
     parser.add_argument("--local-epochs", type=float, default=1.0)
     parser.add_argument("--canaries", default="4x30", help="COUNTxREPEATS: secrets planted in --canary-org's "
                                                          "lines, each repeated REPEATS times")
-    parser.add_argument("--canary-org", default=CANARY_ORG, choices=["hospital", "bank", "school"],
+    parser.add_argument("--canary-org", default=CANARY_ORG,
+                        choices=get_federation("three-orgs").names,   # three-orgs-mini has the same nodes
                         help="the organisation whose training lines get the canaries")
     parser.add_argument("--lr", type=float, help="the clients' learning rate (default: 1e-4 from the base model, "
                                                  "the from-scratch 3e-3 from the warm mini model)")

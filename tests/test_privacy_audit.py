@@ -146,8 +146,8 @@ def test_dp_sgd_brings_the_repeated_canarys_exposure_down(  # type: ignore[no-un
     """The same lines, steps and rate under DP-SGD (clip 1, noise multiplier 1.5: epsilon 2.8 at
     delta 1e-5 for 200 steps at q = 16/300) expose the planted secrets far less. Not necessarily
     down to chance: the guarantee is per line, and a secret on 50 lines is a group of 50, whose
-    bound, (50 epsilon, 50 e^(49 epsilon) delta), promises nothing here. The noise is seeded here (it comes from the OS's entropy in a real run) so
-    the test reads the same every time."""
+    bound, (50 epsilon, 50 e^(49 epsilon) delta), promises nothing here. The noise is seeded here
+    (it comes from the OS's entropy in a real run) so the test reads the same every time."""
     from fedocr.train import private   # Opacus with it: ~3 s of import only the DP tests pay
 
     draws = iter(range(1000))
